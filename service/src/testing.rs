@@ -1,0 +1,47 @@
+//! Helpers for tests that talk to the local AWS emulator. `cargo xtask test` starts the
+//! emulator and exports its endpoint in [`ENDPOINT_VAR`]; a test run without it fails loudly
+//! instead of skipping.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::aws::{AwsClients, AwsSettings};
+
+/// The one variable that tells tests where the emulator listens.
+pub const ENDPOINT_VAR: &str = "FILEPIPE_TEST_ENDPOINT";
+/// Region the tests use against the emulator: outside us-east-1, so every CreateBucket
+/// must carry a LocationConstraint as it must on real AWS.
+pub const TEST_REGION: &str = "eu-west-1";
+
+/// The emulator endpoint, or a panic that says how to run the tests.
+pub fn emulator_endpoint() -> String {
+    match std::env::var(ENDPOINT_VAR) {
+        Ok(endpoint) if !endpoint.trim().is_empty() => endpoint,
+        _ => panic!(
+            "{ENDPOINT_VAR} is not set: this test needs the local AWS emulator. \
+             Run the tests with `cargo xtask test`, which starts it and sets {ENDPOINT_VAR}."
+        ),
+    }
+}
+
+/// Clients for the emulator, built by the shared client builder.
+pub async fn emulator_clients() -> AwsClients {
+    AwsClients::connect(&AwsSettings::emulator(emulator_endpoint(), TEST_REGION)).await
+}
+
+/// A bucket name no other test (or earlier run against the same emulator) uses.
+pub fn unique_bucket_name(purpose: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos();
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let name = format!(
+        "t-{}-{}-{:x}-{n}",
+        purpose.to_ascii_lowercase(),
+        std::process::id(),
+        nanos % 0xffff_ffff
+    );
+    name.chars().take(63).collect()
+}

@@ -1,0 +1,91 @@
+//! What every command gets: a shell rooted at the workspace, the chosen environment, and the
+//! global flags. Subprocesses and AWS calls go through here so `--dry-run` and step headers
+//! behave the same everywhere.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+use xshell::{Cmd, Shell};
+
+use crate::environment::Environment;
+
+pub struct Context {
+    pub sh: Shell,
+    pub root: PathBuf,
+    pub env: Environment,
+    pub dry_run: bool,
+    pub verbose: bool,
+}
+
+impl Context {
+    pub fn new(env_name: &str, dry_run: bool, verbose: bool) -> Result<Context> {
+        let root = workspace_root();
+        let sh = Shell::new().context("creating a shell")?;
+        sh.change_dir(&root);
+        let env = Environment::load(&root, env_name)?;
+        Ok(Context {
+            sh,
+            root,
+            env,
+            dry_run,
+            verbose,
+        })
+    }
+
+    /// `target/xtask/<env>/`: generated, gitignored files of the current environment.
+    pub fn state_dir(&self) -> PathBuf {
+        state_dir(&self.root, &self.env.name)
+    }
+
+    /// Prints a step header; every subprocess and phase of a command starts with one.
+    pub fn step(&self, title: impl std::fmt::Display) {
+        eprintln!("==> {title}");
+    }
+
+    /// Runs a command with its output streamed live, or only prints it under `--dry-run`.
+    pub fn run(&self, title: &str, cmd: Cmd<'_>) -> Result<()> {
+        self.step(title);
+        if self.dry_run {
+            eprintln!("    (dry run) {cmd}");
+            return Ok(());
+        }
+        if self.verbose {
+            eprintln!("    $ {cmd}");
+        }
+        let shown = cmd.to_string();
+        cmd.quiet().run().with_context(|| format!("`{shown}` failed"))
+    }
+
+    /// Describes an AWS API call; returns true when it should really be made.
+    pub fn aws_call(&self, description: impl std::fmt::Display) -> bool {
+        if self.dry_run {
+            eprintln!("    (dry run) would call {description}");
+            return false;
+        }
+        if self.verbose {
+            eprintln!("    aws: {description}");
+        }
+        true
+    }
+}
+
+/// Runs async AWS SDK code from the synchronous command functions.
+pub fn block_on<F: Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("building a tokio runtime")
+        .block_on(future)
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+pub fn state_dir(root: &Path, env_name: &str) -> PathBuf {
+    root.join("target").join("xtask").join(env_name)
+}

@@ -1,0 +1,81 @@
+//! `cargo xtask`: the workflow tool of this repository. See README.md.
+
+mod bootstrap;
+mod context;
+mod deploy;
+mod destroy;
+mod emulator;
+mod environment;
+mod local;
+mod render_user_data;
+mod smoke;
+mod test;
+mod tools;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::context::Context;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cargo xtask",
+    about = "Deploy, check and run the encrypted file pipeline",
+    version
+)]
+struct Cli {
+    /// Environment to act on: `local` (the AWS emulator) or a file terraform/environments/<name>.tfvars.
+    #[arg(long = "env", global = true, default_value = "local", env = "XTASK_ENV")]
+    env: String,
+    /// Print every command and AWS API call that would run, and change nothing.
+    #[arg(long, global = true)]
+    dry_run: bool,
+    /// Print more detail about what runs.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create or check the private, encrypted Terraform state bucket of an environment.
+    Bootstrap(bootstrap::Args),
+    /// Run Terraform init, plan and apply for an environment, then save outputs and user-data.
+    Deploy(deploy::Args),
+    /// Write the EC2 user-data script from the environment's Terraform outputs.
+    RenderUserData(render_user_data::Args),
+    /// Upload and download through the deployed service and check every property.
+    Smoke(smoke::Args),
+    /// Destroy an environment's infrastructure (and optionally its state bucket).
+    Destroy(destroy::Args),
+    /// Start, stop, inspect or reset the local AWS emulator (moto server).
+    Local(local::Args),
+    /// Run every check: formatting, lints, static Terraform checks, tests against the emulator.
+    Test(test::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let cx = Context::new(&cli.env, cli.dry_run, cli.verbose)?;
+    match cli.command {
+        Command::Bootstrap(args) => bootstrap::run(&cx, args),
+        Command::Deploy(args) => deploy::run(&cx, args),
+        Command::RenderUserData(args) => render_user_data::run(&cx, args),
+        Command::Smoke(args) => smoke::run(&cx, args),
+        Command::Destroy(args) => destroy::run(&cx, args),
+        Command::Local(args) => local::run(&cx, args),
+        Command::Test(args) => test::run(&cx, args),
+    }
+}

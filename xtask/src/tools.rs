@@ -1,0 +1,80 @@
+//! Finding external programs, and installing Python ones into project-local virtualenvs
+//! under `target/venv/` so a fresh machine needs nothing but `python3`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+use xshell::cmd;
+
+use crate::context::Context;
+
+/// A Python tool, pinned by a pip requirement.
+pub struct PythonTool {
+    /// The executable the package installs (also looked for on PATH).
+    pub executable: &'static str,
+    /// pip requirement, pinned at least to a major version.
+    pub requirement: &'static str,
+    /// Whether a copy already on PATH may be used; false where results depend on the version.
+    pub use_path: bool,
+}
+
+pub fn find_on_path(executable: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(executable))
+        .find(|candidate| is_executable(candidate))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+impl PythonTool {
+    fn venv_dir(&self, root: &Path) -> PathBuf {
+        root.join("target").join("venv").join(self.executable)
+    }
+
+    /// The tool's path, installing it into `target/venv/<executable>` if needed.
+    pub fn ensure(&self, cx: &Context) -> Result<PathBuf> {
+        if self.use_path
+            && let Some(found) = find_on_path(self.executable)
+        {
+            return Ok(found);
+        }
+        let venv = self.venv_dir(&cx.root);
+        let installed = venv.join("bin").join(self.executable);
+        if is_executable(&installed) {
+            return Ok(installed);
+        }
+        let python = find_on_path("python3").with_context(|| {
+            format!(
+                "`{}` is not installed and python3 is not on PATH to install it; install Python 3 (with venv and pip)",
+                self.executable
+            )
+        })?;
+        let requirement = self.requirement;
+        cx.run(
+            &format!("create virtualenv {}", venv.display()),
+            cmd!(cx.sh, "{python} -m venv {venv}"),
+        )
+        .context("python3 -m venv failed; on Debian/Ubuntu install the python3-venv package")?;
+        let pip = venv.join("bin").join("pip");
+        cx.run(
+            &format!("pip install {requirement}"),
+            cmd!(
+                cx.sh,
+                "{pip} install --quiet --disable-pip-version-check {requirement}"
+            ),
+        )?;
+        if !cx.dry_run && !is_executable(&installed) {
+            bail!(
+                "installed `{requirement}` but {} does not exist",
+                installed.display()
+            );
+        }
+        Ok(installed)
+    }
+}
