@@ -5,6 +5,7 @@
 //! path-style URLs and do not implement the flexible-checksum defaults of aws-sdk-s3 ≥ 1.69,
 //! so checksums are only sent when an operation requires them.
 
+use aws_config::retry::RetryConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_s3::config::{
     Credentials, RequestChecksumCalculation, ResponseChecksumValidation, SharedCredentialsProvider,
@@ -68,8 +69,11 @@ impl AwsClients {
 }
 
 async fn sdk_config(settings: &AwsSettings) -> SdkConfig {
+    // Standard retry mode backs off on throttling, 5xx and timeouts; five attempts ride out
+    // short KMS/S3 throttling bursts without hiding a real outage.
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new(settings.region.clone()));
+        .region(Region::new(settings.region.clone()))
+        .retry_config(RetryConfig::standard().with_max_attempts(5));
     if let Some(endpoint) = &settings.endpoint_url {
         loader = loader.endpoint_url(endpoint);
     }
@@ -106,6 +110,57 @@ fn s3_config(shared: &SdkConfig, settings: &AwsSettings) -> aws_sdk_s3::Config {
     builder.build()
 }
 
+/// Turns an SDK error into an anyhow error whose one-line message carries the AWS error code
+/// and message (the SDK's own Display says only "service error").
+pub trait AwsResultExt<T> {
+    fn aws_context(self, call: impl std::fmt::Display) -> anyhow::Result<T>;
+}
+
+impl<T, E> AwsResultExt<T> for Result<T, E>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    fn aws_context(self, call: impl std::fmt::Display) -> anyhow::Result<T> {
+        self.map_err(|err| {
+            anyhow::anyhow!("{call}: {}", aws_sdk_s3::error::DisplayErrorContext(&err))
+        })
+    }
+}
+
+/// The AWS partition of a region, for building ARNs.
+pub fn partition(region: &str) -> &'static str {
+    if region.starts_with("cn-") {
+        "aws-cn"
+    } else if region.starts_with("us-gov-") {
+        "aws-us-gov"
+    } else {
+        "aws"
+    }
+}
+
+/// Environment variables that give a subprocess (Terraform, the AWS CLI) the same credentials
+/// and region as these settings.
+pub fn subprocess_env(settings: &AwsSettings) -> Vec<(&'static str, String)> {
+    let mut vars = vec![
+        ("AWS_REGION", settings.region.clone()),
+        ("AWS_DEFAULT_REGION", settings.region.clone()),
+    ];
+    match &settings.credentials {
+        CredentialsSource::DefaultChain { profile: Some(name) } => {
+            vars.push(("AWS_PROFILE", name.clone()));
+        }
+        CredentialsSource::DefaultChain { profile: None } => {}
+        CredentialsSource::Static {
+            access_key_id,
+            secret_access_key,
+        } => {
+            vars.push(("AWS_ACCESS_KEY_ID", access_key_id.clone()));
+            vars.push(("AWS_SECRET_ACCESS_KEY", secret_access_key.clone()));
+        }
+    }
+    vars
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,6 +181,13 @@ mod tests {
             Some(&ResponseChecksumValidation::WhenRequired)
         );
         assert_eq!(config.region().map(|r| r.as_ref()), Some("eu-west-1"));
+    }
+
+    #[test]
+    fn partitions_follow_the_region() {
+        assert_eq!(partition("eu-west-1"), "aws");
+        assert_eq!(partition("cn-north-1"), "aws-cn");
+        assert_eq!(partition("us-gov-west-1"), "aws-us-gov");
     }
 
     #[tokio::test]

@@ -16,6 +16,8 @@ pub struct Context {
     pub env: Environment,
     pub dry_run: bool,
     pub verbose: bool,
+    /// Parent of the per-environment state directories: `target/xtask/` (tests use a temp dir).
+    pub state_root: PathBuf,
 }
 
 impl Context {
@@ -26,6 +28,7 @@ impl Context {
         let env = Environment::load(&root, env_name)?;
         Ok(Context {
             sh,
+            state_root: root.join("target").join("xtask"),
             root,
             env,
             dry_run,
@@ -33,9 +36,25 @@ impl Context {
         })
     }
 
+    /// A context for tests: its own environment and state directory, no dry run.
+    #[cfg(test)]
+    pub fn for_test(env: Environment, state_root: &Path) -> Context {
+        let root = workspace_root();
+        let sh = Shell::new().expect("shell");
+        sh.change_dir(&root);
+        Context {
+            sh,
+            root,
+            env,
+            dry_run: false,
+            verbose: true,
+            state_root: state_root.to_path_buf(),
+        }
+    }
+
     /// `target/xtask/<env>/`: generated, gitignored files of the current environment.
     pub fn state_dir(&self) -> PathBuf {
-        state_dir(&self.root, &self.env.name)
+        self.state_root.join(&self.env.name)
     }
 
     /// Prints a step header; every subprocess and phase of a command starts with one.
@@ -86,6 +105,7 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// State directory of an environment in the default state root.
 pub fn state_dir(root: &Path, env_name: &str) -> PathBuf {
     root.join("target").join("xtask").join(env_name)
 }

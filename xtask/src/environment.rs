@@ -52,7 +52,10 @@ impl Environment {
     pub fn load(root: &Path, name: &str) -> Result<Environment> {
         validate_env_name(name)?;
         if name == LOCAL {
-            return Ok(Environment::local(root));
+            return Ok(Environment::local(
+                emulator::endpoint_url(root),
+                LOCAL_NAME_PREFIX,
+            ));
         }
         let dir = environments_dir(root);
         let var_file = dir.join(format!("{name}.tfvars"));
@@ -103,11 +106,13 @@ impl Environment {
         })
     }
 
-    fn local(root: &Path) -> Environment {
+    /// The built-in emulator environment; tests give each their own name prefix so their
+    /// state buckets and resources never collide.
+    pub fn local(endpoint_url: String, name_prefix: &str) -> Environment {
         Environment {
             name: LOCAL.to_string(),
-            aws: AwsSettings::emulator(emulator::endpoint_url(root), LOCAL_REGION),
-            name_prefix: LOCAL_NAME_PREFIX.to_string(),
+            aws: AwsSettings::emulator(endpoint_url, LOCAL_REGION),
+            name_prefix: name_prefix.to_string(),
             state_bucket: None,
             state_kms_key_id: None,
             var_file: None,

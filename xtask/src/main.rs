@@ -7,9 +7,11 @@ mod destroy;
 mod emulator;
 mod environment;
 mod local;
+mod outputs;
 mod render_user_data;
 mod smoke;
 mod test;
+mod terraform;
 mod tools;
 
 use std::process::ExitCode;

@@ -1,0 +1,183 @@
+variable "region" {
+  description = "AWS region of every resource. The only place the region is set."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]$", var.region))
+    error_message = "region must be an AWS region code such as eu-west-1."
+  }
+}
+
+variable "environment" {
+  description = "Environment name (the <env> of terraform/environments/<env>.tfvars); used in tags."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-z0-9][a-z0-9-]{0,31}$", var.environment))
+    error_message = "environment must be 1-32 characters of a-z, 0-9 and '-'."
+  }
+}
+
+variable "name_prefix" {
+  description = "Prefix of every resource name: buckets, key alias, role, instance profile."
+  type        = string
+
+  validation {
+    # Same rule as the xtask's validate_name_prefix: derived bucket names stay within 63 characters.
+    condition     = can(regex("^[a-z][a-z0-9-]{1,18}[a-z0-9]$", var.name_prefix))
+    error_message = "name_prefix must be 3-20 characters of a-z, 0-9 and '-', start with a letter and not end with '-'."
+  }
+}
+
+variable "initial_bucket_name" {
+  description = "Name of the bucket for raw files; default <name_prefix>-initial-<account id>."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.initial_bucket_name == null || can(regex("^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", var.initial_bucket_name))
+    error_message = "initial_bucket_name must be a valid S3 bucket name."
+  }
+}
+
+variable "final_bucket_name" {
+  description = "Name of the bucket for processed files; default <name_prefix>-final-<account id>."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.final_bucket_name == null || can(regex("^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", var.final_bucket_name))
+    error_message = "final_bucket_name must be a valid S3 bucket name."
+  }
+}
+
+variable "allowed_cidrs" {
+  description = "Source CIDRs (aws:SourceIp) allowed to read and write objects. Empty with allowed_vpc_endpoint_ids empty means no network restriction (a check warns)."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for cidr in var.allowed_cidrs : can(cidrhost(cidr, 0))])
+    error_message = "allowed_cidrs must contain only valid CIDR blocks."
+  }
+
+  validation {
+    condition     = !anytrue([for cidr in var.allowed_cidrs : endswith(cidr, "/0")])
+    error_message = "allowed_cidrs must not contain a /0 block: that admits the whole internet."
+  }
+}
+
+variable "allowed_vpc_endpoint_ids" {
+  description = "S3 gateway/interface VPC endpoint ids (aws:SourceVpce) allowed to read and write objects."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for id in var.allowed_vpc_endpoint_ids : can(regex("^vpce-[0-9a-f]{8,17}$", id))])
+    error_message = "allowed_vpc_endpoint_ids must contain ids like vpce-0123456789abcdef0."
+  }
+}
+
+variable "admin_principal_arns" {
+  description = "IAM principals (Terraform/operator roles) exempt from the network restriction on objects, so they can empty and manage the buckets."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for arn in var.admin_principal_arns : can(regex("^arn:aws[a-z-]*:(iam|sts)::[0-9]{12}:", arn))])
+    error_message = "admin_principal_arns must contain IAM role/user ARNs."
+  }
+}
+
+variable "kms_deletion_window_days" {
+  description = "Days a scheduled key deletion waits before the key is gone (7-30)."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.kms_deletion_window_days >= 7 && var.kms_deletion_window_days <= 30 && floor(var.kms_deletion_window_days) == var.kms_deletion_window_days
+    error_message = "kms_deletion_window_days must be a whole number from 7 to 30."
+  }
+}
+
+variable "noncurrent_version_expiration_days" {
+  description = "Days after which noncurrent object versions are deleted in both buckets."
+  type        = number
+  default     = 90
+
+  validation {
+    condition     = var.noncurrent_version_expiration_days >= 1 && floor(var.noncurrent_version_expiration_days) == var.noncurrent_version_expiration_days
+    error_message = "noncurrent_version_expiration_days must be a whole number of at least 1."
+  }
+}
+
+variable "raw_object_expiration_days" {
+  description = "Days after which current raw objects in the initial bucket expire; null keeps them."
+  type        = number
+  default     = null
+
+  validation {
+    condition     = var.raw_object_expiration_days == null || try(var.raw_object_expiration_days >= 1 && floor(var.raw_object_expiration_days) == var.raw_object_expiration_days, false)
+    error_message = "raw_object_expiration_days must be null or a whole number of at least 1."
+  }
+}
+
+variable "force_destroy" {
+  description = "Allow destroying buckets that still hold objects. Keep false outside throwaway environments."
+  type        = bool
+  default     = false
+}
+
+variable "attach_bucket_policies" {
+  description = "Attach the bucket policies. Only the local emulator environment sets false (plain HTTP, no condition evaluation); the documents are still rendered and output."
+  type        = bool
+  default     = true
+}
+
+variable "service_binary_url" {
+  description = "HTTPS URL the instance downloads the service binary from (see templates/user-data.sh.tpl)."
+  type        = string
+
+  validation {
+    condition     = can(regex("^https://[A-Za-z0-9._~:/?#@!$&()*+,;=%-]+$", var.service_binary_url)) && !strcontains(var.service_binary_url, "'")
+    error_message = "service_binary_url must be an https:// URL without quotes or spaces."
+  }
+}
+
+variable "service_binary_sha256" {
+  description = "SHA-256 (hex) the downloaded service binary must have; the instance refuses any other file."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[0-9a-f]{64}$", var.service_binary_sha256))
+    error_message = "service_binary_sha256 must be 64 lowercase hex characters."
+  }
+}
+
+variable "service_listen_address" {
+  description = "host:port the service listens on (unprivileged port, so the unit needs no capabilities)."
+  type        = string
+  default     = "0.0.0.0:8080"
+
+  validation {
+    condition     = can(regex("^[0-9.]+:[0-9]{4,5}$", var.service_listen_address)) && try(tonumber(split(":", var.service_listen_address)[1]) >= 1024 && tonumber(split(":", var.service_listen_address)[1]) <= 65535, false)
+    error_message = "service_listen_address must be IPv4:port with a port from 1024 to 65535."
+  }
+}
+
+variable "service_processor" {
+  description = "Processor the service applies between the initial and final bucket."
+  type        = string
+  default     = "identity"
+
+  validation {
+    condition     = contains(["identity", "gunzip", "jsonl"], var.service_processor)
+    error_message = "service_processor must be one of identity, gunzip, jsonl."
+  }
+}
+
+variable "tags" {
+  description = "Extra tags on every resource (merged into the provider's default_tags)."
+  type        = map(string)
+  default     = {}
+}
