@@ -20,10 +20,13 @@ use crate::tools::PythonTool;
 pub const DEFAULT_PORT: u16 = 4566;
 /// Overrides the port `local start` uses when none is given with `--port`.
 pub const PORT_ENV: &str = "XTASK_EMULATOR_PORT";
+/// Always the project's own pinned copy, never one from PATH: moto 5.2 serializes
+/// GetBucketVersioning with the wrong XML root (`GetBucketVersioningResponse`), which
+/// aws-sdk-rust rejects (seen with 5.2.1 and 5.2.5); 5.1.x answers correctly.
 pub const MOTO: PythonTool = PythonTool {
     executable: "moto_server",
-    requirement: "moto[server]>=5.1,<6",
-    use_path: true,
+    requirement: "moto[server]>=5.1.22,<5.2",
+    use_path: false,
 };
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 

@@ -38,7 +38,16 @@ impl PythonTool {
     }
 
     /// The tool's path, installing it into `target/venv/<executable>` if needed.
+    /// `XTASK_<EXECUTABLE>` (e.g. `XTASK_MOTO_SERVER`) names a copy to use instead.
     pub fn ensure(&self, cx: &Context) -> Result<PathBuf> {
+        let override_var = format!("XTASK_{}", self.executable.to_ascii_uppercase());
+        if let Some(path) = std::env::var_os(&override_var) {
+            let path = PathBuf::from(path);
+            if !is_executable(&path) {
+                bail!("{override_var}={} is not an executable file", path.display());
+            }
+            return Ok(path);
+        }
         if self.use_path
             && let Some(found) = find_on_path(self.executable)
         {
@@ -46,7 +55,10 @@ impl PythonTool {
         }
         let venv = self.venv_dir(&cx.root);
         let installed = venv.join("bin").join(self.executable);
-        if is_executable(&installed) {
+        let stamp = venv.join("xtask-requirement.txt");
+        // A venv made for another pin is rebuilt, so a changed requirement takes effect.
+        let current = std::fs::read_to_string(&stamp).unwrap_or_default();
+        if is_executable(&installed) && current.trim() == self.requirement {
             return Ok(installed);
         }
         let python = find_on_path("python3").with_context(|| {
@@ -58,7 +70,7 @@ impl PythonTool {
         let requirement = self.requirement;
         cx.run(
             &format!("create virtualenv {}", venv.display()),
-            cmd!(cx.sh, "{python} -m venv {venv}"),
+            cmd!(cx.sh, "{python} -m venv --clear {venv}"),
         )
         .context("python3 -m venv failed; on Debian/Ubuntu install the python3-venv package")?;
         let pip = venv.join("bin").join("pip");
@@ -69,11 +81,15 @@ impl PythonTool {
                 "{pip} install --quiet --disable-pip-version-check {requirement}"
             ),
         )?;
-        if !cx.dry_run && !is_executable(&installed) {
-            bail!(
-                "installed `{requirement}` but {} does not exist",
-                installed.display()
-            );
+        if !cx.dry_run {
+            if !is_executable(&installed) {
+                bail!(
+                    "installed `{requirement}` but {} does not exist",
+                    installed.display()
+                );
+            }
+            std::fs::write(&stamp, requirement)
+                .with_context(|| format!("writing {}", stamp.display()))?;
         }
         Ok(installed)
     }
