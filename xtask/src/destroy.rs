@@ -1,10 +1,132 @@
+//! `cargo xtask destroy`: empty the data buckets (if asked), terraform destroy, and optionally
+//! delete the state bucket last. Every step tolerates what an earlier, interrupted run already
+//! removed, so it is safe to run again.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
 use anyhow::{Result, bail};
+use aws_sdk_s3::error::ProvideErrorMetadata;
+use service::aws::{AwsClients, AwsResultExt};
 
-use crate::context::Context;
+use crate::bootstrap;
+use crate::buckets::empty_bucket;
+use crate::context::{Context, block_on};
+use crate::deploy::{self, confirm, outputs_file};
+use crate::outputs::Outputs;
+use crate::render_user_data;
+use crate::terraform::{Output, Terraform};
 
-#[derive(clap::Args, Debug)]
-pub struct Args {}
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct Args {
+    /// Do not ask; required when standard input is not a terminal.
+    #[arg(long)]
+    pub yes: bool,
+    /// Delete every object version and delete marker in the initial and final buckets first,
+    /// so destroying them cannot fail on a non-empty bucket.
+    #[arg(long)]
+    pub empty_buckets: bool,
+    /// Also delete the Terraform state bucket (all versions), after everything else.
+    #[arg(long)]
+    pub purge_state: bool,
+    /// Terraform binary: `terraform`, `tofu` or a path [env: XTASK_TERRAFORM].
+    #[arg(long)]
+    pub terraform: Option<String>,
+    /// Root module to destroy instead of terraform/ (tests use a provider-free fixture).
+    #[arg(long, hide = true)]
+    pub root_module: Option<PathBuf>,
+}
 
-pub fn run(_cx: &Context, _args: Args) -> Result<()> {
-    bail!("`destroy` is not implemented yet")
+pub fn run(cx: &Context, args: Args) -> Result<()> {
+    destroy(cx, &args)?;
+    if !cx.dry_run {
+        println!("environment {} destroyed", cx.env.name);
+    }
+    Ok(())
+}
+
+pub fn destroy(cx: &Context, args: &Args) -> Result<()> {
+    if !args.yes && !cx.dry_run {
+        if !std::io::stdin().is_terminal() {
+            bail!("refusing to destroy without --yes: standard input is not a terminal");
+        }
+        confirm(
+            &format!(
+                "This destroys environment `{0}`{1}. Type the environment name to go on: ",
+                cx.env.name,
+                if args.purge_state { " and its state bucket" } else { "" }
+            ),
+            &cx.env.name,
+        )?;
+    }
+    let root_module = deploy::root_module(cx, args.root_module.as_deref());
+    let tf = Terraform::find(cx, args.terraform.as_deref(), &root_module)?;
+    let backend = bootstrap::backend_file(cx);
+    if !backend.is_file() {
+        bail!(
+            "{} does not exist: nothing was bootstrapped for `{}` (or run `cargo xtask bootstrap --env {}` to recreate the backend settings)",
+            backend.display(),
+            cx.env.name,
+            cx.env.name
+        );
+    }
+    let clients = block_on(AwsClients::connect(&cx.env.aws));
+
+    if args.empty_buckets {
+        match Outputs::load(&outputs_file(cx)) {
+            Ok(outputs) => {
+                for output in ["initial_bucket_name", "final_bucket_name"] {
+                    let bucket = outputs.string(output)?;
+                    cx.step(format!("empty bucket {bucket}"));
+                    if cx.aws_call(format!("s3:ListObjectVersions + s3:DeleteObjects on {bucket}")) {
+                        let deleted = block_on(empty_bucket(&clients.s3, bucket))?;
+                        eprintln!("    deleted {deleted} object versions and delete markers");
+                    }
+                }
+            }
+            Err(err) => eprintln!(
+                "    note: not emptying buckets: {err:#} (already destroyed, or never deployed)"
+            ),
+        }
+    }
+
+    deploy::write_local_override(cx, &root_module)?;
+    let var_files = deploy::var_files(cx)?;
+    let mut destroy_args = vec![
+        "destroy".to_string(),
+        "-input=false".into(),
+        "-auto-approve".into(),
+    ];
+    destroy_args.extend(var_files.iter().map(|f| format!("-var-file={}", f.display())));
+    if cx.dry_run {
+        eprintln!("    (dry run) {}", tf.display(&destroy_args));
+    } else {
+        deploy::init(cx, &tf, &backend)?;
+        cx.step("terraform destroy");
+        let destroyed = tf.run(cx, &destroy_args, Output::Stream)?;
+        if destroyed.code != 0 {
+            bail!("terraform destroy failed (exit {}); fix the cause and run destroy again", destroyed.code);
+        }
+        for generated in [outputs_file(cx), render_user_data::default_path(cx)] {
+            let _ = std::fs::remove_file(generated);
+        }
+    }
+
+    if args.purge_state {
+        let bucket = block_on(bootstrap::resolve_state_bucket(cx, &clients))?;
+        cx.step(format!("delete state bucket {}", bucket.name));
+        if cx.aws_call(format!("empty and s3:DeleteBucket {}", bucket.name)) {
+            block_on(async {
+                empty_bucket(&clients.s3, &bucket.name).await?;
+                match clients.s3.delete_bucket().bucket(&bucket.name).send().await {
+                    Err(err) if err.code() == Some("NoSuchBucket") => Ok(()),
+                    other => other.map(drop).aws_context(format!("s3:DeleteBucket {}", bucket.name)),
+                }
+            })?;
+            let _ = std::fs::remove_dir_all(cx.state_dir().join("terraform-data"));
+            let _ = std::fs::remove_file(cx.state_dir().join("init.stamp"));
+            let _ = std::fs::remove_file(&backend);
+        }
+    }
+    Ok(())
 }

@@ -1,6 +1,7 @@
 //! `cargo xtask`: the workflow tool of this repository. See README.md.
 
 mod bootstrap;
+mod buckets;
 mod context;
 mod deploy;
 mod destroy;

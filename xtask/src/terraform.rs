@@ -1,10 +1,12 @@
 //! The one Terraform wrapper: finds `terraform` or `tofu`, checks its version, and builds
 //! non-interactive commands against a root module.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, Result, bail};
-use xshell::{Cmd, cmd};
+use service::aws::subprocess_env;
 
 use crate::context::Context;
 use crate::tools::find_on_path;
@@ -67,15 +69,90 @@ impl Terraform {
         })
     }
 
-    /// `terraform -chdir=<root module> <args>` with automation settings.
-    pub fn cmd<'a>(&self, cx: &'a Context, args: &[&str]) -> Cmd<'a> {
-        let binary = &self.binary;
-        let chdir = format!("-chdir={}", self.root_module.display());
-        cmd!(cx.sh, "{binary} {chdir} {args...}")
+    /// The command line as the user would type it, for step headers and `--dry-run`.
+    pub fn display(&self, args: &[String]) -> String {
+        format!(
+            "{} -chdir={} {}",
+            self.binary.file_name().unwrap_or_default().to_string_lossy(),
+            self.root_module.display(),
+            args.join(" ")
+        )
+    }
+
+    /// Runs `terraform -chdir=<root module> <args>` non-interactively, with the environment's
+    /// credentials and a per-environment data directory (so `terraform/` stays clean and
+    /// environments never share a `.terraform`). Output is streamed live, indented, and the
+    /// error stream is also kept for diagnosis.
+    pub fn run(&self, cx: &Context, args: &[String], output: Output) -> Result<Finished> {
+        let (subcommand, rest) = args.split_first().expect("a terraform subcommand");
+        let mut command = Command::new(&self.binary);
+        command
+            .arg(format!("-chdir={}", self.root_module.display()))
+            .arg(subcommand)
+            // Output is indented and often captured: colour codes only garble it.
+            .arg("-no-color")
+            .args(rest)
             .env("TF_IN_AUTOMATION", "1")
             .env("CHECKPOINT_DISABLE", "1")
             .env("TF_INPUT", "0")
+            .env("TF_DATA_DIR", cx.state_dir().join("terraform-data"))
+            .envs(subprocess_env(&cx.env.aws))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("starting {}", self.binary.display()))?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let show_stderr = output != Output::Quiet;
+        let show_stdout = output == Output::Stream;
+        let stderr_reader = std::thread::spawn(move || {
+            let mut kept = String::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if show_stderr {
+                    eprintln!("    {line}");
+                }
+                kept.push_str(&line);
+                kept.push('\n');
+            }
+            kept
+        });
+        let mut captured = String::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if show_stdout {
+                eprintln!("    {line}");
+            } else {
+                captured.push_str(&line);
+                captured.push('\n');
+            }
+        }
+        let status = child.wait().context("waiting for terraform")?;
+        let stderr = stderr_reader.join().unwrap_or_default();
+        Ok(Finished {
+            code: status.code().unwrap_or(-1),
+            stdout: captured,
+            stderr,
+        })
     }
+}
+
+/// What to show of a command's output while it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Both streams live.
+    Stream,
+    /// Standard output captured (for `-json`), errors live.
+    CaptureStdout,
+    /// Nothing shown; both kept, for commands whose failures are explained in one sentence.
+    Quiet,
+}
+
+/// A finished Terraform command.
+pub struct Finished {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 fn parse_version_json(text: &str) -> Result<String> {
