@@ -78,7 +78,9 @@ async fn sdk_config(settings: &AwsSettings) -> SdkConfig {
         loader = loader.endpoint_url(endpoint);
     }
     match &settings.credentials {
-        CredentialsSource::DefaultChain { profile: Some(name) } => {
+        CredentialsSource::DefaultChain {
+            profile: Some(name),
+        } => {
             loader = loader.profile_name(name);
         }
         CredentialsSource::DefaultChain { profile: None } => {}
@@ -146,7 +148,9 @@ pub fn subprocess_env(settings: &AwsSettings) -> Vec<(&'static str, String)> {
         ("AWS_DEFAULT_REGION", settings.region.clone()),
     ];
     match &settings.credentials {
-        CredentialsSource::DefaultChain { profile: Some(name) } => {
+        CredentialsSource::DefaultChain {
+            profile: Some(name),
+        } => {
             vars.push(("AWS_PROFILE", name.clone()));
         }
         CredentialsSource::DefaultChain { profile: None } => {}

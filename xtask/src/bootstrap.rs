@@ -39,7 +39,10 @@ pub enum Outcome {
     Created,
     UpToDate,
     /// Settings that differ from what they should be; fixed if `fixed` is true.
-    Drift { settings: Vec<String>, fixed: bool },
+    Drift {
+        settings: Vec<String>,
+        fixed: bool,
+    },
 }
 
 /// The state bucket of an environment and how to reach it.
@@ -75,10 +78,7 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
         ),
     }
     if !cx.dry_run {
-        println!(
-            "backend settings written to {}",
-            backend_file(cx).display()
-        );
+        println!("backend settings written to {}", backend_file(cx).display());
     }
     Ok(())
 }
@@ -187,7 +187,16 @@ pub async fn bucket_exists(s3: &S3, bucket: &StateBucket) -> Result<bool> {
         .send()
         .await
     {
-        Ok(_) => Ok(true),
+        // AWS answers 403 to HeadBucket with a foreign ExpectedBucketOwner; emulators may not
+        // check it, so ask the other way round too: is it among the caller's own buckets?
+        Ok(_) => match owned_by_caller(s3, &bucket.name).await? {
+            Some(false) => bail!(
+                "state bucket {} exists but belongs to another account; \
+                 choose another name with state_bucket in terraform/environments/<env>.xtask.hcl",
+                bucket.name
+            ),
+            _ => Ok(true),
+        },
         Err(err) => match err.raw_response().map(|r| r.status().as_u16()) {
             Some(404) => Ok(false),
             Some(403) => bail!(
@@ -197,6 +206,32 @@ pub async fn bucket_exists(s3: &S3, bucket: &StateBucket) -> Result<bool> {
             ),
             _ => Err(err).aws_context(format!("s3:HeadBucket {}", bucket.name)),
         },
+    }
+}
+
+/// Whether the caller's account owns the bucket, from ListBuckets; `None` where the caller
+/// may not list buckets (then HeadBucket's ExpectedBucketOwner check has to suffice).
+async fn owned_by_caller(s3: &S3, name: &str) -> Result<Option<bool>> {
+    let mut token: Option<String> = None;
+    loop {
+        let page = match s3
+            .list_buckets()
+            .prefix(name)
+            .set_continuation_token(token.clone())
+            .send()
+            .await
+        {
+            Ok(page) => page,
+            Err(err) if err.code() == Some("AccessDenied") => return Ok(None),
+            Err(err) => return Err(err).aws_context("s3:ListBuckets"),
+        };
+        if page.buckets().iter().any(|b| b.name() == Some(name)) {
+            return Ok(Some(true));
+        }
+        match page.continuation_token() {
+            Some(next) if !next.is_empty() => token = Some(next.to_string()),
+            _ => return Ok(Some(false)),
+        }
     }
 }
 
@@ -233,7 +268,10 @@ async fn create_bucket(cx: &Context, s3: &S3, bucket: &StateBucket) -> Result<()
             return Ok(());
         }
         if attempt >= 30 {
-            bail!("state bucket {} was created but is not visible after 30 s", bucket.name);
+            bail!(
+                "state bucket {} was created but is not visible after 30 s",
+                bucket.name
+            );
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -284,7 +322,10 @@ impl Setting {
             Setting::Versioning => "Enabled".into(),
             Setting::Encryption => format!(
                 "aws:kms with {}, bucket key on",
-                bucket.kms_key_arn.as_deref().unwrap_or("the AWS-managed key")
+                bucket
+                    .kms_key_arn
+                    .as_deref()
+                    .unwrap_or("the AWS-managed key")
             ),
             Setting::Lifecycle => format!(
                 "noncurrent versions expire after {NONCURRENT_STATE_DAYS} days, incomplete uploads aborted after 1 day"
@@ -435,7 +476,9 @@ async fn inspect(s3: &S3, bucket: &StateBucket, setting: Setting) -> Result<Foun
                         .and_then(|c| c.rules().first());
                     let default = rule.and_then(|r| r.apply_server_side_encryption_by_default());
                     let algorithm = default.map(|d| d.sse_algorithm().as_str().to_string());
-                    let key = default.and_then(|d| d.kms_master_key_id()).map(str::to_string);
+                    let key = default
+                        .and_then(|d| d.kms_master_key_id())
+                        .map(str::to_string);
                     let bucket_key = rule.and_then(|r| r.bucket_key_enabled()) == Some(true);
                     let key_ok = match &bucket.kms_key_arn {
                         Some(want) => key.as_deref() == Some(want),
@@ -539,7 +582,11 @@ async fn apply(cx: &Context, s3: &S3, bucket: &StateBucket, setting: Setting) ->
         // Written and checked as a document by write_local_policy instead.
         return Ok(());
     }
-    if !cx.aws_call(format!("{} on {name}: {}", setting.name(), setting.want(bucket))) {
+    if !cx.aws_call(format!(
+        "{} on {name}: {}",
+        setting.name(),
+        setting.want(bucket)
+    )) {
         return Ok(());
     }
     // Right after CreateBucket, S3 may answer OperationAborted ("a conflicting conditional
@@ -550,7 +597,10 @@ async fn apply(cx: &Context, s3: &S3, bucket: &StateBucket, setting: Setting) ->
             Ok(()) => return Ok(()),
             Err(err)
                 if attempt < 6
-                    && matches!(err.code.as_deref(), Some("OperationAborted" | "NoSuchBucket")) =>
+                    && matches!(
+                        err.code.as_deref(),
+                        Some("OperationAborted" | "NoSuchBucket")
+                    ) =>
             {
                 tokio::time::sleep(delay).await;
                 delay *= 2;
@@ -634,8 +684,8 @@ async fn apply_once(
             .map(drop)
             .map_err(classify),
         Setting::Encryption => {
-            let mut default =
-                ServerSideEncryptionByDefault::builder().sse_algorithm(ServerSideEncryption::AwsKms);
+            let mut default = ServerSideEncryptionByDefault::builder()
+                .sse_algorithm(ServerSideEncryption::AwsKms);
             if let Some(key) = &bucket.kms_key_arn {
                 default = default.kms_master_key_id(key);
             }
@@ -729,7 +779,10 @@ pub fn backend_file(cx: &Context) -> std::path::PathBuf {
 pub fn backend_settings(cx: &Context, bucket: &StateBucket) -> String {
     let mut lines = vec![
         format!("bucket       = {:?}", bucket.name),
-        format!("key          = {:?}", format!("{}/terraform.tfstate", cx.env.name)),
+        format!(
+            "key          = {:?}",
+            format!("{}/terraform.tfstate", cx.env.name)
+        ),
         format!("region       = {:?}", cx.env.region()),
         // S3-native locking (Terraform >= 1.10): a .tflock object next to the state.
         "use_lockfile = true".to_string(),

@@ -13,7 +13,13 @@ pub async fn empty_bucket(s3: &S3, bucket: &str) -> Result<usize> {
     let mut deleted = 0;
     loop {
         // Always list from the start: what was deleted is gone, so no markers are needed.
-        let page = match s3.list_object_versions().bucket(bucket).max_keys(1000).send().await {
+        let page = match s3
+            .list_object_versions()
+            .bucket(bucket)
+            .max_keys(1000)
+            .send()
+            .await
+        {
             Ok(page) => page,
             Err(err) if err.code() == Some("NoSuchBucket") => return Ok(deleted),
             Err(err) => return Err(err).aws_context(format!("s3:ListObjectVersions {bucket}")),

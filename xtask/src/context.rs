@@ -73,7 +73,9 @@ impl Context {
             eprintln!("    $ {cmd}");
         }
         let shown = cmd.to_string();
-        cmd.quiet().run().with_context(|| format!("`{shown}` failed"))
+        cmd.quiet()
+            .run()
+            .with_context(|| format!("`{shown}` failed"))
     }
 
     /// Describes an AWS API call; returns true when it should really be made.

@@ -100,7 +100,11 @@ pub fn deploy(cx: &Context, args: &Args) -> Result<Summary> {
         "-detailed-exitcode".into(),
         format!("-out={}", plan_file.display()),
     ];
-    plan_args.extend(var_files.iter().map(|f| format!("-var-file={}", f.display())));
+    plan_args.extend(
+        var_files
+            .iter()
+            .map(|f| format!("-var-file={}", f.display())),
+    );
     cx.step("terraform plan");
     let plan = tf.run(cx, &plan_args, Output::Stream)?;
     let mut summary = match plan.code {
@@ -114,7 +118,10 @@ pub fn deploy(cx: &Context, args: &Args) -> Result<Summary> {
             summary.add, summary.change, summary.destroy
         );
         if !args.yes {
-            confirm(&format!("Apply this plan to `{}`? Type yes: ", cx.env.name), "yes")?;
+            confirm(
+                &format!("Apply this plan to `{}`? Type yes: ", cx.env.name),
+                "yes",
+            )?;
         }
         cx.step("terraform apply");
         let apply_args = vec![
@@ -222,7 +229,10 @@ pub fn var_files(cx: &Context) -> Result<Vec<PathBuf>> {
     }
     let generated = cx.state_dir().join("xtask.tfvars.json");
     let text = serde_json::to_string_pretty(&Value::Object(
-        xtask_variables(cx).into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        xtask_variables(cx)
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
     ))?;
     if !cx.dry_run {
         std::fs::create_dir_all(cx.state_dir())?;
@@ -293,7 +303,8 @@ provider "aws" {{
             if cx.dry_run {
                 eprintln!("    (dry run) would write {}", path.display());
             } else {
-                std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+                std::fs::write(&path, text)
+                    .with_context(|| format!("writing {}", path.display()))?;
             }
         }
         _ => {
@@ -323,7 +334,10 @@ fn dry_run(cx: &Context, tf: &Terraform, var_files: &[PathBuf]) -> Result<()> {
             cx.state_dir().join("deploy.tfplan").display(),
             vars.join(" ")
         ),
-        format!("apply -input=false {}", cx.state_dir().join("deploy.tfplan").display()),
+        format!(
+            "apply -input=false {}",
+            cx.state_dir().join("deploy.tfplan").display()
+        ),
         "output -json".to_string(),
     ] {
         eprintln!("    (dry run) {}", tf.display(&[step]));
@@ -331,7 +345,11 @@ fn dry_run(cx: &Context, tf: &Terraform, var_files: &[PathBuf]) -> Result<()> {
     cx.step("terraform validate");
     let init = tf.run(
         cx,
-        &["init".into(), "-input=false".into(), "-backend=false".into()],
+        &[
+            "init".into(),
+            "-input=false".into(),
+            "-backend=false".into(),
+        ],
         Output::Quiet,
     )?;
     if init.code != 0 {
@@ -357,7 +375,11 @@ fn dry_run(cx: &Context, tf: &Terraform, var_files: &[PathBuf]) -> Result<()> {
 fn plan_summary(cx: &Context, tf: &Terraform, plan_file: &Path) -> Result<Summary> {
     let show = tf.run(
         cx,
-        &["show".into(), "-json".into(), plan_file.display().to_string()],
+        &[
+            "show".into(),
+            "-json".into(),
+            plan_file.display().to_string(),
+        ],
         Output::CaptureStdout,
     )?;
     if show.code != 0 {
@@ -389,7 +411,11 @@ fn plan_summary(cx: &Context, tf: &Terraform, plan_file: &Path) -> Result<Summar
 
 fn save_outputs(cx: &Context, tf: &Terraform) -> Result<Outputs> {
     cx.step("terraform output -json");
-    let output = tf.run(cx, &["output".into(), "-json".into()], Output::CaptureStdout)?;
+    let output = tf.run(
+        cx,
+        &["output".into(), "-json".into()],
+        Output::CaptureStdout,
+    )?;
     if output.code != 0 {
         bail!("terraform output failed (exit {})", output.code);
     }

@@ -54,7 +54,11 @@ pub fn destroy(cx: &Context, args: &Args) -> Result<()> {
             &format!(
                 "This destroys environment `{0}`{1}. Type the environment name to go on: ",
                 cx.env.name,
-                if args.purge_state { " and its state bucket" } else { "" }
+                if args.purge_state {
+                    " and its state bucket"
+                } else {
+                    ""
+                }
             ),
             &cx.env.name,
         )?;
@@ -78,7 +82,9 @@ pub fn destroy(cx: &Context, args: &Args) -> Result<()> {
                 for output in ["initial_bucket_name", "final_bucket_name"] {
                     let bucket = outputs.string(output)?;
                     cx.step(format!("empty bucket {bucket}"));
-                    if cx.aws_call(format!("s3:ListObjectVersions + s3:DeleteObjects on {bucket}")) {
+                    if cx.aws_call(format!(
+                        "s3:ListObjectVersions + s3:DeleteObjects on {bucket}"
+                    )) {
                         let deleted = block_on(empty_bucket(&clients.s3, bucket))?;
                         eprintln!("    deleted {deleted} object versions and delete markers");
                     }
@@ -97,7 +103,11 @@ pub fn destroy(cx: &Context, args: &Args) -> Result<()> {
         "-input=false".into(),
         "-auto-approve".into(),
     ];
-    destroy_args.extend(var_files.iter().map(|f| format!("-var-file={}", f.display())));
+    destroy_args.extend(
+        var_files
+            .iter()
+            .map(|f| format!("-var-file={}", f.display())),
+    );
     if cx.dry_run {
         eprintln!("    (dry run) {}", tf.display(&destroy_args));
     } else {
@@ -105,7 +115,10 @@ pub fn destroy(cx: &Context, args: &Args) -> Result<()> {
         cx.step("terraform destroy");
         let destroyed = tf.run(cx, &destroy_args, Output::Stream)?;
         if destroyed.code != 0 {
-            bail!("terraform destroy failed (exit {}); fix the cause and run destroy again", destroyed.code);
+            bail!(
+                "terraform destroy failed (exit {}); fix the cause and run destroy again",
+                destroyed.code
+            );
         }
         for generated in [outputs_file(cx), render_user_data::default_path(cx)] {
             let _ = std::fs::remove_file(generated);
@@ -120,7 +133,9 @@ pub fn destroy(cx: &Context, args: &Args) -> Result<()> {
                 empty_bucket(&clients.s3, &bucket.name).await?;
                 match clients.s3.delete_bucket().bucket(&bucket.name).send().await {
                     Err(err) if err.code() == Some("NoSuchBucket") => Ok(()),
-                    other => other.map(drop).aws_context(format!("s3:DeleteBucket {}", bucket.name)),
+                    other => other
+                        .map(drop)
+                        .aws_context(format!("s3:DeleteBucket {}", bucket.name)),
                 }
             })?;
             let _ = std::fs::remove_dir_all(cx.state_dir().join("terraform-data"));

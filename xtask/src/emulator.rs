@@ -228,10 +228,8 @@ fn answers(port: u16) -> bool {
 
 /// A minimal HTTP/1.1 exchange; the emulator's control API is all this needs.
 fn http_status(port: u16, method: &str, path: &str) -> Result<u16> {
-    let mut stream = TcpStream::connect_timeout(
-        &([127, 0, 0, 1], port).into(),
-        Duration::from_millis(500),
-    )?;
+    let mut stream =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(
         stream,

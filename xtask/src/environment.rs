@@ -78,8 +78,7 @@ impl Environment {
         let name_prefix = head
             .name_prefix
             .with_context(|| format!("{} must set `name_prefix`", var_file.display()))?;
-        validate_name_prefix(&name_prefix)
-            .with_context(|| format!("in {}", var_file.display()))?;
+        validate_name_prefix(&name_prefix).with_context(|| format!("in {}", var_file.display()))?;
 
         let settings_file = dir.join(format!("{name}.xtask.hcl"));
         let settings: XtaskSettings = if settings_file.is_file() {
@@ -215,7 +214,13 @@ mod tests {
         let env = Environment::load(&root, "local").unwrap();
         assert!(env.is_local());
         assert_eq!(env.region(), LOCAL_REGION);
-        assert!(env.aws.endpoint_url.as_deref().unwrap().starts_with("http://127.0.0.1:"));
+        assert!(
+            env.aws
+                .endpoint_url
+                .as_deref()
+                .unwrap()
+                .starts_with("http://127.0.0.1:")
+        );
         assert_eq!(
             env.state_bucket_name("123456789012"),
             "filepipe-local-tfstate-123456789012-eu-west-1"
@@ -245,12 +250,18 @@ mod tests {
             }
         );
         assert_eq!(env.state_bucket_name("111122223333"), "acme-state");
-        assert_eq!(env.var_file, Some(environments_dir(&root).join("prod.tfvars")));
+        assert_eq!(
+            env.var_file,
+            Some(environments_dir(&root).join("prod.tfvars"))
+        );
     }
 
     #[test]
     fn default_state_bucket_embeds_account_and_region() {
-        let root = temp_root(&[("dev.tfvars", "region = \"eu-central-1\"\nname_prefix = \"dev-files\"\n")]);
+        let root = temp_root(&[(
+            "dev.tfvars",
+            "region = \"eu-central-1\"\nname_prefix = \"dev-files\"\n",
+        )]);
         let env = Environment::load(&root, "dev").unwrap();
         assert_eq!(
             env.state_bucket_name("111122223333"),
@@ -260,7 +271,10 @@ mod tests {
 
     #[test]
     fn unknown_environment_names_the_missing_file_and_the_known_ones() {
-        let root = temp_root(&[("dev.tfvars", "region = \"eu-central-1\"\nname_prefix = \"dev-files\"\n")]);
+        let root = temp_root(&[(
+            "dev.tfvars",
+            "region = \"eu-central-1\"\nname_prefix = \"dev-files\"\n",
+        )]);
         let err = format!("{:#}", Environment::load(&root, "prod").unwrap_err());
         assert!(err.contains("prod.tfvars does not exist"), "{err}");
         assert!(err.contains("local, dev"), "{err}");
@@ -270,8 +284,14 @@ mod tests {
     fn missing_region_and_bad_names_are_refused() {
         let root = temp_root(&[
             ("noregion.tfvars", "name_prefix = \"abc\"\n"),
-            ("badprefix.tfvars", "region = \"eu-west-1\"\nname_prefix = \"Bad_Prefix\"\n"),
-            ("typo.tfvars", "region = \"eu-west-1\"\nname_prefix = \"abc\"\n"),
+            (
+                "badprefix.tfvars",
+                "region = \"eu-west-1\"\nname_prefix = \"Bad_Prefix\"\n",
+            ),
+            (
+                "typo.tfvars",
+                "region = \"eu-west-1\"\nname_prefix = \"abc\"\n",
+            ),
             ("typo.xtask.hcl", "aws_profil = \"x\"\n"),
         ]);
         let err = format!("{:#}", Environment::load(&root, "noregion").unwrap_err());

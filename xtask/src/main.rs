@@ -11,9 +11,12 @@ mod local;
 mod outputs;
 mod render_user_data;
 mod smoke;
-mod test;
 mod terraform;
+mod test;
 mod tools;
+
+#[cfg(test)]
+mod integration_tests;
 
 use std::process::ExitCode;
 
@@ -29,7 +32,12 @@ use crate::context::Context;
 )]
 struct Cli {
     /// Environment to act on: `local` (the AWS emulator) or a file terraform/environments/<name>.tfvars.
-    #[arg(long = "env", global = true, default_value = "local", env = "XTASK_ENV")]
+    #[arg(
+        long = "env",
+        global = true,
+        default_value = "local",
+        env = "XTASK_ENV"
+    )]
     env: String,
     /// Print every command and AWS API call that would run, and change nothing.
     #[arg(long, global = true)]

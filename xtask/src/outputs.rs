@@ -50,7 +50,11 @@ impl Outputs {
         if !missing.is_empty() {
             bail!(
                 "Terraform outputs are missing {} required by the xtask: {} (see terraform/outputs.tf)",
-                if missing.len() == 1 { "one output" } else { "outputs" },
+                if missing.len() == 1 {
+                    "one output"
+                } else {
+                    "outputs"
+                },
                 missing.join(", ")
             );
         }

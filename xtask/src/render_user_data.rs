@@ -29,7 +29,9 @@ pub fn default_path(cx: &Context) -> PathBuf {
 
 /// Writes the script with mode 0755; returns where.
 pub fn write(cx: &Context, outputs: &Outputs, out: Option<&Path>) -> Result<PathBuf> {
-    let path = out.map(Path::to_path_buf).unwrap_or_else(|| default_path(cx));
+    let path = out
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| default_path(cx));
     let script = outputs.string("user_data")?;
     if cx.dry_run {
         eprintln!("    (dry run) would write {}", path.display());

@@ -73,7 +73,10 @@ impl Terraform {
     pub fn display(&self, args: &[String]) -> String {
         format!(
             "{} -chdir={} {}",
-            self.binary.file_name().unwrap_or_default().to_string_lossy(),
+            self.binary
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy(),
             self.root_module.display(),
             args.join(" ")
         )
@@ -160,7 +163,8 @@ fn parse_version_json(text: &str) -> Result<String> {
     struct VersionJson {
         terraform_version: String,
     }
-    let parsed: VersionJson = serde_json::from_str(text).context("unexpected `version -json` output")?;
+    let parsed: VersionJson =
+        serde_json::from_str(text).context("unexpected `version -json` output")?;
     Ok(parsed.terraform_version)
 }
 
@@ -198,7 +202,10 @@ mod tests {
         assert!(check_version("1.11.4").is_ok());
         assert!(check_version("2.0.0").is_ok());
         let err = check_version("1.9.8").unwrap_err().to_string();
-        assert!(err.contains("1.9.8 is too old") && err.contains("use_lockfile"), "{err}");
+        assert!(
+            err.contains("1.9.8 is too old") && err.contains("use_lockfile"),
+            "{err}"
+        );
         assert!(check_version("0.15.5").is_err());
         assert!(check_version("garbage").is_err());
     }

@@ -16,7 +16,10 @@ pub fn run(cx: &Context, _args: Args) -> Result<()> {
     cx.run("cargo fmt --check", cmd!(sh, "cargo fmt --all -- --check"))?;
     cx.run(
         "cargo clippy",
-        cmd!(sh, "cargo clippy --workspace --all-targets --locked -- -D warnings"),
+        cmd!(
+            sh,
+            "cargo clippy --workspace --all-targets --locked -- -D warnings"
+        ),
     )?;
 
     let (record, we_started) = emulator::start(cx, emulator::configured_port()?)

@@ -44,7 +44,10 @@ impl PythonTool {
         if let Some(path) = std::env::var_os(&override_var) {
             let path = PathBuf::from(path);
             if !is_executable(&path) {
-                bail!("{override_var}={} is not an executable file", path.display());
+                bail!(
+                    "{override_var}={} is not an executable file",
+                    path.display()
+                );
             }
             return Ok(path);
         }

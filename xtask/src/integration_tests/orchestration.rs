@@ -1,0 +1,548 @@
+//! bootstrap, deploy, render-user-data and destroy against the emulator with the machine's
+//! real terraform, deploying the provider-free fixture through the same code path as the
+//! real modules.
+
+use std::os::unix::fs::PermissionsExt;
+
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{
+    BucketLocationConstraint, BucketVersioningStatus, CreateBucketConfiguration,
+    VersioningConfiguration,
+};
+use serde_json::Value;
+use service::aws::AwsClients;
+
+use super::{copy_dir, isolated_local_context, require_tool, temp_dir};
+use crate::bootstrap::{self, NONCURRENT_STATE_DAYS, Outcome};
+use crate::buckets::empty_bucket;
+use crate::context::{Context, block_on, workspace_root};
+use crate::deploy::{self, outputs_file};
+use crate::destroy;
+use crate::outputs::Outputs;
+use crate::render_user_data;
+use crate::terraform::Terraform;
+
+fn clients(cx: &Context) -> AwsClients {
+    block_on(AwsClients::connect(&cx.env.aws))
+}
+
+fn bootstrap(cx: &Context, fix: bool) -> (bootstrap::StateBucket, Outcome) {
+    block_on(bootstrap::bootstrap(cx, &bootstrap::Args { fix })).expect("bootstrap")
+}
+
+#[test]
+fn bootstrap_creates_a_private_versioned_encrypted_bucket_then_reports_and_fixes_drift() {
+    let cx = isolated_local_context("bootstrap");
+    let (bucket, outcome) = bootstrap(&cx, false);
+    assert_eq!(outcome, Outcome::Created);
+    assert_eq!(
+        bucket.name,
+        format!(
+            "{}-tfstate-{}-eu-west-1",
+            cx.env.name_prefix, bucket.account_id
+        )
+    );
+
+    let s3 = clients(&cx).s3;
+    block_on(async {
+        let location = s3
+            .get_bucket_location()
+            .bucket(&bucket.name)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            location.location_constraint().map(|c| c.as_str()),
+            Some("eu-west-1")
+        );
+        let pab = s3
+            .get_public_access_block()
+            .bucket(&bucket.name)
+            .send()
+            .await
+            .unwrap();
+        let pab = pab.public_access_block_configuration().unwrap();
+        assert_eq!(
+            [
+                pab.block_public_acls(),
+                pab.ignore_public_acls(),
+                pab.block_public_policy(),
+                pab.restrict_public_buckets()
+            ],
+            [Some(true); 4]
+        );
+        let ownership = s3
+            .get_bucket_ownership_controls()
+            .bucket(&bucket.name)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            ownership.ownership_controls().unwrap().rules()[0]
+                .object_ownership()
+                .as_str(),
+            "BucketOwnerEnforced"
+        );
+        let versioning = s3
+            .get_bucket_versioning()
+            .bucket(&bucket.name)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(versioning.status(), Some(&BucketVersioningStatus::Enabled));
+        let encryption = s3
+            .get_bucket_encryption()
+            .bucket(&bucket.name)
+            .send()
+            .await
+            .unwrap();
+        let rule = &encryption
+            .server_side_encryption_configuration()
+            .unwrap()
+            .rules()[0];
+        assert_eq!(
+            rule.apply_server_side_encryption_by_default()
+                .unwrap()
+                .sse_algorithm()
+                .as_str(),
+            "aws:kms"
+        );
+        assert_eq!(rule.bucket_key_enabled(), Some(true));
+        let lifecycle = s3
+            .get_bucket_lifecycle_configuration()
+            .bucket(&bucket.name)
+            .send()
+            .await
+            .unwrap();
+        let rule = &lifecycle.rules()[0];
+        assert_eq!(
+            rule.noncurrent_version_expiration()
+                .and_then(|e| e.noncurrent_days()),
+            Some(NONCURRENT_STATE_DAYS)
+        );
+        assert_eq!(
+            rule.abort_incomplete_multipart_upload()
+                .and_then(|a| a.days_after_initiation()),
+            Some(1)
+        );
+        // Locally the TLS-only policy is a checked document, not attached (see bootstrap.rs).
+        assert!(
+            s3.get_bucket_policy()
+                .bucket(&bucket.name)
+                .send()
+                .await
+                .is_err()
+        );
+    });
+    let policy: Value = serde_json::from_str(
+        &std::fs::read_to_string(cx.state_dir().join("state-bucket-policy.json")).unwrap(),
+    )
+    .unwrap();
+    bootstrap::check_tls_only_policy(&policy, &bucket.name, "eu-west-1").unwrap();
+    let backend = std::fs::read_to_string(bootstrap::backend_file(&cx)).unwrap();
+    assert!(backend.contains("use_lockfile = true"), "{backend}");
+    assert!(
+        backend.contains(&format!("bucket       = \"{}\"", bucket.name)),
+        "{backend}"
+    );
+
+    assert_eq!(bootstrap(&cx, false).1, Outcome::UpToDate);
+
+    block_on(
+        s3.put_bucket_versioning()
+            .bucket(&bucket.name)
+            .versioning_configuration(
+                VersioningConfiguration::builder()
+                    .status(BucketVersioningStatus::Suspended)
+                    .build(),
+            )
+            .send(),
+    )
+    .unwrap();
+    assert_eq!(
+        bootstrap(&cx, false).1,
+        Outcome::Drift {
+            settings: vec!["versioning".into()],
+            fixed: false
+        }
+    );
+    let still_suspended = block_on(s3.get_bucket_versioning().bucket(&bucket.name).send()).unwrap();
+    assert_eq!(
+        still_suspended.status(),
+        Some(&BucketVersioningStatus::Suspended),
+        "no --fix, no change"
+    );
+    assert_eq!(
+        bootstrap(&cx, true).1,
+        Outcome::Drift {
+            settings: vec!["versioning".into()],
+            fixed: true
+        }
+    );
+    assert_eq!(bootstrap(&cx, false).1, Outcome::UpToDate);
+}
+
+#[test]
+fn bootstrap_refuses_a_state_bucket_owned_by_another_account() {
+    let mut cx = isolated_local_context("foreign");
+    let clients = clients(&cx);
+    let foreign = block_on(async {
+        // The emulator maps credentials from AssumeRole to the role's account.
+        let assumed = clients
+            .sts
+            .assume_role()
+            .role_arn("arn:aws:iam::111111111111:role/someone-else")
+            .role_session_name("xtask-test")
+            .send()
+            .await
+            .unwrap();
+        let creds = assumed.credentials().unwrap();
+        let config = clients
+            .s3
+            .config()
+            .to_builder()
+            .credentials_provider(aws_sdk_s3::config::Credentials::new(
+                creds.access_key_id(),
+                creds.secret_access_key(),
+                Some(creds.session_token().to_string()),
+                None,
+                "other-account",
+            ))
+            .build();
+        let other = aws_sdk_s3::Client::from_conf(config);
+        let name = service::testing::unique_bucket_name("foreign");
+        other
+            .create_bucket()
+            .bucket(&name)
+            .create_bucket_configuration(
+                CreateBucketConfiguration::builder()
+                    .location_constraint(BucketLocationConstraint::EuWest1)
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        name
+    });
+    cx.env.state_bucket = Some(foreign.clone());
+    let err = block_on(bootstrap::bootstrap(&cx, &bootstrap::Args { fix: true })).unwrap_err();
+    let message = format!("{err:#}");
+    assert!(
+        message.contains(&foreign) && message.contains("another account"),
+        "{message}"
+    );
+    assert!(!message.contains('\n'), "one line: {message}");
+    assert!(!bootstrap::backend_file(&cx).exists(), "nothing written");
+}
+
+fn fixture_root() -> std::path::PathBuf {
+    let dir = temp_dir("fixture-root");
+    copy_dir(
+        &workspace_root().join("xtask/tests/fixtures/provider-free"),
+        &dir,
+    );
+    copy_dir(
+        &workspace_root().join("terraform/templates"),
+        &dir.join("templates"),
+    );
+    dir
+}
+
+fn state_object(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Value {
+    let body = block_on(async {
+        s3.get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap()
+            .body
+            .collect()
+            .await
+            .unwrap()
+    });
+    serde_json::from_slice(&body.into_bytes()).unwrap()
+}
+
+fn keys(s3: &aws_sdk_s3::Client, bucket: &str) -> Vec<String> {
+    block_on(s3.list_objects_v2().bucket(bucket).send())
+        .unwrap()
+        .contents()
+        .iter()
+        .filter_map(|o| o.key().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn fixture_deploys_redeploys_and_destroys_through_the_real_code_path() {
+    require_tool(
+        "terraform",
+        "it deploys the provider-free fixture with the S3 backend",
+    );
+    let cx = isolated_local_context("deploy");
+    let (bucket, _) = bootstrap(&cx, false);
+    let root = fixture_root();
+    let args = deploy::Args {
+        yes: true,
+        terraform: None,
+        root_module: Some(root.clone()),
+    };
+
+    let first = deploy::deploy(&cx, &args).expect("first deploy");
+    assert!(first.applied);
+    assert_eq!((first.add, first.change, first.destroy), (4, 0, 0));
+
+    let s3 = clients(&cx).s3;
+    let objects = keys(&s3, &bucket.name);
+    assert!(
+        objects.contains(&"local/terraform.tfstate".to_string()),
+        "{objects:?}"
+    );
+    assert!(
+        !objects.iter().any(|k| k.ends_with(".tflock")),
+        "lock released: {objects:?}"
+    );
+    let state = state_object(&s3, &bucket.name, "local/terraform.tfstate");
+    assert_eq!(state["resources"].as_array().unwrap().len(), 4);
+
+    let outputs = Outputs::load(&outputs_file(&cx)).unwrap();
+    let prefix = &cx.env.name_prefix;
+    assert_eq!(
+        outputs.string("initial_bucket_name").unwrap(),
+        format!("{prefix}-initial-123456789012")
+    );
+    assert_eq!(outputs.string("region").unwrap(), "eu-west-1");
+    assert_eq!(
+        outputs.string("kms_key_alias").unwrap(),
+        format!("alias/{prefix}-data")
+    );
+
+    let user_data = render_user_data::default_path(&cx);
+    let script = std::fs::read_to_string(&user_data).unwrap();
+    assert!(script.starts_with("#!/bin/bash"));
+    assert!(script.contains(&format!("INITIAL_BUCKET={prefix}-initial-123456789012")));
+    assert_eq!(
+        std::fs::metadata(&user_data).unwrap().permissions().mode() & 0o777,
+        0o755
+    );
+    assert!(
+        !root.join(deploy::LOCAL_OVERRIDE_FILE).exists(),
+        "no provider, no override"
+    );
+
+    let second = deploy::deploy(&cx, &args).expect("second deploy");
+    assert!(!second.has_changes() && !second.applied, "{second:?}");
+
+    let destroy_args = destroy::Args {
+        yes: true,
+        empty_buckets: true,
+        purge_state: false,
+        terraform: None,
+        root_module: Some(root.clone()),
+    };
+    destroy::destroy(&cx, &destroy_args).expect("destroy");
+    let state = state_object(&s3, &bucket.name, "local/terraform.tfstate");
+    assert_eq!(
+        state["resources"],
+        Value::Array(vec![]),
+        "destroy leaves no resources"
+    );
+    assert!(!outputs_file(&cx).exists());
+    assert!(
+        !keys(&s3, &bucket.name)
+            .iter()
+            .any(|k| k.ends_with(".tflock"))
+    );
+
+    // Safe to re-run, and --purge-state removes the state bucket last.
+    destroy::destroy(
+        &cx,
+        &destroy::Args {
+            purge_state: true,
+            ..destroy_args
+        },
+    )
+    .expect("destroy again");
+    let gone = block_on(s3.head_bucket().bucket(&bucket.name).send());
+    assert!(gone.is_err(), "state bucket deleted");
+}
+
+#[test]
+fn deploy_refuses_missing_or_old_terraform_and_changes_nothing() {
+    let cx = isolated_local_context("bad-terraform");
+    bootstrap(&cx, false);
+    let root = fixture_root();
+    let before: Vec<_> = std::fs::read_dir(cx.state_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+
+    let missing = deploy::Args {
+        yes: true,
+        terraform: Some("/nonexistent/terraform".into()),
+        root_module: Some(root.clone()),
+    };
+    let err = format!("{:#}", deploy::deploy(&cx, &missing).unwrap_err());
+    assert!(
+        err.contains("/nonexistent/terraform") && err.contains("does not exist"),
+        "{err}"
+    );
+    assert!(!err.contains('\n'));
+
+    let not_on_path = deploy::Args {
+        terraform: Some("terraform-that-is-not-installed".into()),
+        ..missing.clone()
+    };
+    let err = format!("{:#}", deploy::deploy(&cx, &not_on_path).unwrap_err());
+    assert!(err.contains("is not on PATH"), "{err}");
+
+    let old = temp_dir("old-terraform").join("terraform");
+    std::fs::write(
+        &old,
+        "#!/bin/sh\necho '{\"terraform_version\":\"1.9.8\",\"platform\":\"linux_amd64\"}'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let too_old = deploy::Args {
+        terraform: Some(old.display().to_string()),
+        ..missing.clone()
+    };
+    let err = format!("{:#}", deploy::deploy(&cx, &too_old).unwrap_err());
+    assert!(
+        err.contains("1.9.8 is too old") && err.contains("use_lockfile"),
+        "{err}"
+    );
+    assert!(!err.contains('\n'));
+
+    let after: Vec<_> = std::fs::read_dir(cx.state_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(before, after, "no state files written");
+    assert!(!outputs_file(&cx).exists());
+}
+
+#[test]
+fn deploy_without_bootstrap_says_so() {
+    require_tool("terraform", "deploy looks for it before anything else");
+    let cx = isolated_local_context("no-bootstrap");
+    let args = deploy::Args {
+        yes: true,
+        terraform: None,
+        root_module: Some(fixture_root()),
+    };
+    let err = format!("{:#}", deploy::deploy(&cx, &args).unwrap_err());
+    assert!(
+        err.contains("run `cargo xtask bootstrap --env local` first"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_real_modules_fail_in_one_sentence_when_the_provider_cannot_be_installed() {
+    let terraform = require_tool("terraform", "it runs terraform init on the real modules");
+    let cx = isolated_local_context("offline");
+    let tf = Terraform::find(
+        &cx,
+        Some(terraform.to_str().unwrap()),
+        &workspace_root().join("terraform"),
+    )
+    .unwrap();
+    let (_, _) = bootstrap(&cx, false);
+    // Init against a copy, so the test never writes an override into the real terraform/.
+    let copy = temp_dir("real-modules");
+    copy_dir(&workspace_root().join("terraform"), &copy);
+    let tf = Terraform {
+        root_module: copy,
+        ..tf
+    };
+    match deploy::init(&cx, &tf, &bootstrap::backend_file(&cx)) {
+        // An online machine installs the provider: then there is nothing to assert here.
+        Ok(()) => eprintln!("note: the AWS provider could be installed on this machine"),
+        Err(err) => {
+            let message = format!("{err:#}");
+            assert!(
+                message.contains("could not install the hashicorp/aws provider"),
+                "{message}"
+            );
+            assert!(
+                !message.contains('\n'),
+                "one sentence, not Terraform's output: {message}"
+            );
+        }
+    }
+}
+
+#[test]
+fn emptying_a_bucket_removes_more_than_a_thousand_versions_and_delete_markers() {
+    let cx = isolated_local_context("empty");
+    let s3 = clients(&cx).s3;
+    let bucket = service::testing::unique_bucket_name("versions");
+    block_on(async {
+        s3.create_bucket()
+            .bucket(&bucket)
+            .create_bucket_configuration(
+                CreateBucketConfiguration::builder()
+                    .location_constraint(BucketLocationConstraint::EuWest1)
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        s3.put_bucket_versioning()
+            .bucket(&bucket)
+            .versioning_configuration(
+                VersioningConfiguration::builder()
+                    .status(BucketVersioningStatus::Enabled)
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        // 40 keys x 27 versions = 1,080 versions, plus one delete marker per key.
+        let mut tasks = tokio::task::JoinSet::new();
+        for k in 0..40 {
+            let s3 = s3.clone();
+            let bucket = bucket.clone();
+            tasks.spawn(async move {
+                for v in 0..27 {
+                    s3.put_object()
+                        .bucket(&bucket)
+                        .key(format!("k{k}"))
+                        .body(ByteStream::from(format!("{k}-{v}").into_bytes()))
+                        .send()
+                        .await
+                        .unwrap();
+                }
+                s3.delete_object()
+                    .bucket(&bucket)
+                    .key(format!("k{k}"))
+                    .send()
+                    .await
+                    .unwrap();
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap();
+        }
+        let deleted = empty_bucket(&s3, &bucket).await.unwrap();
+        assert_eq!(deleted, 40 * 27 + 40);
+        let left = s3
+            .list_object_versions()
+            .bucket(&bucket)
+            .send()
+            .await
+            .unwrap();
+        assert!(left.versions().is_empty() && left.delete_markers().is_empty());
+        s3.delete_bucket()
+            .bucket(&bucket)
+            .send()
+            .await
+            .expect("an empty bucket can be deleted");
+        assert_eq!(
+            empty_bucket(&s3, &bucket).await.unwrap(),
+            0,
+            "a missing bucket is empty"
+        );
+    });
+}

@@ -1,0 +1,580 @@
+//! Static checks of terraform/: the output contract, the variables the xtask passes, the IAM
+//! policy, every bucket's protections, the checkov skip list, and the user-data template
+//! rendered by Terraform itself and linted by bash and shellcheck.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use hcl::{Block, Body, Expression, ObjectKey};
+
+use super::{require_tool, temp_dir};
+use crate::context::{Context, workspace_root};
+use crate::deploy::xtask_variables;
+use crate::environment::Environment;
+use crate::outputs::REQUIRED_OUTPUTS;
+
+fn terraform_dir() -> PathBuf {
+    workspace_root().join("terraform")
+}
+
+fn fixture_dir() -> PathBuf {
+    workspace_root().join("xtask/tests/fixtures/provider-free")
+}
+
+fn parse(path: &Path) -> Body {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    hcl::parse(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
+}
+
+/// All `.tf` files of a module, as one body.
+fn parse_module(dir: &Path) -> Body {
+    let mut structures = Vec::new();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "tf") && !p.ends_with("xtask_local_override.tf")
+        })
+        .collect();
+    files.sort();
+    for file in files {
+        structures.extend(parse(&file).into_inner());
+    }
+    Body::from(structures)
+}
+
+fn blocks<'a>(body: &'a Body, identifier: &'a str) -> impl Iterator<Item = &'a Block> + 'a {
+    body.blocks().filter(move |b| b.identifier() == identifier)
+}
+
+fn labels(block: &Block) -> Vec<&str> {
+    block.labels().iter().map(|l| l.as_str()).collect()
+}
+
+fn block_labels(body: &Body, identifier: &str) -> BTreeSet<String> {
+    blocks(body, identifier)
+        .map(|b| labels(b)[0].to_string())
+        .collect()
+}
+
+fn resource<'a>(body: &'a Body, kind: &str, name: &str) -> &'a Block {
+    blocks(body, "resource")
+        .find(|b| labels(b) == [kind, name])
+        .unwrap_or_else(|| panic!("resource {kind}.{name} is missing"))
+}
+
+fn attr<'a>(body: &'a Body, key: &str) -> &'a Expression {
+    body.attributes()
+        .find(|a| a.key() == key)
+        .map(|a| a.expr())
+        .unwrap_or_else(|| panic!("attribute `{key}` is missing"))
+}
+
+fn child<'a>(body: &'a Body, identifier: &str) -> &'a Body {
+    body.blocks()
+        .find(|b| b.identifier() == identifier)
+        .map(Block::body)
+        .unwrap_or_else(|| panic!("block `{identifier}` is missing"))
+}
+
+fn text(expr: &Expression) -> String {
+    expr.to_string()
+}
+
+fn strings(expr: &Expression) -> Vec<String> {
+    match expr {
+        Expression::Array(items) => items
+            .iter()
+            .map(|e| match e {
+                Expression::String(s) => s.clone(),
+                other => text(other),
+            })
+            .collect(),
+        Expression::String(s) => vec![s.clone()],
+        other => vec![text(other)],
+    }
+}
+
+#[test]
+fn every_contract_output_is_defined_by_the_root_and_the_fixture() {
+    for dir in [terraform_dir(), fixture_dir()] {
+        let outputs = block_labels(&parse_module(&dir), "output");
+        for name in REQUIRED_OUTPUTS {
+            assert!(
+                outputs.contains(*name),
+                "{}: output `{name}` is missing",
+                dir.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn every_variable_the_xtask_passes_is_declared() {
+    let declared = block_labels(&parse_module(&terraform_dir()), "variable");
+    let fixture_declared = block_labels(&parse_module(&fixture_dir()), "variable");
+    let root = workspace_root();
+    let local = Context::for_test(
+        Environment::local("http://127.0.0.1:1".into(), "abc"),
+        &temp_dir("vars"),
+    );
+    let example = Context::for_test(
+        Environment::load(&root, "example").unwrap(),
+        &temp_dir("vars"),
+    );
+    for cx in [&local, &example] {
+        for name in xtask_variables(cx).keys() {
+            assert!(
+                declared.contains(*name),
+                "the xtask passes `{name}`, terraform/variables.tf does not declare it"
+            );
+        }
+    }
+    for name in xtask_variables(&local).keys() {
+        assert!(
+            fixture_declared.contains(*name),
+            "the fixture does not declare `{name}`"
+        );
+    }
+    // Every value in the committed example environment is a declared variable too.
+    let tfvars = parse(&root.join("terraform/environments/example.tfvars"));
+    for attribute in tfvars.attributes() {
+        assert!(
+            declared.contains(attribute.key()),
+            "example.tfvars sets undeclared `{}`",
+            attribute.key()
+        );
+    }
+}
+
+#[test]
+fn every_variable_is_typed_and_described() {
+    let dirs = ["", "modules/iam", "modules/kms", "modules/s3"];
+    for dir in dirs {
+        let body = parse(&terraform_dir().join(dir).join("variables.tf"));
+        for variable in blocks(&body, "variable") {
+            let name = labels(variable)[0];
+            let keys: BTreeSet<&str> = variable.body().attributes().map(|a| a.key()).collect();
+            assert!(keys.contains("type"), "{dir}: variable {name} has no type");
+            assert!(
+                keys.contains("description"),
+                "{dir}: variable {name} has no description"
+            );
+        }
+    }
+}
+
+#[test]
+fn iam_policy_grants_exactly_the_pipeline_actions_and_no_wildcard_resource() {
+    let body = parse(&terraform_dir().join("modules/iam/main.tf"));
+    let document = blocks(&body, "data")
+        .find(|b| labels(b) == ["aws_iam_policy_document", "service"])
+        .expect("data.aws_iam_policy_document.service");
+    let mut actions = BTreeSet::new();
+    for statement in blocks(document.body(), "statement") {
+        assert_eq!(text(attr(statement.body(), "effect")), "\"Allow\"");
+        assert!(
+            statement
+                .body()
+                .attributes()
+                .all(|a| a.key() != "not_resources" && a.key() != "not_actions"),
+            "NotResource/NotAction widen a statement"
+        );
+        actions.extend(strings(attr(statement.body(), "actions")));
+        let resources = text(attr(statement.body(), "resources"));
+        for wildcard in ["\"*\"", ":*\"", "::*"] {
+            assert!(
+                !resources.contains(wildcard),
+                "wildcard resource in IAM policy: {resources}"
+            );
+        }
+    }
+    let expected: BTreeSet<String> = [
+        "s3:ListBucket",
+        "s3:GetBucketLocation",
+        "s3:GetObject",
+        "s3:PutObject",
+        "s3:DeleteObject",
+        "s3:AbortMultipartUpload",
+        "s3:ListMultipartUploadParts",
+        "kms:Decrypt",
+        "kms:Encrypt",
+        "kms:GenerateDataKey*",
+        "kms:DescribeKey",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert_eq!(actions, expected);
+
+    let trust = blocks(&body, "data")
+        .find(|b| labels(b) == ["aws_iam_policy_document", "assume_role"])
+        .expect("assume role policy");
+    let principals = child(child(trust.body(), "statement"), "principals");
+    assert_eq!(
+        strings(attr(principals, "identifiers")),
+        ["ec2.amazonaws.com"]
+    );
+    resource(&body, "aws_iam_instance_profile", "service");
+}
+
+#[test]
+fn every_bucket_is_private_versioned_and_kms_encrypted() {
+    let root = parse_module(&terraform_dir());
+    let bucket_modules: Vec<&Block> = blocks(&root, "module")
+        .filter(|m| text(attr(m.body(), "source")) == "\"./modules/s3\"")
+        .collect();
+    assert_eq!(bucket_modules.len(), 2, "initial and final bucket");
+    for module in &bucket_modules {
+        assert_eq!(
+            text(attr(module.body(), "kms_key_arn")),
+            "module.kms.key_arn"
+        );
+    }
+
+    let s3 = parse(&terraform_dir().join("modules/s3/main.tf"));
+    let bucket_ref = "aws_s3_bucket.this.id";
+    let pab = resource(&s3, "aws_s3_bucket_public_access_block", "this").body();
+    assert_eq!(text(attr(pab, "bucket")), bucket_ref);
+    for flag in [
+        "block_public_acls",
+        "block_public_policy",
+        "ignore_public_acls",
+        "restrict_public_buckets",
+    ] {
+        assert_eq!(attr(pab, flag), &Expression::Bool(true), "{flag}");
+    }
+    let ownership = resource(&s3, "aws_s3_bucket_ownership_controls", "this").body();
+    assert_eq!(text(attr(ownership, "bucket")), bucket_ref);
+    assert_eq!(
+        text(attr(child(ownership, "rule"), "object_ownership")),
+        "\"BucketOwnerEnforced\""
+    );
+    let versioning = resource(&s3, "aws_s3_bucket_versioning", "this").body();
+    assert_eq!(text(attr(versioning, "bucket")), bucket_ref);
+    assert_eq!(
+        text(attr(
+            child(versioning, "versioning_configuration"),
+            "status"
+        )),
+        "\"Enabled\""
+    );
+    let sse = resource(
+        &s3,
+        "aws_s3_bucket_server_side_encryption_configuration",
+        "this",
+    )
+    .body();
+    assert_eq!(text(attr(sse, "bucket")), bucket_ref);
+    let rule = child(sse, "rule");
+    assert_eq!(attr(rule, "bucket_key_enabled"), &Expression::Bool(true));
+    let default = child(rule, "apply_server_side_encryption_by_default");
+    assert_eq!(text(attr(default, "sse_algorithm")), "\"aws:kms\"");
+    assert_eq!(text(attr(default, "kms_master_key_id")), "var.kms_key_arn");
+
+    let lifecycle = resource(&s3, "aws_s3_bucket_lifecycle_configuration", "this").body();
+    let abort_days: Vec<String> = blocks(lifecycle, "rule")
+        .filter_map(|r| blocks(r.body(), "abort_incomplete_multipart_upload").next())
+        .map(|a| text(attr(a.body(), "days_after_initiation")))
+        .collect();
+    assert_eq!(
+        abort_days,
+        ["1"],
+        "one rule aborts incomplete multipart uploads after a day"
+    );
+    assert!(blocks(lifecycle, "rule").any(|r| {
+        blocks(r.body(), "noncurrent_version_expiration")
+            .next()
+            .is_some()
+    }));
+
+    let bucket = resource(&s3, "aws_s3_bucket", "this").body();
+    assert_eq!(text(attr(bucket, "force_destroy")), "var.force_destroy");
+    let policy = resource(&s3, "aws_s3_bucket_policy", "this").body();
+    assert!(
+        text(attr(policy, "depends_on")).contains("aws_s3_bucket_public_access_block.this"),
+        "the policy waits for the public access block"
+    );
+}
+
+/// Every `Sid = "..."` in an expression tree, with the statement's condition operators.
+fn statements(expr: &Expression, found: &mut BTreeMap<String, String>) {
+    match expr {
+        Expression::Object(object) => {
+            let sid = object.iter().find_map(|(k, v)| match (k, v) {
+                (ObjectKey::Identifier(id), Expression::String(s)) if id.as_str() == "Sid" => {
+                    Some(s.clone())
+                }
+                _ => None,
+            });
+            if let Some(sid) = sid {
+                let condition = object
+                    .iter()
+                    .find(|(k, _)| matches!(k, ObjectKey::Identifier(id) if id.as_str() == "Condition"))
+                    .map(|(_, v)| text(v))
+                    .unwrap_or_default();
+                found.insert(sid, condition);
+            }
+            for value in object.values() {
+                statements(value, found);
+            }
+        }
+        Expression::Array(items) => items.iter().for_each(|e| statements(e, found)),
+        Expression::FuncCall(call) => call.args.iter().for_each(|e| statements(e, found)),
+        Expression::ForExpr(for_expr) => {
+            statements(&for_expr.collection_expr, found);
+            statements(&for_expr.value_expr, found);
+        }
+        Expression::Parenthesis(inner) => statements(inner, found),
+        _ => {}
+    }
+}
+
+#[test]
+fn bucket_policy_has_every_protective_statement() {
+    let s3 = parse(&terraform_dir().join("modules/s3/main.tf"));
+    let mut found = BTreeMap::new();
+    for locals in blocks(&s3, "locals") {
+        for attribute in locals.body().attributes() {
+            statements(attribute.expr(), &mut found);
+        }
+    }
+    let expect = [
+        ("DenyInsecureTransport", "aws:SecureTransport"),
+        ("DenyOutdatedTls", "s3:TlsVersion"),
+        (
+            "DenyIncorrectEncryptionHeader",
+            "s3:x-amz-server-side-encryption",
+        ),
+        (
+            "DenyIncorrectKmsKey",
+            "s3:x-amz-server-side-encryption-aws-kms-key-id",
+        ),
+        (
+            "DenyCustomerProvidedKeys",
+            "s3:x-amz-server-side-encryption-customer-algorithm",
+        ),
+        (
+            "DenyObjectAccessOutsideAllowedNetworks",
+            "local.network_condition",
+        ),
+    ];
+    for (sid, condition_key) in expect {
+        let condition = found
+            .get(sid)
+            .unwrap_or_else(|| panic!("statement {sid} is missing: {found:?}"));
+        assert!(
+            condition.contains(condition_key),
+            "{sid} conditions on {condition_key}: {condition}"
+        );
+    }
+    // The network statement covers object actions only (the cloudposse #269 lockout) and is
+    // left out when no network is given.
+    let network_statement = child_locals(&s3, "network_statement");
+    let network = text(attr(&network_statement, "Action"));
+    assert!(
+        network.contains("s3:GetObject") && !network.contains("s3:*"),
+        "{network}"
+    );
+    let policy = text(local_expr(&s3, "policy_json"));
+    assert!(policy.contains("if local.network_restricted"), "{policy}");
+}
+
+fn local_expr<'a>(body: &'a Body, name: &str) -> &'a Expression {
+    blocks(body, "locals")
+        .flat_map(|b| b.body().attributes())
+        .find(|a| a.key() == name)
+        .map(|a| a.expr())
+        .unwrap_or_else(|| panic!("local.{name} is missing"))
+}
+
+/// A local holding an object, as a body of attributes.
+fn child_locals(body: &Body, name: &str) -> Body {
+    let Expression::Object(object) = local_expr(body, name) else {
+        panic!("local.{name} is not an object");
+    };
+    let attributes: Vec<hcl::Attribute> = object
+        .iter()
+        .map(|(k, v)| hcl::Attribute::new(k.to_string(), v.clone()))
+        .collect();
+    Body::from_iter(attributes)
+}
+
+#[test]
+fn kms_key_rotates_and_keeps_the_lockout_check() {
+    let kms = parse(&terraform_dir().join("modules/kms/main.tf"));
+    let key = resource(&kms, "aws_kms_key", "this").body();
+    assert_eq!(attr(key, "enable_key_rotation"), &Expression::Bool(true));
+    assert_eq!(
+        attr(key, "bypass_policy_lockout_safety_check"),
+        &Expression::Bool(false)
+    );
+    assert_eq!(
+        text(attr(key, "deletion_window_in_days")),
+        "var.deletion_window_days"
+    );
+    let policy = text(local_expr(&kms, "key_policy"));
+    assert!(policy.contains("AccountRootFullAccess") && policy.contains("ServiceRoleUseOfKey"));
+    assert!(
+        !policy.contains("aws:SourceIp"),
+        "S3 calls KMS from AWS's network"
+    );
+    let alias = resource(&kms, "aws_kms_alias", "this").body();
+    assert_eq!(
+        text(attr(alias, "name")),
+        "\"alias/${var.name_prefix}-data\""
+    );
+}
+
+#[test]
+fn every_skipped_checkov_check_has_a_reason() {
+    let config = std::fs::read_to_string(terraform_dir().join(".checkov.yaml")).unwrap();
+    let skips: Vec<&str> = config
+        .lines()
+        .skip_while(|l| !l.starts_with("skip-check:"))
+        .skip(1)
+        .take_while(|l| l.trim_start().starts_with("- "))
+        .collect();
+    assert!(!skips.is_empty(), "skip-check list not found");
+    for line in skips {
+        let (id, reason) = line.split_once('#').unwrap_or((line, ""));
+        assert!(id.contains("CKV"), "{line}");
+        assert!(
+            reason.trim().len() > 20,
+            "skipped check without a reason: {line}"
+        );
+    }
+}
+
+/// The keys main.tf passes to templatefile() for the user-data, so the rendering below uses
+/// exactly those.
+fn user_data_template_keys() -> Vec<String> {
+    let outputs = parse(&terraform_dir().join("outputs.tf"));
+    let user_data = blocks(&outputs, "output")
+        .find(|b| labels(b) == ["user_data"])
+        .expect("output user_data");
+    let Expression::FuncCall(call) = attr(user_data.body(), "value") else {
+        panic!("user_data is not a templatefile() call");
+    };
+    assert_eq!(call.name.to_string(), "templatefile");
+    let Expression::Object(vars) = &call.args[1] else {
+        panic!("templatefile() variables are not an object");
+    };
+    vars.keys().map(|k| k.to_string()).collect()
+}
+
+#[test]
+fn user_data_renders_through_terraform_to_clean_bash() {
+    let terraform = require_tool(
+        "terraform",
+        "it renders the user-data template with templatefile()",
+    );
+    let shellcheck = require_tool("shellcheck", "it lints the rendered user-data");
+    let samples = BTreeMap::from([
+        ("region", "eu-west-1"),
+        ("initial_bucket", "acme-initial-111122223333"),
+        ("final_bucket", "acme-final-111122223333"),
+        (
+            "kms_key_arn",
+            "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+        ),
+        ("listen_address", "0.0.0.0:8080"),
+        ("processor", "jsonl"),
+        (
+            "service_binary_url",
+            "https://artifacts.example.com/filepipe/service",
+        ),
+        (
+            "service_binary_sha256",
+            "ab12000000000000000000000000000000000000000000000000000000000000",
+        ),
+    ]);
+    let keys = user_data_template_keys();
+    let vars: Vec<String> = keys
+        .iter()
+        .map(|k| {
+            let value = samples
+                .get(k.as_str())
+                .unwrap_or_else(|| panic!("add a sample value for `{k}`"));
+            format!("    {k} = \"{value}\"")
+        })
+        .collect();
+    let dir = temp_dir("user-data");
+    let template = terraform_dir().join("templates/user-data.sh.tpl");
+    std::fs::write(
+        dir.join("main.tf"),
+        format!(
+            "output \"user_data\" {{\n  value = templatefile(\"{}\", {{\n{}\n  }})\n}}\n",
+            template.display(),
+            vars.join("\n")
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(&terraform)
+            .arg(format!("-chdir={}", dir.display()))
+            .args(args)
+            .env("TF_IN_AUTOMATION", "1")
+            .env("CHECKPOINT_DISABLE", "1")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "terraform {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    run(&["init", "-input=false", "-no-color"]);
+    run(&["apply", "-auto-approve", "-input=false", "-no-color"]);
+    let script = run(&["output", "-raw", "user_data"]);
+    let script_path = dir.join("user-data.sh");
+    std::fs::write(&script_path, &script).unwrap();
+
+    let bash = Command::new("bash")
+        .arg("-n")
+        .arg(&script_path)
+        .output()
+        .unwrap();
+    assert!(
+        bash.status.success(),
+        "bash -n: {}",
+        String::from_utf8_lossy(&bash.stderr)
+    );
+    let lint = Command::new(&shellcheck)
+        .arg(&script_path)
+        .output()
+        .unwrap();
+    assert!(
+        lint.status.success(),
+        "shellcheck found problems:\n{}",
+        String::from_utf8_lossy(&lint.stdout)
+    );
+
+    assert!(script.starts_with("#!/bin/bash\n"));
+    for expected in [
+        "INITIAL_BUCKET=acme-initial-111122223333",
+        "FINAL_BUCKET=acme-final-111122223333",
+        "KMS_KEY_ARN=arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+        "AWS_REGION=eu-west-1",
+        "LISTEN_ADDR=0.0.0.0:8080",
+        "PROCESSOR=jsonl",
+        "X-aws-ec2-metadata-token",
+        "sha256sum --check",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "Restart=on-failure",
+        "User=filepipe",
+    ] {
+        assert!(
+            script.contains(expected),
+            "rendered user-data lacks `{expected}`"
+        );
+    }
+    assert!(
+        !script.contains("latest/meta-data/iam"),
+        "the script reads no credentials from IMDS"
+    );
+}
