@@ -1,19 +1,53 @@
-//! `cargo xtask test`: the one test command, used by developers and CI alike.
+//! `cargo xtask test`: the one test command, for developers and CI alike. Formatting, lints
+//! and static Terraform checks first (seconds), then the test suite against the emulator.
 
-use anyhow::{Context as _, Result};
+use std::time::Instant;
+
+use anyhow::{Context as _, Result, bail};
 use service::testing::ENDPOINT_VAR;
 use xshell::cmd;
 
 use crate::context::Context;
 use crate::emulator;
+use crate::tools::{PythonTool, find_on_path};
+
+/// Pinned: a newer checkov can add checks, and the result must not change by itself.
+const CHECKOV: PythonTool = PythonTool {
+    executable: "checkov",
+    requirement: "checkov==3.3.30",
+    use_path: false,
+};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {}
 
 pub fn run(cx: &Context, _args: Args) -> Result<()> {
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let sh = &cx.sh;
     cx.run("cargo fmt --check", cmd!(sh, "cargo fmt --all -- --check"))?;
+
+    let terraform = find_on_path("terraform").or_else(|| find_on_path("tofu")).context(
+        "terraform (or tofu) is not on PATH: the static checks and the orchestration tests need it (README, Prerequisites)",
+    )?;
+    cx.run(
+        "terraform fmt -check",
+        cmd!(
+            sh,
+            "{terraform} fmt -check -recursive terraform xtask/tests/fixtures"
+        ),
+    )?;
+    let checkov = CHECKOV.ensure(cx)?;
+    cx.run(
+        "checkov (terraform/.checkov.yaml)",
+        cmd!(sh, "{checkov} -d terraform --config-file terraform/.checkov.yaml"),
+    )
+    .context("checkov found failed checks (fix them, or skip one in terraform/.checkov.yaml with a reason)")?;
+    if find_on_path("shellcheck").is_none() {
+        bail!(
+            "shellcheck is not on PATH: the user-data test needs it (Debian: apt-get install shellcheck)"
+        );
+    }
+
     cx.run(
         "cargo clippy",
         cmd!(
