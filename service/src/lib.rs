@@ -1,4 +1,13 @@
-//! The file-pipeline service: library half, shared with the xtask.
+//! The file-pipeline service: library half (also used by the xtask and the tests).
 
+pub mod app;
 pub mod aws;
+pub mod config;
+pub mod decrypt;
+pub mod error;
+pub mod metrics;
+pub mod names;
+pub mod processing;
+pub mod retrieval;
 pub mod testing;
+pub mod upload;

@@ -1,0 +1,605 @@
+//! The HTTP API: small handlers, validation before any AWS call, bodies streamed both ways.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Result;
+use aws_sdk_s3::Client as S3;
+use aws_sdk_s3::error::ProvideErrorMetadata;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::TryStreamExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::aws::{AwsClients, AwsResultExt};
+use crate::config::Config;
+use crate::decrypt::Decryptor;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::names::{self, processed_key, raw_key};
+use crate::processing::{FileStatus, Pipeline, State as FileState};
+use crate::retrieval::{Fetched, RetrievalError, Upstream, Validators, name_from_url};
+use crate::upload::{self, Expected, InFlight, Target, UploadError, metadata_text, metadata_value};
+
+tokio::task_local! {
+    static REQUEST_ID: String;
+}
+
+/// The current request's id, for error bodies and logs.
+pub fn request_id() -> Option<String> {
+    REQUEST_ID.try_with(Clone::clone).ok()
+}
+
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub config: Arc<Config>,
+    pub s3: S3,
+    pub kms: aws_sdk_kms::Client,
+    pub token: Option<String>,
+    pub metrics: Arc<Metrics>,
+    pub pipeline: Arc<Pipeline>,
+    pub in_flight: InFlight,
+    pub upstream: Upstream,
+    ready: Mutex<Option<(Instant, Result<(), String>)>>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// Wires everything and starts the processing workers and scans.
+    pub async fn start(config: Config, clients: &AwsClients) -> Result<AppState> {
+        let token = config.validate()?;
+        let config = Arc::new(config);
+        let metrics = Arc::new(Metrics::default());
+        let in_flight = InFlight::default();
+        let decryptor = Decryptor::new(clients.kms.clone(), &config.kms_key_arn).await?;
+        let pipeline = Pipeline::start(
+            clients.s3.clone(),
+            config.clone(),
+            decryptor,
+            metrics.clone(),
+            in_flight.clone(),
+        );
+        let upstream = Upstream::new(
+            &config.upstream_allowed_hosts,
+            Duration::from_secs(config.upstream_timeout_secs),
+            config.max_object_size,
+        );
+        let state = AppState(Arc::new(Inner {
+            config,
+            s3: clients.s3.clone(),
+            kms: clients.kms.clone(),
+            token,
+            metrics,
+            pipeline,
+            in_flight,
+            upstream,
+            ready: Mutex::new(None),
+        }));
+        if !state.config.upstream_poll_urls.is_empty() {
+            tokio::spawn(poll_upstream(state.clone()));
+        }
+        Ok(state)
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/v1/files", get(list_files))
+        .route(
+            "/v1/files/{*name}",
+            get(get_file_or_status).put(put_file).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/v1/retrievals", post(retrieve))
+        .route("/v1/info", get(info))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(v1)
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+fn new_request_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default();
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{:016x}", nanos.rotate_left(17) ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+}
+
+/// Request id, a log span, metrics by route and status.
+async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 64 && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        .map(str::to_string)
+        .unwrap_or_else(new_request_id);
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = request.method().clone();
+    let span = tracing::info_span!("request", request_id = %id, %method, route = %route);
+    let mut response = REQUEST_ID
+        .scope(id.clone(), tracing::Instrument::instrument(next.run(request), span.clone()))
+        .await;
+    let status = response.status().as_u16();
+    state.metrics.request(&route, status, started.elapsed());
+    span.in_scope(|| {
+        tracing::info!(status, elapsed_ms = started.elapsed().as_millis() as u64, "request")
+    });
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+/// Bearer token on every /v1 route when one is configured, compared in constant time.
+async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if let Some(token) = &state.token {
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(presented.as_bytes(), token.as_bytes()) {
+            let mut response =
+                ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is required")
+                    .into_response();
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return response;
+        }
+    }
+    next.run(request).await
+}
+
+/// Compares without an early exit, so timing does not reveal how much of a token matched.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut difference = (a.len() ^ b.len()) as u8;
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        difference |= x ^ y;
+    }
+    difference == 0
+}
+
+fn check_name(name: &str) -> Result<(), ApiError> {
+    names::validate(name).map_err(ApiError::bad_request)?;
+    if name == "status" || name.ends_with("/status") {
+        return Err(ApiError::bad_request(
+            "a name's last segment must not be `status` (GET /v1/files/{name}/status is the status route)",
+        ));
+    }
+    Ok(())
+}
+
+fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+}
+
+async fn put_file(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    check_name(&name)?;
+    let limit = state.config.max_object_size;
+    if let Some(length) = header_text(&headers, "content-length").and_then(|v| v.parse::<u64>().ok())
+        && length > limit
+    {
+        return Err(ApiError::too_large(limit));
+    }
+    let expected = Expected {
+        content_md5: header_text(&headers, "content-md5"),
+        sha256_base64: header_text(&headers, "x-amz-checksum-sha256"),
+    };
+    let metrics = state.metrics.clone();
+    let stream = body.into_data_stream().inspect_ok(move |chunk| metrics.bytes_in(chunk.len() as u64));
+    let uploaded = store_raw(&state, &name, stream, &expected, HashMap::new()).await?;
+    Ok((StatusCode::CREATED, Json(upload_json(&name, &uploaded))))
+}
+
+fn upload_json(name: &str, uploaded: &upload::Uploaded) -> Value {
+    json!({
+        "name": name,
+        "size": uploaded.size,
+        "sha256": uploaded.sha256,
+        "etag": uploaded.etag.trim_matches('"'),
+        "version_id": uploaded.version_id,
+        "sse": uploaded.sse,
+        "kms_key_id": uploaded.kms_key_id,
+        "parts": uploaded.parts,
+    })
+}
+
+/// Streams a body into `raw/<name>` and queues it for processing.
+async fn store_raw<S, E>(
+    state: &AppState,
+    name: &str,
+    body: S,
+    expected: &Expected,
+    metadata: HashMap<String, String>,
+) -> Result<upload::Uploaded, ApiError>
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Send,
+    E: std::fmt::Display,
+{
+    let target = Target {
+        s3: state.s3.clone(),
+        bucket: state.config.initial_bucket.clone(),
+        key: raw_key(name),
+        kms_key_arn: state.config.kms_key_arn.clone(),
+        metadata,
+        part_size: state.config.part_size as usize,
+        parts_in_flight: state.config.parts_in_flight,
+        max_size: state.config.max_object_size,
+        late_metadata: None,
+    };
+    let uploaded = upload::upload(&target, body, expected, &state.in_flight)
+        .await
+        .map_err(|err| match err {
+            UploadError::TooLarge(limit) => ApiError::too_large(limit),
+            UploadError::Body(why) => {
+                tracing::warn!(name, error = %why, "body ended early; nothing stored");
+                ApiError::bad_request(format!("reading the request body failed: {why}"))
+            }
+            UploadError::Integrity(why) => ApiError::new(StatusCode::BAD_REQUEST, "integrity_mismatch", why),
+            UploadError::Aws(err) => ApiError::upstream_aws(&err),
+        })?;
+    state.pipeline.enqueue(name);
+    Ok(uploaded)
+}
+
+async fn get_file_or_status(
+    State(state): State<AppState>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if let Some(name) = path.strip_suffix("/status") {
+        check_name(name)?;
+        let status = file_status(&state, name).await?;
+        return Ok(Json(status).into_response());
+    }
+    check_name(&path)?;
+    download(&state, &path, &headers).await
+}
+
+async fn file_status(state: &AppState, name: &str) -> Result<FileStatus, ApiError> {
+    state
+        .pipeline
+        .status(name)
+        .await
+        .map_err(|e| ApiError::upstream_aws(&e))?
+        .ok_or_else(|| ApiError::not_found(format!("no file named `{name}`")))
+}
+
+async fn download(state: &AppState, name: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
+    let status = file_status(state, name).await?;
+    if status.state != FileState::Processed {
+        let state_name = serde_json::to_value(&status.state).unwrap_or(Value::Null);
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_processed",
+            format!("`{name}` is not processed yet (state: {})", state_name.as_str().unwrap_or("?")),
+        )
+        .with_details(json!({"status": status})));
+    }
+    let mut request = state
+        .s3
+        .get_object()
+        .bucket(&state.config.final_bucket)
+        .key(processed_key(name));
+    if let Some(range) = header_text(headers, "range") {
+        request = request.range(range);
+    }
+    let object = match request.send().await {
+        Ok(object) => object,
+        Err(err) if err.code() == Some("InvalidRange") => {
+            return Err(ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "invalid_range",
+                "the requested range is outside the file",
+            ));
+        }
+        Err(err) => {
+            return Err(ApiError::upstream_aws(
+                &Err::<(), _>(err)
+                    .aws_context(format!("s3:GetObject {}", processed_key(name)))
+                    .unwrap_err(),
+            ));
+        }
+    };
+    let mut response = Response::builder()
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::ACCEPT_RANGES, "bytes");
+    if let Some(length) = object.content_length() {
+        response = response.header(header::CONTENT_LENGTH, length);
+    }
+    if let Some(etag) = object.e_tag() {
+        response = response.header(header::ETAG, etag);
+    }
+    let status_code = match object.content_range() {
+        Some(range) => {
+            response = response.header(header::CONTENT_RANGE, range);
+            StatusCode::PARTIAL_CONTENT
+        }
+        None => StatusCode::OK,
+    };
+    let metrics = state.metrics.clone();
+    let body = tokio_util::io::ReaderStream::new(object.body.into_async_read())
+        .inspect_ok(move |chunk| metrics.bytes_out(chunk.len() as u64));
+    response
+        .status(status_code)
+        .body(Body::from_stream(body))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    prefix: Option<String>,
+    limit: Option<i32>,
+    cursor: Option<String>,
+}
+
+async fn list_files(State(state): State<AppState>, Query(query): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("limit must be from 1 to 1000"));
+    }
+    let prefix = query.prefix.unwrap_or_default();
+    if prefix.chars().any(char::is_control) || prefix.len() > 512 {
+        return Err(ApiError::bad_request("prefix must be at most 512 bytes without control characters"));
+    }
+    let page = state
+        .s3
+        .list_objects_v2()
+        .bucket(&state.config.initial_bucket)
+        .prefix(raw_key(&prefix))
+        .max_keys(limit)
+        .set_continuation_token(query.cursor)
+        .send()
+        .await
+        .aws_context("s3:ListObjectsV2")
+        .map_err(|e| ApiError::upstream_aws(&e))?;
+    let files: Vec<Value> = page
+        .contents()
+        .iter()
+        .filter_map(|object| {
+            let name = object.key()?.strip_prefix("raw/")?;
+            Some(json!({
+                "name": name,
+                "size": object.size(),
+                "etag": object.e_tag().map(|e| e.trim_matches('"')),
+                "last_modified": object.last_modified().and_then(|t| t.fmt(aws_sdk_s3::primitives::DateTimeFormat::DateTime).ok()),
+            }))
+        })
+        .collect();
+    Ok(Json(json!({
+        "files": files,
+        "next_cursor": page.next_continuation_token(),
+    })))
+}
+
+#[derive(Deserialize)]
+struct RetrievalRequest {
+    url: String,
+    name: Option<String>,
+}
+
+async fn retrieve(
+    State(state): State<AppState>,
+    Json(request): Json<RetrievalRequest>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let name = match request.name {
+        Some(name) => name,
+        None => name_from_url(&request.url)
+            .ok_or_else(|| ApiError::bad_request("no name given and the URL's path has none"))?,
+    };
+    check_name(&name)?;
+    let (uploaded, url) = match retrieve_into(&state, &request.url, &name, &Validators::default()).await? {
+        Some(done) => done,
+        None => return Err(ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", "unexpected 304 from upstream")),
+    };
+    let mut body = upload_json(&name, &uploaded);
+    body["source_url"] = json!(url);
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+/// Fetches `url` and stores it raw as `name`; `None` when the upstream says not modified.
+async fn retrieve_into(
+    state: &AppState,
+    url: &str,
+    name: &str,
+    validators: &Validators,
+) -> Result<Option<(upload::Uploaded, String)>, ApiError> {
+    let fetched = state.upstream.fetch(url, validators).await.map_err(|err| match err {
+        RetrievalError::Refused(why) => ApiError::new(StatusCode::FORBIDDEN, "retrieval_refused", why),
+        RetrievalError::Upstream(why) => ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", why),
+        RetrievalError::TooLarge(limit) => ApiError::too_large(limit),
+    })?;
+    let Fetched::Body { response, validators, url } = fetched else {
+        return Ok(None);
+    };
+    let mut metadata = HashMap::from([("source-url".to_string(), metadata_value(url.as_str()))]);
+    if let Some(etag) = &validators.etag {
+        metadata.insert("upstream-etag".into(), metadata_value(etag));
+    }
+    if let Some(date) = &validators.last_modified {
+        metadata.insert("upstream-last-modified".into(), metadata_value(date));
+    }
+    let metrics = state.metrics.clone();
+    let stream = response.bytes_stream().inspect_ok(move |chunk| metrics.bytes_in(chunk.len() as u64));
+    let uploaded = store_raw(state, name, stream, &Expected::default(), metadata).await?;
+    Ok(Some((uploaded, url.to_string())))
+}
+
+/// Polls UPSTREAM_POLL_URLS with conditional GETs; stores a new raw object only when the
+/// upstream reports new content (validators are kept in the raw object's metadata).
+async fn poll_upstream(state: AppState) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(state.config.upstream_poll_interval_secs.max(1)));
+    loop {
+        ticker.tick().await;
+        for url in state.config.upstream_poll_urls.clone() {
+            if let Err(err) = poll_once(&state, &url).await {
+                tracing::warn!(url, error = %err.message, "scheduled retrieval failed");
+            }
+        }
+    }
+}
+
+/// One conditional retrieval of `url`; returns whether a new raw object was stored.
+pub async fn poll_once(state: &AppState, url: &str) -> Result<bool, ApiError> {
+    let name = name_from_url(url).ok_or_else(|| ApiError::bad_request(format!("{url} has no file name")))?;
+    check_name(&name)?;
+    let previous = state
+        .s3
+        .head_object()
+        .bucket(&state.config.initial_bucket)
+        .key(raw_key(&name))
+        .send()
+        .await
+        .ok()
+        .and_then(|head| head.metadata().cloned())
+        .unwrap_or_default();
+    let validators = Validators {
+        etag: previous.get("upstream-etag").map(|v| metadata_text(v)),
+        last_modified: previous.get("upstream-last-modified").map(|v| metadata_text(v)),
+    };
+    Ok(retrieve_into(state, url, &name, &validators).await?.is_some())
+}
+
+async fn info(State(state): State<AppState>) -> Json<Value> {
+    let config = &state.config;
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "processor": config.processor.name(),
+        "part_size": config.part_size,
+        "parts_in_flight": config.parts_in_flight,
+        "max_object_size": config.max_object_size,
+        "initial_bucket": config.initial_bucket,
+        "final_bucket": config.final_bucket,
+        "kms_key_arn": config.kms_key_arn,
+        "region": config.region,
+        "require_encrypted_input": config.require_encrypted_input,
+    }))
+}
+
+/// Both buckets and the key reachable; cached for a few seconds so probes cost little.
+async fn readyz(State(state): State<AppState>) -> Response {
+    const TTL: Duration = Duration::from_secs(5);
+    let cached = state
+        .ready
+        .lock()
+        .unwrap()
+        .as_ref()
+        .filter(|(at, _)| at.elapsed() < TTL)
+        .map(|(_, result)| result.clone());
+    let result = match cached {
+        Some(result) => result,
+        None => {
+            let result = check_ready(&state).await.map_err(|e| format!("{e:#}"));
+            *state.ready.lock().unwrap() = Some((Instant::now(), result.clone()));
+            result
+        }
+    };
+    match result {
+        Ok(()) => Json(json!({"ready": true})).into_response(),
+        Err(error) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"ready": false, "error": error}))).into_response(),
+    }
+}
+
+async fn check_ready(state: &AppState) -> Result<()> {
+    for bucket in [&state.config.initial_bucket, &state.config.final_bucket] {
+        state
+            .s3
+            .head_bucket()
+            .bucket(bucket)
+            .send()
+            .await
+            .aws_context(format!("s3:HeadBucket {bucket}"))?;
+    }
+    state
+        .kms
+        .describe_key()
+        .key_id(&state.config.kms_key_arn)
+        .send()
+        .await
+        .aws_context("kms:DescribeKey")?;
+    Ok(())
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Serves until SIGTERM/SIGINT, then lets in-flight requests finish for the grace period and
+/// aborts whatever multipart uploads are still open.
+pub async fn serve(state: AppState, listener: tokio::net::TcpListener) -> Result<()> {
+    let grace = Duration::from_secs(state.config.shutdown_grace_secs);
+    let signalled = Arc::new(tokio::sync::Notify::new());
+    let notify = signalled.clone();
+    let server = axum::serve(listener, router(state.clone())).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: no new connections, finishing in-flight requests");
+        notify.notify_one();
+    });
+    tokio::select! {
+        result = server => result?,
+        _ = async { signalled.notified().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(grace_secs = grace.as_secs(), "grace period over; cancelling what is left");
+        }
+    }
+    if !state.in_flight.is_empty() {
+        tracing::warn!(uploads = state.in_flight.len(), "aborting unfinished multipart uploads");
+    }
+    state.in_flight.abort_all().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

@@ -1,0 +1,152 @@
+//! Service configuration: flags, or environment variables named as in the EC2 user-data
+//! (terraform/templates/user-data.sh.tpl writes INITIAL_BUCKET, FINAL_BUCKET, KMS_KEY_ARN,
+//! AWS_REGION, LISTEN_ADDR and PROCESSOR to /etc/filepipe/service.env).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, ValueEnum};
+
+use crate::aws::{AwsSettings, CredentialsSource};
+
+const MIB: u64 = 1024 * 1024;
+/// S3's smallest allowed part (all but the last).
+pub const MIN_PART_SIZE: u64 = 5 * MIB;
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "service", about = "filepipe: encrypted file pipeline service", version)]
+pub struct Config {
+    /// Bucket for raw files as received or retrieved.
+    #[arg(long, env = "INITIAL_BUCKET")]
+    pub initial_bucket: String,
+    /// Bucket for decrypted and processed files.
+    #[arg(long, env = "FINAL_BUCKET")]
+    pub final_bucket: String,
+    /// Full ARN of the KMS key: sent with every upload, and the only key allowed to unwrap
+    /// encrypted payloads.
+    #[arg(long, env = "KMS_KEY_ARN")]
+    pub kms_key_arn: String,
+    #[arg(long, env = "AWS_REGION")]
+    pub region: String,
+    /// Endpoint of an S3/KMS-compatible emulator; unset for real AWS.
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    pub aws_endpoint_url: Option<String>,
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
+    pub listen_addr: SocketAddr,
+    /// What happens between the initial and the final bucket.
+    #[arg(long, env = "PROCESSOR", value_enum, default_value_t = ProcessorKind::Identity)]
+    pub processor: ProcessorKind,
+
+    /// Multipart part size in bytes (at least 5 MiB).
+    #[arg(long, env = "PART_SIZE", default_value_t = 8 * MIB)]
+    pub part_size: u64,
+    /// Parts uploaded concurrently per transfer; memory per transfer is about
+    /// part size x (this + 1).
+    #[arg(long, env = "PARTS_IN_FLIGHT", default_value_t = 4)]
+    pub parts_in_flight: usize,
+    /// Largest accepted file in bytes (default 5 GiB).
+    #[arg(long, env = "MAX_OBJECT_SIZE", default_value_t = 5 * 1024 * MIB)]
+    pub max_object_size: u64,
+    /// Largest envelope-encrypted payload: the Encryption SDK decrypts in memory.
+    #[arg(long, env = "MAX_ENCRYPTED_SIZE", default_value_t = 64 * MIB)]
+    pub max_encrypted_size: u64,
+    /// Reject raw payloads that are not AWS Encryption SDK messages.
+    #[arg(long, env = "REQUIRE_ENCRYPTED_INPUT", default_value_t = false, action = clap::ArgAction::Set)]
+    pub require_encrypted_input: bool,
+
+    /// Files processed at the same time.
+    #[arg(long, env = "PROCESSING_CONCURRENCY", default_value_t = 4)]
+    pub processing_concurrency: usize,
+    /// Processing jobs waiting at most; beyond that, reconciliation picks files up later.
+    #[arg(long, env = "QUEUE_CAPACITY", default_value_t = 1024)]
+    pub queue_capacity: usize,
+    /// Seconds between reconciliation scans of the initial bucket.
+    #[arg(long, env = "RECONCILE_INTERVAL_SECS", default_value_t = 300)]
+    pub reconcile_interval_secs: u64,
+
+    /// Hosts the service may retrieve from (comma-separated, `host` or `host:port`).
+    #[arg(long, env = "UPSTREAM_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub upstream_allowed_hosts: Vec<String>,
+    /// Upstream URLs polled on a schedule (comma-separated); new content is stored raw.
+    #[arg(long, env = "UPSTREAM_POLL_URLS", value_delimiter = ',')]
+    pub upstream_poll_urls: Vec<String>,
+    /// Seconds between polls of UPSTREAM_POLL_URLS.
+    #[arg(long, env = "UPSTREAM_POLL_INTERVAL_SECS", default_value_t = 300)]
+    pub upstream_poll_interval_secs: u64,
+    /// Seconds one upstream retrieval may take in total.
+    #[arg(long, env = "UPSTREAM_TIMEOUT_SECS", default_value_t = 300)]
+    pub upstream_timeout_secs: u64,
+
+    /// File holding the bearer token every /v1 route requires (preferred over AUTH_TOKEN).
+    #[arg(long, env = "AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<PathBuf>,
+    /// Bearer token every /v1 route requires.
+    #[arg(long, env = "AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
+
+    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessorKind {
+    Identity,
+    Gunzip,
+    Jsonl,
+}
+
+impl ProcessorKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ProcessorKind::Identity => "identity",
+            ProcessorKind::Gunzip => "gunzip",
+            ProcessorKind::Jsonl => "jsonl",
+        }
+    }
+}
+
+impl Config {
+    /// Checks what clap cannot; returns the bearer token, if any.
+    pub fn validate(&self) -> Result<Option<String>> {
+        if self.part_size < MIN_PART_SIZE {
+            bail!("PART_SIZE must be at least 5 MiB (S3's minimum part size)");
+        }
+        if self.parts_in_flight == 0 || self.processing_concurrency == 0 {
+            bail!("PARTS_IN_FLIGHT and PROCESSING_CONCURRENCY must be at least 1");
+        }
+        if !self.kms_key_arn.starts_with("arn:") || !self.kms_key_arn.contains(":key/") {
+            bail!("KMS_KEY_ARN must be a full key ARN (arn:aws:kms:<region>:<account>:key/<id>)");
+        }
+        let token = match (&self.auth_token_file, &self.auth_token) {
+            (Some(path), _) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading AUTH_TOKEN_FILE {}", path.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            (None, Some(token)) => Some(token.trim().to_string()),
+            (None, None) => None,
+        };
+        if let Some(token) = &token
+            && token.len() < 16
+        {
+            bail!("the bearer token must be at least 16 characters");
+        }
+        Ok(token)
+    }
+
+    pub fn aws_settings(&self) -> AwsSettings {
+        AwsSettings {
+            region: self.region.clone(),
+            endpoint_url: self.aws_endpoint_url.clone(),
+            credentials: CredentialsSource::DefaultChain { profile: None },
+        }
+    }
+
+    pub fn reconcile_interval(&self) -> Duration {
+        Duration::from_secs(self.reconcile_interval_secs.max(1))
+    }
+}

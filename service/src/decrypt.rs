@@ -1,0 +1,126 @@
+//! Envelope-encrypted payloads in the AWS Encryption SDK message format (what
+//! `aws-encryption-cli` and every AWS Encryption SDK produce), decrypted with the official
+//! Rust ESDK and a strict KMS keyring: only the configured key ARN may unwrap a data key.
+//! The client keeps the SDK's default commitment policy (RequireEncryptRequireDecrypt), so
+//! only key-committing algorithm suites are accepted.
+
+use anyhow::{Context as _, Result, anyhow};
+use aws_esdk::client as esdk_client;
+use aws_esdk::material_providers::client as mpl_client;
+use aws_esdk::material_providers::types::keyring::KeyringRef;
+use aws_esdk::material_providers::types::material_providers_config::MaterialProvidersConfig;
+use aws_esdk::types::aws_encryption_sdk_config::AwsEncryptionSdkConfig;
+use aws_sdk_s3::primitives::Blob;
+
+/// Algorithm suite ids of message format version 2 (key-committing suites).
+const V2_SUITES: [[u8; 2]; 2] = [[0x04, 0x78], [0x05, 0x78]];
+/// Algorithm suite ids of message format version 1.
+const V1_SUITES: [[u8; 2]; 9] = [
+    [0x00, 0x14],
+    [0x00, 0x46],
+    [0x00, 0x78],
+    [0x01, 0x14],
+    [0x01, 0x46],
+    [0x01, 0x78],
+    [0x02, 0x14],
+    [0x03, 0x46],
+    [0x03, 0x78],
+];
+
+/// Bytes needed to recognise a message.
+pub const HEADER_LEN: usize = 4;
+
+/// True if `header` starts an Encryption SDK message (version byte, then the algorithm
+/// suite id; version 1 has a type byte 0x80 in between).
+pub fn looks_encrypted(header: &[u8]) -> bool {
+    match header {
+        [0x02, a, b, ..] => V2_SUITES.contains(&[*a, *b]),
+        [0x01, 0x80, a, b, ..] => V1_SUITES.contains(&[*a, *b]),
+        _ => false,
+    }
+}
+
+#[derive(Clone)]
+pub struct Decryptor {
+    client: esdk_client::Client,
+    keyring: KeyringRef,
+}
+
+impl Decryptor {
+    pub async fn new(kms: aws_sdk_kms::Client, key_arn: &str) -> Result<Decryptor> {
+        let client = esdk_client::Client::from_conf(
+            AwsEncryptionSdkConfig::builder()
+                .build()
+                .map_err(|e| anyhow!("configuring the Encryption SDK: {e:?}"))?,
+        )
+        .map_err(|e| anyhow!("creating the Encryption SDK client: {e:?}"))?;
+        let materials = mpl_client::Client::from_conf(
+            MaterialProvidersConfig::builder()
+                .build()
+                .map_err(|e| anyhow!("configuring material providers: {e:?}"))?,
+        )
+        .map_err(|e| anyhow!("creating material providers: {e:?}"))?;
+        let keyring = materials
+            .create_aws_kms_keyring()
+            .kms_key_id(key_arn)
+            .kms_client(kms)
+            .send()
+            .await
+            .map_err(|e| anyhow!("creating the KMS keyring for {key_arn}: {e:?}"))?;
+        Ok(Decryptor { client, keyring })
+    }
+
+    pub async fn decrypt(&self, message: Vec<u8>) -> Result<Vec<u8>> {
+        let output = self
+            .client
+            .decrypt()
+            .ciphertext(Blob::new(message))
+            .keyring(self.keyring.clone())
+            .send()
+            .await
+            .map_err(|e| anyhow!("{}", first_line(&format!("{e:?}"))))
+            .context("decrypting the Encryption SDK message (wrong key, tampered data, or a non-committing suite)")?;
+        Ok(output
+            .plaintext
+            .context("the Encryption SDK returned no plaintext")?
+            .into_inner())
+    }
+
+    /// Encrypts with the same keyring and default (committing) suite; used by tests and the
+    /// smoke checks to produce payloads as any ESDK client would.
+    pub async fn encrypt(&self, plaintext: Vec<u8>) -> Result<Vec<u8>> {
+        let output = self
+            .client
+            .encrypt()
+            .plaintext(Blob::new(plaintext))
+            .keyring(self.keyring.clone())
+            .send()
+            .await
+            .map_err(|e| anyhow!("encrypting: {}", first_line(&format!("{e:?}"))))?;
+        Ok(output
+            .ciphertext
+            .context("the Encryption SDK returned no ciphertext")?
+            .into_inner())
+    }
+}
+
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or_default().chars().take(400).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_message_headers() {
+        assert!(looks_encrypted(&[0x02, 0x04, 0x78, 0x00]));
+        assert!(looks_encrypted(&[0x02, 0x05, 0x78, 0x12]));
+        assert!(looks_encrypted(&[0x01, 0x80, 0x03, 0x78]));
+        assert!(!looks_encrypted(b"{\"a\""));
+        assert!(!looks_encrypted(&[0x1f, 0x8b, 0x08, 0x00]), "gzip is not ESDK");
+        assert!(!looks_encrypted(&[0x02, 0x00, 0x00, 0x00]));
+        assert!(!looks_encrypted(&[0x02]));
+        assert!(!looks_encrypted(&[]));
+    }
+}

@@ -1,0 +1,78 @@
+//! API errors: one JSON shape, `{"error": {"code", "message", "request_id"}}`.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    /// Extra fields merged into the error object (e.g. a processing status).
+    pub details: Option<serde_json::Value>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn too_large(limit: u64) -> ApiError {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the body is larger than the limit of {limit} bytes"),
+        )
+    }
+
+    /// An AWS failure: throttling and unavailability are 503 (retry later), the rest 502.
+    pub fn upstream_aws(err: &anyhow::Error) -> ApiError {
+        let text = format!("{err:#}");
+        let throttled = ["SlowDown", "Throttl", "ServiceUnavailable", "RequestLimitExceeded", "dispatch failure", "timeout"]
+            .iter()
+            .any(|needle| text.contains(needle));
+        let (status, code) = if throttled {
+            (StatusCode::SERVICE_UNAVAILABLE, "aws_unavailable")
+        } else {
+            (StatusCode::BAD_GATEWAY, "aws_error")
+        };
+        tracing::warn!(error = %text, "AWS call failed");
+        ApiError::new(status, code, "a storage or key service call failed; see the service log for this request id")
+    }
+
+    pub fn with_details(mut self, details: serde_json::Value) -> ApiError {
+        self.details = Some(details);
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut error = json!({
+            "code": self.code,
+            "message": self.message,
+            "request_id": crate::app::request_id(),
+        });
+        if let Some(serde_json::Value::Object(extra)) = self.details {
+            for (k, v) in extra {
+                error[k] = v;
+            }
+        }
+        (self.status, Json(json!({ "error": error }))).into_response()
+    }
+}

@@ -1,0 +1,686 @@
+//! initial bucket → decrypt → process → final bucket.
+//!
+//! A file is processed iff the final bucket has no output (and no failure record) whose
+//! recorded source ETag/version matches the current raw object. New uploads are queued
+//! at once; a reconciliation scan at start-up and every few minutes queues whatever a
+//! restart or a full queue left behind. Everything is streamed except Encryption SDK
+//! messages, which the SDK decrypts in memory (bounded by MAX_ENCRYPTED_SIZE).
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Instant, SystemTime};
+
+use anyhow::{Context as _, Result, anyhow};
+use async_compression::tokio::bufread::GzipDecoder;
+use aws_sdk_s3::Client as S3;
+use aws_sdk_s3::error::ProvideErrorMetadata;
+use aws_sdk_s3::primitives::{ByteStream, DateTime, DateTimeFormat};
+use aws_sdk_s3::types::ServerSideEncryption;
+use bytes::Bytes;
+use futures_util::stream::{self, BoxStream};
+use futures_util::StreamExt;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt, BufReader, ReadBuf};
+use tokio::sync::mpsc;
+use tokio_util::io::ReaderStream;
+
+use crate::aws::AwsResultExt;
+use crate::config::{Config, ProcessorKind};
+use crate::decrypt::{self, Decryptor};
+use crate::metrics::Metrics;
+use crate::names::{failed_key, processed_key, raw_key};
+use crate::upload::{self, InFlight, Target, UploadError, metadata_text, metadata_value};
+
+pub type Reader = Box<dyn AsyncRead + Send + Unpin>;
+pub type Output = BoxStream<'static, io::Result<Bytes>>;
+
+/// One step between decrypted input and stored output. `stats` receives values recorded in
+/// the output's metadata once the stream has ended.
+pub trait Processor: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn process(&self, input: Reader, stats: upload::LateMetadata) -> Output;
+}
+
+pub struct Identity;
+pub struct Gunzip;
+pub struct JsonLines;
+
+impl Processor for Identity {
+    fn name(&self) -> &'static str {
+        "identity"
+    }
+    fn process(&self, input: Reader, _stats: upload::LateMetadata) -> Output {
+        ReaderStream::new(input).boxed()
+    }
+}
+
+impl Processor for Gunzip {
+    fn name(&self) -> &'static str {
+        "gunzip"
+    }
+    fn process(&self, input: Reader, _stats: upload::LateMetadata) -> Output {
+        let mut decoder = GzipDecoder::new(BufReader::new(input));
+        decoder.multiple_members(true);
+        ReaderStream::new(decoder).boxed()
+    }
+}
+
+/// Longest line the validator buffers; a longer one fails the file instead of memory.
+const MAX_LINE: usize = 16 * 1024 * 1024;
+
+struct LineValidator {
+    partial: Vec<u8>,
+    line: u64,
+}
+
+impl LineValidator {
+    fn check(&mut self, line: &[u8]) -> io::Result<()> {
+        self.line += 1;
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        serde_json::from_slice::<serde::de::IgnoredAny>(line).map_err(|err| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("line {} is not valid JSON: {err}", self.line),
+            )
+        })?;
+        Ok(())
+    }
+
+    fn feed(&mut self, chunk: &[u8]) -> io::Result<()> {
+        let mut rest = chunk;
+        while let Some(end) = rest.iter().position(|b| *b == b'\n') {
+            if self.partial.is_empty() {
+                self.check(&rest[..end])?;
+            } else {
+                self.partial.extend_from_slice(&rest[..end]);
+                let line = std::mem::take(&mut self.partial);
+                self.check(&line)?;
+            }
+            rest = &rest[end + 1..];
+        }
+        self.partial.extend_from_slice(rest);
+        if self.partial.len() > MAX_LINE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("line {} is longer than {MAX_LINE} bytes", self.line + 1),
+            ));
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        // A final newline ends the last line; it does not start an empty one.
+        if !self.partial.is_empty() {
+            let line = std::mem::take(&mut self.partial);
+            self.check(&line)?;
+        }
+        Ok(())
+    }
+}
+
+impl Processor for JsonLines {
+    fn name(&self) -> &'static str {
+        "jsonl"
+    }
+    fn process(&self, input: Reader, stats: upload::LateMetadata) -> Output {
+        let validator = LineValidator {
+            partial: Vec::new(),
+            line: 0,
+        };
+        stream::unfold(
+            (ReaderStream::new(input), validator, false),
+            move |(mut chunks, mut validator, done)| {
+                let stats = stats.clone();
+                async move {
+                    if done {
+                        return None;
+                    }
+                    match chunks.next().await {
+                        Some(Ok(chunk)) => {
+                            let checked = validator.feed(&chunk).map(|()| chunk);
+                            let failed = checked.is_err();
+                            Some((checked, (chunks, validator, failed)))
+                        }
+                        Some(Err(err)) => Some((Err(err), (chunks, validator, true))),
+                        None => match validator.finish() {
+                            Ok(()) => {
+                                stats
+                                    .lock()
+                                    .unwrap()
+                                    .insert("lines".into(), validator.line.to_string());
+                                None
+                            }
+                            Err(err) => Some((Err(err), (chunks, validator, true))),
+                        },
+                    }
+                }
+            },
+        )
+        .boxed()
+    }
+}
+
+pub fn processor(kind: ProcessorKind) -> Arc<dyn Processor> {
+    match kind {
+        ProcessorKind::Identity => Arc::new(Identity),
+        ProcessorKind::Gunzip => Arc::new(Gunzip),
+        ProcessorKind::Jsonl => Arc::new(JsonLines),
+    }
+}
+
+/// Hashes what passes through, into a hasher shared with whoever needs the digest later.
+struct Hashing<R> {
+    inner: R,
+    hasher: Arc<Mutex<Sha256>>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Hashing<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = &result {
+            let new = &buf.filled()[before..];
+            self.hasher.lock().unwrap().update(new);
+        }
+        result
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Pending,
+    Processing,
+    Processed,
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RawInfo {
+    pub size: i64,
+    pub etag: String,
+    pub version_id: Option<String>,
+    pub sha256: Option<String>,
+    pub last_modified: Option<String>,
+    pub sse: Option<String>,
+    pub kms_key_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessedInfo {
+    pub size: i64,
+    pub etag: String,
+    pub sha256: Option<String>,
+    pub processor: Option<String>,
+    pub processed_at: Option<String>,
+    pub lines: Option<u64>,
+    pub sse: Option<String>,
+    pub kms_key_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FileStatus {
+    pub name: String,
+    pub state: State,
+    pub raw: RawInfo,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub processed: Option<ProcessedInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The record a failed file leaves in the final bucket.
+#[derive(Debug, Serialize, serde::Deserialize)]
+struct FailureRecord {
+    name: String,
+    source_etag: String,
+    source_version: Option<String>,
+    processor: String,
+    error: String,
+    failed_at: String,
+}
+
+pub struct Pipeline {
+    s3: S3,
+    config: Arc<Config>,
+    processor: Arc<dyn Processor>,
+    decryptor: Decryptor,
+    metrics: Arc<Metrics>,
+    in_flight: InFlight,
+    queue: mpsc::Sender<String>,
+    /// Names queued or being processed, so nothing is queued twice.
+    queued: Mutex<HashSet<String>>,
+    running: Mutex<HashSet<String>>,
+}
+
+fn trim_etag(etag: Option<&str>) -> String {
+    etag.unwrap_or_default().trim_matches('"').to_string()
+}
+
+fn now_rfc3339() -> String {
+    DateTime::from(SystemTime::now())
+        .fmt(DateTimeFormat::DateTime)
+        .unwrap_or_default()
+}
+
+impl Pipeline {
+    /// Starts the workers and the periodic reconciliation scan.
+    pub fn start(
+        s3: S3,
+        config: Arc<Config>,
+        decryptor: Decryptor,
+        metrics: Arc<Metrics>,
+        in_flight: InFlight,
+    ) -> Arc<Pipeline> {
+        let (tx, rx) = mpsc::channel(config.queue_capacity);
+        let pipeline = Arc::new(Pipeline {
+            s3,
+            processor: processor(config.processor),
+            config: config.clone(),
+            decryptor,
+            metrics,
+            in_flight,
+            queue: tx,
+            queued: Mutex::new(HashSet::new()),
+            running: Mutex::new(HashSet::new()),
+        });
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        for _ in 0..config.processing_concurrency {
+            let pipeline = pipeline.clone();
+            let rx = rx.clone();
+            tokio::spawn(async move {
+                loop {
+                    let next = rx.lock().await.recv().await;
+                    let Some(name) = next else { break };
+                    pipeline.metrics.queue_changed(-1);
+                    pipeline.run(&name).await;
+                }
+            });
+        }
+        let scanner = pipeline.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(scanner.config.reconcile_interval());
+            loop {
+                ticker.tick().await;
+                match scanner.reconcile().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(queued = n, "reconciliation queued unprocessed files"),
+                    Err(err) => tracing::error!(error = %format!("{err:#}"), "reconciliation scan failed"),
+                }
+            }
+        });
+        pipeline
+    }
+
+    /// Queues a file; false if the queue is full (reconciliation will pick it up).
+    pub fn enqueue(&self, name: &str) -> bool {
+        if !self.queued.lock().unwrap().insert(name.to_string()) {
+            return true;
+        }
+        match self.queue.try_send(name.to_string()) {
+            Ok(()) => {
+                self.metrics.queue_changed(1);
+                true
+            }
+            Err(_) => {
+                self.queued.lock().unwrap().remove(name);
+                tracing::warn!(name, "processing queue full; left for the reconciliation scan");
+                false
+            }
+        }
+    }
+
+    async fn run(&self, name: &str) {
+        self.running.lock().unwrap().insert(name.to_string());
+        self.queued.lock().unwrap().remove(name);
+        let started = Instant::now();
+        let result = self.process(name).await;
+        self.running.lock().unwrap().remove(name);
+        match result {
+            Ok(Some(_)) => {
+                self.metrics.processing_done(true, started.elapsed());
+                tracing::info!(name, elapsed_ms = started.elapsed().as_millis() as u64, "processed");
+            }
+            Ok(None) => {}
+            Err(err) => {
+                self.metrics.processing_done(false, started.elapsed());
+                tracing::warn!(name, error = %format!("{err:#}"), "processing failed");
+            }
+        }
+    }
+
+    /// Processes one file if its current raw version has no output yet. `Ok(None)`: nothing
+    /// to do. A processing failure is recorded in the final bucket and also returned.
+    pub async fn process(&self, name: &str) -> Result<Option<upload::Uploaded>> {
+        let Some(raw) = self.head_raw(name).await? else {
+            return Ok(None);
+        };
+        if self.output_matches(name, &raw).await? {
+            return Ok(None);
+        }
+        match self.transform(name, &raw).await {
+            Ok(uploaded) => {
+                self.clear_failure(name).await?;
+                Ok(Some(uploaded))
+            }
+            Err(err) => {
+                let message = format!("{err:#}");
+                self.record_failure(name, &raw, &message).await?;
+                Err(err)
+            }
+        }
+    }
+
+    async fn transform(&self, name: &str, raw: &RawInfo) -> Result<upload::Uploaded> {
+        let mut request = self.s3.get_object().bucket(&self.config.initial_bucket).key(raw_key(name));
+        if let Some(version) = &raw.version_id {
+            request = request.version_id(version);
+        }
+        let object = request
+            .send()
+            .await
+            .aws_context(format!("s3:GetObject {}", raw_key(name)))?;
+        let hasher = Arc::new(Mutex::new(Sha256::new()));
+        let mut reader = Hashing {
+            inner: object.body.into_async_read(),
+            hasher: hasher.clone(),
+        };
+        let mut header = [0u8; decrypt::HEADER_LEN];
+        let mut filled = 0;
+        while filled < header.len() {
+            let n = reader.read(&mut header[filled..]).await.context("reading the raw object")?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        let header = header[..filled].to_vec();
+        let plaintext: Reader = if decrypt::looks_encrypted(&header) {
+            if raw.size as u64 > self.config.max_encrypted_size {
+                return Err(anyhow!(
+                    "encrypted payload of {} bytes exceeds MAX_ENCRYPTED_SIZE ({} bytes)",
+                    raw.size,
+                    self.config.max_encrypted_size
+                ));
+            }
+            let mut message = header;
+            reader.read_to_end(&mut message).await.context("reading the raw object")?;
+            Box::new(io::Cursor::new(self.decryptor.decrypt(message).await?))
+        } else if self.config.require_encrypted_input {
+            return Err(anyhow!(
+                "the payload is not an AWS Encryption SDK message and REQUIRE_ENCRYPTED_INPUT is set"
+            ));
+        } else {
+            Box::new(io::Cursor::new(header).chain(reader))
+        };
+
+        let late = Arc::new(Mutex::new(HashMap::new()));
+        let output = self.processor.process(plaintext, late.clone());
+        // Record the raw digest and completion time once the stream has ended.
+        let finish = {
+            let late = late.clone();
+            let hasher = hasher.clone();
+            stream::once(async move {
+                let digest = hex::encode(hasher.lock().unwrap().clone().finalize());
+                let mut late = late.lock().unwrap();
+                late.insert("source-sha256".into(), digest);
+                late.insert("processed-at".into(), now_rfc3339());
+                Ok::<Bytes, io::Error>(Bytes::new())
+            })
+        };
+        let output = output.chain(finish).filter(|chunk| {
+            std::future::ready(!matches!(chunk, Ok(bytes) if bytes.is_empty()))
+        });
+
+        let target = Target {
+            s3: self.s3.clone(),
+            bucket: self.config.final_bucket.clone(),
+            key: processed_key(name),
+            kms_key_arn: self.config.kms_key_arn.clone(),
+            metadata: HashMap::from([
+                ("source-key".to_string(), metadata_value(&raw_key(name))),
+                ("source-etag".to_string(), raw.etag.clone()),
+                (
+                    "source-version".to_string(),
+                    raw.version_id.clone().unwrap_or_default(),
+                ),
+                ("processor".to_string(), self.processor.name().to_string()),
+            ]),
+            part_size: self.config.part_size as usize,
+            parts_in_flight: self.config.parts_in_flight,
+            max_size: u64::MAX,
+            late_metadata: Some(late),
+        };
+        upload::upload(&target, output, &Default::default(), &self.in_flight)
+            .await
+            .map_err(|err| match err {
+                UploadError::Body(message) => anyhow!("{} processor: {message}", self.processor.name()),
+                other => anyhow!("{other}"),
+            })
+    }
+
+    pub async fn head_raw(&self, name: &str) -> Result<Option<RawInfo>> {
+        let head = self
+            .s3
+            .head_object()
+            .bucket(&self.config.initial_bucket)
+            .key(raw_key(name))
+            .send()
+            .await;
+        let head = match head {
+            Ok(head) => head,
+            Err(err) if err.raw_response().map(|r| r.status().as_u16()) == Some(404) => return Ok(None),
+            Err(err) => return Err(err).aws_context(format!("s3:HeadObject {}", raw_key(name))),
+        };
+        Ok(Some(RawInfo {
+            size: head.content_length().unwrap_or_default(),
+            etag: trim_etag(head.e_tag()),
+            version_id: head.version_id().filter(|v| *v != "null").map(str::to_string),
+            sha256: head.metadata().and_then(|m| m.get("sha256")).cloned(),
+            last_modified: head
+                .last_modified()
+                .and_then(|t| t.fmt(DateTimeFormat::DateTime).ok()),
+            sse: head.server_side_encryption().map(|s| s.as_str().to_string()),
+            kms_key_id: head.ssekms_key_id().map(str::to_string),
+        }))
+    }
+
+    /// The processed object, if it was made from exactly this raw version.
+    async fn head_processed(&self, name: &str, raw: &RawInfo) -> Result<Option<ProcessedInfo>> {
+        let head = self
+            .s3
+            .head_object()
+            .bucket(&self.config.final_bucket)
+            .key(processed_key(name))
+            .send()
+            .await;
+        let head = match head {
+            Ok(head) => head,
+            Err(err) if err.raw_response().map(|r| r.status().as_u16()) == Some(404) => return Ok(None),
+            Err(err) => return Err(err).aws_context(format!("s3:HeadObject {}", processed_key(name))),
+        };
+        let metadata = head.metadata().cloned().unwrap_or_default();
+        let same_etag = metadata.get("source-etag") == Some(&raw.etag);
+        let same_version = match &raw.version_id {
+            Some(version) => metadata.get("source-version") == Some(version),
+            None => true,
+        };
+        if !(same_etag && same_version) {
+            return Ok(None);
+        }
+        Ok(Some(ProcessedInfo {
+            size: head.content_length().unwrap_or_default(),
+            etag: trim_etag(head.e_tag()),
+            sha256: metadata.get("sha256").cloned(),
+            processor: metadata.get("processor").cloned(),
+            processed_at: metadata.get("processed-at").cloned(),
+            lines: metadata.get("lines").and_then(|l| l.parse().ok()),
+            sse: head.server_side_encryption().map(|s| s.as_str().to_string()),
+            kms_key_id: head.ssekms_key_id().map(str::to_string),
+        }))
+    }
+
+    async fn failure(&self, name: &str, raw: &RawInfo) -> Result<Option<String>> {
+        let object = self
+            .s3
+            .get_object()
+            .bucket(&self.config.final_bucket)
+            .key(failed_key(name))
+            .send()
+            .await;
+        let object = match object {
+            Ok(object) => object,
+            Err(err) if err.code() == Some("NoSuchKey") => return Ok(None),
+            Err(err) => return Err(err).aws_context(format!("s3:GetObject {}", failed_key(name))),
+        };
+        let body = object.body.collect().await.context("reading a failure record")?.into_bytes();
+        let record: FailureRecord = serde_json::from_slice(&body).context("parsing a failure record")?;
+        let matches = record.source_etag == raw.etag
+            && (raw.version_id.is_none() || record.source_version == raw.version_id);
+        Ok(matches.then_some(record.error))
+    }
+
+    async fn output_matches(&self, name: &str, raw: &RawInfo) -> Result<bool> {
+        Ok(self.head_processed(name, raw).await?.is_some() || self.failure(name, raw).await?.is_some())
+    }
+
+    async fn record_failure(&self, name: &str, raw: &RawInfo, error: &str) -> Result<()> {
+        let record = FailureRecord {
+            name: metadata_text(&metadata_value(name)),
+            source_etag: raw.etag.clone(),
+            source_version: raw.version_id.clone(),
+            processor: self.processor.name().to_string(),
+            error: error.to_string(),
+            failed_at: now_rfc3339(),
+        };
+        self.s3
+            .put_object()
+            .bucket(&self.config.final_bucket)
+            .key(failed_key(name))
+            .content_type("application/json")
+            .body(ByteStream::from(serde_json::to_vec_pretty(&record)?))
+            .server_side_encryption(ServerSideEncryption::AwsKms)
+            .ssekms_key_id(&self.config.kms_key_arn)
+            .bucket_key_enabled(true)
+            .send()
+            .await
+            .aws_context(format!("s3:PutObject {}", failed_key(name)))?;
+        Ok(())
+    }
+
+    async fn clear_failure(&self, name: &str) -> Result<()> {
+        self.s3
+            .delete_object()
+            .bucket(&self.config.final_bucket)
+            .key(failed_key(name))
+            .send()
+            .await
+            .aws_context(format!("s3:DeleteObject {}", failed_key(name)))?;
+        Ok(())
+    }
+
+    /// Status of a file, or `None` if there is no raw object.
+    pub async fn status(&self, name: &str) -> Result<Option<FileStatus>> {
+        let Some(raw) = self.head_raw(name).await? else {
+            return Ok(None);
+        };
+        let processed = self.head_processed(name, &raw).await?;
+        let (state, error) = if processed.is_some() {
+            (State::Processed, None)
+        } else if let Some(error) = self.failure(name, &raw).await? {
+            (State::Failed, Some(error))
+        } else if self.running.lock().unwrap().contains(name) {
+            (State::Processing, None)
+        } else {
+            (State::Pending, None)
+        };
+        Ok(Some(FileStatus {
+            name: name.to_string(),
+            state,
+            raw,
+            processed,
+            error,
+        }))
+    }
+
+    /// Queues every raw object without a matching output; returns how many were queued.
+    pub async fn reconcile(&self) -> Result<usize> {
+        let mut queued = 0;
+        let mut pages = self
+            .s3
+            .list_objects_v2()
+            .bucket(&self.config.initial_bucket)
+            .prefix("raw/")
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.aws_context(format!("s3:ListObjectsV2 {}", self.config.initial_bucket))?;
+            for object in page.contents() {
+                let Some(name) = object.key().and_then(|k| k.strip_prefix("raw/")) else {
+                    continue;
+                };
+                if self.queued.lock().unwrap().contains(name) || self.running.lock().unwrap().contains(name) {
+                    continue;
+                }
+                let Some(raw) = self.head_raw(name).await? else { continue };
+                if !self.output_matches(name, &raw).await? && self.enqueue(name) {
+                    queued += 1;
+                }
+            }
+        }
+        Ok(queued)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn run(processor: &dyn Processor, input: &[u8]) -> (io::Result<Vec<u8>>, HashMap<String, String>) {
+        let stats = Arc::new(Mutex::new(HashMap::new()));
+        let mut output = processor.process(Box::new(io::Cursor::new(input.to_vec())), stats.clone());
+        let mut bytes = Vec::new();
+        while let Some(chunk) = output.next().await {
+            match chunk {
+                Ok(chunk) => bytes.extend_from_slice(&chunk),
+                Err(err) => return (Err(err), stats.lock().unwrap().clone()),
+            }
+        }
+        (Ok(bytes), stats.lock().unwrap().clone())
+    }
+
+    #[tokio::test]
+    async fn jsonl_counts_lines_and_names_the_first_bad_one() {
+        let (out, stats) = run(&JsonLines, b"{\"a\":1}\n[2]\n\"x\"\n").await;
+        assert_eq!(out.unwrap(), b"{\"a\":1}\n[2]\n\"x\"\n");
+        assert_eq!(stats["lines"], "3");
+        let (out, _) = run(&JsonLines, b"{\"a\":1}\r\n{\"b\":2}").await;
+        assert!(out.is_ok());
+        let (out, stats) = run(&JsonLines, b"{\"a\":1}\n{oops}\n{\"c\":3}\n").await;
+        let err = out.unwrap_err().to_string();
+        assert!(err.starts_with("line 2 is not valid JSON"), "{err}");
+        assert!(!stats.contains_key("lines"));
+        let (out, _) = run(&JsonLines, b"{}\n\n{}\n").await;
+        assert!(out.unwrap_err().to_string().starts_with("line 2"));
+    }
+
+    #[tokio::test]
+    async fn gunzip_inflates_and_rejects_garbage() {
+        use std::io::Write;
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(&b"hello gzip ".repeat(1000)).unwrap();
+        let gz = encoder.finish().unwrap();
+        let (out, _) = run(&Gunzip, &gz).await;
+        assert_eq!(out.unwrap(), b"hello gzip ".repeat(1000));
+        let (out, _) = run(&Gunzip, b"not gzip at all").await;
+        assert!(out.is_err());
+    }
+}

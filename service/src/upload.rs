@@ -1,0 +1,534 @@
+//! Streaming uploads to S3 with bounded memory.
+//!
+//! A body is read into part-sized buffers. A body that fits in one part becomes a single
+//! PutObject; anything larger becomes a multipart upload with at most `parts_in_flight` parts
+//! travelling at once, so a transfer holds at most part_size x (parts_in_flight + 1) bytes.
+//! Every request names SSE-KMS and the configured key explicitly (the bucket policy denies
+//! others). Any failure — the body erroring (client gone), the size cap, an integrity
+//! mismatch, an S3 error, or the future being dropped — aborts the multipart upload, so no
+//! partial object and no billed orphan parts remain.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use anyhow::anyhow;
+use aws_sdk_s3::Client as S3;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption};
+use base64::Engine as _;
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use md5::Md5;
+use sha2::{Digest, Sha256};
+use tokio::task::JoinSet;
+
+use crate::aws::AwsResultExt;
+
+/// Where and how to store one object.
+#[derive(Clone)]
+pub struct Target {
+    pub s3: S3,
+    pub bucket: String,
+    pub key: String,
+    pub kms_key_arn: String,
+    pub metadata: HashMap<String, String>,
+    pub part_size: usize,
+    pub parts_in_flight: usize,
+    pub max_size: u64,
+    /// Metadata known only once the body has ended (e.g. a line count). Read when the object
+    /// is committed; for a multipart upload the object is then copied onto itself with the
+    /// full metadata (server-side), since S3 fixes metadata when an upload starts.
+    pub late_metadata: Option<LateMetadata>,
+}
+
+pub type LateMetadata = Arc<Mutex<HashMap<String, String>>>;
+
+/// Integrity values the client sent, checked before the object is committed.
+#[derive(Default, Clone)]
+pub struct Expected {
+    /// `Content-MD5`: base64 of the MD5 digest.
+    pub content_md5: Option<String>,
+    /// `x-amz-checksum-sha256`: base64 of the SHA-256 digest.
+    pub sha256_base64: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Uploaded {
+    pub size: u64,
+    pub sha256: String,
+    pub etag: String,
+    pub version_id: Option<String>,
+    pub sse: String,
+    pub kms_key_id: Option<String>,
+    pub parts: usize,
+}
+
+#[derive(Debug)]
+pub enum UploadError {
+    TooLarge(u64),
+    /// The body stream failed: the client went away or sent garbage.
+    Body(String),
+    Integrity(String),
+    Aws(anyhow::Error),
+}
+
+impl std::fmt::Display for UploadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UploadError::TooLarge(limit) => write!(f, "larger than the limit of {limit} bytes"),
+            UploadError::Body(e) => write!(f, "reading the body failed: {e}"),
+            UploadError::Integrity(e) => write!(f, "integrity check failed: {e}"),
+            UploadError::Aws(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
+/// Multipart uploads not yet completed or aborted, so shutdown can abort what is left.
+#[derive(Clone, Default)]
+pub struct InFlight(Arc<Mutex<HashMap<String, (S3, String, String)>>>);
+
+impl InFlight {
+    fn insert(&self, upload_id: &str, s3: &S3, bucket: &str, key: &str) {
+        self.0
+            .lock()
+            .unwrap()
+            .insert(upload_id.to_string(), (s3.clone(), bucket.to_string(), key.to_string()));
+    }
+
+    fn remove(&self, upload_id: &str) {
+        self.0.lock().unwrap().remove(upload_id);
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Aborts every unfinished multipart upload (used at shutdown).
+    pub async fn abort_all(&self) {
+        let entries: Vec<_> = self.0.lock().unwrap().drain().collect();
+        for (upload_id, (s3, bucket, key)) in entries {
+            abort(&s3, &bucket, &key, &upload_id).await;
+        }
+    }
+}
+
+async fn abort(s3: &S3, bucket: &str, key: &str, upload_id: &str) {
+    let result = s3
+        .abort_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(upload_id)
+        .send()
+        .await;
+    match result {
+        Ok(_) => tracing::info!(bucket, key, "multipart upload aborted"),
+        Err(err) => tracing::error!(bucket, key, upload_id, error = %aws_sdk_s3::error::DisplayErrorContext(&err), "aborting a multipart upload failed; the bucket's lifecycle rule removes it within a day"),
+    }
+}
+
+/// Aborts the multipart upload if dropped before `disarm` (cancelled request, panic).
+struct AbortOnDrop {
+    s3: S3,
+    bucket: String,
+    key: String,
+    upload_id: String,
+    in_flight: InFlight,
+    armed: bool,
+}
+
+impl AbortOnDrop {
+    fn disarm(mut self) {
+        self.armed = false;
+        self.in_flight.remove(&self.upload_id);
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            self.in_flight.remove(&self.upload_id);
+            let (s3, bucket, key, upload_id) = (
+                self.s3.clone(),
+                self.bucket.clone(),
+                self.key.clone(),
+                self.upload_id.clone(),
+            );
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move { abort(&s3, &bucket, &key, &upload_id).await });
+            }
+        }
+    }
+}
+
+struct Digests {
+    sha256: Sha256,
+    md5: Option<Md5>,
+    size: u64,
+}
+
+impl Digests {
+    fn update(&mut self, chunk: &[u8]) {
+        self.sha256.update(chunk);
+        if let Some(md5) = &mut self.md5 {
+            md5.update(chunk);
+        }
+        self.size += chunk.len() as u64;
+    }
+}
+
+/// Streams `body` into `target`.
+pub async fn upload<S, E>(
+    target: &Target,
+    body: S,
+    expected: &Expected,
+    in_flight: &InFlight,
+) -> Result<Uploaded, UploadError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Send,
+    E: std::fmt::Display,
+{
+    let mut body = std::pin::pin!(body);
+    let mut digests = Digests {
+        sha256: Sha256::new(),
+        md5: expected.content_md5.as_ref().map(|_| Md5::new()),
+        size: 0,
+    };
+    let mut buffer = BytesMut::with_capacity(target.part_size);
+    let mut pending: Option<Bytes> = None;
+
+    // Fill the first part; a body that ends first is a single PutObject.
+    let first_full = fill(&mut body, &mut buffer, &mut pending, &mut digests, target).await?;
+    if !first_full {
+        check_integrity(&digests, expected)?;
+        let data = buffer.freeze();
+        let output = target
+            .s3
+            .put_object()
+            .bucket(&target.bucket)
+            .key(&target.key)
+            .body(ByteStream::from(data))
+            .server_side_encryption(ServerSideEncryption::AwsKms)
+            .ssekms_key_id(&target.kms_key_arn)
+            .bucket_key_enabled(true)
+            .set_metadata(Some(final_metadata(target, &digests)))
+            .send()
+            .await
+            .aws_context(format!("s3:PutObject {}/{}", target.bucket, target.key))
+            .map_err(UploadError::Aws)?;
+        return Ok(Uploaded {
+            size: digests.size,
+            sha256: hex::encode(digests.sha256.clone().finalize()),
+            etag: output.e_tag().unwrap_or_default().to_string(),
+            version_id: output.version_id().map(str::to_string),
+            sse: output
+                .server_side_encryption()
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_default(),
+            kms_key_id: output.ssekms_key_id().map(str::to_string),
+            parts: 1,
+        });
+    }
+
+    let created = target
+        .s3
+        .create_multipart_upload()
+        .bucket(&target.bucket)
+        .key(&target.key)
+        .server_side_encryption(ServerSideEncryption::AwsKms)
+        .ssekms_key_id(&target.kms_key_arn)
+        .bucket_key_enabled(true)
+        .set_metadata(Some(target.metadata.clone()))
+        .send()
+        .await
+        .aws_context(format!("s3:CreateMultipartUpload {}/{}", target.bucket, target.key))
+        .map_err(UploadError::Aws)?;
+    let upload_id = created
+        .upload_id()
+        .ok_or_else(|| UploadError::Aws(anyhow!("CreateMultipartUpload returned no upload id")))?
+        .to_string();
+    in_flight.insert(&upload_id, &target.s3, &target.bucket, &target.key);
+    let guard = AbortOnDrop {
+        s3: target.s3.clone(),
+        bucket: target.bucket.clone(),
+        key: target.key.clone(),
+        upload_id: upload_id.clone(),
+        in_flight: in_flight.clone(),
+        armed: true,
+    };
+
+    // Errors abort the upload before returning; `guard` covers cancellation (a dropped
+    // request future), where nothing can be awaited.
+    let parts = match send_parts(target, &upload_id, &mut body, &mut buffer, &mut pending, &mut digests, expected).await {
+        Ok(parts) => parts,
+        Err(err) => {
+            guard.disarm();
+            abort(&target.s3, &target.bucket, &target.key, &upload_id).await;
+            return Err(err);
+        }
+    };
+    let output = match target
+        .s3
+        .complete_multipart_upload()
+        .bucket(&target.bucket)
+        .key(&target.key)
+        .upload_id(&upload_id)
+        .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts.clone())).build())
+        .send()
+        .await
+        .aws_context(format!("s3:CompleteMultipartUpload {}/{}", target.bucket, target.key))
+    {
+        Ok(output) => output,
+        Err(err) => {
+            guard.disarm();
+            abort(&target.s3, &target.bucket, &target.key, &upload_id).await;
+            return Err(UploadError::Aws(err));
+        }
+    };
+    let parts = parts.len();
+    guard.disarm();
+    let mut uploaded = Uploaded {
+        size: digests.size,
+        sha256: hex::encode(digests.sha256.clone().finalize()),
+        etag: output.e_tag().unwrap_or_default().to_string(),
+        version_id: output.version_id().map(str::to_string),
+        sse: output
+            .server_side_encryption()
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_default(),
+        kms_key_id: output.ssekms_key_id().map(str::to_string),
+        parts,
+    };
+    if target.late_metadata.is_some() {
+        let source = format!("{}/{}", target.bucket, percent_encode_key(&target.key));
+        let copied = target
+            .s3
+            .copy_object()
+            .bucket(&target.bucket)
+            .key(&target.key)
+            .copy_source(match &uploaded.version_id {
+                Some(version) => format!("{source}?versionId={version}"),
+                None => source,
+            })
+            .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
+            .set_metadata(Some(final_metadata(target, &digests)))
+            .server_side_encryption(ServerSideEncryption::AwsKms)
+            .ssekms_key_id(&target.kms_key_arn)
+            .bucket_key_enabled(true)
+            .send()
+            .await
+            .aws_context(format!("s3:CopyObject {}/{} (metadata)", target.bucket, target.key))
+            .map_err(UploadError::Aws)?;
+        if let Some(result) = copied.copy_object_result() {
+            uploaded.etag = result.e_tag().unwrap_or_default().to_string();
+        }
+        uploaded.version_id = copied.version_id().map(str::to_string);
+    }
+    Ok(uploaded)
+}
+
+/// The metadata of a committed object: the fixed part, the late part and the body's SHA-256.
+fn final_metadata(target: &Target, digests: &Digests) -> HashMap<String, String> {
+    let mut metadata = target.metadata.clone();
+    if let Some(late) = &target.late_metadata {
+        metadata.extend(late.lock().unwrap().clone());
+    }
+    metadata.insert("sha256".into(), hex::encode(digests.sha256.clone().finalize()));
+    metadata
+}
+
+/// Uploads the first (already buffered) part and the rest of the body, at most
+/// `parts_in_flight` at a time; returns the completed parts in order.
+#[allow(clippy::too_many_arguments)]
+async fn send_parts<S, E>(
+    target: &Target,
+    upload_id: &str,
+    body: &mut std::pin::Pin<&mut S>,
+    buffer: &mut BytesMut,
+    pending: &mut Option<Bytes>,
+    digests: &mut Digests,
+    expected: &Expected,
+) -> Result<Vec<CompletedPart>, UploadError>
+where
+    S: Stream<Item = Result<Bytes, E>>,
+    E: std::fmt::Display,
+{
+    let mut tasks: JoinSet<Result<CompletedPart, anyhow::Error>> = JoinSet::new();
+    let mut completed = Vec::new();
+    let mut part_number = 0;
+    loop {
+        part_number += 1;
+        // Wait for a free slot before taking a new buffer: memory stays bounded.
+        if tasks.len() >= target.parts_in_flight
+            && let Some(done) = tasks.join_next().await
+        {
+            completed.push(joined(done)?);
+        }
+        let data = std::mem::replace(buffer, BytesMut::with_capacity(target.part_size)).freeze();
+        tasks.spawn(upload_part(target.clone(), upload_id.to_string(), part_number, data));
+        if !fill(body, buffer, pending, digests, target).await? {
+            break;
+        }
+    }
+    if !buffer.is_empty() {
+        part_number += 1;
+        let data = std::mem::take(buffer).freeze();
+        tasks.spawn(upload_part(target.clone(), upload_id.to_string(), part_number, data));
+    }
+    while let Some(done) = tasks.join_next().await {
+        completed.push(joined(done)?);
+    }
+    check_integrity(digests, expected)?;
+    completed.sort_by_key(|p| p.part_number());
+    Ok(completed)
+}
+
+fn joined(
+    done: Result<Result<CompletedPart, anyhow::Error>, tokio::task::JoinError>,
+) -> Result<CompletedPart, UploadError> {
+    match done {
+        Ok(Ok(part)) => Ok(part),
+        Ok(Err(err)) => Err(UploadError::Aws(err)),
+        Err(join) => Err(UploadError::Aws(anyhow!("part upload task failed: {join}"))),
+    }
+}
+
+async fn upload_part(
+    target: Target,
+    upload_id: String,
+    part_number: i32,
+    data: Bytes,
+) -> Result<CompletedPart, anyhow::Error> {
+    let output = target
+        .s3
+        .upload_part()
+        .bucket(&target.bucket)
+        .key(&target.key)
+        .upload_id(upload_id)
+        .part_number(part_number)
+        .body(ByteStream::from(data))
+        .send()
+        .await
+        .aws_context(format!("s3:UploadPart {}/{} #{part_number}", target.bucket, target.key))?;
+    Ok(CompletedPart::builder()
+        .part_number(part_number)
+        .set_e_tag(output.e_tag().map(str::to_string))
+        .build())
+}
+
+/// Reads from the body until `buffer` holds a full part (true) or the body ends (false).
+async fn fill<S, E>(
+    body: &mut std::pin::Pin<&mut S>,
+    buffer: &mut BytesMut,
+    pending: &mut Option<Bytes>,
+    digests: &mut Digests,
+    target: &Target,
+) -> Result<bool, UploadError>
+where
+    S: Stream<Item = Result<Bytes, E>>,
+    E: std::fmt::Display,
+{
+    loop {
+        let mut chunk = match pending.take() {
+            Some(chunk) => chunk,
+            None => match body.next().await {
+                None => return Ok(false),
+                Some(Err(err)) => return Err(UploadError::Body(err.to_string())),
+                Some(Ok(chunk)) => {
+                    digests.update(&chunk);
+                    if digests.size > target.max_size {
+                        return Err(UploadError::TooLarge(target.max_size));
+                    }
+                    chunk
+                }
+            },
+        };
+        let room = target.part_size - buffer.len();
+        if chunk.len() > room {
+            *pending = Some(chunk.split_off(room));
+        }
+        buffer.extend_from_slice(&chunk);
+        if buffer.len() == target.part_size {
+            // Only a full part with more data to come starts a multipart upload; peek ahead.
+            if pending.is_none() {
+                match body.next().await {
+                    None => return Ok(false),
+                    Some(Err(err)) => return Err(UploadError::Body(err.to_string())),
+                    Some(Ok(next)) => {
+                        digests.update(&next);
+                        if digests.size > target.max_size {
+                            return Err(UploadError::TooLarge(target.max_size));
+                        }
+                        if next.is_empty() {
+                            continue;
+                        }
+                        *pending = Some(next);
+                    }
+                }
+            }
+            return Ok(true);
+        }
+    }
+}
+
+fn check_integrity(digests: &Digests, expected: &Expected) -> Result<(), UploadError> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    if let (Some(want), Some(md5)) = (&expected.content_md5, &digests.md5) {
+        let got = b64.encode(md5.clone().finalize());
+        if &got != want {
+            return Err(UploadError::Integrity(format!("Content-MD5 is {want}, the body's is {got}")));
+        }
+    }
+    if let Some(want) = &expected.sha256_base64 {
+        let got = b64.encode(digests.sha256.clone().finalize());
+        if &got != want {
+            return Err(UploadError::Integrity(format!(
+                "x-amz-checksum-sha256 is {want}, the body's is {got}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// CopySource is a URL path: keys are percent-encoded except for `/`.
+fn percent_encode_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for byte in key.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.~/".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// S3 user metadata travels in HTTP headers, so non-ASCII names are percent-encoded.
+pub fn metadata_value(text: &str) -> String {
+    percent_encode_key(text)
+}
+
+/// Reverses [`metadata_value`].
+pub fn metadata_text(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Some(byte) = std::str::from_utf8(&bytes[i + 1..i + 3])
+                .ok()
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+        {
+            out.push(byte);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -1,0 +1,166 @@
+//! A whole service against the emulator: its own KMS key and buckets, served on a free
+//! loopback port, so tests never share state.
+
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::types::{
+    BucketLocationConstraint, BucketVersioningStatus, CreateBucketConfiguration, VersioningConfiguration,
+};
+use clap::Parser;
+use serde_json::Value;
+use service::app::{AppState, router};
+use service::aws::AwsClients;
+use service::config::Config;
+use service::testing::{TEST_REGION, emulator_clients, unique_bucket_name};
+
+pub const MIB: usize = 1024 * 1024;
+
+pub struct Stack {
+    pub clients: AwsClients,
+    pub key_arn: String,
+    pub initial: String,
+    pub final_: String,
+    pub url: String,
+    pub http: reqwest::Client,
+    pub state: AppState,
+}
+
+pub struct Resources {
+    pub clients: AwsClients,
+    pub key_arn: String,
+    pub initial: String,
+    pub final_: String,
+}
+
+/// A key and two versioned buckets, as Terraform would create them.
+pub async fn resources() -> Resources {
+    let clients = emulator_clients().await;
+    let key = clients.kms.create_key().description("filepipe test").send().await.expect("create key");
+    let key_arn = key.key_metadata().unwrap().arn().unwrap().to_string();
+    let initial = unique_bucket_name("initial");
+    let final_ = unique_bucket_name("final");
+    for bucket in [&initial, &final_] {
+        clients
+            .s3
+            .create_bucket()
+            .bucket(bucket)
+            .create_bucket_configuration(
+                CreateBucketConfiguration::builder()
+                    .location_constraint(BucketLocationConstraint::from(TEST_REGION))
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("create bucket");
+        clients
+            .s3
+            .put_bucket_versioning()
+            .bucket(bucket)
+            .versioning_configuration(VersioningConfiguration::builder().status(BucketVersioningStatus::Enabled).build())
+            .send()
+            .await
+            .expect("versioning");
+    }
+    Resources { clients, key_arn, initial, final_ }
+}
+
+impl Stack {
+    pub async fn start(extra: &[&str]) -> Stack {
+        Stack::start_on(resources().await, extra).await
+    }
+
+    pub async fn start_on(resources: Resources, extra: &[&str]) -> Stack {
+        let Resources { clients, key_arn, initial, final_ } = resources;
+        let mut args = vec![
+            "service".to_string(),
+            format!("--initial-bucket={initial}"),
+            format!("--final-bucket={final_}"),
+            format!("--kms-key-arn={key_arn}"),
+            format!("--region={TEST_REGION}"),
+            "--part-size=5242880".to_string(),
+            "--parts-in-flight=2".to_string(),
+            "--reconcile-interval-secs=3600".to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let config = Config::try_parse_from(args).expect("config");
+        let state = AppState::start(config, &clients).await.expect("start service");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let app = router(state.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Stack { clients, key_arn, initial, final_, url, http: reqwest::Client::new(), state }
+    }
+
+    pub fn file_url(&self, name: &str) -> String {
+        format!("{}/v1/files/{name}", self.url)
+    }
+
+    pub async fn put(&self, name: &str, body: Vec<u8>) -> (u16, Value) {
+        let response = self.http.put(self.file_url(name)).body(body).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn status(&self, name: &str) -> (u16, Value) {
+        let response = self.http.get(format!("{}/status", self.file_url(name))).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Polls the status route until the file is processed or failed.
+    pub async fn settle(&self, name: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (code, status) = self.status(name).await;
+            assert_eq!(code, 200, "status of {name}: {status}");
+            if status["state"] == "processed" || status["state"] == "failed" {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{name} did not settle: {status}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn get(&self, name: &str) -> (u16, Vec<u8>) {
+        let response = self.http.get(self.file_url(name)).send().await.unwrap();
+        (response.status().as_u16(), response.bytes().await.unwrap().to_vec())
+    }
+
+    pub async fn keys(&self, bucket: &str) -> Vec<String> {
+        let listed = self.clients.s3.list_objects_v2().bucket(bucket).send().await.unwrap();
+        listed.contents().iter().filter_map(|o| o.key().map(str::to_string)).collect()
+    }
+
+    /// Waits until no multipart upload is open in the initial bucket.
+    pub async fn assert_no_multipart_uploads(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let open = self.clients.s3.list_multipart_uploads().bucket(&self.initial).send().await.unwrap();
+            if open.uploads().is_empty() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "dangling multipart uploads: {:?}", open.uploads());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
