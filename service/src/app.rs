@@ -26,7 +26,7 @@ use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::names::{self, processed_key, raw_key};
 use crate::processing::{FileStatus, Pipeline, State as FileState};
-use crate::retrieval::{Fetched, RetrievalError, Upstream, Validators, name_from_url};
+use crate::retrieval::{Fetched, RetrievalError, Retrieved, Upstream, Validators, name_from_url};
 use crate::upload::{self, Expected, InFlight, Target, UploadError, metadata_text, metadata_value};
 
 tokio::task_local! {
@@ -103,7 +103,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/files", get(list_files))
         .route(
             "/v1/files/{*name}",
-            get(get_file_or_status).put(put_file).layer(DefaultBodyLimit::disable()),
+            get(get_file_or_status)
+                .put(put_file)
+                .layer(DefaultBodyLimit::disable()),
         )
         .route("/v1/retrievals", post(retrieve))
         .route("/v1/info", get(info))
@@ -124,7 +126,10 @@ fn new_request_id() -> String {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or_default();
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{:016x}", nanos.rotate_left(17) ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+    format!(
+        "{:016x}",
+        nanos.rotate_left(17) ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    )
 }
 
 /// Request id, a log span, metrics by route and status.
@@ -134,7 +139,11 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         .headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
-        .filter(|v| v.len() <= 64 && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        .filter(|v| {
+            v.len() <= 64
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
         .map(str::to_string)
         .unwrap_or_else(new_request_id);
     let route = request
@@ -145,12 +154,19 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
     let method = request.method().clone();
     let span = tracing::info_span!("request", request_id = %id, %method, route = %route);
     let mut response = REQUEST_ID
-        .scope(id.clone(), tracing::Instrument::instrument(next.run(request), span.clone()))
+        .scope(
+            id.clone(),
+            tracing::Instrument::instrument(next.run(request), span.clone()),
+        )
         .await;
     let status = response.status().as_u16();
     state.metrics.request(&route, status, started.elapsed());
     span.in_scope(|| {
-        tracing::info!(status, elapsed_ms = started.elapsed().as_millis() as u64, "request")
+        tracing::info!(
+            status,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "request"
+        )
     });
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", value);
@@ -168,9 +184,12 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
         if !constant_time_eq(presented.as_bytes(), token.as_bytes()) {
-            let mut response =
-                ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is required")
-                    .into_response();
+            let mut response = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid bearer token is required",
+            )
+            .into_response();
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -202,7 +221,10 @@ fn check_name(name: &str) -> Result<(), ApiError> {
 }
 
 fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }
 
 async fn put_file(
@@ -213,7 +235,8 @@ async fn put_file(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     check_name(&name)?;
     let limit = state.config.max_object_size;
-    if let Some(length) = header_text(&headers, "content-length").and_then(|v| v.parse::<u64>().ok())
+    if let Some(length) =
+        header_text(&headers, "content-length").and_then(|v| v.parse::<u64>().ok())
         && length > limit
     {
         return Err(ApiError::too_large(limit));
@@ -223,7 +246,9 @@ async fn put_file(
         sha256_base64: header_text(&headers, "x-amz-checksum-sha256"),
     };
     let metrics = state.metrics.clone();
-    let stream = body.into_data_stream().inspect_ok(move |chunk| metrics.bytes_in(chunk.len() as u64));
+    let stream = body
+        .into_data_stream()
+        .inspect_ok(move |chunk| metrics.bytes_in(chunk.len() as u64));
     let uploaded = store_raw(&state, &name, stream, &expected, HashMap::new()).await?;
     Ok((StatusCode::CREATED, Json(upload_json(&name, &uploaded))))
 }
@@ -272,7 +297,9 @@ where
                 tracing::warn!(name, error = %why, "body ended early; nothing stored");
                 ApiError::bad_request(format!("reading the request body failed: {why}"))
             }
-            UploadError::Integrity(why) => ApiError::new(StatusCode::BAD_REQUEST, "integrity_mismatch", why),
+            UploadError::Integrity(why) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "integrity_mismatch", why)
+            }
             UploadError::Aws(err) => ApiError::upstream_aws(&err),
         })?;
     state.pipeline.enqueue(name);
@@ -309,7 +336,10 @@ async fn download(state: &AppState, name: &str, headers: &HeaderMap) -> Result<R
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "not_processed",
-            format!("`{name}` is not processed yet (state: {})", state_name.as_str().unwrap_or("?")),
+            format!(
+                "`{name}` is not processed yet (state: {})",
+                state_name.as_str().unwrap_or("?")
+            ),
         )
         .with_details(json!({"status": status})));
     }
@@ -370,14 +400,19 @@ struct ListQuery {
     cursor: Option<String>,
 }
 
-async fn list_files(State(state): State<AppState>, Query(query): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
+async fn list_files(
+    State(state): State<AppState>,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
     let limit = query.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request("limit must be from 1 to 1000"));
     }
     let prefix = query.prefix.unwrap_or_default();
     if prefix.chars().any(char::is_control) || prefix.len() > 512 {
-        return Err(ApiError::bad_request("prefix must be at most 512 bytes without control characters"));
+        return Err(ApiError::bad_request(
+            "prefix must be at most 512 bytes without control characters",
+        ));
     }
     let page = state
         .s3
@@ -425,10 +460,17 @@ async fn retrieve(
             .ok_or_else(|| ApiError::bad_request("no name given and the URL's path has none"))?,
     };
     check_name(&name)?;
-    let (uploaded, url) = match retrieve_into(&state, &request.url, &name, &Validators::default()).await? {
-        Some(done) => done,
-        None => return Err(ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", "unexpected 304 from upstream")),
-    };
+    let (uploaded, url) =
+        match retrieve_into(&state, &request.url, &name, &Validators::default()).await? {
+            Some(done) => done,
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_error",
+                    "unexpected 304 from upstream",
+                ));
+            }
+        };
     let mut body = upload_json(&name, &uploaded);
     body["source_url"] = json!(url);
     Ok((StatusCode::CREATED, Json(body)))
@@ -441,14 +483,27 @@ async fn retrieve_into(
     name: &str,
     validators: &Validators,
 ) -> Result<Option<(upload::Uploaded, String)>, ApiError> {
-    let fetched = state.upstream.fetch(url, validators).await.map_err(|err| match err {
-        RetrievalError::Refused(why) => ApiError::new(StatusCode::FORBIDDEN, "retrieval_refused", why),
-        RetrievalError::Upstream(why) => ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", why),
-        RetrievalError::TooLarge(limit) => ApiError::too_large(limit),
-    })?;
-    let Fetched::Body { response, validators, url } = fetched else {
+    let fetched = state
+        .upstream
+        .fetch(url, validators)
+        .await
+        .map_err(|err| match err {
+            RetrievalError::Refused(why) => {
+                ApiError::new(StatusCode::FORBIDDEN, "retrieval_refused", why)
+            }
+            RetrievalError::Upstream(why) => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", why)
+            }
+            RetrievalError::TooLarge(limit) => ApiError::too_large(limit),
+        })?;
+    let Fetched::Body(retrieved) = fetched else {
         return Ok(None);
     };
+    let Retrieved {
+        response,
+        validators,
+        url,
+    } = *retrieved;
     let mut metadata = HashMap::from([("source-url".to_string(), metadata_value(url.as_str()))]);
     if let Some(etag) = &validators.etag {
         metadata.insert("upstream-etag".into(), metadata_value(etag));
@@ -457,7 +512,9 @@ async fn retrieve_into(
         metadata.insert("upstream-last-modified".into(), metadata_value(date));
     }
     let metrics = state.metrics.clone();
-    let stream = response.bytes_stream().inspect_ok(move |chunk| metrics.bytes_in(chunk.len() as u64));
+    let stream = response
+        .bytes_stream()
+        .inspect_ok(move |chunk| metrics.bytes_in(chunk.len() as u64));
     let uploaded = store_raw(state, name, stream, &Expected::default(), metadata).await?;
     Ok(Some((uploaded, url.to_string())))
 }
@@ -465,7 +522,9 @@ async fn retrieve_into(
 /// Polls UPSTREAM_POLL_URLS with conditional GETs; stores a new raw object only when the
 /// upstream reports new content (validators are kept in the raw object's metadata).
 async fn poll_upstream(state: AppState) {
-    let mut ticker = tokio::time::interval(Duration::from_secs(state.config.upstream_poll_interval_secs.max(1)));
+    let mut ticker = tokio::time::interval(Duration::from_secs(
+        state.config.upstream_poll_interval_secs.max(1),
+    ));
     loop {
         ticker.tick().await;
         for url in state.config.upstream_poll_urls.clone() {
@@ -478,7 +537,8 @@ async fn poll_upstream(state: AppState) {
 
 /// One conditional retrieval of `url`; returns whether a new raw object was stored.
 pub async fn poll_once(state: &AppState, url: &str) -> Result<bool, ApiError> {
-    let name = name_from_url(url).ok_or_else(|| ApiError::bad_request(format!("{url} has no file name")))?;
+    let name = name_from_url(url)
+        .ok_or_else(|| ApiError::bad_request(format!("{url} has no file name")))?;
     check_name(&name)?;
     let previous = state
         .s3
@@ -492,9 +552,13 @@ pub async fn poll_once(state: &AppState, url: &str) -> Result<bool, ApiError> {
         .unwrap_or_default();
     let validators = Validators {
         etag: previous.get("upstream-etag").map(|v| metadata_text(v)),
-        last_modified: previous.get("upstream-last-modified").map(|v| metadata_text(v)),
+        last_modified: previous
+            .get("upstream-last-modified")
+            .map(|v| metadata_text(v)),
     };
-    Ok(retrieve_into(state, url, &name, &validators).await?.is_some())
+    Ok(retrieve_into(state, url, &name, &validators)
+        .await?
+        .is_some())
 }
 
 async fn info(State(state): State<AppState>) -> Json<Value> {
@@ -533,7 +597,11 @@ async fn readyz(State(state): State<AppState>) -> Response {
     };
     match result {
         Ok(()) => Json(json!({"ready": true})).into_response(),
-        Err(error) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"ready": false, "error": error}))).into_response(),
+        Err(error) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false, "error": error})),
+        )
+            .into_response(),
     }
 }
 
@@ -583,7 +651,10 @@ pub async fn serve(state: AppState, listener: tokio::net::TcpListener) -> Result
         }
     }
     if !state.in_flight.is_empty() {
-        tracing::warn!(uploads = state.in_flight.len(), "aborting unfinished multipart uploads");
+        tracing::warn!(
+            uploads = state.in_flight.len(),
+            "aborting unfinished multipart uploads"
+        );
     }
     state.in_flight.abort_all().await;
     Ok(())

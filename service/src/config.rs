@@ -16,7 +16,11 @@ const MIB: u64 = 1024 * 1024;
 pub const MIN_PART_SIZE: u64 = 5 * MIB;
 
 #[derive(Parser, Debug, Clone)]
-#[command(name = "service", about = "filepipe: encrypted file pipeline service", version)]
+#[command(
+    name = "service",
+    about = "filepipe: encrypted file pipeline service",
+    version
+)]
 pub struct Config {
     /// Bucket for raw files as received or retrieved.
     #[arg(long, env = "INITIAL_BUCKET")]

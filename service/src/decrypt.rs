@@ -105,7 +105,12 @@ impl Decryptor {
 }
 
 fn first_line(text: &str) -> String {
-    text.lines().next().unwrap_or_default().chars().take(400).collect()
+    text.lines()
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(400)
+        .collect()
 }
 
 #[cfg(test)]
@@ -118,7 +123,10 @@ mod tests {
         assert!(looks_encrypted(&[0x02, 0x05, 0x78, 0x12]));
         assert!(looks_encrypted(&[0x01, 0x80, 0x03, 0x78]));
         assert!(!looks_encrypted(b"{\"a\""));
-        assert!(!looks_encrypted(&[0x1f, 0x8b, 0x08, 0x00]), "gzip is not ESDK");
+        assert!(
+            !looks_encrypted(&[0x1f, 0x8b, 0x08, 0x00]),
+            "gzip is not ESDK"
+        );
         assert!(!looks_encrypted(&[0x02, 0x00, 0x00, 0x00]));
         assert!(!looks_encrypted(&[0x02]));
         assert!(!looks_encrypted(&[]));

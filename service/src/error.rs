@@ -43,16 +43,27 @@ impl ApiError {
     /// An AWS failure: throttling and unavailability are 503 (retry later), the rest 502.
     pub fn upstream_aws(err: &anyhow::Error) -> ApiError {
         let text = format!("{err:#}");
-        let throttled = ["SlowDown", "Throttl", "ServiceUnavailable", "RequestLimitExceeded", "dispatch failure", "timeout"]
-            .iter()
-            .any(|needle| text.contains(needle));
+        let throttled = [
+            "SlowDown",
+            "Throttl",
+            "ServiceUnavailable",
+            "RequestLimitExceeded",
+            "dispatch failure",
+            "timeout",
+        ]
+        .iter()
+        .any(|needle| text.contains(needle));
         let (status, code) = if throttled {
             (StatusCode::SERVICE_UNAVAILABLE, "aws_unavailable")
         } else {
             (StatusCode::BAD_GATEWAY, "aws_error")
         };
         tracing::warn!(error = %text, "AWS call failed");
-        ApiError::new(status, code, "a storage or key service call failed; see the service log for this request id")
+        ApiError::new(
+            status,
+            code,
+            "a storage or key service call failed; see the service log for this request id",
+        )
     }
 
     pub fn with_details(mut self, details: serde_json::Value) -> ApiError {

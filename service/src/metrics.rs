@@ -6,7 +6,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
-const BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+const BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 
 #[derive(Default)]
 struct Histogram {
@@ -29,10 +31,22 @@ impl Histogram {
     fn render(&self, out: &mut String, name: &str, labels: &str) {
         let sep = if labels.is_empty() { "" } else { "," };
         for (i, bound) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {}", self.counts[i]);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {}",
+                self.counts[i]
+            );
         }
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", self.count);
-        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
+            self.count
+        );
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
         let _ = writeln!(out, "{name}_sum{braces} {}", self.sum);
         let _ = writeln!(out, "{name}_count{braces} {}", self.count);
     }
@@ -52,7 +66,12 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn request(&self, route: &str, status: u16, elapsed: Duration) {
-        *self.requests.lock().unwrap().entry((route.to_string(), status)).or_default() += 1;
+        *self
+            .requests
+            .lock()
+            .unwrap()
+            .entry((route.to_string(), status))
+            .or_default() += 1;
         self.latency
             .lock()
             .unwrap()
@@ -71,7 +90,10 @@ impl Metrics {
 
     pub fn processing_done(&self, ok: bool, elapsed: Duration) {
         if ok { &self.processed } else { &self.failed }.fetch_add(1, Ordering::Relaxed);
-        self.processing.lock().unwrap().observe(elapsed.as_secs_f64());
+        self.processing
+            .lock()
+            .unwrap()
+            .observe(elapsed.as_secs_f64());
     }
 
     pub fn queue_changed(&self, delta: i64) {
@@ -82,14 +104,29 @@ impl Metrics {
         let mut out = String::new();
         out.push_str("# TYPE filepipe_http_requests_total counter\n");
         for ((route, status), n) in self.requests.lock().unwrap().iter() {
-            let _ = writeln!(out, "filepipe_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "filepipe_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+            );
         }
         out.push_str("# TYPE filepipe_http_request_duration_seconds histogram\n");
         for (route, histogram) in self.latency.lock().unwrap().iter() {
-            histogram.render(&mut out, "filepipe_http_request_duration_seconds", &format!("route=\"{route}\""));
+            histogram.render(
+                &mut out,
+                "filepipe_http_request_duration_seconds",
+                &format!("route=\"{route}\""),
+            );
         }
-        let _ = writeln!(out, "# TYPE filepipe_bytes_in_total counter\nfilepipe_bytes_in_total {}", self.bytes_in.load(Ordering::Relaxed));
-        let _ = writeln!(out, "# TYPE filepipe_bytes_out_total counter\nfilepipe_bytes_out_total {}", self.bytes_out.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "# TYPE filepipe_bytes_in_total counter\nfilepipe_bytes_in_total {}",
+            self.bytes_in.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE filepipe_bytes_out_total counter\nfilepipe_bytes_out_total {}",
+            self.bytes_out.load(Ordering::Relaxed)
+        );
         let _ = writeln!(
             out,
             "# TYPE filepipe_processing_total counter\nfilepipe_processing_total{{result=\"success\"}} {}\nfilepipe_processing_total{{result=\"failure\"}} {}",
@@ -97,8 +134,16 @@ impl Metrics {
             self.failed.load(Ordering::Relaxed)
         );
         out.push_str("# TYPE filepipe_processing_duration_seconds histogram\n");
-        self.processing.lock().unwrap().render(&mut out, "filepipe_processing_duration_seconds", "");
-        let _ = writeln!(out, "# TYPE filepipe_queue_depth gauge\nfilepipe_queue_depth {}", self.queue_depth.load(Ordering::Relaxed));
+        self.processing.lock().unwrap().render(
+            &mut out,
+            "filepipe_processing_duration_seconds",
+            "",
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE filepipe_queue_depth gauge\nfilepipe_queue_depth {}",
+            self.queue_depth.load(Ordering::Relaxed)
+        );
         out
     }
 }

@@ -14,7 +14,10 @@ pub fn validate(name: &str) -> Result<(), &'static str> {
     if name.chars().any(char::is_control) {
         return Err("a name must not contain control characters");
     }
-    if name.split('/').any(|segment| segment == ".." || segment == ".") {
+    if name
+        .split('/')
+        .any(|segment| segment == ".." || segment == ".")
+    {
         return Err("a name must not contain `.` or `..` segments");
     }
     if name.split('/').any(str::is_empty) {
@@ -41,7 +44,13 @@ mod tests {
 
     #[test]
     fn good_names_pass() {
-        for name in ["a", "report.csv", "dir/sub/file.jsonl.gz", "ünïcode name.txt", &"x".repeat(512)] {
+        for name in [
+            "a",
+            "report.csv",
+            "dir/sub/file.jsonl.gz",
+            "ünïcode name.txt",
+            &"x".repeat(512),
+        ] {
             assert_eq!(validate(name), Ok(()), "{name}");
         }
     }
@@ -50,8 +59,20 @@ mod tests {
     fn every_bad_class_is_refused() {
         let long = "x".repeat(513);
         for name in [
-            "", &long, "/abs", "a/../b", "..", "a/..", "./a", "a\\b", "a\u{0}b", "a\nb", "tab\there",
-            "a//b", "dir/", "\u{7f}",
+            "",
+            &long,
+            "/abs",
+            "a/../b",
+            "..",
+            "a/..",
+            "./a",
+            "a\\b",
+            "a\u{0}b",
+            "a\nb",
+            "tab\there",
+            "a//b",
+            "dir/",
+            "\u{7f}",
         ] {
             assert!(validate(name).is_err(), "{name:?} should be refused");
         }

@@ -20,8 +20,8 @@ use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::primitives::{ByteStream, DateTime, DateTimeFormat};
 use aws_sdk_s3::types::ServerSideEncryption;
 use bytes::Bytes;
-use futures_util::stream::{self, BoxStream};
 use futures_util::StreamExt;
+use futures_util::stream::{self, BoxStream};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, BufReader, ReadBuf};
@@ -313,7 +313,9 @@ impl Pipeline {
                 match scanner.reconcile().await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(queued = n, "reconciliation queued unprocessed files"),
-                    Err(err) => tracing::error!(error = %format!("{err:#}"), "reconciliation scan failed"),
+                    Err(err) => {
+                        tracing::error!(error = %format!("{err:#}"), "reconciliation scan failed")
+                    }
                 }
             }
         });
@@ -332,7 +334,10 @@ impl Pipeline {
             }
             Err(_) => {
                 self.queued.lock().unwrap().remove(name);
-                tracing::warn!(name, "processing queue full; left for the reconciliation scan");
+                tracing::warn!(
+                    name,
+                    "processing queue full; left for the reconciliation scan"
+                );
                 false
             }
         }
@@ -347,7 +352,11 @@ impl Pipeline {
         match result {
             Ok(Some(_)) => {
                 self.metrics.processing_done(true, started.elapsed());
-                tracing::info!(name, elapsed_ms = started.elapsed().as_millis() as u64, "processed");
+                tracing::info!(
+                    name,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "processed"
+                );
             }
             Ok(None) => {}
             Err(err) => {
@@ -380,7 +389,11 @@ impl Pipeline {
     }
 
     async fn transform(&self, name: &str, raw: &RawInfo) -> Result<upload::Uploaded> {
-        let mut request = self.s3.get_object().bucket(&self.config.initial_bucket).key(raw_key(name));
+        let mut request = self
+            .s3
+            .get_object()
+            .bucket(&self.config.initial_bucket)
+            .key(raw_key(name));
         if let Some(version) = &raw.version_id {
             request = request.version_id(version);
         }
@@ -396,7 +409,10 @@ impl Pipeline {
         let mut header = [0u8; decrypt::HEADER_LEN];
         let mut filled = 0;
         while filled < header.len() {
-            let n = reader.read(&mut header[filled..]).await.context("reading the raw object")?;
+            let n = reader
+                .read(&mut header[filled..])
+                .await
+                .context("reading the raw object")?;
             if n == 0 {
                 break;
             }
@@ -412,7 +428,10 @@ impl Pipeline {
                 ));
             }
             let mut message = header;
-            reader.read_to_end(&mut message).await.context("reading the raw object")?;
+            reader
+                .read_to_end(&mut message)
+                .await
+                .context("reading the raw object")?;
             Box::new(io::Cursor::new(self.decryptor.decrypt(message).await?))
         } else if self.config.require_encrypted_input {
             return Err(anyhow!(
@@ -436,9 +455,9 @@ impl Pipeline {
                 Ok::<Bytes, io::Error>(Bytes::new())
             })
         };
-        let output = output.chain(finish).filter(|chunk| {
-            std::future::ready(!matches!(chunk, Ok(bytes) if bytes.is_empty()))
-        });
+        let output = output
+            .chain(finish)
+            .filter(|chunk| std::future::ready(!matches!(chunk, Ok(bytes) if bytes.is_empty())));
 
         let target = Target {
             s3: self.s3.clone(),
@@ -462,7 +481,9 @@ impl Pipeline {
         upload::upload(&target, output, &Default::default(), &self.in_flight)
             .await
             .map_err(|err| match err {
-                UploadError::Body(message) => anyhow!("{} processor: {message}", self.processor.name()),
+                UploadError::Body(message) => {
+                    anyhow!("{} processor: {message}", self.processor.name())
+                }
                 other => anyhow!("{other}"),
             })
     }
@@ -477,18 +498,25 @@ impl Pipeline {
             .await;
         let head = match head {
             Ok(head) => head,
-            Err(err) if err.raw_response().map(|r| r.status().as_u16()) == Some(404) => return Ok(None),
+            Err(err) if err.raw_response().map(|r| r.status().as_u16()) == Some(404) => {
+                return Ok(None);
+            }
             Err(err) => return Err(err).aws_context(format!("s3:HeadObject {}", raw_key(name))),
         };
         Ok(Some(RawInfo {
             size: head.content_length().unwrap_or_default(),
             etag: trim_etag(head.e_tag()),
-            version_id: head.version_id().filter(|v| *v != "null").map(str::to_string),
+            version_id: head
+                .version_id()
+                .filter(|v| *v != "null")
+                .map(str::to_string),
             sha256: head.metadata().and_then(|m| m.get("sha256")).cloned(),
             last_modified: head
                 .last_modified()
                 .and_then(|t| t.fmt(DateTimeFormat::DateTime).ok()),
-            sse: head.server_side_encryption().map(|s| s.as_str().to_string()),
+            sse: head
+                .server_side_encryption()
+                .map(|s| s.as_str().to_string()),
             kms_key_id: head.ssekms_key_id().map(str::to_string),
         }))
     }
@@ -504,8 +532,12 @@ impl Pipeline {
             .await;
         let head = match head {
             Ok(head) => head,
-            Err(err) if err.raw_response().map(|r| r.status().as_u16()) == Some(404) => return Ok(None),
-            Err(err) => return Err(err).aws_context(format!("s3:HeadObject {}", processed_key(name))),
+            Err(err) if err.raw_response().map(|r| r.status().as_u16()) == Some(404) => {
+                return Ok(None);
+            }
+            Err(err) => {
+                return Err(err).aws_context(format!("s3:HeadObject {}", processed_key(name)));
+            }
         };
         let metadata = head.metadata().cloned().unwrap_or_default();
         let same_etag = metadata.get("source-etag") == Some(&raw.etag);
@@ -523,7 +555,9 @@ impl Pipeline {
             processor: metadata.get("processor").cloned(),
             processed_at: metadata.get("processed-at").cloned(),
             lines: metadata.get("lines").and_then(|l| l.parse().ok()),
-            sse: head.server_side_encryption().map(|s| s.as_str().to_string()),
+            sse: head
+                .server_side_encryption()
+                .map(|s| s.as_str().to_string()),
             kms_key_id: head.ssekms_key_id().map(str::to_string),
         }))
     }
@@ -541,15 +575,22 @@ impl Pipeline {
             Err(err) if err.code() == Some("NoSuchKey") => return Ok(None),
             Err(err) => return Err(err).aws_context(format!("s3:GetObject {}", failed_key(name))),
         };
-        let body = object.body.collect().await.context("reading a failure record")?.into_bytes();
-        let record: FailureRecord = serde_json::from_slice(&body).context("parsing a failure record")?;
+        let body = object
+            .body
+            .collect()
+            .await
+            .context("reading a failure record")?
+            .into_bytes();
+        let record: FailureRecord =
+            serde_json::from_slice(&body).context("parsing a failure record")?;
         let matches = record.source_etag == raw.etag
             && (raw.version_id.is_none() || record.source_version == raw.version_id);
         Ok(matches.then_some(record.error))
     }
 
     async fn output_matches(&self, name: &str, raw: &RawInfo) -> Result<bool> {
-        Ok(self.head_processed(name, raw).await?.is_some() || self.failure(name, raw).await?.is_some())
+        Ok(self.head_processed(name, raw).await?.is_some()
+            || self.failure(name, raw).await?.is_some())
     }
 
     async fn record_failure(&self, name: &str, raw: &RawInfo, error: &str) -> Result<()> {
@@ -622,15 +663,20 @@ impl Pipeline {
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
-            let page = page.aws_context(format!("s3:ListObjectsV2 {}", self.config.initial_bucket))?;
+            let page =
+                page.aws_context(format!("s3:ListObjectsV2 {}", self.config.initial_bucket))?;
             for object in page.contents() {
                 let Some(name) = object.key().and_then(|k| k.strip_prefix("raw/")) else {
                     continue;
                 };
-                if self.queued.lock().unwrap().contains(name) || self.running.lock().unwrap().contains(name) {
+                if self.queued.lock().unwrap().contains(name)
+                    || self.running.lock().unwrap().contains(name)
+                {
                     continue;
                 }
-                let Some(raw) = self.head_raw(name).await? else { continue };
+                let Some(raw) = self.head_raw(name).await? else {
+                    continue;
+                };
                 if !self.output_matches(name, &raw).await? && self.enqueue(name) {
                     queued += 1;
                 }
@@ -644,9 +690,13 @@ impl Pipeline {
 mod tests {
     use super::*;
 
-    async fn run(processor: &dyn Processor, input: &[u8]) -> (io::Result<Vec<u8>>, HashMap<String, String>) {
+    async fn run(
+        processor: &dyn Processor,
+        input: &[u8],
+    ) -> (io::Result<Vec<u8>>, HashMap<String, String>) {
         let stats = Arc::new(Mutex::new(HashMap::new()));
-        let mut output = processor.process(Box::new(io::Cursor::new(input.to_vec())), stats.clone());
+        let mut output =
+            processor.process(Box::new(io::Cursor::new(input.to_vec())), stats.clone());
         let mut bytes = Vec::new();
         while let Some(chunk) = output.next().await {
             match chunk {

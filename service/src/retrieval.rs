@@ -40,13 +40,15 @@ pub struct Validators {
     pub last_modified: Option<String>,
 }
 
+pub struct Retrieved {
+    pub response: reqwest::Response,
+    pub validators: Validators,
+    pub url: Url,
+}
+
 pub enum Fetched {
     NotModified,
-    Body {
-        response: reqwest::Response,
-        validators: Validators,
-        url: Url,
-    },
+    Body(Box<Retrieved>),
 }
 
 #[derive(Clone)]
@@ -64,10 +66,12 @@ impl Upstream {
             .map(|entry| {
                 let entry = entry.trim().to_ascii_lowercase();
                 match entry.rsplit_once(':') {
-                    Some((host, port)) if !host.contains(':') || host.ends_with(']') => match port.parse() {
-                        Ok(port) => (host.trim_matches(['[', ']']).to_string(), Some(port)),
-                        Err(_) => (entry.clone(), None),
-                    },
+                    Some((host, port)) if !host.contains(':') || host.ends_with(']') => {
+                        match port.parse() {
+                            Ok(port) => (host.trim_matches(['[', ']']).to_string(), Some(port)),
+                            Err(_) => (entry.clone(), None),
+                        }
+                    }
                     _ => (entry.trim_matches(['[', ']']).to_string(), None),
                 }
             })
@@ -88,7 +92,9 @@ impl Upstream {
             )));
         }
         if !url.username().is_empty() || url.password().is_some() {
-            return Err(RetrievalError::Refused("URLs with credentials are not fetched".into()));
+            return Err(RetrievalError::Refused(
+                "URLs with credentials are not fetched".into(),
+            ));
         }
         let host = url
             .host_str()
@@ -110,8 +116,13 @@ impl Upstream {
     }
 
     /// Fetches `url`, following same-host redirects; checks every hop.
-    pub async fn fetch(&self, url: &str, validators: &Validators) -> Result<Fetched, RetrievalError> {
-        let mut url = Url::parse(url).map_err(|e| RetrievalError::Refused(format!("not a URL: {e}")))?;
+    pub async fn fetch(
+        &self,
+        url: &str,
+        validators: &Validators,
+    ) -> Result<Fetched, RetrievalError> {
+        let mut url =
+            Url::parse(url).map_err(|e| RetrievalError::Refused(format!("not a URL: {e}")))?;
         let (first_host, _) = self.check_url(&url)?;
         for _ in 0..=MAX_REDIRECTS {
             let (host, port) = self.check_url(&url)?;
@@ -132,7 +143,11 @@ impl Upstream {
             if let Some(etag) = validators.etag.as_deref().and_then(|v| v.parse().ok()) {
                 headers.insert(IF_NONE_MATCH, etag);
             }
-            if let Some(date) = validators.last_modified.as_deref().and_then(|v| v.parse().ok()) {
+            if let Some(date) = validators
+                .last_modified
+                .as_deref()
+                .and_then(|v| v.parse().ok())
+            {
                 headers.insert(IF_MODIFIED_SINCE, date);
             }
             let response = client
@@ -150,16 +165,23 @@ impl Upstream {
                     .headers()
                     .get(LOCATION)
                     .and_then(|l| l.to_str().ok())
-                    .ok_or_else(|| RetrievalError::Upstream(format!("{status} without a Location")))?;
+                    .ok_or_else(|| {
+                        RetrievalError::Upstream(format!("{status} without a Location"))
+                    })?;
                 url = url
                     .join(location)
                     .map_err(|e| RetrievalError::Refused(format!("bad redirect target: {e}")))?;
                 continue;
             }
             if !status.is_success() {
-                return Err(RetrievalError::Upstream(format!("GET {url} answered {status}")));
+                return Err(RetrievalError::Upstream(format!(
+                    "GET {url} answered {status}"
+                )));
             }
-            if response.content_length().is_some_and(|len| len > self.max_size) {
+            if response
+                .content_length()
+                .is_some_and(|len| len > self.max_size)
+            {
                 return Err(RetrievalError::TooLarge(self.max_size));
             }
             let header = |name| {
@@ -173,13 +195,15 @@ impl Upstream {
                 etag: header(ETAG),
                 last_modified: header(LAST_MODIFIED),
             };
-            return Ok(Fetched::Body {
+            return Ok(Fetched::Body(Box::new(Retrieved {
                 response,
                 validators,
                 url,
-            });
+            })));
         }
-        Err(RetrievalError::Upstream(format!("more than {MAX_REDIRECTS} redirects")))
+        Err(RetrievalError::Upstream(format!(
+            "more than {MAX_REDIRECTS} redirects"
+        )))
     }
 }
 
@@ -188,7 +212,9 @@ impl Upstream {
 /// unspecified and multicast addresses.
 pub fn forbidden(ip: IpAddr) -> bool {
     match ip {
-        IpAddr::V4(v4) => v4.is_link_local() || v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast(),
+        IpAddr::V4(v4) => {
+            v4.is_link_local() || v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast()
+        }
         IpAddr::V6(v6) => {
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return forbidden(IpAddr::V4(v4));
@@ -260,7 +286,10 @@ mod tests {
         assert!(ok("http://api.example.com/data.csv"));
         assert!(ok("http://127.0.0.1:9000/x"));
         assert!(!ok("http://127.0.0.1:9001/x"), "other port");
-        assert!(!ok("https://api.example.com:8443/x"), "non-default port needs listing");
+        assert!(
+            !ok("https://api.example.com:8443/x"),
+            "non-default port needs listing"
+        );
         assert!(!ok("https://evil.example.com/x"));
         assert!(!ok("ftp://api.example.com/x"));
         assert!(!ok("file:///etc/passwd"));
@@ -269,7 +298,15 @@ mod tests {
 
     #[test]
     fn metadata_and_link_local_addresses_are_forbidden() {
-        for ip in ["169.254.169.254", "169.254.0.1", "fd00:ec2::254", "fe80::1", "0.0.0.0", "::ffff:169.254.169.254", "224.0.0.1"] {
+        for ip in [
+            "169.254.169.254",
+            "169.254.0.1",
+            "fd00:ec2::254",
+            "fe80::1",
+            "0.0.0.0",
+            "::ffff:169.254.169.254",
+            "224.0.0.1",
+        ] {
             assert!(forbidden(ip.parse().unwrap()), "{ip}");
         }
         for ip in ["127.0.0.1", "10.1.2.3", "203.0.113.7", "2001:db8::1"] {
@@ -280,13 +317,25 @@ mod tests {
     #[tokio::test]
     async fn allow_listed_metadata_address_is_still_refused() {
         let up = upstream(&["169.254.169.254"]);
-        let result = up.fetch("http://169.254.169.254/latest/meta-data/", &Validators::default()).await;
-        assert!(matches!(result, Err(RetrievalError::Refused(_))), "{:?}", result.err());
+        let result = up
+            .fetch(
+                "http://169.254.169.254/latest/meta-data/",
+                &Validators::default(),
+            )
+            .await;
+        assert!(
+            matches!(result, Err(RetrievalError::Refused(_))),
+            "{:?}",
+            result.err()
+        );
     }
 
     #[test]
     fn names_come_from_the_last_path_segment() {
-        assert_eq!(name_from_url("https://h/a/b/report%20v2.csv?x=1").as_deref(), Some("report v2.csv"));
+        assert_eq!(
+            name_from_url("https://h/a/b/report%20v2.csv?x=1").as_deref(),
+            Some("report v2.csv")
+        );
         assert_eq!(name_from_url("https://h/a/").as_deref(), Some("a"));
         assert_eq!(name_from_url("https://h/"), None);
     }

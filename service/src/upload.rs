@@ -85,14 +85,17 @@ impl std::fmt::Display for UploadError {
 
 /// Multipart uploads not yet completed or aborted, so shutdown can abort what is left.
 #[derive(Clone, Default)]
-pub struct InFlight(Arc<Mutex<HashMap<String, (S3, String, String)>>>);
+pub struct InFlight(Arc<Mutex<HashMap<String, OpenUpload>>>);
+
+/// Client, bucket and key of an open multipart upload.
+type OpenUpload = (S3, String, String);
 
 impl InFlight {
     fn insert(&self, upload_id: &str, s3: &S3, bucket: &str, key: &str) {
-        self.0
-            .lock()
-            .unwrap()
-            .insert(upload_id.to_string(), (s3.clone(), bucket.to_string(), key.to_string()));
+        self.0.lock().unwrap().insert(
+            upload_id.to_string(),
+            (s3.clone(), bucket.to_string(), key.to_string()),
+        );
     }
 
     fn remove(&self, upload_id: &str) {
@@ -126,7 +129,9 @@ async fn abort(s3: &S3, bucket: &str, key: &str, upload_id: &str) {
         .await;
     match result {
         Ok(_) => tracing::info!(bucket, key, "multipart upload aborted"),
-        Err(err) => tracing::error!(bucket, key, upload_id, error = %aws_sdk_s3::error::DisplayErrorContext(&err), "aborting a multipart upload failed; the bucket's lifecycle rule removes it within a day"),
+        Err(err) => {
+            tracing::error!(bucket, key, upload_id, error = %aws_sdk_s3::error::DisplayErrorContext(&err), "aborting a multipart upload failed; the bucket's lifecycle rule removes it within a day")
+        }
     }
 }
 
@@ -244,7 +249,10 @@ where
         .set_metadata(Some(target.metadata.clone()))
         .send()
         .await
-        .aws_context(format!("s3:CreateMultipartUpload {}/{}", target.bucket, target.key))
+        .aws_context(format!(
+            "s3:CreateMultipartUpload {}/{}",
+            target.bucket, target.key
+        ))
         .map_err(UploadError::Aws)?;
     let upload_id = created
         .upload_id()
@@ -262,7 +270,17 @@ where
 
     // Errors abort the upload before returning; `guard` covers cancellation (a dropped
     // request future), where nothing can be awaited.
-    let parts = match send_parts(target, &upload_id, &mut body, &mut buffer, &mut pending, &mut digests, expected).await {
+    let parts = match send_parts(
+        target,
+        &upload_id,
+        &mut body,
+        &mut buffer,
+        &mut pending,
+        &mut digests,
+        expected,
+    )
+    .await
+    {
         Ok(parts) => parts,
         Err(err) => {
             guard.disarm();
@@ -276,11 +294,17 @@ where
         .bucket(&target.bucket)
         .key(&target.key)
         .upload_id(&upload_id)
-        .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts.clone())).build())
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .set_parts(Some(parts.clone()))
+                .build(),
+        )
         .send()
         .await
-        .aws_context(format!("s3:CompleteMultipartUpload {}/{}", target.bucket, target.key))
-    {
+        .aws_context(format!(
+            "s3:CompleteMultipartUpload {}/{}",
+            target.bucket, target.key
+        )) {
         Ok(output) => output,
         Err(err) => {
             guard.disarm();
@@ -320,7 +344,10 @@ where
             .bucket_key_enabled(true)
             .send()
             .await
-            .aws_context(format!("s3:CopyObject {}/{} (metadata)", target.bucket, target.key))
+            .aws_context(format!(
+                "s3:CopyObject {}/{} (metadata)",
+                target.bucket, target.key
+            ))
             .map_err(UploadError::Aws)?;
         if let Some(result) = copied.copy_object_result() {
             uploaded.etag = result.e_tag().unwrap_or_default().to_string();
@@ -336,7 +363,10 @@ fn final_metadata(target: &Target, digests: &Digests) -> HashMap<String, String>
     if let Some(late) = &target.late_metadata {
         metadata.extend(late.lock().unwrap().clone());
     }
-    metadata.insert("sha256".into(), hex::encode(digests.sha256.clone().finalize()));
+    metadata.insert(
+        "sha256".into(),
+        hex::encode(digests.sha256.clone().finalize()),
+    );
     metadata
 }
 
@@ -368,7 +398,12 @@ where
             completed.push(joined(done)?);
         }
         let data = std::mem::replace(buffer, BytesMut::with_capacity(target.part_size)).freeze();
-        tasks.spawn(upload_part(target.clone(), upload_id.to_string(), part_number, data));
+        tasks.spawn(upload_part(
+            target.clone(),
+            upload_id.to_string(),
+            part_number,
+            data,
+        ));
         if !fill(body, buffer, pending, digests, target).await? {
             break;
         }
@@ -376,7 +411,12 @@ where
     if !buffer.is_empty() {
         part_number += 1;
         let data = std::mem::take(buffer).freeze();
-        tasks.spawn(upload_part(target.clone(), upload_id.to_string(), part_number, data));
+        tasks.spawn(upload_part(
+            target.clone(),
+            upload_id.to_string(),
+            part_number,
+            data,
+        ));
     }
     while let Some(done) = tasks.join_next().await {
         completed.push(joined(done)?);
@@ -412,7 +452,10 @@ async fn upload_part(
         .body(ByteStream::from(data))
         .send()
         .await
-        .aws_context(format!("s3:UploadPart {}/{} #{part_number}", target.bucket, target.key))?;
+        .aws_context(format!(
+            "s3:UploadPart {}/{} #{part_number}",
+            target.bucket, target.key
+        ))?;
     Ok(CompletedPart::builder()
         .part_number(part_number)
         .set_e_tag(output.e_tag().map(str::to_string))
@@ -479,7 +522,9 @@ fn check_integrity(digests: &Digests, expected: &Expected) -> Result<(), UploadE
     if let (Some(want), Some(md5)) = (&expected.content_md5, &digests.md5) {
         let got = b64.encode(md5.clone().finalize());
         if &got != want {
-            return Err(UploadError::Integrity(format!("Content-MD5 is {want}, the body's is {got}")));
+            return Err(UploadError::Integrity(format!(
+                "Content-MD5 is {want}, the body's is {got}"
+            )));
         }
     }
     if let Some(want) = &expected.sha256_base64 {

@@ -14,8 +14,20 @@ use service::decrypt::Decryptor;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn assert_sse_kms(stack: &Stack, bucket: &str, key: &str) {
-    let head = stack.clients.s3.head_object().bucket(bucket).key(key).send().await.expect("head");
-    assert_eq!(head.server_side_encryption().map(|s| s.as_str()), Some("aws:kms"), "{key}");
+    let head = stack
+        .clients
+        .s3
+        .head_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .expect("head");
+    assert_eq!(
+        head.server_side_encryption().map(|s| s.as_str()),
+        Some("aws:kms"),
+        "{key}"
+    );
     assert_eq!(head.ssekms_key_id(), Some(stack.key_arn.as_str()), "{key}");
 }
 
@@ -57,16 +69,48 @@ async fn round_trips_empty_small_and_multipart_files_with_sse_kms() {
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 206);
-    assert!(response.headers()["content-range"].to_str().unwrap().starts_with("bytes 6000000-6000099/"));
-    assert_eq!(response.bytes().await.unwrap().as_ref(), &data[6_000_000..6_000_100]);
+    assert!(
+        response.headers()["content-range"]
+            .to_str()
+            .unwrap()
+            .starts_with("bytes 6000000-6000099/")
+    );
+    assert_eq!(
+        response.bytes().await.unwrap().as_ref(),
+        &data[6_000_000..6_000_100]
+    );
 
-    let listed: Value = stack.http.get(format!("{}/v1/files?prefix=dir/", stack.url)).send().await.unwrap().json().await.unwrap();
+    let listed: Value = stack
+        .http
+        .get(format!("{}/v1/files?prefix=dir/", stack.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(listed["files"].as_array().unwrap().len(), 1, "{listed}");
     assert_eq!(listed["files"][0]["name"], "dir/one-kib.txt");
-    let page: Value = stack.http.get(format!("{}/v1/files?limit=2", stack.url)).send().await.unwrap().json().await.unwrap();
+    let page: Value = stack
+        .http
+        .get(format!("{}/v1/files?limit=2", stack.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(page["files"].as_array().unwrap().len(), 2);
     let cursor = page["next_cursor"].as_str().expect("a cursor for the rest");
-    let rest: Value = stack.http.get(format!("{}/v1/files?limit=2&cursor={cursor}", stack.url)).send().await.unwrap().json().await.unwrap();
+    let rest: Value = stack
+        .http
+        .get(format!("{}/v1/files?limit=2&cursor={cursor}", stack.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(rest["files"].as_array().unwrap().len(), 1);
 }
 
@@ -83,21 +127,38 @@ async fn unknown_files_are_404_and_unprocessed_ones_409() {
     assert_eq!(code, 201);
     let status = stack.settle("plain.txt").await;
     assert_eq!(status["state"], "failed");
-    assert!(status["error"].as_str().unwrap().contains("REQUIRE_ENCRYPTED_INPUT"), "{status}");
+    assert!(
+        status["error"]
+            .as_str()
+            .unwrap()
+            .contains("REQUIRE_ENCRYPTED_INPUT"),
+        "{status}"
+    );
     let (code, body) = stack.get("plain.txt").await;
     assert_eq!(code, 409);
     let body: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(body["error"]["status"]["state"], "failed", "{body}");
-    assert!(stack.keys(&stack.final_).await.iter().all(|k| !k.starts_with("processed/")));
+    assert!(
+        stack
+            .keys(&stack.final_)
+            .await
+            .iter()
+            .all(|k| !k.starts_with("processed/"))
+    );
 }
 
 #[tokio::test]
 async fn encryption_sdk_messages_are_decrypted_with_the_configured_key() {
     let stack = Stack::start(&["--require-encrypted-input=true"]).await;
-    let producer = Decryptor::new(stack.clients.kms.clone(), &stack.key_arn).await.unwrap();
+    let producer = Decryptor::new(stack.clients.kms.clone(), &stack.key_arn)
+        .await
+        .unwrap();
     let plaintext = b"{\"secret\": \"payload\"}\n".repeat(1000);
     let message = producer.encrypt(plaintext.clone()).await.unwrap();
-    assert_eq!(message[0], 0x02, "message format version 2 (committing suite)");
+    assert_eq!(
+        message[0], 0x02,
+        "message format version 2 (committing suite)"
+    );
     assert_ne!(message, plaintext);
 
     let (code, body) = stack.put("sealed.jsonl.enc", message).await;
@@ -135,22 +196,37 @@ async fn gunzip_processor_inflates() {
 #[tokio::test]
 async fn jsonl_processor_counts_lines_and_rejects_the_first_bad_one() {
     let stack = Stack::start(&["--processor=jsonl"]).await;
-    stack.put("good.jsonl", b"{\"a\":1}\n{\"b\":[2]}\n\"c\"\n".to_vec()).await;
+    stack
+        .put("good.jsonl", b"{\"a\":1}\n{\"b\":[2]}\n\"c\"\n".to_vec())
+        .await;
     let status = stack.settle("good.jsonl").await;
     assert_eq!(status["state"], "processed", "{status}");
     assert_eq!(status["processed"]["lines"], 3);
 
-    stack.put("bad.jsonl", b"{\"a\":1}\n{\"b\":\n{\"c\":3}\n".to_vec()).await;
+    stack
+        .put("bad.jsonl", b"{\"a\":1}\n{\"b\":\n{\"c\":3}\n".to_vec())
+        .await;
     let status = stack.settle("bad.jsonl").await;
     assert_eq!(status["state"], "failed");
-    assert!(status["error"].as_str().unwrap().contains("line 2 is not valid JSON"), "{status}");
+    assert!(
+        status["error"]
+            .as_str()
+            .unwrap()
+            .contains("line 2 is not valid JSON"),
+        "{status}"
+    );
     assert_eq!(stack.get("bad.jsonl").await.0, 409);
 
     // Fixing the file clears the failure.
     stack.put("bad.jsonl", b"{\"fixed\":true}\n".to_vec()).await;
     let status = stack.settle("bad.jsonl").await;
     assert_eq!(status["state"], "processed", "{status}");
-    assert!(!stack.keys(&stack.final_).await.contains(&"failed/bad.jsonl.json".to_string()));
+    assert!(
+        !stack
+            .keys(&stack.final_)
+            .await
+            .contains(&"failed/bad.jsonl.json".to_string())
+    );
 }
 
 /// Sends a raw HTTP request (so paths reach the server unnormalised); returns the status.
@@ -162,7 +238,10 @@ async fn raw_request(stack: &Stack, head: &str, body: &[u8]) -> u16 {
     let mut response = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response)).await;
     let text = String::from_utf8_lossy(&response);
-    text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
 }
 
 #[tokio::test]
@@ -170,8 +249,8 @@ async fn every_bad_name_is_refused_before_any_aws_call() {
     let stack = Stack::start(&[]).await;
     let long = "x".repeat(513);
     for path in [
-        "a/../b", "..", "./a", "a/./b", "a//b", "dir/", "%2Fabs", "a%5Cb", "a%01b", "a%0Ab", "a%7Fb",
-        &long, "x/status",
+        "a/../b", "..", "./a", "a/./b", "a//b", "dir/", "%2Fabs", "a%5Cb", "a%01b", "a%0Ab",
+        "a%7Fb", &long, "x/status",
     ] {
         let head = format!(
             "PUT /v1/files/{path} HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nConnection: close\r\n\r\n"
@@ -179,21 +258,29 @@ async fn every_bad_name_is_refused_before_any_aws_call() {
         let code = raw_request(&stack, &head, b"data").await;
         assert_eq!(code, 400, "{path:?}");
     }
-    assert!(stack.keys(&stack.initial).await.is_empty(), "nothing stored");
+    assert!(
+        stack.keys(&stack.initial).await.is_empty(),
+        "nothing stored"
+    );
 }
 
 #[tokio::test]
 async fn oversize_bodies_are_413_and_leave_nothing() {
     let stack = Stack::start(&["--max-object-size=7340032"]).await;
     // Declared too large: refused before reading.
-    let (code, body) = stack.put("big-declared.bin", random_bytes(8 * MIB, 3)).await;
+    let (code, body) = stack
+        .put("big-declared.bin", random_bytes(8 * MIB, 3))
+        .await;
     assert_eq!(code, 413, "{body}");
     // Streamed without a length: refused once the limit is crossed, mid multipart upload.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..12).map(|i| Ok(random_bytes(MIB, i))).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..12).map(|i| Ok(random_bytes(MIB, i))).collect();
     let response = stack
         .http
         .put(stack.file_url("big-streamed.bin"))
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
         .send()
         .await
         .unwrap();
@@ -230,7 +317,14 @@ async fn integrity_headers_are_verified() {
     let sha = base64::engine::general_purpose::STANDARD.encode(sha2::Digest::finalize(
         <sha2::Sha256 as sha2::Digest>::new_with_prefix(&data),
     ));
-    let ok = stack.http.put(stack.file_url("ok.txt")).header("x-amz-checksum-sha256", sha).body(data.clone()).send().await.unwrap();
+    let ok = stack
+        .http
+        .put(stack.file_url("ok.txt"))
+        .header("x-amz-checksum-sha256", sha)
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ok.status().as_u16(), 201);
     let bad = stack
         .http
@@ -241,7 +335,10 @@ async fn integrity_headers_are_verified() {
         .await
         .unwrap();
     assert_eq!(bad.status().as_u16(), 400);
-    assert_eq!(stack.keys(&stack.initial).await, vec!["raw/ok.txt".to_string()]);
+    assert_eq!(
+        stack.keys(&stack.initial).await,
+        vec!["raw/ok.txt".to_string()]
+    );
 }
 
 #[tokio::test]
@@ -273,7 +370,16 @@ async fn raw_files_left_by_a_crash_are_processed_at_start_up() {
 #[tokio::test]
 async fn auth_on_and_off() {
     let open = Stack::start(&[]).await;
-    assert_eq!(open.http.get(format!("{}/v1/info", open.url)).send().await.unwrap().status().as_u16(), 200);
+    assert_eq!(
+        open.http
+            .get(format!("{}/v1/info", open.url))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
 
     let token = "s3cr3t-token-with-enough-length";
     let guarded = Stack::start(&[&format!("--auth-token={token}")]).await;
@@ -281,40 +387,95 @@ async fn auth_on_and_off() {
     let none = guarded.http.get(&info).send().await.unwrap();
     assert_eq!(none.status().as_u16(), 401);
     assert_eq!(none.headers()["www-authenticate"], "Bearer");
-    let wrong = guarded.http.get(&info).bearer_auth("s3cr3t-token-with-enough-lengtX").send().await.unwrap();
+    let wrong = guarded
+        .http
+        .get(&info)
+        .bearer_auth("s3cr3t-token-with-enough-lengtX")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(wrong.status().as_u16(), 401);
-    let right = guarded.http.get(&info).bearer_auth(token).send().await.unwrap();
+    let right = guarded
+        .http
+        .get(&info)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(right.status().as_u16(), 200);
     let info: Value = right.json().await.unwrap();
     assert_eq!(info["kms_key_arn"], guarded.key_arn.as_str());
     assert_eq!(info["processor"], "identity");
-    let put = guarded.http.put(guarded.file_url("x.txt")).body("x").send().await.unwrap();
+    let put = guarded
+        .http
+        .put(guarded.file_url("x.txt"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(put.status().as_u16(), 401);
     assert!(guarded.keys(&guarded.initial).await.is_empty());
     // Probes stay open for load balancers.
-    assert_eq!(guarded.http.get(format!("{}/healthz", guarded.url)).send().await.unwrap().status().as_u16(), 200);
+    assert_eq!(
+        guarded
+            .http
+            .get(format!("{}/healthz", guarded.url))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
 }
 
 #[tokio::test]
 async fn readiness_and_metrics() {
     let stack = Stack::start(&[]).await;
-    let ready = stack.http.get(format!("{}/readyz", stack.url)).send().await.unwrap();
+    let ready = stack
+        .http
+        .get(format!("{}/readyz", stack.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status().as_u16(), 200);
     stack.put("m.txt", b"metrics".to_vec()).await;
     stack.settle("m.txt").await;
-    let text = stack.http.get(format!("{}/metrics", stack.url)).send().await.unwrap().text().await.unwrap();
-    assert!(text.contains("filepipe_http_requests_total{route=\"/v1/files/{*name}\",status=\"201\"} 1"), "{text}");
-    assert!(text.contains("filepipe_processing_total{result=\"success\"} 1"), "{text}");
+    let text = stack
+        .http
+        .get(format!("{}/metrics", stack.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("filepipe_http_requests_total{route=\"/v1/files/{*name}\",status=\"201\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("filepipe_processing_total{result=\"success\"} 1"),
+        "{text}"
+    );
     assert!(text.contains("filepipe_bytes_in_total 7"), "{text}");
     assert!(text.contains("filepipe_queue_depth 0"), "{text}");
 
     // A missing bucket makes the service unready.
     let resources = resources().await;
     let broken = Stack::start_on(
-        common::Resources { initial: "no-such-bucket-anywhere-xyz".into(), ..resources },
+        common::Resources {
+            initial: "no-such-bucket-anywhere-xyz".into(),
+            ..resources
+        },
         &[],
     )
     .await;
-    let ready = broken.http.get(format!("{}/readyz", broken.url)).send().await.unwrap();
+    let ready = broken
+        .http
+        .get(format!("{}/readyz", broken.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status().as_u16(), 503);
 }

@@ -6,7 +6,8 @@
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::types::{
-    BucketLocationConstraint, BucketVersioningStatus, CreateBucketConfiguration, VersioningConfiguration,
+    BucketLocationConstraint, BucketVersioningStatus, CreateBucketConfiguration,
+    VersioningConfiguration,
 };
 use clap::Parser;
 use serde_json::Value;
@@ -37,7 +38,13 @@ pub struct Resources {
 /// A key and two versioned buckets, as Terraform would create them.
 pub async fn resources() -> Resources {
     let clients = emulator_clients().await;
-    let key = clients.kms.create_key().description("filepipe test").send().await.expect("create key");
+    let key = clients
+        .kms
+        .create_key()
+        .description("filepipe test")
+        .send()
+        .await
+        .expect("create key");
     let key_arn = key.key_metadata().unwrap().arn().unwrap().to_string();
     let initial = unique_bucket_name("initial");
     let final_ = unique_bucket_name("final");
@@ -58,12 +65,21 @@ pub async fn resources() -> Resources {
             .s3
             .put_bucket_versioning()
             .bucket(bucket)
-            .versioning_configuration(VersioningConfiguration::builder().status(BucketVersioningStatus::Enabled).build())
+            .versioning_configuration(
+                VersioningConfiguration::builder()
+                    .status(BucketVersioningStatus::Enabled)
+                    .build(),
+            )
             .send()
             .await
             .expect("versioning");
     }
-    Resources { clients, key_arn, initial, final_ }
+    Resources {
+        clients,
+        key_arn,
+        initial,
+        final_,
+    }
 }
 
 impl Stack {
@@ -72,7 +88,12 @@ impl Stack {
     }
 
     pub async fn start_on(resources: Resources, extra: &[&str]) -> Stack {
-        let Resources { clients, key_arn, initial, final_ } = resources;
+        let Resources {
+            clients,
+            key_arn,
+            initial,
+            final_,
+        } = resources;
         let mut args = vec![
             "service".to_string(),
             format!("--initial-bucket={initial}"),
@@ -85,12 +106,22 @@ impl Stack {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let config = Config::try_parse_from(args).expect("config");
-        let state = AppState::start(config, &clients).await.expect("start service");
+        let state = AppState::start(config, &clients)
+            .await
+            .expect("start service");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let app = router(state.clone());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Stack { clients, key_arn, initial, final_, url, http: reqwest::Client::new(), state }
+        Stack {
+            clients,
+            key_arn,
+            initial,
+            final_,
+            url,
+            http: reqwest::Client::new(),
+            state,
+        }
     }
 
     pub fn file_url(&self, name: &str) -> String {
@@ -98,13 +129,24 @@ impl Stack {
     }
 
     pub async fn put(&self, name: &str, body: Vec<u8>) -> (u16, Value) {
-        let response = self.http.put(self.file_url(name)).body(body).send().await.unwrap();
+        let response = self
+            .http
+            .put(self.file_url(name))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
     pub async fn status(&self, name: &str) -> (u16, Value) {
-        let response = self.http.get(format!("{}/status", self.file_url(name))).send().await.unwrap();
+        let response = self
+            .http
+            .get(format!("{}/status", self.file_url(name)))
+            .send()
+            .await
+            .unwrap();
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }
@@ -125,23 +167,48 @@ impl Stack {
 
     pub async fn get(&self, name: &str) -> (u16, Vec<u8>) {
         let response = self.http.get(self.file_url(name)).send().await.unwrap();
-        (response.status().as_u16(), response.bytes().await.unwrap().to_vec())
+        (
+            response.status().as_u16(),
+            response.bytes().await.unwrap().to_vec(),
+        )
     }
 
     pub async fn keys(&self, bucket: &str) -> Vec<String> {
-        let listed = self.clients.s3.list_objects_v2().bucket(bucket).send().await.unwrap();
-        listed.contents().iter().filter_map(|o| o.key().map(str::to_string)).collect()
+        let listed = self
+            .clients
+            .s3
+            .list_objects_v2()
+            .bucket(bucket)
+            .send()
+            .await
+            .unwrap();
+        listed
+            .contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_string))
+            .collect()
     }
 
     /// Waits until no multipart upload is open in the initial bucket.
     pub async fn assert_no_multipart_uploads(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let open = self.clients.s3.list_multipart_uploads().bucket(&self.initial).send().await.unwrap();
+            let open = self
+                .clients
+                .s3
+                .list_multipart_uploads()
+                .bucket(&self.initial)
+                .send()
+                .await
+                .unwrap();
             if open.uploads().is_empty() {
                 return;
             }
-            assert!(Instant::now() < deadline, "dangling multipart uploads: {:?}", open.uploads());
+            assert!(
+                Instant::now() < deadline,
+                "dangling multipart uploads: {:?}",
+                open.uploads()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -149,7 +216,9 @@ impl Stack {
 
 /// Deterministic pseudo-random bytes.
 pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..len)
         .map(|_| {
             state ^= state << 13;
