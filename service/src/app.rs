@@ -66,7 +66,7 @@ impl AppState {
         let token = config.validate()?;
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::default());
-        let in_flight = InFlight::default();
+        let in_flight = InFlight::new(config.max_buffered_parts);
         let decryptor = Decryptor::new(clients.kms.clone(), &config.kms_key_arn).await?;
         let pipeline = Pipeline::start(
             clients.s3.clone(),
@@ -287,6 +287,7 @@ where
         part_size: state.config.part_size as usize,
         parts_in_flight: state.config.parts_in_flight,
         max_size: state.config.max_object_size,
+        idle_timeout: state.config.body_idle_timeout(),
         late_metadata: None,
     };
     let uploaded = upload::upload(&target, body, expected, &state.in_flight)
@@ -568,6 +569,7 @@ async fn info(State(state): State<AppState>) -> Json<Value> {
         "processor": config.processor.name(),
         "part_size": config.part_size,
         "parts_in_flight": config.parts_in_flight,
+        "max_buffered_parts": config.max_buffered_parts,
         "max_object_size": config.max_object_size,
         "initial_bucket": config.initial_bucket,
         "final_bucket": config.final_bucket,

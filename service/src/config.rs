@@ -46,15 +46,22 @@ pub struct Config {
     /// Multipart part size in bytes (at least 5 MiB).
     #[arg(long, env = "PART_SIZE", default_value_t = 8 * MIB)]
     pub part_size: u64,
-    /// Parts uploaded concurrently per transfer; memory per transfer is about
-    /// part size x (this + 1).
+    /// Parts uploaded concurrently per transfer.
     #[arg(long, env = "PARTS_IN_FLIGHT", default_value_t = 4)]
     pub parts_in_flight: usize,
+    /// Part buffers in memory across all transfers (uploads and processing): file data held
+    /// by the process is at most this x PART_SIZE (default 8 x 8 MiB = 64 MiB).
+    #[arg(long, env = "MAX_BUFFERED_PARTS", default_value_t = 8)]
+    pub max_buffered_parts: usize,
+    /// Seconds a request body may send nothing before the upload is abandoned.
+    #[arg(long, env = "BODY_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    pub body_idle_timeout_secs: u64,
     /// Largest accepted file in bytes (default 5 GiB).
     #[arg(long, env = "MAX_OBJECT_SIZE", default_value_t = 5 * 1024 * MIB)]
     pub max_object_size: u64,
-    /// Largest envelope-encrypted payload: the Encryption SDK decrypts in memory.
-    #[arg(long, env = "MAX_ENCRYPTED_SIZE", default_value_t = 64 * MIB)]
+    /// Largest envelope-encrypted payload. The Encryption SDK decrypts in memory (message and
+    /// plaintext), one payload at a time, so this bounds that memory to about twice its value.
+    #[arg(long, env = "MAX_ENCRYPTED_SIZE", default_value_t = 16 * MIB)]
     pub max_encrypted_size: u64,
     /// Reject raw payloads that are not AWS Encryption SDK messages.
     #[arg(long, env = "REQUIRE_ENCRYPTED_INPUT", default_value_t = false, action = clap::ArgAction::Set)]
@@ -118,8 +125,13 @@ impl Config {
         if self.part_size < MIN_PART_SIZE {
             bail!("PART_SIZE must be at least 5 MiB (S3's minimum part size)");
         }
-        if self.parts_in_flight == 0 || self.processing_concurrency == 0 {
-            bail!("PARTS_IN_FLIGHT and PROCESSING_CONCURRENCY must be at least 1");
+        if self.parts_in_flight == 0
+            || self.processing_concurrency == 0
+            || self.max_buffered_parts == 0
+        {
+            bail!(
+                "PARTS_IN_FLIGHT, PROCESSING_CONCURRENCY and MAX_BUFFERED_PARTS must be at least 1"
+            );
         }
         if !self.kms_key_arn.starts_with("arn:") || !self.kms_key_arn.contains(":key/") {
             bail!("KMS_KEY_ARN must be a full key ARN (arn:aws:kms:<region>:<account>:key/<id>)");
@@ -148,6 +160,10 @@ impl Config {
             endpoint_url: self.aws_endpoint_url.clone(),
             credentials: CredentialsSource::DefaultChain { profile: None },
         }
+    }
+
+    pub fn body_idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.body_idle_timeout_secs.max(1))
     }
 
     pub fn reconcile_interval(&self) -> Duration {

@@ -44,6 +44,8 @@ pub fn looks_encrypted(header: &[u8]) -> bool {
 pub struct Decryptor {
     client: esdk_client::Client,
     keyring: KeyringRef,
+    /// One message in memory at a time (see MAX_ENCRYPTED_SIZE).
+    one_at_a_time: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl Decryptor {
@@ -67,10 +69,30 @@ impl Decryptor {
             .send()
             .await
             .map_err(|e| anyhow!("creating the KMS keyring for {key_arn}: {e:?}"))?;
-        Ok(Decryptor { client, keyring })
+        Ok(Decryptor {
+            client,
+            keyring,
+            one_at_a_time: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
+        })
     }
 
-    pub async fn decrypt(&self, message: Vec<u8>) -> Result<Vec<u8>> {
+    /// Reads a whole message (after its already-read `header`) and decrypts it, taking the
+    /// one turn before reading so only one message is ever held in memory.
+    pub async fn decrypt_from<R>(&self, header: Vec<u8>, reader: &mut R) -> Result<Vec<u8>>
+    where
+        R: tokio::io::AsyncRead + Unpin,
+    {
+        use tokio::io::AsyncReadExt as _;
+        let _turn = self.one_at_a_time.acquire().await?;
+        let mut message = header;
+        reader
+            .read_to_end(&mut message)
+            .await
+            .context("reading the encrypted object")?;
+        self.decrypt_message(message).await
+    }
+
+    async fn decrypt_message(&self, message: Vec<u8>) -> Result<Vec<u8>> {
         let output = self
             .client
             .decrypt()

@@ -427,12 +427,9 @@ impl Pipeline {
                     self.config.max_encrypted_size
                 ));
             }
-            let mut message = header;
-            reader
-                .read_to_end(&mut message)
-                .await
-                .context("reading the raw object")?;
-            Box::new(io::Cursor::new(self.decryptor.decrypt(message).await?))
+            Box::new(io::Cursor::new(
+                self.decryptor.decrypt_from(header, &mut reader).await?,
+            ))
         } else if self.config.require_encrypted_input {
             return Err(anyhow!(
                 "the payload is not an AWS Encryption SDK message and REQUIRE_ENCRYPTED_INPUT is set"
@@ -476,6 +473,7 @@ impl Pipeline {
             part_size: self.config.part_size as usize,
             parts_in_flight: self.config.parts_in_flight,
             max_size: u64::MAX,
+            idle_timeout: self.config.body_idle_timeout(),
             late_metadata: Some(late),
         };
         upload::upload(&target, output, &Default::default(), &self.in_flight)

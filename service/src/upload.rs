@@ -20,6 +20,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use md5::Md5;
 use sha2::{Digest, Sha256};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::aws::AwsResultExt;
@@ -35,6 +36,9 @@ pub struct Target {
     pub part_size: usize,
     pub parts_in_flight: usize,
     pub max_size: u64,
+    /// How long the body may send nothing before the upload is abandoned (a stalled client
+    /// must not hold buffers forever).
+    pub idle_timeout: std::time::Duration,
     /// Metadata known only once the body has ended (e.g. a line count). Read when the object
     /// is committed; for a multipart upload the object is then copied onto itself with the
     /// full metadata (server-side), since S3 fixes metadata when an upload starts.
@@ -83,27 +87,48 @@ impl std::fmt::Display for UploadError {
     }
 }
 
-/// Multipart uploads not yet completed or aborted, so shutdown can abort what is left.
-#[derive(Clone, Default)]
-pub struct InFlight(Arc<Mutex<HashMap<String, OpenUpload>>>);
+/// What all transfers share: the multipart uploads not yet completed or aborted (so shutdown
+/// can abort what is left), and the budget of part buffers. Every part buffer, filling or
+/// uploading, holds a permit, so the whole process buffers at most
+/// `max_buffered_parts x part_size` bytes of file data, however many transfers run.
+#[derive(Clone)]
+pub struct InFlight {
+    open: Arc<Mutex<HashMap<String, OpenUpload>>>,
+    budget: Arc<Semaphore>,
+}
 
 /// Client, bucket and key of an open multipart upload.
 type OpenUpload = (S3, String, String);
 
 impl InFlight {
+    pub fn new(max_buffered_parts: usize) -> InFlight {
+        InFlight {
+            open: Arc::default(),
+            budget: Arc::new(Semaphore::new(max_buffered_parts.max(1))),
+        }
+    }
+
+    async fn part_permit(&self) -> OwnedSemaphorePermit {
+        self.budget
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the part budget is never closed")
+    }
+
     fn insert(&self, upload_id: &str, s3: &S3, bucket: &str, key: &str) {
-        self.0.lock().unwrap().insert(
+        self.open.lock().unwrap().insert(
             upload_id.to_string(),
             (s3.clone(), bucket.to_string(), key.to_string()),
         );
     }
 
     fn remove(&self, upload_id: &str) {
-        self.0.lock().unwrap().remove(upload_id);
+        self.open.lock().unwrap().remove(upload_id);
     }
 
     pub fn len(&self) -> usize {
-        self.0.lock().unwrap().len()
+        self.open.lock().unwrap().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -112,7 +137,7 @@ impl InFlight {
 
     /// Aborts every unfinished multipart upload (used at shutdown).
     pub async fn abort_all(&self) {
-        let entries: Vec<_> = self.0.lock().unwrap().drain().collect();
+        let entries: Vec<_> = self.open.lock().unwrap().drain().collect();
         for (upload_id, (s3, bucket, key)) in entries {
             abort(&s3, &bucket, &key, &upload_id).await;
         }
@@ -202,6 +227,7 @@ where
         md5: expected.content_md5.as_ref().map(|_| Md5::new()),
         size: 0,
     };
+    let permit = in_flight.part_permit().await;
     let mut buffer = BytesMut::with_capacity(target.part_size);
     let mut pending: Option<Bytes> = None;
 
@@ -270,17 +296,17 @@ where
 
     // Errors abort the upload before returning; `guard` covers cancellation (a dropped
     // request future), where nothing can be awaited.
-    let parts = match send_parts(
+    let sent = send_parts(
         target,
         &upload_id,
-        &mut body,
-        &mut buffer,
-        &mut pending,
+        in_flight,
+        (&mut buffer, permit),
+        (&mut body, &mut pending),
         &mut digests,
         expected,
     )
-    .await
-    {
+    .await;
+    let parts = match sent {
         Ok(parts) => parts,
         Err(err) => {
             guard.disarm();
@@ -371,14 +397,14 @@ fn final_metadata(target: &Target, digests: &Digests) -> HashMap<String, String>
 }
 
 /// Uploads the first (already buffered) part and the rest of the body, at most
-/// `parts_in_flight` at a time; returns the completed parts in order.
-#[allow(clippy::too_many_arguments)]
+/// `parts_in_flight` at a time; returns the completed parts in order. `permit` covers the
+/// buffer being filled; each full buffer takes its permit along to its upload task.
 async fn send_parts<S, E>(
     target: &Target,
     upload_id: &str,
-    body: &mut std::pin::Pin<&mut S>,
-    buffer: &mut BytesMut,
-    pending: &mut Option<Bytes>,
+    in_flight: &InFlight,
+    (buffer, mut permit): (&mut BytesMut, OwnedSemaphorePermit),
+    (body, pending): (&mut std::pin::Pin<&mut S>, &mut Option<Bytes>),
     digests: &mut Digests,
     expected: &Expected,
 ) -> Result<Vec<CompletedPart>, UploadError>
@@ -391,19 +417,24 @@ where
     let mut part_number = 0;
     loop {
         part_number += 1;
-        // Wait for a free slot before taking a new buffer: memory stays bounded.
+        // A free slot of this transfer first. The full buffer then leaves with its permit,
+        // and only after that does this transfer wait for a permit for its next buffer: a
+        // transfer never waits while holding one, so transfers cannot starve each other.
         if tasks.len() >= target.parts_in_flight
             && let Some(done) = tasks.join_next().await
         {
             completed.push(joined(done)?);
         }
-        let data = std::mem::replace(buffer, BytesMut::with_capacity(target.part_size)).freeze();
+        let data = std::mem::take(buffer).freeze();
         tasks.spawn(upload_part(
             target.clone(),
             upload_id.to_string(),
             part_number,
             data,
+            permit,
         ));
+        permit = in_flight.part_permit().await;
+        buffer.reserve(target.part_size);
         if !fill(body, buffer, pending, digests, target).await? {
             break;
         }
@@ -416,7 +447,10 @@ where
             upload_id.to_string(),
             part_number,
             data,
+            permit,
         ));
+    } else {
+        drop(permit);
     }
     while let Some(done) = tasks.join_next().await {
         completed.push(joined(done)?);
@@ -441,6 +475,8 @@ async fn upload_part(
     upload_id: String,
     part_number: i32,
     data: Bytes,
+    // Released when this part is uploaded and its buffer dropped.
+    _permit: OwnedSemaphorePermit,
 ) -> Result<CompletedPart, anyhow::Error> {
     let output = target
         .s3
@@ -477,7 +513,7 @@ where
     loop {
         let mut chunk = match pending.take() {
             Some(chunk) => chunk,
-            None => match body.next().await {
+            None => match next_chunk(body, target).await? {
                 None => return Ok(false),
                 Some(Err(err)) => return Err(UploadError::Body(err.to_string())),
                 Some(Ok(chunk)) => {
@@ -497,7 +533,7 @@ where
         if buffer.len() == target.part_size {
             // Only a full part with more data to come starts a multipart upload; peek ahead.
             if pending.is_none() {
-                match body.next().await {
+                match next_chunk(body, target).await? {
                     None => return Ok(false),
                     Some(Err(err)) => return Err(UploadError::Body(err.to_string())),
                     Some(Ok(next)) => {
@@ -515,6 +551,23 @@ where
             return Ok(true);
         }
     }
+}
+
+async fn next_chunk<S, E>(
+    body: &mut std::pin::Pin<&mut S>,
+    target: &Target,
+) -> Result<Option<Result<Bytes, E>>, UploadError>
+where
+    S: Stream<Item = Result<Bytes, E>>,
+{
+    tokio::time::timeout(target.idle_timeout, body.next())
+        .await
+        .map_err(|_| {
+            UploadError::Body(format!(
+                "no data for {} s; giving up",
+                target.idle_timeout.as_secs()
+            ))
+        })
 }
 
 fn check_integrity(digests: &Digests, expected: &Expected) -> Result<(), UploadError> {

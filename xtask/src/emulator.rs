@@ -121,7 +121,14 @@ pub fn start(cx: &Context, port: u16) -> Result<(Record, bool)> {
         Status::Running(record) => return Ok((record, false)),
         Status::Stale(record) => {
             if is_moto_process(record.pid) {
-                // Alive but not answering: ours, so it is safe to replace.
+                // Alive: maybe only busy. Give it time before replacing it.
+                let deadline = Instant::now() + Duration::from_secs(15);
+                while Instant::now() < deadline {
+                    if answers(record.port) {
+                        return Ok((record, false));
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
                 terminate(record.pid)?;
             }
             remove_record(&cx.root)?;
@@ -222,8 +229,10 @@ pub fn reset(record: Record) -> Result<()> {
     Ok(())
 }
 
+/// The dashboard page is static: unlike `/moto-api/data.json`, which serialises every
+/// stored object, it stays cheap however much the emulator holds.
 fn answers(port: u16) -> bool {
-    matches!(http_status(port, "GET", "/moto-api/data.json"), Ok(200))
+    matches!(http_status(port, "GET", "/moto-api/"), Ok(200))
 }
 
 /// A minimal HTTP/1.1 exchange; the emulator's control API is all this needs.
