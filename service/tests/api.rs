@@ -168,6 +168,22 @@ async fn encryption_sdk_messages_are_decrypted_with_the_configured_key() {
     let (_, got) = stack.get("sealed.jsonl.enc").await;
     assert_eq!(got, plaintext);
 
+    // A message whose data key is wrapped by another KMS key is refused: the keyring only
+    // unwraps with the configured key ARN.
+    let other = stack.clients.kms.create_key().send().await.unwrap();
+    let other_arn = other.key_metadata().unwrap().arn().unwrap().to_string();
+    let foreign = Decryptor::new(stack.clients.kms.clone(), &other_arn)
+        .await
+        .unwrap();
+    stack
+        .put(
+            "other-key.enc",
+            foreign.encrypt(b"hello".to_vec()).await.unwrap(),
+        )
+        .await;
+    let status = stack.settle("other-key.enc").await;
+    assert_eq!(status["state"], "failed", "{status}");
+
     // A tampered message is a recorded failure, not garbage output.
     let mut tampered = producer.encrypt(b"hello".to_vec()).await.unwrap();
     let last = tampered.len() - 1;
