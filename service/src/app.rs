@@ -105,6 +105,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/files/{*name}",
             get(get_file_or_status)
                 .put(put_file)
+                .delete(delete_file)
                 .layer(DefaultBodyLimit::disable()),
         )
         .route("/v1/retrievals", post(retrieve))
@@ -305,6 +306,33 @@ where
         })?;
     state.pipeline.enqueue(name);
     Ok(uploaded)
+}
+
+/// Deletes the raw object, the processed output and any failure record. Idempotent: 204
+/// whether or not anything existed. In versioned buckets this adds delete markers; old
+/// versions expire through the buckets' lifecycle rules.
+async fn delete_file(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    check_name(&name)?;
+    let targets = [
+        (&state.config.initial_bucket, raw_key(&name)),
+        (&state.config.final_bucket, processed_key(&name)),
+        (&state.config.final_bucket, names::failed_key(&name)),
+    ];
+    for (bucket, key) in targets {
+        state
+            .s3
+            .delete_object()
+            .bucket(bucket)
+            .key(&key)
+            .send()
+            .await
+            .aws_context(format!("s3:DeleteObject {key}"))
+            .map_err(|e| ApiError::upstream_aws(&e))?;
+    }
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn get_file_or_status(

@@ -495,3 +495,30 @@ async fn readiness_and_metrics() {
         .unwrap();
     assert_eq!(ready.status().as_u16(), 503);
 }
+
+#[tokio::test]
+async fn delete_removes_raw_and_processed_and_is_idempotent() {
+    let stack = Stack::start(&[]).await;
+    stack.put("gone.txt", b"bye".to_vec()).await;
+    assert_eq!(stack.settle("gone.txt").await["state"], "processed");
+    for _ in 0..2 {
+        let response = stack
+            .http
+            .delete(stack.file_url("gone.txt"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 204);
+    }
+    assert_eq!(stack.status("gone.txt").await.0, 404);
+    assert_eq!(stack.get("gone.txt").await.0, 404);
+    assert!(stack.keys(&stack.initial).await.is_empty());
+    assert!(stack.keys(&stack.final_).await.is_empty());
+    let bad = stack
+        .http
+        .delete(stack.file_url("a%5Cb"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status().as_u16(), 400);
+}

@@ -1,10 +1,501 @@
-use anyhow::{Result, bail};
+//! `cargo xtask smoke`: uploads and downloads through the service and checks every property a
+//! deployment promises — SSE-KMS with the deployed key, processing, byte-exact downloads,
+//! ranges, refusals — then cleans up after itself.
 
-use crate::context::Context;
+use std::io::Write as _;
+use std::time::{Duration, Instant};
 
-#[derive(clap::Args, Debug)]
-pub struct Args {}
+use anyhow::{Context as _, Result, bail};
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
 
-pub fn run(_cx: &Context, _args: Args) -> Result<()> {
-    bail!("`smoke` is not implemented yet")
+use crate::context::{Context, block_on};
+use crate::deploy::outputs_file;
+use crate::outputs::Outputs;
+use service::aws::AwsClients;
+
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct Args {
+    /// Service base URL [default: the `service_url` output of the environment].
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Keep the uploaded files (default: delete them afterwards).
+    #[arg(long)]
+    pub keep: bool,
+    /// Bearer token, if the service requires one.
+    #[arg(long, env = "FILEPIPE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Seconds to wait for each file to be processed.
+    #[arg(long, default_value_t = 120)]
+    pub timeout_secs: u64,
+}
+
+impl Args {
+    #[cfg(test)]
+    pub fn default_for_tests() -> Args {
+        Args {
+            timeout_secs: 60,
+            ..Args::default()
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub passed: bool,
+    pub detail: String,
+    pub seconds: f64,
+    /// Bytes moved (up + down), for a throughput figure.
+    pub bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub url: String,
+    pub run_id: String,
+    pub checks: Vec<Check>,
+    pub passed: usize,
+    pub failed: usize,
+}
+
+pub fn run(cx: &Context, args: Args) -> Result<()> {
+    let outputs = Outputs::load(&outputs_file(cx)).ok();
+    let url = match (&args.url, &outputs) {
+        (Some(url), _) => url.trim_end_matches('/').to_string(),
+        (None, Some(outputs)) => match outputs.string("service_url") {
+            Ok(url) => url.trim_end_matches('/').to_string(),
+            Err(_) => bail!(
+                "no service URL: the `{}` outputs have no `service_url` (no host is deployed); pass --url",
+                cx.env.name
+            ),
+        },
+        (None, None) => bail!(
+            "no service URL: pass --url, or deploy `{}` first (its outputs give service_url)",
+            cx.env.name
+        ),
+    };
+    let deployed_key = outputs
+        .as_ref()
+        .and_then(|o| o.string("kms_key_arn").ok().map(str::to_string));
+    let s3 = cx
+        .env
+        .is_local()
+        .then(|| block_on(AwsClients::connect(&cx.env.aws)).s3);
+    let report = block_on(smoke(&url, &args, deployed_key.as_deref(), s3.as_ref()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report);
+    }
+    if report.failed > 0 {
+        bail!(
+            "{} smoke check(s) failed against {}",
+            report.failed,
+            report.url
+        );
+    }
+    Ok(())
+}
+
+fn print_table(report: &Report) {
+    let mut out = std::io::stdout().lock();
+    let width = report
+        .checks
+        .iter()
+        .map(|c| c.name.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    let _ = writeln!(out, "smoke {} (run {})", report.url, report.run_id);
+    let _ = writeln!(
+        out,
+        "{:width$}  {:6}  {:>8}  {:>12}  detail",
+        "check", "result", "seconds", "MB/s"
+    );
+    for check in &report.checks {
+        let throughput = if check.bytes > 0 && check.seconds > 0.0 {
+            format!("{:.1}", check.bytes as f64 / 1e6 / check.seconds)
+        } else {
+            "-".into()
+        };
+        let _ = writeln!(
+            out,
+            "{:width$}  {:6}  {:>8.2}  {:>12}  {}",
+            check.name,
+            if check.passed { "ok" } else { "FAILED" },
+            check.seconds,
+            throughput,
+            check.detail
+        );
+    }
+    let _ = writeln!(out, "{} passed, {} failed", report.passed, report.failed);
+}
+
+/// A file to push through the pipeline and what must come back.
+struct Case {
+    label: &'static str,
+    body: Vec<u8>,
+    expected: Vec<u8>,
+}
+
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 32) as u8
+        })
+        .collect()
+}
+
+fn cases(info: &Value, run_seed: u64) -> Vec<Case> {
+    let part_size = info["part_size"].as_u64().unwrap_or(8 * 1024 * 1024) as usize;
+    let processor = info["processor"].as_str().unwrap_or("identity");
+    let jsonl: Vec<u8> = (0..2000)
+        .map(|i| format!("{{\"n\":{i},\"smoke\":true}}\n"))
+        .collect::<String>()
+        .into_bytes();
+    let text = b"filepipe smoke test\n"
+        .iter()
+        .copied()
+        .cycle()
+        .take(1024)
+        .collect::<Vec<u8>>();
+    let large = pseudo_random(3 * part_size + 1024, run_seed);
+    let as_is = |label, body: Vec<u8>| Case {
+        label,
+        expected: body.clone(),
+        body,
+    };
+    match processor {
+        "gunzip" => {
+            let gzip = |data: &[u8]| {
+                let mut encoder =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                encoder.write_all(data).expect("gzip in memory");
+                encoder.finish().expect("gzip in memory")
+            };
+            vec![
+                Case {
+                    label: "empty.gz",
+                    body: gzip(b""),
+                    expected: Vec::new(),
+                },
+                Case {
+                    label: "text-1kib.txt.gz",
+                    body: gzip(&text),
+                    expected: text.clone(),
+                },
+                Case {
+                    label: "large-3-parts.bin.gz",
+                    body: gzip(&large),
+                    expected: large,
+                },
+                Case {
+                    label: "lines.jsonl.gz",
+                    body: gzip(&jsonl),
+                    expected: jsonl,
+                },
+            ]
+        }
+        "jsonl" => vec![
+            as_is("empty.jsonl", Vec::new()),
+            as_is("lines.jsonl", jsonl),
+            as_is("large-3-parts.jsonl", {
+                let line = b"{\"pad\":\"0123456789abcdef0123456789abcdef0123456789abcdef\"}\n";
+                line.iter()
+                    .copied()
+                    .cycle()
+                    .take((3 * part_size + 1024) / line.len() * line.len())
+                    .collect()
+            }),
+        ],
+        _ => vec![
+            as_is("empty.bin", Vec::new()),
+            as_is("text-1kib.txt", text),
+            as_is("large-3-parts.bin", large),
+        ],
+    }
+}
+
+struct Client {
+    http: reqwest::Client,
+    url: String,
+    token: Option<String>,
+}
+
+impl Client {
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, format!("{}{path}", self.url));
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    async fn json(&self, path: &str) -> Result<(u16, Value)> {
+        let response = self
+            .request(reqwest::Method::GET, path)
+            .send()
+            .await
+            .with_context(|| format!("GET {}{path}", self.url))?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await.unwrap_or(Value::Null)))
+    }
+}
+
+pub async fn smoke(
+    url: &str,
+    args: &Args,
+    deployed_key: Option<&str>,
+    s3: Option<&aws_sdk_s3::Client>,
+) -> Result<Report> {
+    let client = Client {
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(600))
+            .build()
+            .context("building an HTTP client")?,
+        url: url.to_string(),
+        token: args.token.clone(),
+    };
+    let (status, info) = client.json("/v1/info").await?;
+    if status != 200 {
+        bail!("GET {url}/v1/info answered {status}: {info}");
+    }
+    let key_arn = match deployed_key {
+        Some(key) => key.to_string(),
+        None => info["kms_key_arn"].as_str().unwrap_or_default().to_string(),
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as u64;
+    let run_id = format!("{:x}", nanos ^ u64::from(std::process::id()));
+    let mut checks = Vec::new();
+
+    let mut created = Vec::new();
+    for case in cases(&info, nanos) {
+        let name = format!("smoke/{run_id}/{}", case.label);
+        let started = Instant::now();
+        let result = check_case(
+            &client,
+            &info,
+            &key_arn,
+            s3,
+            &name,
+            &case,
+            args.timeout_secs,
+        )
+        .await;
+        created.push(name.clone());
+        checks.push(Check {
+            name: format!("round trip {}", case.label),
+            passed: result.is_ok(),
+            detail: match &result {
+                Ok(detail) => detail.clone(),
+                Err(err) => format!("{err:#}"),
+            },
+            seconds: started.elapsed().as_secs_f64(),
+            bytes: (case.body.len() + case.expected.len()) as u64,
+        });
+    }
+
+    for (label, path, want) in [
+        (
+            "bad name is refused",
+            format!("/v1/files/smoke/{run_id}/bad%5Cname"),
+            400,
+        ),
+        (
+            "unknown name is 404",
+            format!("/v1/files/smoke/{run_id}/never-uploaded"),
+            404,
+        ),
+    ] {
+        let started = Instant::now();
+        let method = if want == 400 {
+            reqwest::Method::PUT
+        } else {
+            reqwest::Method::GET
+        };
+        let result = client.request(method, &path).body("x").send().await;
+        let (passed, detail) = match result {
+            Ok(response) if response.status().as_u16() == want => (true, format!("HTTP {want}")),
+            Ok(response) => (false, format!("HTTP {} (want {want})", response.status())),
+            Err(err) => (false, err.to_string()),
+        };
+        checks.push(Check {
+            name: label.into(),
+            passed,
+            detail,
+            seconds: started.elapsed().as_secs_f64(),
+            bytes: 0,
+        });
+    }
+
+    if !args.keep {
+        let started = Instant::now();
+        let mut failures = Vec::new();
+        for name in &created {
+            match client
+                .request(reqwest::Method::DELETE, &format!("/v1/files/{name}"))
+                .send()
+                .await
+            {
+                Ok(response) if response.status().as_u16() == 204 => {}
+                Ok(response) => failures.push(format!("{name}: HTTP {}", response.status())),
+                Err(err) => failures.push(format!("{name}: {err}")),
+            }
+        }
+        checks.push(Check {
+            name: "clean up".into(),
+            passed: failures.is_empty(),
+            detail: if failures.is_empty() {
+                format!("{} files deleted", created.len())
+            } else {
+                failures.join("; ")
+            },
+            seconds: started.elapsed().as_secs_f64(),
+            bytes: 0,
+        });
+    }
+
+    let failed = checks.iter().filter(|c| !c.passed).count();
+    Ok(Report {
+        url: url.to_string(),
+        run_id,
+        passed: checks.len() - failed,
+        failed,
+        checks,
+    })
+}
+
+async fn check_case(
+    client: &Client,
+    info: &Value,
+    key_arn: &str,
+    s3: Option<&aws_sdk_s3::Client>,
+    name: &str,
+    case: &Case,
+    timeout_secs: u64,
+) -> Result<String> {
+    let response = client
+        .request(reqwest::Method::PUT, &format!("/v1/files/{name}"))
+        .body(case.body.clone())
+        .send()
+        .await
+        .context("PUT")?;
+    let status = response.status().as_u16();
+    let put: Value = response.json().await.unwrap_or(Value::Null);
+    if status != 201 {
+        bail!("PUT answered {status}: {put}");
+    }
+    if put["sse"] != "aws:kms" {
+        bail!("upload not encrypted with SSE-KMS: sse = {}", put["sse"]);
+    }
+    if put["kms_key_id"] != key_arn {
+        bail!(
+            "upload encrypted with key {} instead of the deployed key {key_arn}",
+            put["kms_key_id"]
+        );
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(timeout_secs);
+    let last = loop {
+        let (code, status) = client.json(&format!("/v1/files/{name}/status")).await?;
+        if code == 200 && status["state"] == "processed" {
+            break status;
+        }
+        if code == 200 && status["state"] == "failed" {
+            bail!("processing failed: {}", status["error"]);
+        }
+        if Instant::now() > deadline {
+            bail!("not processed within {timeout_secs} s; last status (HTTP {code}): {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    let response = client
+        .request(reqwest::Method::GET, &format!("/v1/files/{name}"))
+        .send()
+        .await
+        .context("GET")?;
+    if response.status().as_u16() != 200 {
+        bail!("GET answered {}", response.status());
+    }
+    let body = response.bytes().await.context("reading the download")?;
+    let (want, got) = (
+        hex::encode(Sha256::digest(&case.expected)),
+        hex::encode(Sha256::digest(&body)),
+    );
+    if want != got {
+        bail!(
+            "download differs: sha256 {got}, expected {want} ({} bytes, expected {})",
+            body.len(),
+            case.expected.len()
+        );
+    }
+
+    if case.expected.len() > 100 {
+        let (start, end) = (case.expected.len() / 3, case.expected.len() / 3 + 99);
+        let response = client
+            .request(reqwest::Method::GET, &format!("/v1/files/{name}"))
+            .header("range", format!("bytes={start}-{end}"))
+            .send()
+            .await
+            .context("range GET")?;
+        if response.status().as_u16() != 206 {
+            bail!("range GET answered {} (want 206)", response.status());
+        }
+        let slice = response.bytes().await.context("reading the range")?;
+        if slice.as_ref() != &case.expected[start..=end] {
+            bail!("range GET returned the wrong bytes");
+        }
+    }
+
+    let mut detail = format!("{} bytes, sha256 ok", case.expected.len());
+    if let Some(s3) = s3 {
+        for (bucket, key) in [
+            (
+                info["initial_bucket"].as_str().unwrap_or_default(),
+                format!("raw/{name}"),
+            ),
+            (
+                info["final_bucket"].as_str().unwrap_or_default(),
+                format!("processed/{name}"),
+            ),
+        ] {
+            let head = s3
+                .head_object()
+                .bucket(bucket)
+                .key(&key)
+                .send()
+                .await
+                .with_context(|| format!("s3:HeadObject {bucket}/{key}"))?;
+            if head.server_side_encryption().map(|s| s.as_str()) != Some("aws:kms") {
+                bail!("{bucket}/{key} is not SSE-KMS encrypted");
+            }
+            if head.ssekms_key_id() != Some(key_arn) {
+                bail!(
+                    "{bucket}/{key} is encrypted with {:?}, not the deployed key {key_arn}",
+                    head.ssekms_key_id()
+                );
+            }
+            if head.bucket_key_enabled() != Some(true) {
+                bail!("{bucket}/{key} does not use an S3 bucket key");
+            }
+        }
+        detail.push_str(", S3 objects SSE-KMS with the deployed key");
+    }
+    if let Some(processor) = last["processed"]["processor"].as_str() {
+        detail.push_str(&format!(", processor {processor}"));
+    }
+    Ok(detail)
 }

@@ -60,11 +60,11 @@ fn deploy_and_destroy_refuse_without_yes_when_not_on_a_terminal() {
 }
 
 #[test]
-fn unknown_environments_and_unfinished_commands_fail_loudly() {
+fn unknown_environments_and_missing_service_urls_fail_loudly() {
     let error = one_line_error(&xtask(&["--env", "nowhere", "bootstrap"]));
     assert!(error.contains("unknown environment `nowhere`"), "{error}");
-    let error = one_line_error(&xtask(&["smoke"]));
-    assert!(error.contains("not implemented yet"), "{error}");
+    let error = one_line_error(&xtask(&["--env", "example", "smoke"]));
+    assert!(error.contains("no service URL"), "{error}");
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! message naming it; nothing is skipped.
 
 mod orchestration;
+mod smoke;
 mod terraform_static;
 
 use std::path::{Path, PathBuf};
