@@ -3,23 +3,47 @@ data "aws_partition" "current" {}
 
 locals {
   account_id          = data.aws_caller_identity.current.account_id
+  partition           = data.aws_partition.current.partition
   initial_bucket_name = coalesce(var.initial_bucket_name, "${var.name_prefix}-initial-${local.account_id}")
   final_bucket_name   = coalesce(var.final_bucket_name, "${var.name_prefix}-final-${local.account_id}")
 
-  # Known before the buckets exist, so the role policy does not wait for them.
-  initial_bucket_arn = "arn:${data.aws_partition.current.partition}:s3:::${local.initial_bucket_name}"
-  final_bucket_arn   = "arn:${data.aws_partition.current.partition}:s3:::${local.final_bucket_name}"
+  # Known before the buckets exist, so the policies do not wait for them.
+  bucket_arns = {
+    initial = "arn:${local.partition}:s3:::${local.initial_bucket_name}"
+    final   = "arn:${local.partition}:s3:::${local.final_bucket_name}"
+  }
+}
 
-  # Principals that may reach objects from any network: operators and the service itself.
+# The documents that do not depend on the key: the key policy needs the role to exist first
+# (KMS rejects unknown principals), so the role is created before the key.
+module "key_policies" {
+  source = "./modules/policy-documents"
+
+  partition        = local.partition
+  account_id       = local.account_id
+  service_role_arn = module.iam.role_arn
+}
+
+module "access_policies" {
+  source = "./modules/policy-documents"
+
+  partition                = local.partition
+  account_id               = local.account_id
+  service_role_arn         = module.iam.role_arn
+  kms_key_arn              = module.kms.key_arn
+  bucket_arns              = local.bucket_arns
+  allowed_cidrs            = var.allowed_cidrs
+  allowed_vpc_endpoint_ids = var.allowed_vpc_endpoint_ids
+  # Operators and the service itself may reach objects from any network.
   exempt_principal_arns = concat(var.admin_principal_arns, [module.iam.role_arn])
 }
 
 module "iam" {
   source = "./modules/iam"
 
-  name_prefix = var.name_prefix
-  bucket_arns = [local.initial_bucket_arn, local.final_bucket_arn]
-  kms_key_arn = module.kms.key_arn
+  role_name               = "${var.name_prefix}-service"
+  assume_role_policy_json = module.key_policies.assume_role_policy_json
+  policy_json             = module.access_policies.service_role_policy_json
 }
 
 module "kms" {
@@ -27,7 +51,7 @@ module "kms" {
 
   name_prefix          = var.name_prefix
   deletion_window_days = var.kms_deletion_window_days
-  service_role_arn     = module.iam.role_arn
+  policy_json          = module.key_policies.key_policy_json
 }
 
 module "initial_bucket" {
@@ -38,9 +62,7 @@ module "initial_bucket" {
   force_destroy                      = var.force_destroy
   noncurrent_version_expiration_days = var.noncurrent_version_expiration_days
   current_version_expiration_days    = var.raw_object_expiration_days
-  allowed_cidrs                      = var.allowed_cidrs
-  allowed_vpc_endpoint_ids           = var.allowed_vpc_endpoint_ids
-  exempt_principal_arns              = local.exempt_principal_arns
+  policy_json                        = module.access_policies.bucket_policy_json["initial"]
   attach_policy                      = var.attach_bucket_policies
 }
 
@@ -52,9 +74,7 @@ module "final_bucket" {
   force_destroy                      = var.force_destroy
   noncurrent_version_expiration_days = var.noncurrent_version_expiration_days
   current_version_expiration_days    = null
-  allowed_cidrs                      = var.allowed_cidrs
-  allowed_vpc_endpoint_ids           = var.allowed_vpc_endpoint_ids
-  exempt_principal_arns              = local.exempt_principal_arns
+  policy_json                        = module.access_policies.bucket_policy_json["final"]
   attach_policy                      = var.attach_bucket_policies
 }
 

@@ -15,5 +15,5 @@ output "instance_profile_name" {
 
 output "policy_json" {
   description = "The role's inline policy document."
-  value       = data.aws_iam_policy_document.service.json
+  value       = aws_iam_role_policy.service.policy
 }

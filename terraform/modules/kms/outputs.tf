@@ -12,8 +12,3 @@ output "alias_name" {
   description = "Alias of the key."
   value       = aws_kms_alias.this.name
 }
-
-output "key_policy_json" {
-  description = "The key policy document."
-  value       = local.key_policy
-}

@@ -19,12 +19,12 @@ variable "deletion_window_days" {
   }
 }
 
-variable "service_role_arn" {
-  description = "IAM role allowed to encrypt, decrypt and generate data keys with this key."
+variable "policy_json" {
+  description = "Key policy (modules/policy-documents key_policy_json)."
   type        = string
 
   validation {
-    condition     = can(regex("^arn:aws[a-z-]*:iam::[0-9]{12}:role/", var.service_role_arn))
-    error_message = "service_role_arn must be an IAM role ARN."
+    condition     = can(jsondecode(var.policy_json).Statement)
+    error_message = "policy_json must be a policy document."
   }
 }

@@ -10,5 +10,5 @@ output "bucket_arn" {
 
 output "policy_json" {
   description = "The bucket policy document, rendered whether or not it is attached."
-  value       = local.policy_json
+  value       = var.policy_json
 }

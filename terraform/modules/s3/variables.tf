@@ -46,22 +46,14 @@ variable "current_version_expiration_days" {
   }
 }
 
-variable "allowed_cidrs" {
-  description = "Source CIDRs allowed to reach objects."
-  type        = list(string)
-  default     = []
-}
+variable "policy_json" {
+  description = "Bucket policy (modules/policy-documents bucket_policy_json[<purpose>])."
+  type        = string
 
-variable "allowed_vpc_endpoint_ids" {
-  description = "VPC endpoints allowed to reach objects."
-  type        = list(string)
-  default     = []
-}
-
-variable "exempt_principal_arns" {
-  description = "Principals (operators, the service role) that may reach objects from any network."
-  type        = list(string)
-  default     = []
+  validation {
+    condition     = can(jsondecode(var.policy_json).Statement)
+    error_message = "policy_json must be a policy document."
+  }
 }
 
 variable "attach_policy" {

@@ -151,7 +151,13 @@ fn every_variable_the_xtask_passes_is_declared() {
 
 #[test]
 fn every_variable_is_typed_and_described() {
-    let dirs = ["", "modules/iam", "modules/kms", "modules/s3"];
+    let dirs = [
+        "",
+        "modules/iam",
+        "modules/kms",
+        "modules/s3",
+        "modules/policy-documents",
+    ];
     for dir in dirs {
         let body = parse(&terraform_dir().join(dir).join("variables.tf"));
         for variable in blocks(&body, "variable") {
@@ -166,28 +172,78 @@ fn every_variable_is_typed_and_described() {
     }
 }
 
+fn policy_documents() -> Body {
+    parse(&terraform_dir().join("modules/policy-documents/main.tf"))
+}
+
+/// The objects with a `Sid` inside an expression, by Sid, with their fields.
+fn statement_objects(expr: &Expression) -> BTreeMap<String, BTreeMap<String, Expression>> {
+    let mut found = BTreeMap::new();
+    walk_statements(expr, &mut found);
+    found
+}
+
+fn walk_statements(expr: &Expression, found: &mut BTreeMap<String, BTreeMap<String, Expression>>) {
+    match expr {
+        Expression::Object(object) => {
+            let fields: BTreeMap<String, Expression> = object
+                .iter()
+                .map(|(k, v)| (k.to_string().trim_matches('"').to_string(), v.clone()))
+                .collect();
+            if let Some(Expression::String(sid)) = fields.get("Sid") {
+                found.insert(sid.clone(), fields.clone());
+            }
+            for value in object.values() {
+                walk_statements(value, found);
+            }
+        }
+        Expression::Array(items) => items.iter().for_each(|e| walk_statements(e, found)),
+        Expression::FuncCall(call) => call.args.iter().for_each(|e| walk_statements(e, found)),
+        Expression::ForExpr(for_expr) => {
+            walk_statements(&for_expr.collection_expr, found);
+            walk_statements(&for_expr.value_expr, found);
+        }
+        Expression::Parenthesis(inner) => walk_statements(inner, found),
+        _ => {}
+    }
+}
+
+fn module_call<'a>(root: &'a Body, name: &str) -> &'a Body {
+    blocks(root, "module")
+        .find(|m| labels(m) == [name])
+        .map(Block::body)
+        .unwrap_or_else(|| panic!("module {name} is missing"))
+}
+
 #[test]
 fn iam_policy_grants_exactly_the_pipeline_actions_and_no_wildcard_resource() {
-    let body = parse(&terraform_dir().join("modules/iam/main.tf"));
-    let document = blocks(&body, "data")
-        .find(|b| labels(b) == ["aws_iam_policy_document", "service"])
-        .expect("data.aws_iam_policy_document.service");
+    let documents = policy_documents();
+    let statements = statement_objects(local_expr(&documents, "service_role_policy"));
+    assert_eq!(
+        statements.keys().collect::<Vec<_>>(),
+        [
+            "ListPipelineBuckets",
+            "ReadWritePipelineObjects",
+            "UsePipelineKey"
+        ]
+    );
     let mut actions = BTreeSet::new();
-    for statement in blocks(document.body(), "statement") {
-        assert_eq!(text(attr(statement.body(), "effect")), "\"Allow\"");
-        assert!(
-            statement
-                .body()
-                .attributes()
-                .all(|a| a.key() != "not_resources" && a.key() != "not_actions"),
-            "NotResource/NotAction widen a statement"
+    for (sid, statement) in &statements {
+        assert_eq!(
+            statement.get("Effect"),
+            Some(&Expression::String("Allow".into())),
+            "{sid}"
         );
-        actions.extend(strings(attr(statement.body(), "actions")));
-        let resources = text(attr(statement.body(), "resources"));
+        assert!(
+            !statement.contains_key("NotResource") && !statement.contains_key("NotAction"),
+            "NotResource/NotAction widen {sid}"
+        );
+        actions.extend(strings(&statement["Action"]));
+        let resources = text(&statement["Resource"]);
         for wildcard in ["\"*\"", ":*\"", "::*"] {
             assert!(
                 !resources.contains(wildcard),
-                "wildcard resource in IAM policy: {resources}"
+                "wildcard resource in {sid}: {resources}"
             );
         }
     }
@@ -208,16 +264,31 @@ fn iam_policy_grants_exactly_the_pipeline_actions_and_no_wildcard_resource() {
     .map(String::from)
     .collect();
     assert_eq!(actions, expected);
-
-    let trust = blocks(&body, "data")
-        .find(|b| labels(b) == ["aws_iam_policy_document", "assume_role"])
-        .expect("assume role policy");
-    let principals = child(child(trust.body(), "statement"), "principals");
     assert_eq!(
-        strings(attr(principals, "identifiers")),
-        ["ec2.amazonaws.com"]
+        text(&statements["ListPipelineBuckets"]["Resource"]),
+        "values(var.bucket_arns)"
     );
-    resource(&body, "aws_iam_instance_profile", "service");
+    assert_eq!(
+        strings(&statements["UsePipelineKey"]["Resource"]),
+        ["var.kms_key_arn"]
+    );
+
+    let trust = statement_objects(local_expr(&documents, "assume_role_policy"));
+    assert!(text(&trust["Ec2AssumeRole"]["Principal"]).contains("\"ec2.amazonaws.com\""));
+    let iam = parse(&terraform_dir().join("modules/iam/main.tf"));
+    assert_eq!(
+        text(attr(
+            resource(&iam, "aws_iam_role_policy", "service").body(),
+            "policy"
+        )),
+        "var.policy_json"
+    );
+    resource(&iam, "aws_iam_instance_profile", "service");
+    let root = parse(&terraform_dir().join("main.tf"));
+    assert_eq!(
+        text(attr(module_call(&root, "iam"), "policy_json")),
+        "module.access_policies.service_role_policy_json"
+    );
 }
 
 #[test]
@@ -299,48 +370,10 @@ fn every_bucket_is_private_versioned_and_kms_encrypted() {
     );
 }
 
-/// Every `Sid = "..."` in an expression tree, with the statement's condition operators.
-fn statements(expr: &Expression, found: &mut BTreeMap<String, String>) {
-    match expr {
-        Expression::Object(object) => {
-            let sid = object.iter().find_map(|(k, v)| match (k, v) {
-                (ObjectKey::Identifier(id), Expression::String(s)) if id.as_str() == "Sid" => {
-                    Some(s.clone())
-                }
-                _ => None,
-            });
-            if let Some(sid) = sid {
-                let condition = object
-                    .iter()
-                    .find(|(k, _)| matches!(k, ObjectKey::Identifier(id) if id.as_str() == "Condition"))
-                    .map(|(_, v)| text(v))
-                    .unwrap_or_default();
-                found.insert(sid, condition);
-            }
-            for value in object.values() {
-                statements(value, found);
-            }
-        }
-        Expression::Array(items) => items.iter().for_each(|e| statements(e, found)),
-        Expression::FuncCall(call) => call.args.iter().for_each(|e| statements(e, found)),
-        Expression::ForExpr(for_expr) => {
-            statements(&for_expr.collection_expr, found);
-            statements(&for_expr.value_expr, found);
-        }
-        Expression::Parenthesis(inner) => statements(inner, found),
-        _ => {}
-    }
-}
-
 #[test]
 fn bucket_policy_has_every_protective_statement() {
-    let s3 = parse(&terraform_dir().join("modules/s3/main.tf"));
-    let mut found = BTreeMap::new();
-    for locals in blocks(&s3, "locals") {
-        for attribute in locals.body().attributes() {
-            statements(attribute.expr(), &mut found);
-        }
-    }
+    let documents = policy_documents();
+    let statements = statement_objects(local_expr(&documents, "bucket_policies"));
     let expect = [
         ("DenyInsecureTransport", "aws:SecureTransport"),
         ("DenyOutdatedTls", "s3:TlsVersion"),
@@ -362,9 +395,15 @@ fn bucket_policy_has_every_protective_statement() {
         ),
     ];
     for (sid, condition_key) in expect {
-        let condition = found
+        let statement = statements
             .get(sid)
-            .unwrap_or_else(|| panic!("statement {sid} is missing: {found:?}"));
+            .unwrap_or_else(|| panic!("statement {sid} is missing"));
+        assert_eq!(
+            statement.get("Effect"),
+            Some(&Expression::String("Deny".into())),
+            "{sid}"
+        );
+        let condition = text(&statement["Condition"]);
         assert!(
             condition.contains(condition_key),
             "{sid} conditions on {condition_key}: {condition}"
@@ -372,14 +411,27 @@ fn bucket_policy_has_every_protective_statement() {
     }
     // The network statement covers object actions only (the cloudposse #269 lockout) and is
     // left out when no network is given.
-    let network_statement = child_locals(&s3, "network_statement");
-    let network = text(attr(&network_statement, "Action"));
+    let network = text(&statements["DenyObjectAccessOutsideAllowedNetworks"]["Action"]);
     assert!(
         network.contains("s3:GetObject") && !network.contains("s3:*"),
         "{network}"
     );
-    let policy = text(local_expr(&s3, "policy_json"));
-    assert!(policy.contains("if local.network_restricted"), "{policy}");
+    let policies = text(local_expr(&documents, "bucket_policies"));
+    assert!(
+        policies.contains("if local.network_restricted"),
+        "{policies}"
+    );
+    // Each bucket module gets its own document.
+    let root = parse(&terraform_dir().join("main.tf"));
+    for purpose in ["initial", "final"] {
+        assert_eq!(
+            text(attr(
+                module_call(&root, &format!("{purpose}_bucket")),
+                "policy_json"
+            )),
+            format!("module.access_policies.bucket_policy_json[\"{purpose}\"]")
+        );
+    }
 }
 
 fn local_expr<'a>(body: &'a Body, name: &str) -> &'a Expression {
@@ -388,18 +440,6 @@ fn local_expr<'a>(body: &'a Body, name: &str) -> &'a Expression {
         .find(|a| a.key() == name)
         .map(|a| a.expr())
         .unwrap_or_else(|| panic!("local.{name} is missing"))
-}
-
-/// A local holding an object, as a body of attributes.
-fn child_locals(body: &Body, name: &str) -> Body {
-    let Expression::Object(object) = local_expr(body, name) else {
-        panic!("local.{name} is not an object");
-    };
-    let attributes: Vec<hcl::Attribute> = object
-        .iter()
-        .map(|(k, v)| hcl::Attribute::new(k.to_string(), v.clone()))
-        .collect();
-    Body::from_iter(attributes)
 }
 
 #[test]
@@ -415,11 +455,22 @@ fn kms_key_rotates_and_keeps_the_lockout_check() {
         text(attr(key, "deletion_window_in_days")),
         "var.deletion_window_days"
     );
-    let policy = text(local_expr(&kms, "key_policy"));
-    assert!(policy.contains("AccountRootFullAccess") && policy.contains("ServiceRoleUseOfKey"));
+    assert_eq!(text(attr(key, "policy")), "var.policy_json");
+    let documents = policy_documents();
+    let policy = text(local_expr(&documents, "key_policy"));
+    let statements = statement_objects(local_expr(&documents, "key_policy"));
+    assert_eq!(
+        statements.keys().collect::<Vec<_>>(),
+        ["AccountRootFullAccess", "ServiceRoleUseOfKey"]
+    );
     assert!(
         !policy.contains("aws:SourceIp"),
         "S3 calls KMS from AWS's network"
+    );
+    let root = parse(&terraform_dir().join("main.tf"));
+    assert_eq!(
+        text(attr(module_call(&root, "kms"), "policy_json")),
+        "module.key_policies.key_policy_json"
     );
     let alias = resource(&kms, "aws_kms_alias", "this").body();
     assert_eq!(

@@ -1,0 +1,165 @@
+# Every policy document of the stack, in one place: the KMS key policy, the service role's
+# trust and permission policies, and the bucket policies. terraform/main.tf passes them to
+# the kms, iam and s3 modules; `cargo xtask up` renders the same module for its sandbox.
+
+locals {
+  account_root_arn = "arn:${var.partition}:iam::${var.account_id}:root"
+
+  # In a key policy "Resource": "*" means this key and nothing else.
+  key_policy = {
+    Version = "2012-10-17"
+    Statement = [
+      {
+        # Keeps the key manageable through IAM: without it the key could be locked out for good.
+        Sid       = "AccountRootFullAccess"
+        Effect    = "Allow"
+        Principal = { AWS = local.account_root_arn }
+        Action    = "kms:*"
+        Resource  = "*"
+      },
+      {
+        # No aws:SourceIp condition: S3 calls KMS from AWS's own network on the caller's behalf.
+        Sid       = "ServiceRoleUseOfKey"
+        Effect    = "Allow"
+        Principal = { AWS = var.service_role_arn }
+        Action = [
+          "kms:Encrypt",
+          "kms:Decrypt",
+          "kms:ReEncrypt*",
+          "kms:GenerateDataKey*",
+          "kms:DescribeKey",
+        ]
+        Resource = "*"
+      },
+    ]
+  }
+
+  assume_role_policy = {
+    Version = "2012-10-17"
+    Statement = [{
+      Sid       = "Ec2AssumeRole"
+      Effect    = "Allow"
+      Principal = { Service = "ec2.amazonaws.com" }
+      Action    = "sts:AssumeRole"
+    }]
+  }
+
+  # Exactly what the service does: list the two buckets, read/write/delete their objects
+  # (multipart included), and use the one key. No wildcard resources.
+  service_role_policy = {
+    Version = "2012-10-17"
+    Statement = [
+      {
+        Sid      = "ListPipelineBuckets"
+        Effect   = "Allow"
+        Action   = ["s3:ListBucket", "s3:GetBucketLocation"]
+        Resource = values(var.bucket_arns)
+      },
+      {
+        Sid    = "ReadWritePipelineObjects"
+        Effect = "Allow"
+        Action = [
+          "s3:GetObject",
+          "s3:PutObject",
+          "s3:DeleteObject",
+          "s3:AbortMultipartUpload",
+          "s3:ListMultipartUploadParts",
+        ]
+        Resource = [for arn in values(var.bucket_arns) : "${arn}/*"]
+      },
+      {
+        Sid    = "UsePipelineKey"
+        Effect = "Allow"
+        Action = [
+          "kms:Decrypt",
+          "kms:Encrypt",
+          "kms:GenerateDataKey*",
+          "kms:DescribeKey",
+        ]
+        Resource = [var.kms_key_arn]
+      },
+    ]
+  }
+
+  network_restricted = length(var.allowed_cidrs) + length(var.allowed_vpc_endpoint_ids) > 0
+
+  # All condition operators of one statement must hold for it to deny: a request is refused
+  # when it comes from none of the CIDRs, through none of the endpoints, and from no exempt
+  # principal. Empty lists are left out (an empty condition list is not valid).
+  network_condition = {
+    for operator, test in {
+      NotIpAddress    = { "aws:SourceIp" = var.allowed_cidrs }
+      StringNotEquals = { "aws:SourceVpce" = var.allowed_vpc_endpoint_ids }
+      ArnNotEquals    = { "aws:PrincipalArn" = var.exempt_principal_arns }
+    } : operator => test if length(values(test)[0]) > 0
+  }
+
+  bucket_policies = {
+    for purpose, bucket_arn in var.bucket_arns : purpose => {
+      Version = "2012-10-17"
+      Statement = concat([
+        {
+          Sid       = "DenyInsecureTransport"
+          Effect    = "Deny"
+          Principal = "*"
+          Action    = "s3:*"
+          Resource  = [bucket_arn, "${bucket_arn}/*"]
+          Condition = { Bool = { "aws:SecureTransport" = "false" } }
+        },
+        {
+          Sid       = "DenyOutdatedTls"
+          Effect    = "Deny"
+          Principal = "*"
+          Action    = "s3:*"
+          Resource  = [bucket_arn, "${bucket_arn}/*"]
+          Condition = { NumericLessThan = { "s3:TlsVersion" = "1.2" } }
+        },
+        # UploadPart is authorized as s3:PutObject but carries no SSE headers, so the
+        # encryption statements use ...IfExists: a header that is sent must be right, and a
+        # request without one falls back to the bucket default (SSE-KMS with this key). A
+        # plain StringNotEquals or Null=true statement would deny every multipart upload.
+        {
+          Sid       = "DenyIncorrectEncryptionHeader"
+          Effect    = "Deny"
+          Principal = "*"
+          Action    = "s3:PutObject"
+          Resource  = "${bucket_arn}/*"
+          Condition = { StringNotEqualsIfExists = { "s3:x-amz-server-side-encryption" = "aws:kms" } }
+        },
+        {
+          Sid       = "DenyIncorrectKmsKey"
+          Effect    = "Deny"
+          Principal = "*"
+          Action    = "s3:PutObject"
+          Resource  = "${bucket_arn}/*"
+          Condition = { StringNotEqualsIfExists = { "s3:x-amz-server-side-encryption-aws-kms-key-id" = var.kms_key_arn } }
+        },
+        {
+          Sid       = "DenyCustomerProvidedKeys"
+          Effect    = "Deny"
+          Principal = "*"
+          Action    = "s3:PutObject"
+          Resource  = "${bucket_arn}/*"
+          Condition = { Null = { "s3:x-amz-server-side-encryption-customer-algorithm" = "false" } }
+        },
+        ], [
+        for statement in [{
+          Sid       = "DenyObjectAccessOutsideAllowedNetworks"
+          Effect    = "Deny"
+          Principal = "*"
+          # Object actions only, so the bucket itself stays manageable by IAM admins from
+          # anywhere (the cloudposse/terraform-aws-s3-bucket#269 lockout).
+          Action = [
+            "s3:GetObject",
+            "s3:GetObjectVersion",
+            "s3:PutObject",
+            "s3:DeleteObject",
+            "s3:DeleteObjectVersion",
+          ]
+          Resource  = "${bucket_arn}/*"
+          Condition = local.network_condition
+        }] : statement if local.network_restricted
+      ])
+    }
+  }
+}

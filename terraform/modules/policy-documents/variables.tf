@@ -1,0 +1,69 @@
+variable "partition" {
+  description = "AWS partition (aws, aws-cn, aws-us-gov)."
+  type        = string
+
+  validation {
+    condition     = contains(["aws", "aws-cn", "aws-us-gov"], var.partition)
+    error_message = "partition must be aws, aws-cn or aws-us-gov."
+  }
+}
+
+variable "account_id" {
+  description = "Account that owns the key (its root keeps the key manageable)."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[0-9]{12}$", var.account_id))
+    error_message = "account_id must be 12 digits."
+  }
+}
+
+variable "service_role_arn" {
+  description = "The service's EC2 role."
+  type        = string
+
+  validation {
+    condition     = can(regex("^arn:aws[a-z-]*:iam::[0-9]{12}:role/", var.service_role_arn))
+    error_message = "service_role_arn must be an IAM role ARN."
+  }
+}
+
+variable "kms_key_arn" {
+  description = "The data key. Null renders only the documents that do not need it (key policy, trust policy)."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.kms_key_arn == null || can(regex("^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/", var.kms_key_arn))
+    error_message = "kms_key_arn must be a full KMS key ARN."
+  }
+}
+
+variable "bucket_arns" {
+  description = "Bucket ARNs by purpose (initial, final); a bucket policy is rendered for each."
+  type        = map(string)
+  default     = {}
+
+  validation {
+    condition     = alltrue([for arn in values(var.bucket_arns) : can(regex("^arn:aws[a-z-]*:s3:::[a-z0-9][a-z0-9.-]+$", arn))])
+    error_message = "bucket_arns must hold bucket ARNs without wildcards."
+  }
+}
+
+variable "allowed_cidrs" {
+  description = "Source CIDRs allowed to reach objects."
+  type        = list(string)
+  default     = []
+}
+
+variable "allowed_vpc_endpoint_ids" {
+  description = "VPC endpoints allowed to reach objects."
+  type        = list(string)
+  default     = []
+}
+
+variable "exempt_principal_arns" {
+  description = "Principals that may reach objects from any network (operators, the service role)."
+  type        = list(string)
+  default     = []
+}
