@@ -5,22 +5,14 @@
 //! SSE-KMS, TLS-only and cleans up old state versions. Re-running checks every setting and
 //! reports drift; `--fix` repairs it.
 
-use std::time::Duration;
-
 use anyhow::{Context as _, Result, bail};
 use aws_sdk_s3::Client as S3;
 use aws_sdk_s3::error::ProvideErrorMetadata;
-use aws_sdk_s3::types::{
-    AbortIncompleteMultipartUpload, BucketLifecycleConfiguration, BucketLocationConstraint,
-    BucketVersioningStatus, CreateBucketConfiguration, ExpirationStatus, LifecycleRule,
-    LifecycleRuleFilter, NoncurrentVersionExpiration, ObjectOwnership, OwnershipControls,
-    OwnershipControlsRule, PublicAccessBlockConfiguration, ServerSideEncryption,
-    ServerSideEncryptionByDefault, ServerSideEncryptionConfiguration, ServerSideEncryptionRule,
-    VersioningConfiguration,
-};
+use aws_sdk_s3::types::{BucketVersioningStatus, ExpirationStatus, LifecycleRule, ObjectOwnership};
 use serde_json::{Value, json};
 use service::aws::{AwsClients, AwsResultExt, partition};
 
+use crate::buckets::{self, Desired};
 use crate::context::{Context, block_on};
 
 /// Old state versions are kept this long, then expire.
@@ -243,39 +235,9 @@ async fn create_bucket(cx: &Context, s3: &S3, bucket: &StateBucket) -> Result<()
     )) {
         return Ok(());
     }
-    let mut request = s3.create_bucket().bucket(&bucket.name);
-    // us-east-1 is the one region that must not be named as a location constraint.
-    if region != "us-east-1" {
-        request = request.create_bucket_configuration(
-            CreateBucketConfiguration::builder()
-                .location_constraint(BucketLocationConstraint::from(region))
-                .build(),
-        );
-    }
-    match request.send().await {
-        Ok(_) => {}
-        Err(err) if err.code() == Some("BucketAlreadyOwnedByYou") => {}
-        Err(err) if err.code() == Some("BucketAlreadyExists") => bail!(
-            "state bucket name {} is taken by another AWS account; bucket names are global: \
-             choose another with state_bucket in terraform/environments/<env>.xtask.hcl",
-            bucket.name
-        ),
-        Err(err) => return Err(err).aws_context(format!("s3:CreateBucket {}", bucket.name)),
-    }
-    // S3 is eventually consistent right after creation: wait until HeadBucket sees it.
-    for attempt in 0.. {
-        if bucket_exists(s3, bucket).await? {
-            return Ok(());
-        }
-        if attempt >= 30 {
-            bail!(
-                "state bucket {} was created but is not visible after 30 s",
-                bucket.name
-            );
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    unreachable!()
+    buckets::create(s3, &bucket.name, region).await.context(
+        "choose another state bucket name with state_bucket in terraform/environments/<env>.xtask.hcl",
+    )
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -577,7 +539,6 @@ fn bucket_region(s3: &S3) -> String {
 
 async fn apply(cx: &Context, s3: &S3, bucket: &StateBucket, setting: Setting) -> Result<()> {
     let name = &bucket.name;
-    let owner = &bucket.account_id;
     if setting == Setting::Policy && cx.env.is_local() {
         // Written and checked as a document by write_local_policy instead.
         return Ok(());
@@ -589,168 +550,21 @@ async fn apply(cx: &Context, s3: &S3, bucket: &StateBucket, setting: Setting) ->
     )) {
         return Ok(());
     }
-    // Right after CreateBucket, S3 may answer OperationAborted ("a conflicting conditional
-    // operation is in progress") or NoSuchBucket; both pass within seconds.
-    let mut delay = Duration::from_millis(250);
-    for attempt in 1.. {
-        match apply_once(s3, name, owner, bucket, setting).await {
-            Ok(()) => return Ok(()),
-            Err(err)
-                if attempt < 6
-                    && matches!(
-                        err.code.as_deref(),
-                        Some("OperationAborted" | "NoSuchBucket")
-                    ) =>
-            {
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-            Err(err) => bail!("setting {} on {name}: {}", setting.name(), err.message),
-        }
-    }
-    unreachable!()
-}
-
-/// An SDK error reduced to its AWS error code (for retry decisions) and a readable message.
-struct ApplyError {
-    code: Option<String>,
-    message: String,
-}
-
-fn classify<E>(err: aws_sdk_s3::error::SdkError<E>) -> ApplyError
-where
-    E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
-{
-    ApplyError {
-        code: err.code().map(str::to_string),
-        message: aws_sdk_s3::error::DisplayErrorContext(&err).to_string(),
-    }
-}
-
-async fn apply_once(
-    s3: &S3,
-    name: &str,
-    owner: &str,
-    bucket: &StateBucket,
-    setting: Setting,
-) -> std::result::Result<(), ApplyError> {
-    match setting {
-        Setting::PublicAccessBlock => s3
-            .put_public_access_block()
-            .bucket(name)
-            .expected_bucket_owner(owner)
-            .public_access_block_configuration(
-                PublicAccessBlockConfiguration::builder()
-                    .block_public_acls(true)
-                    .ignore_public_acls(true)
-                    .block_public_policy(true)
-                    .restrict_public_buckets(true)
-                    .build(),
-            )
-            .send()
-            .await
-            .map(drop)
-            .map_err(classify),
-        Setting::Ownership => s3
-            .put_bucket_ownership_controls()
-            .bucket(name)
-            .expected_bucket_owner(owner)
-            .ownership_controls(
-                OwnershipControls::builder()
-                    .rules(
-                        OwnershipControlsRule::builder()
-                            .object_ownership(ObjectOwnership::BucketOwnerEnforced)
-                            .build()
-                            .expect("object_ownership is set"),
-                    )
-                    .build()
-                    .expect("rules are set"),
-            )
-            .send()
-            .await
-            .map(drop)
-            .map_err(classify),
-        Setting::Versioning => s3
-            .put_bucket_versioning()
-            .bucket(name)
-            .expected_bucket_owner(owner)
-            .versioning_configuration(
-                VersioningConfiguration::builder()
-                    .status(BucketVersioningStatus::Enabled)
-                    .build(),
-            )
-            .send()
-            .await
-            .map(drop)
-            .map_err(classify),
-        Setting::Encryption => {
-            let mut default = ServerSideEncryptionByDefault::builder()
-                .sse_algorithm(ServerSideEncryption::AwsKms);
-            if let Some(key) = &bucket.kms_key_arn {
-                default = default.kms_master_key_id(key);
-            }
-            s3.put_bucket_encryption()
-                .bucket(name)
-                .expected_bucket_owner(owner)
-                .server_side_encryption_configuration(
-                    ServerSideEncryptionConfiguration::builder()
-                        .rules(
-                            ServerSideEncryptionRule::builder()
-                                .apply_server_side_encryption_by_default(
-                                    default.build().expect("sse_algorithm is set"),
-                                )
-                                .bucket_key_enabled(true)
-                                .build(),
-                        )
-                        .build()
-                        .expect("rules are set"),
-                )
-                .send()
-                .await
-                .map(drop)
-                .map_err(classify)
-        }
-        Setting::Lifecycle => s3
-            .put_bucket_lifecycle_configuration()
-            .bucket(name)
-            .expected_bucket_owner(owner)
-            .lifecycle_configuration(
-                BucketLifecycleConfiguration::builder()
-                    .rules(
-                        LifecycleRule::builder()
-                            .id("expire-old-state-versions")
-                            .status(ExpirationStatus::Enabled)
-                            .filter(LifecycleRuleFilter::builder().prefix("").build())
-                            .noncurrent_version_expiration(
-                                NoncurrentVersionExpiration::builder()
-                                    .noncurrent_days(NONCURRENT_STATE_DAYS)
-                                    .build(),
-                            )
-                            .abort_incomplete_multipart_upload(
-                                AbortIncompleteMultipartUpload::builder()
-                                    .days_after_initiation(1)
-                                    .build(),
-                            )
-                            .build()
-                            .expect("status is set"),
-                    )
-                    .build()
-                    .expect("rules are set"),
-            )
-            .send()
-            .await
-            .map(drop)
-            .map_err(classify),
-        Setting::Policy => s3
-            .put_bucket_policy()
-            .bucket(name)
-            .expected_bucket_owner(owner)
-            .policy(tls_only_policy(name, &bucket_region(s3)).to_string())
-            .send()
-            .await
-            .map(drop)
-            .map_err(classify),
-    }
+    let policy = tls_only_policy(name, &bucket_region(s3)).to_string();
+    let desired = match setting {
+        Setting::PublicAccessBlock => Desired::PublicAccessBlock,
+        Setting::Ownership => Desired::OwnerEnforced,
+        Setting::Versioning => Desired::Versioning,
+        Setting::Encryption => Desired::SseKms {
+            kms_key_arn: bucket.kms_key_arn.as_deref(),
+        },
+        Setting::Lifecycle => Desired::Lifecycle {
+            noncurrent_days: NONCURRENT_STATE_DAYS,
+            current_days: None,
+        },
+        Setting::Policy => Desired::Policy(&policy),
+    };
+    buckets::put(s3, name, &bucket.account_id, &desired).await
 }
 
 /// In the emulator the TLS-only policy would deny every (plain HTTP) request, and moto
