@@ -51,6 +51,9 @@ impl AwsSettings {
 #[derive(Clone, Debug)]
 pub struct AwsClients {
     pub settings: AwsSettings,
+    /// The resolved configuration, for clients of services the service itself never calls
+    /// (the xtask builds its IAM client from it).
+    pub sdk_config: SdkConfig,
     pub s3: aws_sdk_s3::Client,
     pub kms: aws_sdk_kms::Client,
     pub sts: aws_sdk_sts::Client,
@@ -64,6 +67,7 @@ impl AwsClients {
             s3: aws_sdk_s3::Client::from_conf(s3_config(&shared, settings)),
             kms: aws_sdk_kms::Client::new(&shared),
             sts: aws_sdk_sts::Client::new(&shared),
+            sdk_config: shared,
         }
     }
 }

@@ -159,7 +159,7 @@ pub fn outputs_file(cx: &Context) -> PathBuf {
 pub fn init(cx: &Context, tf: &Terraform, backend: &Path) -> Result<()> {
     let stamp_file = cx.state_dir().join("init.stamp");
     let stamp = init_fingerprint(tf, backend)?;
-    let data_dir = cx.state_dir().join("terraform-data");
+    let data_dir = &tf.data_dir;
     if data_dir.is_dir() && std::fs::read_to_string(&stamp_file).ok().as_deref() == Some(&stamp) {
         if cx.verbose {
             eprintln!("==> terraform init (skipped: nothing changed since the last init)");
@@ -178,9 +178,7 @@ pub fn init(cx: &Context, tf: &Terraform, backend: &Path) -> Result<()> {
     let init = tf.run(cx, &args, Output::Quiet)?;
     if init.code != 0 {
         if provider_unavailable(&init.stderr) {
-            bail!(
-                "terraform init could not install the hashicorp/aws provider: this machine cannot reach the Terraform registry (offline?), so the real modules cannot be deployed here"
-            );
+            return Err(ProviderUnavailable.into());
         }
         bail!(
             "terraform init failed (exit {}):\n{}{}",
@@ -208,6 +206,21 @@ fn init_fingerprint(tf: &Terraform, backend: &Path) -> Result<String> {
         override_text
     ))
 }
+
+/// `terraform init` could not install the AWS provider (an offline machine); `up` then
+/// provisions with its sandbox instead.
+#[derive(Debug)]
+pub struct ProviderUnavailable;
+
+impl std::fmt::Display for ProviderUnavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(
+            "terraform init could not install the hashicorp/aws provider: this machine cannot reach the Terraform registry (offline?), so the real modules cannot be deployed here",
+        )
+    }
+}
+
+impl std::error::Error for ProviderUnavailable {}
 
 /// Terraform's words when it cannot reach a registry or install a provider.
 pub fn provider_unavailable(stderr: &str) -> bool {

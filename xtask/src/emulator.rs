@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::context::{Context, state_dir};
 use crate::environment::LOCAL;
+use crate::process;
 use crate::tools::PythonTool;
 
 pub const DEFAULT_PORT: u16 = 4566;
@@ -253,48 +254,15 @@ fn http_status(port: u16, method: &str, path: &str) -> Result<u16> {
         .with_context(|| format!("not an HTTP response: {line:?}"))
 }
 
-/// True if `pid` is alive and its command line is a moto server: a recycled pid is never ours.
 fn is_moto_process(pid: u32) -> bool {
-    if pid == 0 {
-        return false;
-    }
-    let Ok(out) = Command::new("ps")
-        .args(["-o", "command=", "-p", &pid.to_string()])
-        .output()
-    else {
-        return false;
-    };
-    let command = String::from_utf8_lossy(&out.stdout);
-    // A zombie (exited, not yet reaped by its parent) is listed as `[moto_server] <defunct>`.
-    out.status.success() && command.contains("moto_server") && !command.contains("<defunct>")
+    process::runs(pid, "moto_server")
 }
 
 fn terminate(pid: u32) -> Result<()> {
-    signal(pid, "TERM")?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while is_moto_process(pid) {
-        if Instant::now() > deadline {
-            signal(pid, "KILL")?;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(())
+    process::terminate(pid, "moto_server")
 }
 
-fn signal(pid: u32, name: &str) -> Result<()> {
-    let status = Command::new("kill")
-        .args([format!("-{name}"), pid.to_string()])
-        .status()
-        .context("running kill")?;
-    // A process that exited in between is what we wanted anyway.
-    if !status.success() && is_moto_process(pid) {
-        bail!("could not send SIG{name} to moto server pid {pid}");
-    }
-    Ok(())
-}
-
-fn tail(path: &Path, lines: usize) -> String {
+pub fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")

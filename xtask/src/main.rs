@@ -5,15 +5,19 @@ mod buckets;
 mod context;
 mod deploy;
 mod destroy;
+mod down;
 mod emulator;
 mod environment;
 mod local;
 mod outputs;
+mod process;
 mod render_user_data;
+mod sandbox;
 mod smoke;
 mod terraform;
 mod test;
 mod tools;
+mod up;
 
 #[cfg(test)]
 mod integration_tests;
@@ -65,9 +69,14 @@ enum Command {
     Local(local::Args),
     /// Run every check: formatting, lints, static Terraform checks, tests against the emulator.
     Test(test::Args),
+    /// Run the whole pipeline locally: emulator, stack, service, smoke test (no AWS account).
+    Up(up::Args),
+    /// Stop the local service and emulator started by `up`.
+    Down(down::Args),
 }
 
 fn main() -> ExitCode {
+    forget_cargo_run_variables();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -75,6 +84,30 @@ fn main() -> ExitCode {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `cargo run` gives the xtask its package's variables (CARGO_PKG_NAME, CARGO_MANIFEST_DIR,
+/// ...). Some build scripts (ring's) declare `rerun-if-env-changed` on them, so nested cargo
+/// commands inheriting them would rebuild those crates, and the next direct `cargo build`
+/// would rebuild them again (measured: about a minute each way).
+fn forget_cargo_run_variables() {
+    let keys: Vec<_> = std::env::vars_os()
+        .filter_map(|(key, _)| key.into_string().ok())
+        .filter(|key| {
+            key.starts_with("CARGO_PKG_")
+                || matches!(
+                    key.as_str(),
+                    "CARGO_MANIFEST_DIR"
+                        | "CARGO_MANIFEST_PATH"
+                        | "CARGO_CRATE_NAME"
+                        | "CARGO_BIN_NAME"
+                )
+        })
+        .collect();
+    for key in keys {
+        // SAFETY: called first thing in main, before any other thread exists.
+        unsafe { std::env::remove_var(key) };
     }
 }
 
@@ -88,5 +121,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Destroy(args) => destroy::run(&cx, args),
         Command::Local(args) => local::run(&cx, args),
         Command::Test(args) => test::run(&cx, args),
+        Command::Up(args) => up::run(&cx, args),
+        Command::Down(args) => down::run(&cx, args),
     }
 }

@@ -65,8 +65,14 @@ pub struct Report {
 
 pub fn run(cx: &Context, args: Args) -> Result<()> {
     let outputs = Outputs::load(&outputs_file(cx)).ok();
+    let local_service = cx
+        .env
+        .is_local()
+        .then(|| crate::up::read_record(cx))
+        .flatten();
     let url = match (&args.url, &outputs) {
         (Some(url), _) => url.trim_end_matches('/').to_string(),
+        (None, _) if local_service.is_some() => local_service.expect("checked").url(),
         (None, Some(outputs)) => match outputs.string("service_url") {
             Ok(url) => url.trim_end_matches('/').to_string(),
             Err(_) => bail!(
@@ -102,7 +108,7 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
     Ok(())
 }
 
-fn print_table(report: &Report) {
+pub fn print_table(report: &Report) {
     let mut out = std::io::stdout().lock();
     let width = report
         .checks

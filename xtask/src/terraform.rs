@@ -21,6 +21,9 @@ pub struct Terraform {
     pub version: String,
     /// The root module every command runs in (`-chdir`).
     pub root_module: PathBuf,
+    /// `TF_DATA_DIR`: per environment, so `terraform/` stays clean and environments never
+    /// share a `.terraform`.
+    pub data_dir: PathBuf,
 }
 
 impl Terraform {
@@ -66,6 +69,7 @@ impl Terraform {
             binary,
             version,
             root_module: root_module.to_path_buf(),
+            data_dir: cx.state_dir().join("terraform-data"),
         })
     }
 
@@ -83,8 +87,7 @@ impl Terraform {
     }
 
     /// Runs `terraform -chdir=<root module> <args>` non-interactively, with the environment's
-    /// credentials and a per-environment data directory (so `terraform/` stays clean and
-    /// environments never share a `.terraform`). Output is streamed live, indented, and the
+    /// credentials and its data directory. Output is streamed live, indented, and the
     /// error stream is also kept for diagnosis.
     pub fn run(&self, cx: &Context, args: &[String], output: Output) -> Result<Finished> {
         let (subcommand, rest) = args.split_first().expect("a terraform subcommand");
@@ -98,7 +101,7 @@ impl Terraform {
             .env("TF_IN_AUTOMATION", "1")
             .env("CHECKPOINT_DISABLE", "1")
             .env("TF_INPUT", "0")
-            .env("TF_DATA_DIR", cx.state_dir().join("terraform-data"))
+            .env("TF_DATA_DIR", &self.data_dir)
             .envs(subprocess_env(&cx.env.aws))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

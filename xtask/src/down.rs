@@ -1,0 +1,38 @@
+//! `cargo xtask down`: stops what `up` started — the local service and the emulator.
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::context::Context;
+use crate::{emulator, up};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Also delete the local state files (target/xtask/local/).
+    #[arg(long)]
+    purge: bool,
+}
+
+pub fn run(cx: &Context, args: Args) -> Result<()> {
+    if !cx.env.is_local() {
+        bail!(
+            "`down` stops the local stack only; for `{0}` use `destroy --env {0}`",
+            cx.env.name
+        );
+    }
+    match up::stop_service(cx)? {
+        true => println!("service stopped"),
+        false => println!("service was not running"),
+    }
+    match emulator::stop(cx)? {
+        Some(record) => println!("emulator stopped (pid {}); its data is gone", record.pid),
+        None => println!("emulator was not running"),
+    }
+    if args.purge {
+        let dir = cx.state_dir();
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+        println!("removed {}", dir.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,280 @@
+//! `cargo xtask up`: the whole pipeline on this machine with no AWS account — emulator, state
+//! bucket, the stack (Terraform where the AWS provider can be installed, the sandbox
+//! provisioner elsewhere), the service configured exactly as the EC2 user-data configures
+//! it, and a smoke test through it.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use serde::{Deserialize, Serialize};
+use service::aws::{AwsClients, subprocess_env};
+use xshell::cmd;
+
+use crate::context::{Context, block_on};
+use crate::deploy::{self, ProviderUnavailable, outputs_file};
+use crate::outputs::Outputs;
+use crate::{bootstrap, emulator, process, sandbox, smoke};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Port of the local service on 127.0.0.1.
+    #[arg(long, env = "XTASK_SERVICE_PORT", default_value_t = 8080)]
+    port: u16,
+    /// Use the sandbox provisioner even where Terraform could install the AWS provider.
+    #[arg(long)]
+    sandbox: bool,
+}
+
+/// The local service started by `up`.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy)]
+pub struct ServiceRecord {
+    pub pid: u32,
+    pub port: u16,
+}
+
+impl ServiceRecord {
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+const SERVICE_PROGRAM: &str = "target/debug/service";
+
+pub fn record_path(cx: &Context) -> PathBuf {
+    cx.state_dir().join("service.json")
+}
+
+pub fn read_record(cx: &Context) -> Option<ServiceRecord> {
+    serde_json::from_str(&std::fs::read_to_string(record_path(cx)).ok()?).ok()
+}
+
+struct Steps {
+    total: usize,
+    done: usize,
+    started: Instant,
+}
+
+impl Steps {
+    fn next(&mut self, cx: &Context, title: &str) -> Instant {
+        self.done += 1;
+        cx.step(format!(
+            "[{}/{}] {title} ({:.0}s)",
+            self.done,
+            self.total,
+            self.started.elapsed().as_secs_f64()
+        ));
+        Instant::now()
+    }
+}
+
+pub fn run(cx: &Context, args: Args) -> Result<()> {
+    if !cx.env.is_local() {
+        bail!(
+            "`up` runs the local stack only; for `{0}` use `bootstrap --env {0}` and `deploy --env {0}`",
+            cx.env.name
+        );
+    }
+    if cx.dry_run {
+        bail!("`up` has no dry run; see `cargo xtask deploy --dry-run`");
+    }
+    let mut steps = Steps {
+        total: 5,
+        done: 0,
+        started: Instant::now(),
+    };
+
+    steps.next(cx, "start the emulator");
+    let (record, started) = emulator::start(cx, emulator::configured_port()?)?;
+    eprintln!(
+        "    emulator {} at {}",
+        if started {
+            "started"
+        } else {
+            "already running"
+        },
+        record.endpoint_url()
+    );
+
+    steps.next(cx, "bootstrap the state bucket");
+    block_on(bootstrap::bootstrap(cx, &bootstrap::Args { fix: true }))?;
+
+    steps.next(cx, "provision the stack");
+    let outputs = provision(cx, args.sandbox)?;
+
+    steps.next(cx, "build and start the service");
+    let service = start_service(cx, &outputs, args.port)?;
+
+    steps.next(cx, "smoke test through the service");
+    let s3 = block_on(AwsClients::connect(&cx.env.aws)).s3;
+    let report = block_on(smoke::smoke(
+        &service.url(),
+        &smoke::Args {
+            timeout_secs: 120,
+            ..smoke::Args::default()
+        },
+        Some(outputs.string("kms_key_arn")?),
+        Some(&s3),
+    ))?;
+    smoke::print_table(&report);
+    if report.failed > 0 {
+        bail!(
+            "{} smoke check(s) failed; the service log is {}",
+            report.failed,
+            log_path(cx).display()
+        );
+    }
+
+    let url = service.url();
+    println!(
+        "\nfilepipe is up in {:.0}s: {url} (log: {})\n\n  curl -T ./report.csv {url}/v1/files/report.csv\n  curl {url}/v1/files/report.csv/status\n  curl -o report.out {url}/v1/files/report.csv\n\nStop it with `cargo xtask down`.",
+        steps.started.elapsed().as_secs_f64(),
+        log_path(cx).display()
+    );
+    Ok(())
+}
+
+/// Terraform with the real modules when the AWS provider can be installed; otherwise the
+/// sandbox provisioner. Says which in one line.
+fn provision(cx: &Context, force_sandbox: bool) -> Result<Outputs> {
+    if !force_sandbox {
+        match deploy::deploy(
+            cx,
+            &deploy::Args {
+                yes: true,
+                ..deploy::Args::default()
+            },
+        ) {
+            Ok(_) => {
+                eprintln!("    provisioned with Terraform (the real modules in terraform/)");
+                return Outputs::load(&outputs_file(cx));
+            }
+            Err(err) if err.downcast_ref::<ProviderUnavailable>().is_some() => {}
+            Err(err) => return Err(err),
+        }
+    }
+    let outputs = sandbox::provision(cx)?;
+    eprintln!(
+        "    provisioned with the sandbox provisioner (the AWS provider {}): same resources, settings and policy documents, outputs in {}",
+        if force_sandbox {
+            "was not used: --sandbox"
+        } else {
+            "cannot be installed here"
+        },
+        outputs_file(cx).display()
+    );
+    Ok(outputs)
+}
+
+pub fn log_path(cx: &Context) -> PathBuf {
+    cx.state_dir().join("service.log")
+}
+
+/// The `KEY=value` lines the user-data writes to /etc/filepipe/service.env.
+pub fn user_data_environment(user_data: &str) -> Result<Vec<(String, String)>> {
+    let start = user_data
+        .lines()
+        .position(|l| l.contains("service.env\" <<ENV"))
+        .context("the user-data writes no service.env")?;
+    let lines: Vec<(String, String)> = user_data
+        .lines()
+        .skip(start + 1)
+        .take_while(|l| *l != "ENV")
+        .filter_map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect();
+    if lines.is_empty() {
+        bail!("the user-data's service.env is empty");
+    }
+    Ok(lines)
+}
+
+fn start_service(cx: &Context, outputs: &Outputs, port: u16) -> Result<ServiceRecord> {
+    stop_service(cx)?;
+    let sh = &cx.sh;
+    cx.run(
+        "cargo build -p service",
+        cmd!(sh, "cargo build --locked -p service --bin service"),
+    )?;
+    if let Err(err) = TcpListener::bind(("127.0.0.1", port)) {
+        bail!(
+            "port {port} on 127.0.0.1 is in use ({err}); pick another with `cargo xtask up --port N`"
+        );
+    }
+    // Exactly what the EC2 instance gets, plus what only the emulator needs: its endpoint and
+    // test credentials, and loopback instead of all interfaces.
+    let mut env = user_data_environment(outputs.string("user_data")?)?;
+    env.retain(|(key, _)| key != "LISTEN_ADDR");
+    env.push(("LISTEN_ADDR".into(), format!("127.0.0.1:{port}")));
+    env.push((
+        "AWS_ENDPOINT_URL".into(),
+        cx.env
+            .aws
+            .endpoint_url
+            .clone()
+            .context("local has an endpoint")?,
+    ));
+    env.extend(
+        subprocess_env(&cx.env.aws)
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v)),
+    );
+    let log = std::fs::File::create(log_path(cx))
+        .with_context(|| format!("creating {}", log_path(cx).display()))?;
+    let child = {
+        use std::os::unix::process::CommandExt;
+        Command::new(cx.root.join(SERVICE_PROGRAM))
+            .envs(env)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .context("starting the service")?
+    };
+    let record = ServiceRecord {
+        pid: child.id(),
+        port,
+    };
+    std::fs::write(record_path(cx), serde_json::to_string(&record)?)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .context("building an HTTP client")?;
+    loop {
+        let ready = format!("{}/readyz", record.url());
+        if let Ok(response) = block_on(async { client.get(&ready).send().await })
+            && response.status().is_success()
+        {
+            eprintln!("    service ready at {} (pid {})", record.url(), record.pid);
+            return Ok(record);
+        }
+        if !process::runs(record.pid, SERVICE_PROGRAM) || Instant::now() > deadline {
+            let _ = std::fs::remove_file(record_path(cx));
+            bail!(
+                "the service did not become ready; last lines of {}:\n{}",
+                log_path(cx).display(),
+                emulator::tail(&log_path(cx), 15)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Stops the service `up` started, if it still runs. Returns whether it did.
+pub fn stop_service(cx: &Context) -> Result<bool> {
+    let Some(record) = read_record(cx) else {
+        return Ok(false);
+    };
+    let running = process::runs(record.pid, SERVICE_PROGRAM);
+    if running {
+        process::terminate(record.pid, SERVICE_PROGRAM)?;
+    }
+    let _ = std::fs::remove_file(record_path(cx));
+    Ok(running)
+}
