@@ -3,6 +3,7 @@
 //! message naming it; nothing is skipped.
 
 mod orchestration;
+mod sandbox;
 mod smoke;
 mod terraform_static;
 

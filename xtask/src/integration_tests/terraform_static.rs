@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use hcl::{Block, Body, Expression, ObjectKey};
+use hcl::{Block, Body, Expression};
 
 use super::{require_tool, temp_dir};
 use crate::context::{Context, workspace_root};
