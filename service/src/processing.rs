@@ -17,6 +17,7 @@ use anyhow::{Context as _, Result, anyhow};
 use async_compression::tokio::bufread::GzipDecoder;
 use aws_sdk_s3::Client as S3;
 use aws_sdk_s3::error::ProvideErrorMetadata;
+use aws_sdk_s3::operation::head_object::HeadObjectOutput;
 use aws_sdk_s3::primitives::{ByteStream, DateTime, DateTimeFormat};
 use aws_sdk_s3::types::ServerSideEncryption;
 use bytes::Bytes;
@@ -486,20 +487,21 @@ impl Pipeline {
             })
     }
 
+    /// HeadObject; `None` for a missing object.
+    async fn head(&self, bucket: &str, key: &str) -> Result<Option<HeadObjectOutput>> {
+        match self.s3.head_object().bucket(bucket).key(key).send().await {
+            Ok(head) => Ok(Some(head)),
+            Err(err) if err.raw_response().map(|r| r.status().as_u16()) == Some(404) => Ok(None),
+            Err(err) => Err(err).aws_context(format!("s3:HeadObject {bucket}/{key}")),
+        }
+    }
+
     pub async fn head_raw(&self, name: &str) -> Result<Option<RawInfo>> {
-        let head = self
-            .s3
-            .head_object()
-            .bucket(&self.config.initial_bucket)
-            .key(raw_key(name))
-            .send()
-            .await;
-        let head = match head {
-            Ok(head) => head,
-            Err(err) if err.raw_response().map(|r| r.status().as_u16()) == Some(404) => {
-                return Ok(None);
-            }
-            Err(err) => return Err(err).aws_context(format!("s3:HeadObject {}", raw_key(name))),
+        let Some(head) = self
+            .head(&self.config.initial_bucket, &raw_key(name))
+            .await?
+        else {
+            return Ok(None);
         };
         Ok(Some(RawInfo {
             size: head.content_length().unwrap_or_default(),
@@ -521,21 +523,11 @@ impl Pipeline {
 
     /// The processed object, if it was made from exactly this raw version.
     async fn head_processed(&self, name: &str, raw: &RawInfo) -> Result<Option<ProcessedInfo>> {
-        let head = self
-            .s3
-            .head_object()
-            .bucket(&self.config.final_bucket)
-            .key(processed_key(name))
-            .send()
-            .await;
-        let head = match head {
-            Ok(head) => head,
-            Err(err) if err.raw_response().map(|r| r.status().as_u16()) == Some(404) => {
-                return Ok(None);
-            }
-            Err(err) => {
-                return Err(err).aws_context(format!("s3:HeadObject {}", processed_key(name)));
-            }
+        let Some(head) = self
+            .head(&self.config.final_bucket, &processed_key(name))
+            .await?
+        else {
+            return Ok(None);
         };
         let metadata = head.metadata().cloned().unwrap_or_default();
         let same_etag = metadata.get("source-etag") == Some(&raw.etag);

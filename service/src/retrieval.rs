@@ -249,24 +249,7 @@ async fn resolve_safely(host: &str, port: u16) -> Result<SocketAddr, RetrievalEr
 pub fn name_from_url(url: &str) -> Option<String> {
     let url = Url::parse(url).ok()?;
     let segment = url.path_segments()?.rev().find(|s| !s.is_empty())?;
-    let mut decoded = Vec::new();
-    let bytes = segment.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Some(byte) = std::str::from_utf8(&bytes[i + 1..i + 3])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            decoded.push(byte);
-            i += 3;
-            continue;
-        }
-        decoded.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8(decoded).ok()
+    String::from_utf8(crate::upload::percent_decode(segment)).ok()
 }
 
 #[cfg(test)]

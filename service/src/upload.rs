@@ -67,6 +67,31 @@ pub struct Uploaded {
     pub parts: usize,
 }
 
+/// What S3 reported for a committed object (PutObject and CompleteMultipartUpload alike).
+struct Stored<'a> {
+    etag: Option<&'a str>,
+    version_id: Option<&'a str>,
+    sse: Option<&'a ServerSideEncryption>,
+    kms_key_id: Option<&'a str>,
+}
+
+impl Uploaded {
+    fn new(digests: &Digests, parts: usize, stored: Stored<'_>) -> Uploaded {
+        Uploaded {
+            size: digests.size,
+            sha256: hex::encode(digests.sha256.clone().finalize()),
+            etag: stored.etag.unwrap_or_default().to_string(),
+            version_id: stored.version_id.map(str::to_string),
+            sse: stored
+                .sse
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_default(),
+            kms_key_id: stored.kms_key_id.map(str::to_string),
+            parts,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum UploadError {
     TooLarge(u64),
@@ -250,18 +275,16 @@ where
             .await
             .aws_context(format!("s3:PutObject {}/{}", target.bucket, target.key))
             .map_err(UploadError::Aws)?;
-        return Ok(Uploaded {
-            size: digests.size,
-            sha256: hex::encode(digests.sha256.clone().finalize()),
-            etag: output.e_tag().unwrap_or_default().to_string(),
-            version_id: output.version_id().map(str::to_string),
-            sse: output
-                .server_side_encryption()
-                .map(|s| s.as_str().to_string())
-                .unwrap_or_default(),
-            kms_key_id: output.ssekms_key_id().map(str::to_string),
-            parts: 1,
-        });
+        return Ok(Uploaded::new(
+            &digests,
+            1,
+            Stored {
+                etag: output.e_tag(),
+                version_id: output.version_id(),
+                sse: output.server_side_encryption(),
+                kms_key_id: output.ssekms_key_id(),
+            },
+        ));
     }
 
     let created = target
@@ -272,7 +295,14 @@ where
         .server_side_encryption(ServerSideEncryption::AwsKms)
         .ssekms_key_id(&target.kms_key_arn)
         .bucket_key_enabled(true)
-        .set_metadata(Some(target.metadata.clone()))
+        // With late metadata, all metadata arrives with the final copy: until then the object
+        // carries none, so nobody takes a half-described object for a finished one.
+        .set_metadata(
+            target
+                .late_metadata
+                .is_none()
+                .then(|| target.metadata.clone()),
+        )
         .send()
         .await
         .aws_context(format!(
@@ -340,18 +370,16 @@ where
     };
     let parts = parts.len();
     guard.disarm();
-    let mut uploaded = Uploaded {
-        size: digests.size,
-        sha256: hex::encode(digests.sha256.clone().finalize()),
-        etag: output.e_tag().unwrap_or_default().to_string(),
-        version_id: output.version_id().map(str::to_string),
-        sse: output
-            .server_side_encryption()
-            .map(|s| s.as_str().to_string())
-            .unwrap_or_default(),
-        kms_key_id: output.ssekms_key_id().map(str::to_string),
+    let mut uploaded = Uploaded::new(
+        &digests,
         parts,
-    };
+        Stored {
+            etag: output.e_tag(),
+            version_id: output.version_id(),
+            sse: output.server_side_encryption(),
+            kms_key_id: output.ssekms_key_id(),
+        },
+    );
     if target.late_metadata.is_some() {
         let source = format!("{}/{}", target.bucket, percent_encode_key(&target.key));
         let copied = target
@@ -611,7 +639,12 @@ pub fn metadata_value(text: &str) -> String {
 
 /// Reverses [`metadata_value`].
 pub fn metadata_text(value: &str) -> String {
-    let bytes = value.as_bytes();
+    String::from_utf8_lossy(&percent_decode(value)).into_owned()
+}
+
+/// Decodes `%XX` escapes; anything else passes through.
+pub fn percent_decode(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
@@ -628,5 +661,5 @@ pub fn metadata_text(value: &str) -> String {
         out.push(bytes[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }

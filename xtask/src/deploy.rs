@@ -424,18 +424,11 @@ fn plan_summary(cx: &Context, tf: &Terraform, plan_file: &Path) -> Result<Summar
 
 fn save_outputs(cx: &Context, tf: &Terraform) -> Result<Outputs> {
     cx.step("terraform output -json");
-    let output = tf.run(
-        cx,
-        &["output".into(), "-json".into()],
-        Output::CaptureStdout,
-    )?;
-    if output.code != 0 {
-        bail!("terraform output failed (exit {})", output.code);
-    }
+    let text = tf.output_json(cx)?;
     let path = outputs_file(cx);
     // Validate before writing, so a broken contract never replaces good outputs.
-    let outputs = Outputs::parse(&output.stdout)?;
-    std::fs::write(&path, &output.stdout).with_context(|| format!("writing {}", path.display()))?;
+    let outputs = Outputs::parse(&text)?;
+    std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
     Ok(outputs)
 }
 

@@ -263,15 +263,8 @@ fn render(cx: &Context, inputs: Value, user_data_vars: Option<Value>) -> Result<
             );
         }
     }
-    let output = tf.run(
-        cx,
-        &["output".into(), "-json".into()],
-        Output::CaptureStdout,
-    )?;
-    if output.code != 0 {
-        bail!("terraform output failed:\n{}", output.stderr);
-    }
-    let outputs: Value = serde_json::from_str(&output.stdout).context("terraform output -json")?;
+    let outputs: Value =
+        serde_json::from_str(&tf.output_json(cx)?).context("terraform output -json")?;
     let mut rendered = outputs["documents"]["value"].clone();
     if user_data_vars.is_some() {
         rendered = json!({"documents": rendered, "user_data": outputs["user_data"]["value"]});

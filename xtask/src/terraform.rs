@@ -143,6 +143,25 @@ impl Terraform {
     }
 }
 
+impl Terraform {
+    /// `terraform output -json`, as text.
+    pub fn output_json(&self, cx: &Context) -> Result<String> {
+        let output = self.run(
+            cx,
+            &["output".into(), "-json".into()],
+            Output::CaptureStdout,
+        )?;
+        if output.code != 0 {
+            bail!(
+                "terraform output failed (exit {}):\n{}",
+                output.code,
+                output.stderr
+            );
+        }
+        Ok(output.stdout)
+    }
+}
+
 /// What to show of a command's output while it runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Output {

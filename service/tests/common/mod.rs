@@ -5,16 +5,15 @@
 
 use std::time::{Duration, Instant};
 
-use aws_sdk_s3::types::{
-    BucketLocationConstraint, BucketVersioningStatus, CreateBucketConfiguration,
-    VersioningConfiguration,
-};
 use clap::Parser;
 use serde_json::Value;
 use service::app::{AppState, router};
 use service::aws::AwsClients;
 use service::config::Config;
-use service::testing::{TEST_REGION, emulator_clients, unique_bucket_name};
+use service::testing::{
+    TEST_REGION, configure_like_terraform, create_bucket, create_key, emulator_clients,
+    unique_bucket_name,
+};
 
 pub const MIB: usize = 1024 * 1024;
 
@@ -38,41 +37,12 @@ pub struct Resources {
 /// A key and two versioned buckets, as Terraform would create them.
 pub async fn resources() -> Resources {
     let clients = emulator_clients().await;
-    let key = clients
-        .kms
-        .create_key()
-        .description("filepipe test")
-        .send()
-        .await
-        .expect("create key");
-    let key_arn = key.key_metadata().unwrap().arn().unwrap().to_string();
+    let key_arn = create_key(&clients.kms).await;
     let initial = unique_bucket_name("initial");
     let final_ = unique_bucket_name("final");
     for bucket in [&initial, &final_] {
-        clients
-            .s3
-            .create_bucket()
-            .bucket(bucket)
-            .create_bucket_configuration(
-                CreateBucketConfiguration::builder()
-                    .location_constraint(BucketLocationConstraint::from(TEST_REGION))
-                    .build(),
-            )
-            .send()
-            .await
-            .expect("create bucket");
-        clients
-            .s3
-            .put_bucket_versioning()
-            .bucket(bucket)
-            .versioning_configuration(
-                VersioningConfiguration::builder()
-                    .status(BucketVersioningStatus::Enabled)
-                    .build(),
-            )
-            .send()
-            .await
-            .expect("versioning");
+        create_bucket(&clients.s3, bucket).await;
+        configure_like_terraform(&clients.s3, bucket, &key_arn).await;
     }
     Resources {
         clients,

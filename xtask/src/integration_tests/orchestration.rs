@@ -479,16 +479,7 @@ fn emptying_a_bucket_removes_more_than_a_thousand_versions_and_delete_markers() 
     let s3 = clients(&cx).s3;
     let bucket = service::testing::unique_bucket_name("versions");
     block_on(async {
-        s3.create_bucket()
-            .bucket(&bucket)
-            .create_bucket_configuration(
-                CreateBucketConfiguration::builder()
-                    .location_constraint(BucketLocationConstraint::EuWest1)
-                    .build(),
-            )
-            .send()
-            .await
-            .unwrap();
+        service::testing::create_bucket(&s3, &bucket).await;
         s3.put_bucket_versioning()
             .bucket(&bucket)
             .versioning_configuration(

@@ -2,14 +2,13 @@
 //! stack passes every check, and a service using another key than the deployed one fails
 //! with a message naming the problem.
 
-use aws_sdk_s3::types::{
-    BucketLocationConstraint, CreateBucketConfiguration, ServerSideEncryption,
-    ServerSideEncryptionByDefault, ServerSideEncryptionConfiguration, ServerSideEncryptionRule,
-};
 use clap::Parser;
 use service::app::{AppState, router};
 use service::config::Config;
-use service::testing::{TEST_REGION, emulator_clients, unique_bucket_name};
+use service::testing::{
+    TEST_REGION, configure_like_terraform, create_bucket, create_key, emulator_clients,
+    unique_bucket_name,
+};
 
 use crate::context::block_on;
 use crate::smoke::{Args, smoke};
@@ -26,50 +25,14 @@ fn start_service(processor: &str) -> Running {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (url, key_arn, s3) = runtime.block_on(async {
         let clients = emulator_clients().await;
-        let key = clients.kms.create_key().send().await.unwrap();
-        let key_arn = key.key_metadata().unwrap().arn().unwrap().to_string();
+        let key_arn = create_key(&clients.kms).await;
         let (initial, final_) = (
             unique_bucket_name("smoke-in"),
             unique_bucket_name("smoke-out"),
         );
         for bucket in [&initial, &final_] {
-            clients
-                .s3
-                .create_bucket()
-                .bucket(bucket)
-                .create_bucket_configuration(
-                    CreateBucketConfiguration::builder()
-                        .location_constraint(BucketLocationConstraint::from(TEST_REGION))
-                        .build(),
-                )
-                .send()
-                .await
-                .unwrap();
-            // Default SSE-KMS with a bucket key, as the Terraform modules configure it.
-            clients
-                .s3
-                .put_bucket_encryption()
-                .bucket(bucket)
-                .server_side_encryption_configuration(
-                    ServerSideEncryptionConfiguration::builder()
-                        .rules(
-                            ServerSideEncryptionRule::builder()
-                                .apply_server_side_encryption_by_default(
-                                    ServerSideEncryptionByDefault::builder()
-                                        .sse_algorithm(ServerSideEncryption::AwsKms)
-                                        .kms_master_key_id(&key_arn)
-                                        .build()
-                                        .unwrap(),
-                                )
-                                .bucket_key_enabled(true)
-                                .build(),
-                        )
-                        .build()
-                        .unwrap(),
-                )
-                .send()
-                .await
-                .unwrap();
+            create_bucket(&clients.s3, bucket).await;
+            configure_like_terraform(&clients.s3, bucket, &key_arn).await;
         }
         let config = Config::try_parse_from([
             "service".to_string(),
