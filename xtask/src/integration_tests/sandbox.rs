@@ -336,3 +336,43 @@ fn sandbox_creates_what_the_hcl_declares() {
         );
     });
 }
+
+/// The sandbox names resources as terraform/ does; this keeps the two patterns together.
+#[test]
+fn sandbox_names_resources_like_the_hcl() {
+    let main = std::fs::read_to_string(workspace_root().join("terraform/main.tf")).unwrap();
+    let kms =
+        std::fs::read_to_string(workspace_root().join("terraform/modules/kms/main.tf")).unwrap();
+    let sandbox = include_str!("../sandbox.rs");
+    for (hcl, rust, file) in [
+        (
+            "\"${var.name_prefix}-initial-${local.account_id}\"",
+            "\"{prefix}-initial-{account}\"",
+            &main,
+        ),
+        (
+            "\"${var.name_prefix}-final-${local.account_id}\"",
+            "\"{prefix}-final-{account}\"",
+            &main,
+        ),
+        (
+            "role_name               = \"${var.name_prefix}-service\"",
+            "\"{prefix}-service\"",
+            &main,
+        ),
+        (
+            "\"alias/${var.name_prefix}-data\"",
+            "\"alias/{prefix}-data\"",
+            &kms,
+        ),
+    ] {
+        assert!(
+            file.contains(hcl),
+            "terraform/ no longer names a resource {hcl}"
+        );
+        assert!(
+            sandbox.contains(rust),
+            "sandbox.rs no longer names a resource {rust}"
+        );
+    }
+}
