@@ -80,37 +80,15 @@ async fn round_trips_empty_small_and_multipart_files_with_sse_kms() {
         &data[6_000_000..6_000_100]
     );
 
-    let listed: Value = stack
-        .http
-        .get(format!("{}/v1/files?prefix=dir/", stack.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = stack.get_json("/v1/files?prefix=dir/").await;
     assert_eq!(listed["files"].as_array().unwrap().len(), 1, "{listed}");
     assert_eq!(listed["files"][0]["name"], "dir/one-kib.txt");
-    let page: Value = stack
-        .http
-        .get(format!("{}/v1/files?limit=2", stack.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page = stack.get_json("/v1/files?limit=2").await;
     assert_eq!(page["files"].as_array().unwrap().len(), 2);
     let cursor = page["next_cursor"].as_str().expect("a cursor for the rest");
-    let rest: Value = stack
-        .http
-        .get(format!("{}/v1/files?limit=2&cursor={cursor}", stack.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rest = stack
+        .get_json(&format!("/v1/files?limit=2&cursor={cursor}"))
+        .await;
     assert_eq!(rest["files"].as_array().unwrap().len(), 1);
 }
 

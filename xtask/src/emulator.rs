@@ -27,7 +27,6 @@ pub const PORT_ENV: &str = "XTASK_EMULATOR_PORT";
 pub const MOTO: PythonTool = PythonTool {
     executable: "moto_server",
     requirement: "moto[server]>=5.1.22,<5.2",
-    use_path: false,
 };
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 

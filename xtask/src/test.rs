@@ -15,7 +15,6 @@ use crate::tools::{PythonTool, find_on_path};
 const CHECKOV: PythonTool = PythonTool {
     executable: "checkov",
     requirement: "checkov==3.3.30",
-    use_path: false,
 };
 
 #[derive(clap::Args, Debug)]

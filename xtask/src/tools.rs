@@ -8,14 +8,13 @@ use xshell::cmd;
 
 use crate::context::Context;
 
-/// A Python tool, pinned by a pip requirement.
+/// A Python tool, pinned by a pip requirement. The project's own copy is always used, never
+/// one from PATH: results depend on the version (see emulator.rs and test.rs for why).
 pub struct PythonTool {
-    /// The executable the package installs (also looked for on PATH).
+    /// The executable the package installs.
     pub executable: &'static str,
     /// pip requirement, pinned at least to a major version.
     pub requirement: &'static str,
-    /// Whether a copy already on PATH may be used; false where results depend on the version.
-    pub use_path: bool,
 }
 
 pub fn find_on_path(executable: &str) -> Option<PathBuf> {
@@ -50,11 +49,6 @@ impl PythonTool {
                 );
             }
             return Ok(path);
-        }
-        if self.use_path
-            && let Some(found) = find_on_path(self.executable)
-        {
-            return Ok(found);
         }
         let venv = self.venv_dir(&cx.root);
         let installed = venv.join("bin").join(self.executable);

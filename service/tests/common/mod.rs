@@ -135,6 +135,17 @@ impl Stack {
         }
     }
 
+    /// GET `path` (below the service URL) and parse the JSON body.
+    pub async fn get_json(&self, path: &str) -> Value {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap();
+        response.json().await.unwrap()
+    }
+
     pub async fn get(&self, name: &str) -> (u16, Vec<u8>) {
         let response = self.http.get(self.file_url(name)).send().await.unwrap();
         (
