@@ -335,31 +335,54 @@ async fn delete_file(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Longest a status request may wait for processing to end.
+const MAX_STATUS_WAIT_SECS: u64 = 60;
+
+#[derive(Deserialize)]
+struct StatusQuery {
+    /// Seconds to wait while the file is pending or processing.
+    wait: Option<u64>,
+}
+
 async fn get_file_or_status(
     State(state): State<AppState>,
     Path(path): Path<String>,
+    Query(query): Query<StatusQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     if let Some(name) = path.strip_suffix("/status") {
         check_name(name)?;
-        let status = file_status(&state, name).await?;
+        let wait = match query.wait {
+            Some(secs) if secs > MAX_STATUS_WAIT_SECS => {
+                return Err(ApiError::bad_request(format!(
+                    "wait must be at most {MAX_STATUS_WAIT_SECS} seconds"
+                )));
+            }
+            secs => Duration::from_secs(secs.unwrap_or(0)),
+        };
+        let status = file_status(&state, name, wait).await?;
         return Ok(Json(status).into_response());
     }
     check_name(&path)?;
+    if query.wait.is_some() {
+        return Err(ApiError::bad_request(
+            "`wait` applies to GET /v1/files/{name}/status only",
+        ));
+    }
     download(&state, &path, &headers).await
 }
 
-async fn file_status(state: &AppState, name: &str) -> Result<FileStatus, ApiError> {
+async fn file_status(state: &AppState, name: &str, wait: Duration) -> Result<FileStatus, ApiError> {
     state
         .pipeline
-        .status(name)
+        .wait_for_status(name, wait)
         .await
         .map_err(|e| ApiError::upstream_aws(&e))?
         .ok_or_else(|| ApiError::not_found(format!("no file named `{name}`")))
 }
 
 async fn download(state: &AppState, name: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
-    let status = file_status(state, name).await?;
+    let status = file_status(state, name, Duration::ZERO).await?;
     if status.state != FileState::Processed {
         let state_name = serde_json::to_value(&status.state).unwrap_or(Value::Null);
         return Err(ApiError::new(

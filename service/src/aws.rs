@@ -30,6 +30,9 @@ pub struct AwsSettings {
     pub region: String,
     /// `None` for real AWS; e.g. `http://127.0.0.1:4566` for the local emulator.
     pub endpoint_url: Option<String>,
+    /// S3 only, overriding `endpoint_url` for S3: an S3-compatible server (the benchmark's
+    /// s3s-fs) while KMS and STS stay on the emulator.
+    pub s3_endpoint_url: Option<String>,
     pub credentials: CredentialsSource,
 }
 
@@ -39,6 +42,7 @@ impl AwsSettings {
         AwsSettings {
             region: region.into(),
             endpoint_url: Some(endpoint_url.into()),
+            s3_endpoint_url: None,
             credentials: CredentialsSource::Static {
                 access_key_id: "test".into(),
                 secret_access_key: "test".into(),
@@ -107,7 +111,10 @@ async fn sdk_config(settings: &AwsSettings) -> SdkConfig {
 
 fn s3_config(shared: &SdkConfig, settings: &AwsSettings) -> aws_sdk_s3::Config {
     let mut builder = aws_sdk_s3::config::Builder::from(shared);
-    if settings.endpoint_url.is_some() {
+    if let Some(endpoint) = &settings.s3_endpoint_url {
+        builder = builder.endpoint_url(endpoint);
+    }
+    if settings.endpoint_url.is_some() || settings.s3_endpoint_url.is_some() {
         builder = builder
             .force_path_style(true)
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
@@ -198,11 +205,59 @@ mod tests {
         assert_eq!(partition("us-gov-west-1"), "aws-us-gov");
     }
 
+    /// The first request line a listener receives, or an empty string if none arrives.
+    async fn first_request_line(listener: tokio::net::TcpListener) -> String {
+        use tokio::io::AsyncReadExt;
+        let accept = async {
+            let (mut socket, _) = listener.accept().await.ok()?;
+            let mut head = vec![0u8; 512];
+            let n = socket.read(&mut head).await.ok()?;
+            let text = String::from_utf8_lossy(&head[..n]).to_string();
+            text.lines().next().map(str::to_string)
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(5), accept)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn s3_endpoint_overrides_only_s3() {
+        let emulator = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let s3_server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let settings = AwsSettings {
+            s3_endpoint_url: Some(format!("http://{}", s3_server.local_addr().unwrap())),
+            ..AwsSettings::emulator(
+                format!("http://{}", emulator.local_addr().unwrap()),
+                "eu-west-1",
+            )
+        };
+        let clients = AwsClients::connect(&settings).await;
+        let s3_seen = tokio::spawn(first_request_line(s3_server));
+        let emulator_seen = tokio::spawn(first_request_line(emulator));
+        // The servers never answer: only where each request went matters.
+        let short = std::time::Duration::from_millis(500);
+        let _ = tokio::time::timeout(short, clients.s3.list_objects_v2().bucket("b").send()).await;
+        let _ = tokio::time::timeout(short, clients.kms.list_keys().send()).await;
+        let s3_line = s3_seen.await.unwrap();
+        let emulator_line = emulator_seen.await.unwrap();
+        assert!(
+            s3_line.starts_with("GET /b"),
+            "S3 request went elsewhere: {s3_line:?}"
+        );
+        assert!(
+            emulator_line.starts_with("POST /"),
+            "KMS request went elsewhere: {emulator_line:?}"
+        );
+    }
+
     #[tokio::test]
     async fn real_aws_keeps_sdk_defaults() {
         let settings = AwsSettings {
             region: "us-east-1".into(),
             endpoint_url: None,
+            s3_endpoint_url: None,
             credentials: CredentialsSource::DefaultChain { profile: None },
         };
         let clients = AwsClients::connect(&settings).await;

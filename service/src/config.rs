@@ -37,6 +37,9 @@ pub struct Config {
     /// Endpoint of an S3/KMS-compatible emulator; unset for real AWS.
     #[arg(long, env = "AWS_ENDPOINT_URL")]
     pub aws_endpoint_url: Option<String>,
+    /// Endpoint of an S3-compatible server used for S3 only (KMS stays on AWS_ENDPOINT_URL).
+    #[arg(long, env = "AWS_ENDPOINT_URL_S3")]
+    pub aws_endpoint_url_s3: Option<String>,
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
     pub listen_addr: SocketAddr,
     /// What happens between the initial and the final bucket.
@@ -158,6 +161,7 @@ impl Config {
         AwsSettings {
             region: self.region.clone(),
             endpoint_url: self.aws_endpoint_url.clone(),
+            s3_endpoint_url: self.aws_endpoint_url_s3.clone(),
             credentials: CredentialsSource::DefaultChain { profile: None },
         }
     }

@@ -195,7 +195,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for Hashing<R> {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     Pending,
@@ -260,6 +260,8 @@ pub struct Pipeline {
     /// Names queued or being processed, so nothing is queued twice.
     queued: Mutex<HashSet<String>>,
     running: Mutex<HashSet<String>>,
+    /// Names whose processing run just ended, for status requests that wait for it.
+    finished: tokio::sync::broadcast::Sender<String>,
 }
 
 fn trim_etag(etag: Option<&str>) -> String {
@@ -292,6 +294,7 @@ impl Pipeline {
             queue: tx,
             queued: Mutex::new(HashSet::new()),
             running: Mutex::new(HashSet::new()),
+            finished: tokio::sync::broadcast::channel(1024).0,
         });
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         for _ in 0..config.processing_concurrency {
@@ -350,6 +353,8 @@ impl Pipeline {
         let started = Instant::now();
         let result = self.process(name).await;
         self.running.lock().unwrap().remove(name);
+        // No receiver is the normal case: nobody waits.
+        let _ = self.finished.send(name.to_string());
         match result {
             Ok(Some(_)) => {
                 self.metrics.processing_done(true, started.elapsed());
@@ -640,6 +645,41 @@ impl Pipeline {
             processed,
             error,
         }))
+    }
+
+    /// Status of a file, waiting up to `wait` while it is pending or processing. Wakes
+    /// when a processing run of this name ends, so waiting costs no polling.
+    pub async fn wait_for_status(
+        &self,
+        name: &str,
+        wait: std::time::Duration,
+    ) -> Result<Option<FileStatus>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Subscribe before looking, so a run that ends in between is not missed.
+            let mut finished = self.finished.subscribe();
+            let status = self.status(name).await?;
+            let unsettled = matches!(
+                status.as_ref().map(|s| s.state),
+                Some(State::Pending | State::Processing)
+            );
+            if !unsettled {
+                return Ok(status);
+            }
+            let ended = async {
+                loop {
+                    match finished.recv().await {
+                        Ok(done) if done == name => return,
+                        Ok(_) => {}
+                        // Missed some names (or shutting down): look again.
+                        Err(_) => return,
+                    }
+                }
+            };
+            if tokio::time::timeout_at(deadline, ended).await.is_err() {
+                return Ok(status);
+            }
+        }
     }
 
     /// Queues every raw object without a matching output; returns how many were queued.

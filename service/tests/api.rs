@@ -126,6 +126,36 @@ async fn unknown_files_are_404_and_unprocessed_ones_409() {
 }
 
 #[tokio::test]
+async fn status_waits_until_processing_ends() {
+    let stack = Stack::start(&[]).await;
+    // Large enough that processing takes several S3 round trips after the PUT returns.
+    let data = random_bytes(12 * MIB, 7);
+    let (code, _) = stack.put("waited.bin", data.clone()).await;
+    assert_eq!(code, 201);
+    let status = stack.get_json("/v1/files/waited.bin/status?wait=30").await;
+    assert_eq!(status["state"], "processed", "one waiting call: {status}");
+    assert_eq!(status["processed"]["sha256"], sha256_hex(&data));
+
+    for (path, why) in [
+        ("/v1/files/waited.bin/status?wait=61", "at most 60"),
+        ("/v1/files/waited.bin?wait=1", "status only"),
+    ] {
+        let response = stack
+            .http
+            .get(format!("{}{path}", stack.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 400, "{path}");
+        let body: Value = response.json().await.unwrap();
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(why),
+            "{path}: {body}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn encryption_sdk_messages_are_decrypted_with_the_configured_key() {
     let stack = Stack::start(&["--require-encrypted-input=true"]).await;
     let producer = Decryptor::new(stack.clients.kms.clone(), &stack.key_arn)

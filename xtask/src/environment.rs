@@ -94,6 +94,7 @@ impl Environment {
             aws: AwsSettings {
                 region,
                 endpoint_url: None,
+                s3_endpoint_url: None,
                 credentials: CredentialsSource::DefaultChain {
                     profile: settings.aws_profile,
                 },
