@@ -384,7 +384,7 @@ async fn file_status(state: &AppState, name: &str, wait: Duration) -> Result<Fil
 async fn download(state: &AppState, name: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
     let status = file_status(state, name, Duration::ZERO).await?;
     if status.state != FileState::Processed {
-        let state_name = serde_json::to_value(&status.state).unwrap_or(Value::Null);
+        let state_name = serde_json::to_value(status.state).unwrap_or(Value::Null);
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "not_processed",
