@@ -14,6 +14,9 @@ use crate::aws::{AwsSettings, CredentialsSource};
 const MIB: u64 = 1024 * 1024;
 /// S3's smallest allowed part (all but the last).
 pub const MIN_PART_SIZE: u64 = 5 * MIB;
+pub const DEFAULT_PART_SIZE: u64 = 8 * MIB;
+pub const DEFAULT_PARTS_IN_FLIGHT: usize = 4;
+pub const DEFAULT_MAX_BUFFERED_PARTS: usize = 8;
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -47,14 +50,14 @@ pub struct Config {
     pub processor: ProcessorKind,
 
     /// Multipart part size in bytes (at least 5 MiB).
-    #[arg(long, env = "PART_SIZE", default_value_t = 8 * MIB)]
+    #[arg(long, env = "PART_SIZE", default_value_t = DEFAULT_PART_SIZE)]
     pub part_size: u64,
     /// Parts uploaded concurrently per transfer.
-    #[arg(long, env = "PARTS_IN_FLIGHT", default_value_t = 4)]
+    #[arg(long, env = "PARTS_IN_FLIGHT", default_value_t = DEFAULT_PARTS_IN_FLIGHT)]
     pub parts_in_flight: usize,
     /// Part buffers in memory across all transfers (uploads and processing): file data held
     /// by the process is at most this x PART_SIZE (default 8 x 8 MiB = 64 MiB).
-    #[arg(long, env = "MAX_BUFFERED_PARTS", default_value_t = 8)]
+    #[arg(long, env = "MAX_BUFFERED_PARTS", default_value_t = DEFAULT_MAX_BUFFERED_PARTS)]
     pub max_buffered_parts: usize,
     /// Seconds a request body may send nothing before the upload is abandoned.
     #[arg(long, env = "BODY_IDLE_TIMEOUT_SECS", default_value_t = 60)]

@@ -25,6 +25,7 @@ pub const PORT_ENV: &str = "XTASK_EMULATOR_PORT";
 /// GetBucketVersioning with the wrong XML root (`GetBucketVersioningResponse`), which
 /// aws-sdk-rust rejects (seen with 5.2.1 and 5.2.5); 5.1.x answers correctly.
 pub const MOTO: PythonTool = PythonTool {
+    venv: "moto_server",
     executable: "moto_server",
     requirement: "moto[server]>=5.1.22,<5.2",
 };

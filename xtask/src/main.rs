@@ -1,5 +1,6 @@
 //! `cargo xtask`: the workflow tool of this repository. See README.md.
 
+mod bench;
 mod bootstrap;
 mod buckets;
 mod context;
@@ -73,6 +74,8 @@ enum Command {
     Up(up::Args),
     /// Stop the local service and emulator started by `up`.
     Down(down::Args),
+    /// Measure the service's throughput and memory against direct S3 transfers (release build).
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -123,5 +126,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Test(args) => test::run(&cx, args),
         Command::Up(args) => up::run(&cx, args),
         Command::Down(args) => down::run(&cx, args),
+        Command::Bench(args) => bench::run(&cx, args),
     }
 }

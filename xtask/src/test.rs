@@ -13,6 +13,7 @@ use crate::tools::{PythonTool, find_on_path};
 
 /// Pinned: a newer checkov can add checks, and the result must not change by itself.
 const CHECKOV: PythonTool = PythonTool {
+    venv: "checkov",
     executable: "checkov",
     requirement: "checkov==3.3.30",
 };

@@ -11,7 +11,9 @@ use crate::context::Context;
 /// A Python tool, pinned by a pip requirement. The project's own copy is always used, never
 /// one from PATH: results depend on the version (see emulator.rs and test.rs for why).
 pub struct PythonTool {
-    /// The executable the package installs.
+    /// Its virtualenv: `target/venv/<venv>/`.
+    pub venv: &'static str,
+    /// The executable to run: one the package installs, or `python` for a library.
     pub executable: &'static str,
     /// pip requirement, pinned at least to a major version.
     pub requirement: &'static str,
@@ -33,13 +35,13 @@ fn is_executable(path: &Path) -> bool {
 
 impl PythonTool {
     fn venv_dir(&self, root: &Path) -> PathBuf {
-        root.join("target").join("venv").join(self.executable)
+        root.join("target").join("venv").join(self.venv)
     }
 
-    /// The tool's path, installing it into `target/venv/<executable>` if needed.
-    /// `XTASK_<EXECUTABLE>` (e.g. `XTASK_MOTO_SERVER`) names a copy to use instead.
+    /// The tool's path, installing it into `target/venv/<venv>` if needed.
+    /// `XTASK_<VENV>` (e.g. `XTASK_MOTO_SERVER`) names a copy to use instead.
     pub fn ensure(&self, cx: &Context) -> Result<PathBuf> {
-        let override_var = format!("XTASK_{}", self.executable.to_ascii_uppercase());
+        let override_var = format!("XTASK_{}", self.venv.to_ascii_uppercase());
         if let Some(path) = std::env::var_os(&override_var) {
             let path = PathBuf::from(path);
             if !is_executable(&path) {

@@ -4,8 +4,8 @@
 //! it, and a smoke test through it.
 
 use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
@@ -200,16 +200,10 @@ fn start_service(cx: &Context, outputs: &Outputs, port: u16) -> Result<ServiceRe
         "cargo build -p service",
         cmd!(sh, "cargo build --locked -p service --bin service"),
     )?;
-    if let Err(err) = TcpListener::bind(("127.0.0.1", port)) {
-        bail!(
-            "port {port} on 127.0.0.1 is in use ({err}); pick another with `cargo xtask up --port N`"
-        );
-    }
     // Exactly what the EC2 instance gets, plus what only the emulator needs: its endpoint and
     // test credentials, and loopback instead of all interfaces.
     let mut env = user_data_environment(outputs.string("user_data")?)?;
     env.retain(|(key, _)| key != "LISTEN_ADDR");
-    env.push(("LISTEN_ADDR".into(), format!("127.0.0.1:{port}")));
     env.push((
         "AWS_ENDPOINT_URL".into(),
         cx.env
@@ -223,43 +217,77 @@ fn start_service(cx: &Context, outputs: &Outputs, port: u16) -> Result<ServiceRe
             .into_iter()
             .map(|(k, v)| (k.to_string(), v)),
     );
-    let log = std::fs::File::create(log_path(cx))
-        .with_context(|| format!("creating {}", log_path(cx).display()))?;
-    let child = {
-        use std::os::unix::process::CommandExt;
-        Command::new(cx.root.join(SERVICE_PROGRAM))
-            .envs(env)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .context("starting the service")?
-    };
+    let child = spawn_service(
+        &cx.root.join(SERVICE_PROGRAM),
+        env,
+        port,
+        &log_path(cx),
+        Detach::Yes,
+    )?;
     let record = ServiceRecord {
         pid: child.id(),
         port,
     };
     std::fs::write(record_path(cx), serde_json::to_string(&record)?)?;
-    let deadline = Instant::now() + Duration::from_secs(60);
+    eprintln!("    service ready at {} (pid {})", record.url(), record.pid);
+    Ok(record)
+}
+
+/// Whether a started service outlives the xtask (and a Ctrl-C meant for it).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Detach {
+    Yes,
+    No,
+}
+
+/// Starts a service binary with `env` on 127.0.0.1:`port`, output to `log`, and waits until
+/// /readyz answers; a service that exits or never gets ready is stopped and its log quoted.
+pub fn spawn_service(
+    program: &Path,
+    mut env: Vec<(String, String)>,
+    port: u16,
+    log: &Path,
+    detach: Detach,
+) -> Result<Child> {
+    if let Err(err) = TcpListener::bind(("127.0.0.1", port)) {
+        bail!("port {port} on 127.0.0.1 is in use ({err}); pick another with --port");
+    }
+    env.push(("LISTEN_ADDR".into(), format!("127.0.0.1:{port}")));
+    let log_file =
+        std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let mut command = Command::new(program);
+    command
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file);
+    if detach == Detach::Yes {
+        use std::os::unix::process::CommandExt;
+        command.process_group(0);
+    }
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("starting {}", program.display()))?;
+    let ready = format!("http://127.0.0.1:{port}/readyz");
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
         .context("building an HTTP client")?;
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let ready = format!("{}/readyz", record.url());
         if let Ok(response) = block_on(async { client.get(&ready).send().await })
             && response.status().is_success()
         {
-            eprintln!("    service ready at {} (pid {})", record.url(), record.pid);
-            return Ok(record);
+            return Ok(child);
         }
-        if !process::runs(record.pid, SERVICE_PROGRAM) || Instant::now() > deadline {
-            let _ = std::fs::remove_file(record_path(cx));
+        let exited = child.try_wait()?.is_some();
+        if exited || Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
             bail!(
                 "the service did not become ready; last lines of {}:\n{}",
-                log_path(cx).display(),
-                emulator::tail(&log_path(cx), 15)
+                log.display(),
+                emulator::tail(log, 15)
             );
         }
         std::thread::sleep(Duration::from_millis(200));

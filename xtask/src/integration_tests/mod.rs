@@ -2,12 +2,21 @@
 //! the machine's terraform, shellcheck and checkov. A missing tool fails the test with a
 //! message naming it; nothing is skipped.
 
+mod bench;
 mod orchestration;
 mod sandbox;
 mod smoke;
 mod terraform_static;
 
 use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use service::app::{AppState, router};
+use service::config::Config;
+use service::testing::{
+    TEST_REGION, configure_like_terraform, create_bucket, create_key, emulator_clients,
+    unique_bucket_name,
+};
 
 use crate::context::{Context, workspace_root};
 use crate::environment::Environment;
@@ -58,5 +67,52 @@ pub fn copy_dir(from: &Path, to: &Path) {
         } else {
             std::fs::copy(entry.path(), target).unwrap();
         }
+    }
+}
+
+/// The service, in this process, on fresh buckets configured like Terraform's.
+pub struct Running {
+    pub url: String,
+    pub key_arn: String,
+    pub initial: String,
+    pub final_: String,
+    pub s3: aws_sdk_s3::Client,
+    // Keeps the server's runtime alive for the test.
+    pub runtime: tokio::runtime::Runtime,
+}
+
+pub fn start_service(processor: &str) -> Running {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (initial, final_) = (unique_bucket_name("svc-in"), unique_bucket_name("svc-out"));
+    let (url, key_arn, s3) = runtime.block_on(async {
+        let clients = emulator_clients().await;
+        let key_arn = create_key(&clients.kms).await;
+        for bucket in [&initial, &final_] {
+            create_bucket(&clients.s3, bucket).await;
+            configure_like_terraform(&clients.s3, bucket, &key_arn).await;
+        }
+        let config = Config::try_parse_from([
+            "service".to_string(),
+            format!("--initial-bucket={initial}"),
+            format!("--final-bucket={final_}"),
+            format!("--kms-key-arn={key_arn}"),
+            format!("--region={TEST_REGION}"),
+            format!("--processor={processor}"),
+            "--part-size=5242880".to_string(),
+        ])
+        .unwrap();
+        let state = AppState::start(config, &clients).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
+        (url, key_arn, clients.s3.clone())
+    });
+    Running {
+        url,
+        key_arn,
+        initial,
+        final_,
+        s3,
+        runtime,
     }
 }

@@ -2,61 +2,9 @@
 //! stack passes every check, and a service using another key than the deployed one fails
 //! with a message naming the problem.
 
-use clap::Parser;
-use service::app::{AppState, router};
-use service::config::Config;
-use service::testing::{
-    TEST_REGION, configure_like_terraform, create_bucket, create_key, emulator_clients,
-    unique_bucket_name,
-};
-
+use super::start_service;
 use crate::context::block_on;
 use crate::smoke::{Args, smoke};
-
-struct Running {
-    url: String,
-    key_arn: String,
-    s3: aws_sdk_s3::Client,
-    // Keeps the server's runtime alive for the test.
-    _runtime: tokio::runtime::Runtime,
-}
-
-fn start_service(processor: &str) -> Running {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (url, key_arn, s3) = runtime.block_on(async {
-        let clients = emulator_clients().await;
-        let key_arn = create_key(&clients.kms).await;
-        let (initial, final_) = (
-            unique_bucket_name("smoke-in"),
-            unique_bucket_name("smoke-out"),
-        );
-        for bucket in [&initial, &final_] {
-            create_bucket(&clients.s3, bucket).await;
-            configure_like_terraform(&clients.s3, bucket, &key_arn).await;
-        }
-        let config = Config::try_parse_from([
-            "service".to_string(),
-            format!("--initial-bucket={initial}"),
-            format!("--final-bucket={final_}"),
-            format!("--kms-key-arn={key_arn}"),
-            format!("--region={TEST_REGION}"),
-            format!("--processor={processor}"),
-            "--part-size=5242880".to_string(),
-        ])
-        .unwrap();
-        let state = AppState::start(config, &clients).await.unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
-        (url, key_arn, clients.s3.clone())
-    });
-    Running {
-        url,
-        key_arn,
-        s3,
-        _runtime: runtime,
-    }
-}
 
 #[test]
 fn smoke_passes_against_a_healthy_stack_for_each_processor() {
