@@ -437,8 +437,11 @@ async fn download(state: &AppState, name: &str, headers: &HeaderMap) -> Result<R
         None => StatusCode::OK,
     };
     let metrics = state.metrics.clone();
-    let body = tokio_util::io::ReaderStream::new(object.body.into_async_read())
-        .inspect_ok(move |chunk| metrics.bytes_out(chunk.len() as u64));
+    let body = tokio_util::io::ReaderStream::with_capacity(
+        object.body.into_async_read(),
+        crate::processing::STREAM_CHUNK,
+    )
+    .inspect_ok(move |chunk| metrics.bytes_out(chunk.len() as u64));
     response
         .status(status_code)
         .body(Body::from_stream(body))

@@ -37,6 +37,9 @@ use crate::names::{failed_key, processed_key, raw_key};
 use crate::upload::{self, InFlight, Target, UploadError, metadata_text, metadata_value};
 
 pub type Reader = Box<dyn AsyncRead + Send + Unpin>;
+/// Read size when streaming: the 4 KiB default costs a chunk (and a hash update and a
+/// buffer push) per page.
+pub const STREAM_CHUNK: usize = 64 * 1024;
 pub type Output = BoxStream<'static, io::Result<Bytes>>;
 
 /// One step between decrypted input and stored output. `stats` receives values recorded in
@@ -55,7 +58,7 @@ impl Processor for Identity {
         "identity"
     }
     fn process(&self, input: Reader, _stats: upload::LateMetadata) -> Output {
-        ReaderStream::new(input).boxed()
+        ReaderStream::with_capacity(input, STREAM_CHUNK).boxed()
     }
 }
 
@@ -66,7 +69,7 @@ impl Processor for Gunzip {
     fn process(&self, input: Reader, _stats: upload::LateMetadata) -> Output {
         let mut decoder = GzipDecoder::new(BufReader::new(input));
         decoder.multiple_members(true);
-        ReaderStream::new(decoder).boxed()
+        ReaderStream::with_capacity(decoder, STREAM_CHUNK).boxed()
     }
 }
 
@@ -133,7 +136,11 @@ impl Processor for JsonLines {
             line: 0,
         };
         stream::unfold(
-            (ReaderStream::new(input), validator, false),
+            (
+                ReaderStream::with_capacity(input, STREAM_CHUNK),
+                validator,
+                false,
+            ),
             move |(mut chunks, mut validator, done)| {
                 let stats = stats.clone();
                 async move {
@@ -338,6 +345,8 @@ impl Pipeline {
             }
             Err(_) => {
                 self.queued.lock().unwrap().remove(name);
+                // Whoever waits on it must look again rather than wait for a run.
+                let _ = self.finished.send(name.to_string());
                 tracing::warn!(
                     name,
                     "processing queue full; left for the reconciliation scan"
@@ -658,14 +667,22 @@ impl Pipeline {
         loop {
             // Subscribe before looking, so a run that ends in between is not missed.
             let mut finished = self.finished.subscribe();
-            let status = self.status(name).await?;
-            let unsettled = matches!(
-                status.as_ref().map(|s| s.state),
-                Some(State::Pending | State::Processing)
-            );
-            if !unsettled {
-                return Ok(status);
-            }
+            // Queued or running here: its run will announce its end, so the S3 lookups of
+            // a status can wait until then (right after an upload, the usual case).
+            let announced = !wait.is_zero() && self.is_queued_or_running(name);
+            let status = if announced {
+                None
+            } else {
+                let status = self.status(name).await?;
+                let unsettled = matches!(
+                    status.as_ref().map(|s| s.state),
+                    Some(State::Pending | State::Processing)
+                );
+                if !unsettled {
+                    return Ok(status);
+                }
+                status
+            };
             let ended = async {
                 loop {
                     match finished.recv().await {
@@ -677,9 +694,16 @@ impl Pipeline {
                 }
             };
             if tokio::time::timeout_at(deadline, ended).await.is_err() {
-                return Ok(status);
+                return match status {
+                    Some(status) => Ok(Some(status)),
+                    None => self.status(name).await,
+                };
             }
         }
+    }
+
+    fn is_queued_or_running(&self, name: &str) -> bool {
+        self.queued.lock().unwrap().contains(name) || self.running.lock().unwrap().contains(name)
     }
 
     /// Queues every raw object without a matching output; returns how many were queued.

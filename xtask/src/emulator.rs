@@ -236,8 +236,9 @@ fn answers(port: u16) -> bool {
     matches!(http_status(port, "GET", "/moto-api/"), Ok(200))
 }
 
-/// A minimal HTTP/1.1 exchange; the emulator's control API is all this needs.
-fn http_status(port: u16, method: &str, path: &str) -> Result<u16> {
+/// A minimal HTTP/1.1 exchange on 127.0.0.1: all the emulator's control API and readiness
+/// checks need, and usable inside or outside an async runtime.
+pub fn http_status(port: u16, method: &str, path: &str) -> Result<u16> {
     let mut stream =
         TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;

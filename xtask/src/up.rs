@@ -268,16 +268,9 @@ pub fn spawn_service(
     let mut child = command
         .spawn()
         .with_context(|| format!("starting {}", program.display()))?;
-    let ready = format!("http://127.0.0.1:{port}/readyz");
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .context("building an HTTP client")?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Ok(response) = block_on(async { client.get(&ready).send().await })
-            && response.status().is_success()
-        {
+        if matches!(emulator::http_status(port, "GET", "/readyz"), Ok(200)) {
             return Ok(child);
         }
         let exited = child.try_wait()?.is_some();

@@ -171,11 +171,13 @@ async fn sdk_upload_one(
     let mut source = tokio::fs::File::open(path)
         .await
         .with_context(|| format!("opening {}", path.display()))?;
+    // Parts upload in tasks of their own, so they progress while this loop waits for a
+    // buffer (polled only from here, they would hold their buffers and deadlock).
     let mut in_flight = FuturesUnordered::new();
     let mut completed = Vec::new();
     for number in 1.. {
         while in_flight.len() >= setup.parts_in_flight {
-            completed.push(in_flight.next().await.expect("not empty")?);
+            completed.push(in_flight.next().await.expect("not empty")??);
         }
         let permit = buffers.clone().acquire_owned().await?;
         let mut part = vec![0u8; setup.part_size];
@@ -184,15 +186,16 @@ async fn sdk_upload_one(
             break;
         }
         part.truncate(filled);
-        let upload_id = upload_id.clone();
-        in_flight.push(async move {
-            let output = s3
-                .upload_part()
-                .bucket(bucket)
-                .key(key)
-                .upload_id(upload_id)
-                .part_number(number)
-                .body(ByteStream::from(part))
+        let request = s3
+            .upload_part()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(&upload_id)
+            .part_number(number)
+            .body(ByteStream::from(part));
+        let key = key.to_string();
+        in_flight.push(tokio::spawn(async move {
+            let output = request
                 .send()
                 .await
                 .aws_context(format!("s3:UploadPart {key} #{number}"))?;
@@ -203,10 +206,10 @@ async fn sdk_upload_one(
                     .set_e_tag(output.e_tag().map(str::to_string))
                     .build(),
             )
-        });
+        }));
     }
     while let Some(part) = in_flight.next().await {
-        completed.push(part?);
+        completed.push(part??);
     }
     completed.sort_by_key(|p| p.part_number());
     s3.complete_multipart_upload()
@@ -248,11 +251,15 @@ async fn sdk_download(setup: &Setup, keys: &[String], outputs: &[PathBuf]) -> Re
             .send()
             .await
             .aws_context(format!("s3:GetObject {key}"))?;
-        write_stream(
-            output,
-            tokio_util::io::ReaderStream::new(object.body.into_async_read()),
-        )
-        .await
+        let mut body = object.body;
+        let mut file = tokio::fs::File::create(output)
+            .await
+            .with_context(|| format!("creating {}", output.display()))?;
+        while let Some(chunk) = body.try_next().await.context("reading a download")? {
+            file.write_all(&chunk).await?;
+        }
+        file.flush().await?;
+        Ok::<_, anyhow::Error>(())
     });
     try_join_all(downloads).await?;
     Ok(started.elapsed().as_secs_f64())

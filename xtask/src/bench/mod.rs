@@ -263,8 +263,9 @@ fn measure(
             s3_endpoint_url: s3_endpoint.map(str::to_string),
             ..AwsSettings::emulator(emulator_url, &region)
         };
-        let case = runtime.block_on(run_case(
+        let case = run_case(
             cx,
+            &runtime,
             &settings,
             CaseSettings {
                 number: case_number,
@@ -277,7 +278,7 @@ fn measure(
                 clients: args.clients as usize,
             },
             files,
-        ))?;
+        )?;
         report::print_case(&case);
         cases.push(case);
         Ok(())
@@ -370,31 +371,21 @@ struct CaseSettings<'a> {
 }
 
 /// A fresh pair of buckets and a fresh service for one case, so its peak RSS is the case's.
-async fn run_case(
+fn run_case(
     cx: &Context,
+    runtime: &tokio::runtime::Runtime,
     settings: &AwsSettings,
     case: CaseSettings<'_>,
     data: CaseData<'_>,
 ) -> Result<Case> {
-    let clients = AwsClients::connect(settings).await;
+    let clients = runtime.block_on(AwsClients::connect(settings));
     let initial = format!("bench-{}-initial", case.number);
     let final_ = format!("bench-{}-final", case.number);
-    for bucket in [&initial, &final_] {
-        clients
-            .s3
-            .create_bucket()
-            .bucket(bucket)
-            .create_bucket_configuration(
-                aws_sdk_s3::types::CreateBucketConfiguration::builder()
-                    .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(
-                        settings.region.as_str(),
-                    ))
-                    .build(),
-            )
-            .send()
-            .await
-            .aws_context(format!("s3:CreateBucket {bucket}"))?;
-    }
+    runtime.block_on(create_buckets(
+        &clients.s3,
+        &settings.region,
+        [&initial, &final_],
+    ))?;
     let mut env: Vec<(String, String)> = vec![
         ("INITIAL_BUCKET".into(), initial.clone()),
         ("FINAL_BUCKET".into(), final_.clone()),
@@ -440,30 +431,37 @@ async fn run_case(
         out_dir: case.work.join("out"),
         repetitions: case.repetitions,
     };
-    let (metrics, objects, object_bytes) = match data {
-        CaseData::Large(files) => (
-            large::run(&setup, files, LARGE_TARGET).await?,
-            files.len(),
-            files[0].size,
-        ),
-        CaseData::Small(objects) => (
-            vec![small::run(&setup, objects, case.clients, SMALL_TARGET).await?],
-            objects.payloads.len(),
-            objects.payloads[0].len() as u64,
-        ),
-    };
-    let peak = servers::peak_rss(service.pid())?;
+    let measured = runtime.block_on(async {
+        Ok::<_, anyhow::Error>(match data {
+            CaseData::Large(files) => (
+                large::run(&setup, files, LARGE_TARGET).await?,
+                files.len(),
+                files[0].size,
+            ),
+            CaseData::Small(objects) => (
+                vec![small::run(&setup, objects, case.clients, SMALL_TARGET).await?],
+                objects.payloads.len(),
+                objects.payloads[0].len() as u64,
+            ),
+        })
+    });
+    let peak = servers::peak_rss(service.pid());
     drop(service);
-    setup.clear_buckets().await?;
-    for bucket in [&initial, &final_] {
-        clients
-            .s3
-            .delete_bucket()
-            .bucket(bucket)
-            .send()
-            .await
-            .aws_context(format!("s3:DeleteBucket {bucket}"))?;
-    }
+    runtime.block_on(async {
+        setup.clear_buckets().await?;
+        for bucket in [&initial, &final_] {
+            clients
+                .s3
+                .delete_bucket()
+                .bucket(bucket)
+                .send()
+                .await
+                .aws_context(format!("s3:DeleteBucket {bucket}"))?;
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    let (metrics, objects, object_bytes) = measured?;
+    let peak = peak?;
     // The memory target is for 1 GiB uploads; report it where it applies.
     let rss_target = (object_bytes >= 1024 * MIB).then(|| Target {
         description: format!("< {} MiB", RSS_TARGET_BYTES / MIB),
@@ -479,6 +477,26 @@ async fn run_case(
         service_peak_rss_bytes: peak,
         rss_target,
     })
+}
+
+async fn create_buckets(
+    s3: &aws_sdk_s3::Client,
+    region: &str,
+    buckets: [&String; 2],
+) -> Result<()> {
+    for bucket in buckets {
+        s3.create_bucket()
+            .bucket(bucket)
+            .create_bucket_configuration(
+                aws_sdk_s3::types::CreateBucketConfiguration::builder()
+                    .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(region))
+                    .build(),
+            )
+            .send()
+            .await
+            .aws_context(format!("s3:CreateBucket {bucket}"))?;
+    }
+    Ok(())
 }
 
 async fn create_key(emulator_url: &str, region: &str) -> Result<String> {

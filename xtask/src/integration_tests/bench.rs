@@ -27,7 +27,9 @@ fn every_variant_moves_the_same_bytes_and_is_measured() {
         kms_key_arn: running.key_arn.clone(),
         part_size: 5 * 1024 * 1024,
         parts_in_flight: 2,
-        max_buffered_parts: 4,
+        // Fewer buffers than files x parts in flight: transfers must wait for each other's
+        // parts, which deadlocked once.
+        max_buffered_parts: 2,
         python: BOTO3.ensure(&cx).unwrap(),
         script: cx.root.join("xtask/src/bench/boto3_transfer.py"),
         out_dir: work.join("out"),
@@ -38,9 +40,14 @@ fn every_variant_moves_the_same_bytes_and_is_measured() {
     let objects = generate_small(&work.join("small"), 12, 2).unwrap();
 
     let (transfers, end_to_end) = running.runtime.block_on(async {
-        let transfers = large::run(&setup, &files, 0.9).await.unwrap();
-        let end_to_end = small::run(&setup, &objects, 4, 0.8).await.unwrap();
-        (transfers, end_to_end)
+        let measured = async {
+            let transfers = large::run(&setup, &files, 0.9).await.unwrap();
+            let end_to_end = small::run(&setup, &objects, 4, 0.8).await.unwrap();
+            (transfers, end_to_end)
+        };
+        tokio::time::timeout(Duration::from_secs(120), measured)
+            .await
+            .expect("the measurements finish (a hang is a bug)")
     });
 
     let names: Vec<&str> = transfers.iter().map(|m| m.name.as_str()).collect();
