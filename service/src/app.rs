@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Result;
 use aws_sdk_s3::Client as S3;
 use aws_sdk_s3::error::ProvideErrorMetadata;
+use aws_sdk_s3::operation::get_object::GetObjectOutput;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -382,44 +383,7 @@ async fn file_status(state: &AppState, name: &str, wait: Duration) -> Result<Fil
 }
 
 async fn download(state: &AppState, name: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
-    let status = file_status(state, name, Duration::ZERO).await?;
-    if status.state != FileState::Processed {
-        let state_name = serde_json::to_value(status.state).unwrap_or(Value::Null);
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "not_processed",
-            format!(
-                "`{name}` is not processed yet (state: {})",
-                state_name.as_str().unwrap_or("?")
-            ),
-        )
-        .with_details(json!({"status": status})));
-    }
-    let mut request = state
-        .s3
-        .get_object()
-        .bucket(&state.config.final_bucket)
-        .key(processed_key(name));
-    if let Some(range) = header_text(headers, "range") {
-        request = request.range(range);
-    }
-    let object = match request.send().await {
-        Ok(object) => object,
-        Err(err) if err.code() == Some("InvalidRange") => {
-            return Err(ApiError::new(
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                "invalid_range",
-                "the requested range is outside the file",
-            ));
-        }
-        Err(err) => {
-            return Err(ApiError::upstream_aws(
-                &Err::<(), _>(err)
-                    .aws_context(format!("s3:GetObject {}", processed_key(name)))
-                    .unwrap_err(),
-            ));
-        }
-    };
+    let object = current_output(state, name, headers).await?;
     let mut response = Response::builder()
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .header(header::ACCEPT_RANGES, "bytes");
@@ -446,6 +410,67 @@ async fn download(state: &AppState, name: &str, headers: &HeaderMap) -> Result<R
         .status(status_code)
         .body(Body::from_stream(body))
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+}
+
+/// The processed output of `name`, if it was made from the current raw version. The output
+/// and the raw object's identity are fetched together (one round trip, not a status lookup
+/// and then a GET). Otherwise: 404 for an unknown file, 409 with its status, or 416.
+async fn current_output(
+    state: &AppState,
+    name: &str,
+    headers: &HeaderMap,
+) -> Result<GetObjectOutput, ApiError> {
+    let mut request = state
+        .s3
+        .get_object()
+        .bucket(&state.config.final_bucket)
+        .key(processed_key(name));
+    if let Some(range) = header_text(headers, "range") {
+        request = request.range(range);
+    }
+    let (raw, object) = tokio::join!(state.pipeline.head_raw(name), request.send());
+    let raw = raw
+        .map_err(|e| ApiError::upstream_aws(&e))?
+        .ok_or_else(|| ApiError::not_found(format!("no file named `{name}`")))?;
+    let invalid_range = match object {
+        Ok(object) if raw.made(object.metadata()) => return Ok(object),
+        Ok(_) => false,
+        Err(err) if err.code() == Some("NoSuchKey") => false,
+        Err(err) if err.code() == Some("InvalidRange") => true,
+        Err(err) => {
+            return Err(ApiError::upstream_aws(
+                &Err::<(), _>(err)
+                    .aws_context(format!("s3:GetObject {}", processed_key(name)))
+                    .unwrap_err(),
+            ));
+        }
+    };
+    // Not served: the status says why (and catches a file processed a moment ago).
+    let status = file_status(state, name, Duration::ZERO).await?;
+    if status.state == FileState::Processed && invalid_range {
+        return Err(ApiError::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "invalid_range",
+            "the requested range is outside the file",
+        ));
+    }
+    if status.state == FileState::Processed {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "processed_meanwhile",
+            format!("`{name}` was processed while it was being read; retry"),
+        ));
+    }
+    let state_name = serde_json::to_value(status.state).unwrap_or(Value::Null);
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        "not_processed",
+        format!(
+            "`{name}` is not processed yet (state: {})",
+            state_name.as_str().unwrap_or("?")
+        ),
+    )
+    .with_details(json!({"status": status})))
 }
 
 #[derive(Deserialize)]

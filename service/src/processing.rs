@@ -234,6 +234,22 @@ pub struct ProcessedInfo {
     pub kms_key_id: Option<String>,
 }
 
+impl RawInfo {
+    /// Whether an output with this metadata was made from exactly this raw version. An
+    /// output whose metadata is not complete yet (late metadata) was not.
+    pub fn made(&self, output_metadata: Option<&HashMap<String, String>>) -> bool {
+        let Some(metadata) = output_metadata else {
+            return false;
+        };
+        let same_etag = metadata.get("source-etag") == Some(&self.etag);
+        let same_version = match &self.version_id {
+            Some(version) => metadata.get("source-version") == Some(version),
+            None => true,
+        };
+        same_etag && same_version
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct FileStatus {
     pub name: String,
@@ -254,6 +270,15 @@ struct FailureRecord {
     processor: String,
     error: String,
     failed_at: String,
+}
+
+impl FailureRecord {
+    /// The error, if this record was written for exactly this raw version.
+    fn for_version(self, raw: &RawInfo) -> Option<String> {
+        let matches = self.source_etag == raw.etag
+            && (raw.version_id.is_none() || self.source_version == raw.version_id);
+        matches.then_some(self.error)
+    }
 }
 
 pub struct Pipeline {
@@ -387,12 +412,21 @@ impl Pipeline {
         let Some(raw) = self.head_raw(name).await? else {
             return Ok(None);
         };
-        if self.output_matches(name, &raw).await? {
+        if self.head_processed(name, &raw).await?.is_some() {
+            return Ok(None);
+        }
+        let earlier_failure = self.failure_record(name).await?;
+        let this_version_failed = earlier_failure.map(|record| record.for_version(&raw).is_some());
+        if this_version_failed == Some(true) {
             return Ok(None);
         }
         match self.transform(name, &raw).await {
             Ok(uploaded) => {
-                self.clear_failure(name).await?;
+                // A record of an older version's failure is stale now; with none, there is
+                // nothing to delete (saves a request per file).
+                if this_version_failed.is_some() {
+                    self.clear_failure(name).await?;
+                }
                 Ok(Some(uploaded))
             }
             Err(err) => {
@@ -543,15 +577,10 @@ impl Pipeline {
         else {
             return Ok(None);
         };
-        let metadata = head.metadata().cloned().unwrap_or_default();
-        let same_etag = metadata.get("source-etag") == Some(&raw.etag);
-        let same_version = match &raw.version_id {
-            Some(version) => metadata.get("source-version") == Some(version),
-            None => true,
-        };
-        if !(same_etag && same_version) {
+        if !raw.made(head.metadata()) {
             return Ok(None);
         }
+        let metadata = head.metadata().cloned().unwrap_or_default();
         Ok(Some(ProcessedInfo {
             size: head.content_length().unwrap_or_default(),
             etag: trim_etag(head.e_tag()),
@@ -566,7 +595,8 @@ impl Pipeline {
         }))
     }
 
-    async fn failure(&self, name: &str, raw: &RawInfo) -> Result<Option<String>> {
+    /// The failure record of `name`, whichever raw version it was written for.
+    async fn failure_record(&self, name: &str) -> Result<Option<FailureRecord>> {
         let object = self
             .s3
             .get_object()
@@ -585,11 +615,17 @@ impl Pipeline {
             .await
             .context("reading a failure record")?
             .into_bytes();
-        let record: FailureRecord =
-            serde_json::from_slice(&body).context("parsing a failure record")?;
-        let matches = record.source_etag == raw.etag
-            && (raw.version_id.is_none() || record.source_version == raw.version_id);
-        Ok(matches.then_some(record.error))
+        Ok(Some(
+            serde_json::from_slice(&body).context("parsing a failure record")?,
+        ))
+    }
+
+    /// The error recorded for exactly this raw version, if its processing failed.
+    async fn failure(&self, name: &str, raw: &RawInfo) -> Result<Option<String>> {
+        Ok(self
+            .failure_record(name)
+            .await?
+            .and_then(|record| record.for_version(raw)))
     }
 
     async fn output_matches(&self, name: &str, raw: &RawInfo) -> Result<bool> {

@@ -392,6 +392,50 @@ async fn raw_files_left_by_a_crash_are_processed_at_start_up() {
 }
 
 #[tokio::test]
+async fn an_output_of_an_older_raw_version_is_never_served() {
+    let stack = Stack::start(&[]).await;
+    stack.put("versions.txt", b"version one".to_vec()).await;
+    assert_eq!(stack.settle("versions.txt").await["state"], "processed");
+    assert_eq!(stack.get("versions.txt").await.1, b"version one");
+    // A new raw version written behind the service's back: nothing queues it.
+    stack
+        .clients
+        .s3
+        .put_object()
+        .bucket(&stack.initial)
+        .key("raw/versions.txt")
+        .body(ByteStream::from(b"version two".to_vec()))
+        .send()
+        .await
+        .unwrap();
+    let (code, body) = stack.get("versions.txt").await;
+    assert_eq!(code, 409, "{}", String::from_utf8_lossy(&body));
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["error"]["status"]["state"], "pending", "{body}");
+    let response = stack
+        .http
+        .get(stack.file_url("versions.txt"))
+        .header("range", "bytes=0-3")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 409, "a range of the old output");
+
+    // Once processed, the new version is served, and a range beyond it is 416.
+    stack.state.pipeline.reconcile().await.unwrap();
+    assert_eq!(stack.settle("versions.txt").await["state"], "processed");
+    assert_eq!(stack.get("versions.txt").await.1, b"version two");
+    let response = stack
+        .http
+        .get(stack.file_url("versions.txt"))
+        .header("range", "bytes=100-200")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 416);
+}
+
+#[tokio::test]
 async fn auth_on_and_off() {
     let open = Stack::start(&[]).await;
     assert_eq!(
