@@ -68,7 +68,12 @@ impl AppState {
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::default());
         let in_flight = InFlight::new(config.max_buffered_parts);
-        let decryptor = Decryptor::new(clients.kms.clone(), &config.kms_key_arn).await?;
+        let decryptor = Decryptor::new(
+            clients.kms.clone(),
+            &config.kms_key_arn,
+            config.max_encrypted_size,
+        )
+        .await?;
         let pipeline = Pipeline::start(
             clients.s3.clone(),
             config.clone(),

@@ -11,6 +11,11 @@ use aws_esdk::material_providers::types::keyring::KeyringRef;
 use aws_esdk::material_providers::types::material_providers_config::MaterialProvidersConfig;
 use aws_esdk::types::aws_encryption_sdk_config::AwsEncryptionSdkConfig;
 use aws_sdk_s3::primitives::Blob;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Algorithm suite ids of message format version 2 (key-committing suites).
 const V2_SUITES: [[u8; 2]; 2] = [[0x04, 0x78], [0x05, 0x78]];
@@ -44,12 +49,36 @@ pub fn looks_encrypted(header: &[u8]) -> bool {
 pub struct Decryptor {
     client: esdk_client::Client,
     keyring: KeyringRef,
-    /// One message in memory at a time (see MAX_ENCRYPTED_SIZE).
-    one_at_a_time: std::sync::Arc<tokio::sync::Semaphore>,
+    /// KiB of messages and plaintexts in memory, whatever the number of files processed at
+    /// once: twice the largest message allowed (its ciphertext, then its plaintext).
+    memory_kib: Arc<Semaphore>,
+    budget_kib: u32,
+}
+
+/// A decrypted payload. Its share of the memory budget returns when it is dropped, that is
+/// once the processor has consumed it, not when decryption ends.
+pub struct Plaintext {
+    bytes: std::io::Cursor<Vec<u8>>,
+    _budget: OwnedSemaphorePermit,
+}
+
+impl AsyncRead for Plaintext {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.bytes).poll_read(cx, buf)
+    }
 }
 
 impl Decryptor {
-    pub async fn new(kms: aws_sdk_kms::Client, key_arn: &str) -> Result<Decryptor> {
+    /// `max_message_size`: the largest message ever decrypted (MAX_ENCRYPTED_SIZE).
+    pub async fn new(
+        kms: aws_sdk_kms::Client,
+        key_arn: &str,
+        max_message_size: u64,
+    ) -> Result<Decryptor> {
         let client = esdk_client::Client::from_conf(
             AwsEncryptionSdkConfig::builder()
                 .build()
@@ -69,27 +98,42 @@ impl Decryptor {
             .send()
             .await
             .map_err(|e| anyhow!("creating the KMS keyring for {key_arn}: {e:?}"))?;
+        let budget_kib = u32::try_from((2 * max_message_size).div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .clamp(1, Semaphore::MAX_PERMITS as u32);
         Ok(Decryptor {
             client,
             keyring,
-            one_at_a_time: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
+            memory_kib: Arc::new(Semaphore::new(budget_kib as usize)),
+            budget_kib,
         })
     }
 
-    /// Reads a whole message (after its already-read `header`) and decrypts it, taking the
-    /// one turn before reading so only one message is ever held in memory.
-    pub async fn decrypt_from<R>(&self, header: Vec<u8>, reader: &mut R) -> Result<Vec<u8>>
+    /// Reads a whole message of `size` bytes (after its already-read `header`) and decrypts
+    /// it. Its share of the memory budget is taken before reading and held by the plaintext.
+    pub async fn decrypt_from<R>(
+        &self,
+        header: Vec<u8>,
+        reader: &mut R,
+        size: u64,
+    ) -> Result<Plaintext>
     where
-        R: tokio::io::AsyncRead + Unpin,
+        R: AsyncRead + Unpin,
     {
         use tokio::io::AsyncReadExt as _;
-        let _turn = self.one_at_a_time.acquire().await?;
+        let kib = u32::try_from((2 * size).div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.budget_kib);
+        let budget = self.memory_kib.clone().acquire_many_owned(kib).await?;
         let mut message = header;
         reader
             .read_to_end(&mut message)
             .await
             .context("reading the encrypted object")?;
-        self.decrypt_message(message).await
+        Ok(Plaintext {
+            bytes: std::io::Cursor::new(self.decrypt_message(message).await?),
+            _budget: budget,
+        })
     }
 
     async fn decrypt_message(&self, message: Vec<u8>) -> Result<Vec<u8>> {

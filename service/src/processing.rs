@@ -476,9 +476,11 @@ impl Pipeline {
                     self.config.max_encrypted_size
                 ));
             }
-            Box::new(io::Cursor::new(
-                self.decryptor.decrypt_from(header, &mut reader).await?,
-            ))
+            Box::new(
+                self.decryptor
+                    .decrypt_from(header, &mut reader, raw.size as u64)
+                    .await?,
+            )
         } else if self.config.require_encrypted_input {
             return Err(anyhow!(
                 "the payload is not an AWS Encryption SDK message and REQUIRE_ENCRYPTED_INPUT is set"

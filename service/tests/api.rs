@@ -158,7 +158,7 @@ async fn status_waits_until_processing_ends() {
 #[tokio::test]
 async fn encryption_sdk_messages_are_decrypted_with_the_configured_key() {
     let stack = Stack::start(&["--require-encrypted-input=true"]).await;
-    let producer = Decryptor::new(stack.clients.kms.clone(), &stack.key_arn)
+    let producer = Decryptor::new(stack.clients.kms.clone(), &stack.key_arn, MIB as u64)
         .await
         .unwrap();
     let plaintext = b"{\"secret\": \"payload\"}\n".repeat(1000);
@@ -180,7 +180,7 @@ async fn encryption_sdk_messages_are_decrypted_with_the_configured_key() {
     // unwraps with the configured key ARN.
     let other = stack.clients.kms.create_key().send().await.unwrap();
     let other_arn = other.key_metadata().unwrap().arn().unwrap().to_string();
-    let foreign = Decryptor::new(stack.clients.kms.clone(), &other_arn)
+    let foreign = Decryptor::new(stack.clients.kms.clone(), &other_arn, MIB as u64)
         .await
         .unwrap();
     stack
@@ -199,6 +199,42 @@ async fn encryption_sdk_messages_are_decrypted_with_the_configured_key() {
     stack.put("tampered.enc", tampered).await;
     let status = stack.settle("tampered.enc").await;
     assert_eq!(status["state"], "failed", "{status}");
+}
+
+#[tokio::test]
+async fn decrypted_payloads_hold_their_memory_share_until_consumed() {
+    let stack = Stack::start(&[]).await;
+    // Budget: twice 1 MiB. Each 600 KiB message weighs 1.2 MiB, so two cannot be in memory
+    // at once.
+    let decryptor = Decryptor::new(stack.clients.kms.clone(), &stack.key_arn, MIB as u64)
+        .await
+        .unwrap();
+    let message = decryptor
+        .encrypt(random_bytes(600 * 1024, 9))
+        .await
+        .unwrap();
+    let size = message.len() as u64;
+    let (mut first_reader, mut second_reader) = (message.as_slice(), message.as_slice());
+    let first = decryptor
+        .decrypt_from(Vec::new(), &mut first_reader, size)
+        .await
+        .unwrap();
+    let second = decryptor.decrypt_from(Vec::new(), &mut second_reader, size);
+    tokio::pin!(second);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut second)
+            .await
+            .is_err(),
+        "a second plaintext while the first is still held"
+    );
+    drop(first);
+    let mut plaintext = Vec::new();
+    let mut second = tokio::time::timeout(Duration::from_secs(30), second)
+        .await
+        .expect("the second decrypts once the first is dropped")
+        .unwrap();
+    second.read_to_end(&mut plaintext).await.unwrap();
+    assert_eq!(plaintext, random_bytes(600 * 1024, 9));
 }
 
 #[tokio::test]
