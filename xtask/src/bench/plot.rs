@@ -45,6 +45,7 @@ pub fn write_svg(report: &Report, path: &Path) -> Result<()> {
         chart
             .configure_mesh()
             .disable_x_mesh()
+            .light_line_style(TRANSPARENT)
             .x_labels(0)
             .y_desc(*unit)
             .draw()
@@ -60,7 +61,8 @@ pub fn write_svg(report: &Report, path: &Path) -> Result<()> {
             chart
                 .draw_series(std::iter::once(Text::new(
                     format!("{} {:.1}", variant.label(), values[i]),
-                    (x + 0.22, values[i] + top * 0.04),
+                    // Text hangs below its anchor: anchor it above the bar.
+                    (x + 0.22, values[i] + top * 0.1),
                     ("sans-serif", 13),
                 )))
                 .map_err(plot_error)?;
