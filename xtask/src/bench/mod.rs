@@ -171,7 +171,12 @@ impl Setup {
                 .send();
             while let Some(page) = pages.next().await {
                 let page = page.aws_context(format!("s3:ListObjectsV2 {bucket}"))?;
-                keys.extend(page.contents().iter().filter_map(|o| o.key()).map(String::from));
+                keys.extend(
+                    page.contents()
+                        .iter()
+                        .filter_map(|o| o.key())
+                        .map(String::from),
+                );
             }
             stream::iter(keys)
                 .map(|key| async move {
@@ -288,7 +293,10 @@ fn measure(
             files,
         )?;
         report::print_case(&case);
-        eprintln!("    (case {case_number} took {:.0}s)", started.elapsed().as_secs_f64());
+        eprintln!(
+            "    (case {case_number} took {:.0}s)",
+            started.elapsed().as_secs_f64()
+        );
         cases.push(case);
         Ok(())
     };
