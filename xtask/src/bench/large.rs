@@ -13,6 +13,7 @@ use service::aws::AwsResultExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 
+use super::data::sha256_file;
 use super::report::{Metric, Variant};
 use super::{Setup, SourceFile};
 
@@ -80,7 +81,7 @@ fn verify(file: &SourceFile, output: &Path, content: bool) -> Result<()> {
         file.size
     );
     if content {
-        let got = super::sha256_file(output)?;
+        let got = sha256_file(output)?;
         ensure!(
             got == file.sha256,
             "{} differs from its source",
@@ -314,7 +315,7 @@ mod tests {
             size,
             sha256: sha256.to_string(),
         };
-        let right = super::super::sha256_file(&output).unwrap();
+        let right = sha256_file(&output).unwrap();
         assert!(verify(&expected(3, &right), &output, true).is_ok());
         assert!(verify(&expected(4, &right), &output, false).is_err());
         let wrong = "0".repeat(64);

@@ -9,30 +9,30 @@
 //! s3s-fs ignores SSE headers, so encryption costs nothing there; one case also runs on moto.
 //! The service and this client run release builds: a debug client would understate (b).
 
+mod data;
 pub(crate) mod large;
 mod plot;
 pub(crate) mod report;
 mod servers;
 pub(crate) mod small;
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, bail, ensure};
-use bytes::Bytes;
 use service::aws::{AwsClients, AwsResultExt, AwsSettings, subprocess_env};
 use service::config::{DEFAULT_MAX_BUFFERED_PARTS, DEFAULT_PART_SIZE, DEFAULT_PARTS_IN_FLIGHT};
-use sha2::{Digest, Sha256};
 use xshell::cmd;
 
 use crate::context::Context;
 use crate::emulator;
 use crate::tools::PythonTool;
+use data::remove_files;
+pub(crate) use data::{SourceFile, generate_files, generate_small};
 use report::{Case, Report, Target};
 
-const MIB: u64 = 1024 * 1024;
+pub(crate) const MIB: u64 = 1024 * 1024;
 pub(crate) const BOTO3: PythonTool = PythonTool {
     venv: "boto3",
     executable: "python",
@@ -93,12 +93,6 @@ pub struct Setup {
     /// Downloads land here.
     pub out_dir: PathBuf,
     pub repetitions: u32,
-}
-
-pub struct SourceFile {
-    pub path: PathBuf,
-    pub size: u64,
-    pub sha256: String,
 }
 
 #[derive(serde::Deserialize)]
@@ -217,9 +211,11 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
     if started_emulator {
         emulator::stop(cx)?;
     }
-    // The data is gigabytes; keep only the report.
-    let _ = std::fs::remove_dir_all(&work);
-    let report = result?;
+    // The data is gigabytes; keep only the logs (and the report).
+    for dir in ["data", "out", "s3s-fs"] {
+        let _ = std::fs::remove_dir_all(work.join(dir));
+    }
+    let report = result.with_context(|| format!("the logs are in {}", work.display()))?;
     write_report(cx, &report, args.plot)
 }
 
@@ -529,97 +525,6 @@ async fn create_key(emulator_url: &str, region: &str) -> Result<String> {
         .and_then(|m| m.arn())
         .map(str::to_string)
         .context("kms:CreateKey returned no ARN")
-}
-
-/// Deterministic pseudo-random bytes (splitmix64): incompressible, and cheap to make.
-fn fill_random(buffer: &mut [u8], state: &mut u64) {
-    for chunk in buffer.chunks_mut(8) {
-        *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = *state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        chunk.copy_from_slice(&z.to_le_bytes()[..chunk.len()]);
-    }
-}
-
-pub(crate) fn generate_files(
-    dir: &Path,
-    label: &str,
-    count: u32,
-    size: u64,
-) -> Result<Vec<SourceFile>> {
-    eprintln!(
-        "    writing {count} x {} MiB of random data to {}",
-        size / MIB,
-        dir.display()
-    );
-    let mut buffer = vec![0u8; MIB as usize];
-    (0..count)
-        .map(|i| {
-            let path = dir.join(format!("{label}-{i}.bin"));
-            let mut file = std::io::BufWriter::new(
-                std::fs::File::create(&path)
-                    .with_context(|| format!("creating {}", path.display()))?,
-            );
-            let mut hasher = Sha256::new();
-            let mut state = u64::from(i) << 32 | size;
-            let mut left = size;
-            while left > 0 {
-                let n = left.min(MIB) as usize;
-                fill_random(&mut buffer[..n], &mut state);
-                hasher.update(&buffer[..n]);
-                file.write_all(&buffer[..n])?;
-                left -= n as u64;
-            }
-            file.flush()?;
-            Ok(SourceFile {
-                path,
-                size,
-                sha256: hex::encode(hasher.finalize()),
-            })
-        })
-        .collect()
-}
-
-fn remove_files(files: &[SourceFile]) {
-    for file in files {
-        let _ = std::fs::remove_file(&file.path);
-    }
-}
-
-pub(crate) fn generate_small(dir: &Path, count: u32, kib: u32) -> Result<small::Objects> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut state = 7;
-    let payloads = (0..count)
-        .map(|i| {
-            let mut payload = vec![0u8; kib as usize * 1024];
-            fill_random(&mut payload, &mut state);
-            // Zero-padded names: boto3 reads them back sorted, in index order.
-            let path = dir.join(format!("{i:08}"));
-            std::fs::write(&path, &payload)
-                .with_context(|| format!("writing {}", path.display()))?;
-            Ok(Bytes::from(payload))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(small::Objects {
-        dir: dir.to_path_buf(),
-        payloads,
-    })
-}
-
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; MIB as usize];
-    loop {
-        let n = file.read(&mut buffer)?;
-        if n == 0 {
-            return Ok(hex::encode(hasher.finalize()));
-        }
-        hasher.update(&buffer[..n]);
-    }
 }
 
 fn write_report(cx: &Context, report: &Report, plot: bool) -> Result<()> {
