@@ -258,7 +258,11 @@ pub fn spawn_service(
     let mut command = Command::new(program);
     // Per-service endpoints in the caller's shell would take precedence over the endpoint the
     // xtask passes (aws-config reads them itself); the service talks where `env` says.
-    for inherited in ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_KMS", "AWS_ENDPOINT_URL_STS"] {
+    for inherited in [
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_ENDPOINT_URL_KMS",
+        "AWS_ENDPOINT_URL_STS",
+    ] {
         command.env_remove(inherited);
     }
     command

@@ -125,16 +125,18 @@ impl Setup {
         Ok(())
     }
 
-    /// Runs the boto3 script with these arguments plus the connection settings.
+    /// Runs the boto3 script with these arguments plus the connection settings. Called from
+    /// async code: the wait for the script is handed off the runtime's worker.
     pub fn boto3(&self, args: &[String]) -> Result<Boto3Result> {
-        let output = Command::new(&self.python)
+        let mut command = Command::new(&self.python);
+        command
             .arg(&self.script)
             .args(args)
             .arg(format!("--endpoint={}", self.s3_endpoint))
             .arg(format!("--region={}", self.region))
-            .arg(format!("--kms-key-arn={}", self.kms_key_arn))
-            .output()
-            .context("running the boto3 script")?;
+            .arg(format!("--kms-key-arn={}", self.kms_key_arn));
+        let output =
+            tokio::task::block_in_place(|| command.output()).context("running the boto3 script")?;
         if !output.status.success() {
             bail!(
                 "the boto3 script failed ({}):\n{}",
