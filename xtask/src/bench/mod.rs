@@ -25,6 +25,7 @@ use service::aws::{AwsClients, AwsResultExt, AwsSettings, subprocess_env};
 use service::config::{DEFAULT_MAX_BUFFERED_PARTS, DEFAULT_PART_SIZE, DEFAULT_PARTS_IN_FLIGHT};
 use xshell::cmd;
 
+use crate::buckets;
 use crate::context::Context;
 use crate::emulator;
 use crate::tools::PythonTool;
@@ -396,11 +397,12 @@ fn run_case(
     let clients = runtime.block_on(AwsClients::connect(settings));
     let initial = format!("bench-{}-initial", case.number);
     let final_ = format!("bench-{}-final", case.number);
-    runtime.block_on(create_buckets(
-        &clients.s3,
-        &settings.region,
-        [&initial, &final_],
-    ))?;
+    runtime.block_on(async {
+        for bucket in [&initial, &final_] {
+            buckets::create(&clients.s3, bucket, &settings.region).await?;
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
     let mut env: Vec<(String, String)> = vec![
         ("INITIAL_BUCKET".into(), initial.clone()),
         ("FINAL_BUCKET".into(), final_.clone()),
@@ -447,6 +449,8 @@ fn run_case(
         repetitions: case.repetitions,
     };
     let measured = runtime.block_on(async {
+        // Buckets left by an interrupted run may still hold its objects.
+        setup.clear_buckets().await?;
         Ok::<_, anyhow::Error>(match data {
             CaseData::Large(files) => (
                 large::run(&setup, files, LARGE_TARGET).await?,
@@ -492,26 +496,6 @@ fn run_case(
         service_peak_rss_bytes: peak,
         rss_target,
     })
-}
-
-async fn create_buckets(
-    s3: &aws_sdk_s3::Client,
-    region: &str,
-    buckets: [&String; 2],
-) -> Result<()> {
-    for bucket in buckets {
-        s3.create_bucket()
-            .bucket(bucket)
-            .create_bucket_configuration(
-                aws_sdk_s3::types::CreateBucketConfiguration::builder()
-                    .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(region))
-                    .build(),
-            )
-            .send()
-            .await
-            .aws_context(format!("s3:CreateBucket {bucket}"))?;
-    }
-    Ok(())
 }
 
 async fn create_key(emulator_url: &str, region: &str) -> Result<String> {
