@@ -44,37 +44,43 @@ pub async fn empty_bucket(s3: &S3, bucket: &str) -> Result<usize> {
         if batch.is_empty() {
             return Ok(deleted);
         }
-        for chunk in batch.chunks(1000) {
-            let result = s3
-                .delete_objects()
-                .bucket(bucket)
-                .delete(
-                    Delete::builder()
-                        .set_objects(Some(chunk.to_vec()))
-                        .quiet(true)
-                        .build()
-                        .expect("objects are set"),
-                )
-                .send()
-                .await
-                .aws_context(format!("s3:DeleteObjects {bucket}"))?;
-            if let Some(error) = result.errors().first() {
-                bail!(
-                    "s3:DeleteObjects {bucket}: {} of {} keys failed, first: {} ({})",
-                    result.errors().len(),
-                    chunk.len(),
-                    error.key().unwrap_or("?"),
-                    error.message().unwrap_or("no message")
-                );
-            }
-            deleted += chunk.len();
-        }
+        deleted += delete_objects(s3, bucket, &batch).await?;
     }
 }
 
-fn identifier(key: Option<&str>, version_id: Option<&str>) -> Result<ObjectIdentifier> {
+/// Deletes these objects (or versions) with DeleteObjects, 1,000 per request; returns how
+/// many were deleted. Any key S3 could not delete fails the call.
+pub async fn delete_objects(s3: &S3, bucket: &str, objects: &[ObjectIdentifier]) -> Result<usize> {
+    for chunk in objects.chunks(1000) {
+        let result = s3
+            .delete_objects()
+            .bucket(bucket)
+            .delete(
+                Delete::builder()
+                    .set_objects(Some(chunk.to_vec()))
+                    .quiet(true)
+                    .build()
+                    .expect("objects are set"),
+            )
+            .send()
+            .await
+            .aws_context(format!("s3:DeleteObjects {bucket}"))?;
+        if let Some(error) = result.errors().first() {
+            bail!(
+                "s3:DeleteObjects {bucket}: {} of {} keys failed, first: {} ({})",
+                result.errors().len(),
+                chunk.len(),
+                error.key().unwrap_or("?"),
+                error.message().unwrap_or("no message")
+            );
+        }
+    }
+    Ok(objects.len())
+}
+
+pub fn identifier(key: Option<&str>, version_id: Option<&str>) -> Result<ObjectIdentifier> {
     let Some(key) = key else {
-        bail!("s3:ListObjectVersions returned an entry without a key");
+        bail!("an S3 listing returned an entry without a key");
     };
     Ok(ObjectIdentifier::builder()
         .key(key)
