@@ -41,6 +41,10 @@ pub async fn run(setup: &Setup, files: &[SourceFile], target_a_over_b: f64) -> R
             let outputs: Vec<PathBuf> = (0..files.len())
                 .map(|i| setup.out_dir.join(format!("{}-{i}", variant.letter())))
                 .collect();
+            // An earlier repetition's file must not pass for this one's download.
+            for output in &outputs {
+                let _ = std::fs::remove_file(output);
+            }
             let down = match variant {
                 Variant::Service => service_download(setup, &keys, &outputs).await?,
                 Variant::Sdk => sdk_download(setup, &keys, &outputs).await?,
