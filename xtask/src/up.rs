@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
-use service::aws::{AwsClients, subprocess_env};
+use service::aws::{AwsClients, AwsSettings, subprocess_env};
 use xshell::cmd;
 
 use crate::context::{Context, block_on};
@@ -204,22 +204,10 @@ fn start_service(cx: &Context, outputs: &Outputs, port: u16) -> Result<ServiceRe
     // test credentials, and loopback instead of all interfaces.
     let mut env = user_data_environment(outputs.string("user_data")?)?;
     env.retain(|(key, _)| key != "LISTEN_ADDR");
-    env.push((
-        "AWS_ENDPOINT_URL".into(),
-        cx.env
-            .aws
-            .endpoint_url
-            .clone()
-            .context("local has an endpoint")?,
-    ));
-    env.extend(
-        subprocess_env(&cx.env.aws)
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v)),
-    );
     let child = spawn_service(
         &cx.root.join(SERVICE_PROGRAM),
         env,
+        &cx.env.aws,
         port,
         &log_path(cx),
         Detach::Yes,
@@ -240,11 +228,13 @@ pub enum Detach {
     No,
 }
 
-/// Starts a service binary with `env` on 127.0.0.1:`port`, output to `log`, and waits until
-/// /readyz answers; a service that exits or never gets ready is stopped and its log quoted.
+/// Starts a service binary with `env` on 127.0.0.1:`port`, connected to `aws` (endpoints,
+/// region, credentials), output to `log`, and waits until /readyz answers; a service that
+/// exits or never gets ready is stopped and its log quoted.
 pub fn spawn_service(
     program: &Path,
     mut env: Vec<(String, String)>,
+    aws: &AwsSettings,
     port: u16,
     log: &Path,
     detach: Detach,
@@ -253,11 +243,22 @@ pub fn spawn_service(
         bail!("port {port} on 127.0.0.1 is in use ({err}); pick another with --port");
     }
     env.push(("LISTEN_ADDR".into(), format!("127.0.0.1:{port}")));
+    if let Some(url) = &aws.endpoint_url {
+        env.push(("AWS_ENDPOINT_URL".into(), url.clone()));
+    }
+    if let Some(url) = &aws.s3_endpoint_url {
+        env.push(("AWS_ENDPOINT_URL_S3".into(), url.clone()));
+    }
+    env.extend(
+        subprocess_env(aws)
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v)),
+    );
     let log_file =
         std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let mut command = Command::new(program);
     // Per-service endpoints in the caller's shell would take precedence over the endpoint the
-    // xtask passes (aws-config reads them itself); the service talks where `env` says.
+    // xtask passes (aws-config reads them itself); the service talks where `aws` says.
     for inherited in [
         "AWS_ENDPOINT_URL_S3",
         "AWS_ENDPOINT_URL_KMS",

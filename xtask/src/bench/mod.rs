@@ -21,7 +21,7 @@ use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, bail, ensure};
-use service::aws::{AwsClients, AwsResultExt, AwsSettings, subprocess_env};
+use service::aws::{AwsClients, AwsResultExt, AwsSettings};
 use service::config::{DEFAULT_MAX_BUFFERED_PARTS, DEFAULT_PART_SIZE, DEFAULT_PARTS_IN_FLIGHT};
 use xshell::cmd;
 
@@ -387,26 +387,14 @@ fn run_case(
         }
         Ok::<_, anyhow::Error>(())
     })?;
-    let mut env: Vec<(String, String)> = vec![
+    let env: Vec<(String, String)> = vec![
         ("INITIAL_BUCKET".into(), initial.clone()),
         ("FINAL_BUCKET".into(), final_.clone()),
         ("KMS_KEY_ARN".into(), case.kms_key_arn.to_string()),
         ("PROCESSOR".into(), "identity".into()),
-        (
-            "AWS_ENDPOINT_URL".into(),
-            settings.endpoint_url.clone().unwrap_or_default(),
-        ),
     ];
-    if let Some(s3) = &settings.s3_endpoint_url {
-        env.push(("AWS_ENDPOINT_URL_S3".into(), s3.clone()));
-    }
-    env.extend(
-        subprocess_env(settings)
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v)),
-    );
     let log = case.work.join(format!("service-{}.log", case.number));
-    let (service, service_url) = servers::start_service(cx, env, &log)?;
+    let (service, service_url) = servers::start_service(cx, env, settings, &log)?;
     let setup = Setup {
         http: reqwest::Client::builder()
             .pool_max_idle_per_host(256)

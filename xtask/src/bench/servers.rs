@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
+use service::aws::AwsSettings;
 use xshell::cmd;
 
 use crate::context::Context;
@@ -112,10 +113,18 @@ pub fn start_s3s_fs(binary: &Path, root: &Path, log: &Path) -> Result<(Owned, St
 pub fn start_service(
     cx: &Context,
     env: Vec<(String, String)>,
+    aws: &AwsSettings,
     log: &Path,
 ) -> Result<(Owned, String)> {
     let port = free_port()?;
-    let child = spawn_service(&cx.root.join(SERVICE_RELEASE), env, port, log, Detach::No)?;
+    let child = spawn_service(
+        &cx.root.join(SERVICE_RELEASE),
+        env,
+        aws,
+        port,
+        log,
+        Detach::No,
+    )?;
     Ok((Owned { child }, format!("http://127.0.0.1:{port}")))
 }
 
