@@ -72,6 +72,14 @@ impl AsyncRead for Plaintext {
     }
 }
 
+/// What a message of `size` bytes weighs in the memory budget, in KiB: its ciphertext, then
+/// its plaintext.
+fn weight_kib(size: u64) -> u32 {
+    u32::try_from(size.saturating_mul(2).div_ceil(1024))
+        .unwrap_or(u32::MAX)
+        .max(1)
+}
+
 impl Decryptor {
     /// `max_message_size`: the largest message ever decrypted (MAX_ENCRYPTED_SIZE).
     pub async fn new(
@@ -98,9 +106,7 @@ impl Decryptor {
             .send()
             .await
             .map_err(|e| anyhow!("creating the KMS keyring for {key_arn}: {e:?}"))?;
-        let budget_kib = u32::try_from((2 * max_message_size).div_ceil(1024))
-            .unwrap_or(u32::MAX)
-            .clamp(1, Semaphore::MAX_PERMITS as u32);
+        let budget_kib = weight_kib(max_message_size);
         Ok(Decryptor {
             client,
             keyring,
@@ -121,9 +127,7 @@ impl Decryptor {
         R: AsyncRead + Unpin,
     {
         use tokio::io::AsyncReadExt as _;
-        let kib = u32::try_from((2 * size).div_ceil(1024))
-            .unwrap_or(u32::MAX)
-            .clamp(1, self.budget_kib);
+        let kib = weight_kib(size).min(self.budget_kib);
         let budget = self.memory_kib.clone().acquire_many_owned(kib).await?;
         let mut message = header;
         reader
