@@ -62,12 +62,8 @@ async fn round_trips_empty_small_and_multipart_files_with_sse_kms() {
 
     let data = random_bytes(11 * MIB, 2);
     let response = stack
-        .http
-        .get(stack.file_url("large/eleven-mib.bin"))
-        .header("range", "bytes=6000000-6000099")
-        .send()
-        .await
-        .unwrap();
+        .get_range("large/eleven-mib.bin", "bytes=6000000-6000099")
+        .await;
     assert_eq!(response.status().as_u16(), 206);
     assert!(
         response.headers()["content-range"]
@@ -448,26 +444,14 @@ async fn an_output_of_an_older_raw_version_is_never_served() {
     assert_eq!(code, 409, "{}", String::from_utf8_lossy(&body));
     let body: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(body["error"]["status"]["state"], "pending", "{body}");
-    let response = stack
-        .http
-        .get(stack.file_url("versions.txt"))
-        .header("range", "bytes=0-3")
-        .send()
-        .await
-        .unwrap();
+    let response = stack.get_range("versions.txt", "bytes=0-3").await;
     assert_eq!(response.status().as_u16(), 409, "a range of the old output");
 
     // Once processed, the new version is served, and a range beyond it is 416.
     stack.state.pipeline.reconcile().await.unwrap();
     assert_eq!(stack.settle("versions.txt").await["state"], "processed");
     assert_eq!(stack.get("versions.txt").await.1, b"version two");
-    let response = stack
-        .http
-        .get(stack.file_url("versions.txt"))
-        .header("range", "bytes=100-200")
-        .send()
-        .await
-        .unwrap();
+    let response = stack.get_range("versions.txt", "bytes=100-200").await;
     assert_eq!(response.status().as_u16(), 416);
 }
 

@@ -154,6 +154,16 @@ impl Stack {
         )
     }
 
+    /// GET with a `Range` header (`bytes=...`).
+    pub async fn get_range(&self, name: &str, range: &str) -> reqwest::Response {
+        self.http
+            .get(self.file_url(name))
+            .header("range", range)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn keys(&self, bucket: &str) -> Vec<String> {
         let listed = self
             .clients
