@@ -71,7 +71,7 @@ impl AppState {
         let decryptor = Decryptor::new(
             clients.kms.clone(),
             &config.kms_key_arn,
-            config.max_encrypted_size,
+            config.decrypt_settings(),
         )
         .await?;
         let pipeline = Pipeline::start(

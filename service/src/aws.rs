@@ -5,7 +5,10 @@
 //! path-style URLs and do not implement the flexible-checksum defaults of aws-sdk-s3 ≥ 1.69,
 //! so checksums are only sent when an operation requires them.
 
+use std::time::Duration;
+
 use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_s3::config::{
     Credentials, RequestChecksumCalculation, ResponseChecksumValidation, SharedCredentialsProvider,
@@ -69,7 +72,7 @@ impl AwsClients {
         AwsClients {
             settings: settings.clone(),
             s3: aws_sdk_s3::Client::from_conf(s3_config(&shared, settings)),
-            kms: aws_sdk_kms::Client::new(&shared),
+            kms: aws_sdk_kms::Client::from_conf(kms_config(&shared)),
             sts: aws_sdk_sts::Client::new(&shared),
             sdk_config: shared,
         }
@@ -107,6 +110,19 @@ async fn sdk_config(settings: &AwsSettings) -> SdkConfig {
         }
     }
     loader.load().await
+}
+
+/// KMS requests and answers are small: a call that has not answered in seconds is stuck, and
+/// a stuck call would hold a decryption thread (and its file) indefinitely.
+fn kms_config(shared: &SdkConfig) -> aws_sdk_kms::Config {
+    aws_sdk_kms::config::Builder::from(shared)
+        .timeout_config(
+            TimeoutConfig::builder()
+                .operation_attempt_timeout(Duration::from_secs(10))
+                .operation_timeout(Duration::from_secs(30))
+                .build(),
+        )
+        .build()
 }
 
 fn s3_config(shared: &SdkConfig, settings: &AwsSettings) -> aws_sdk_s3::Config {

@@ -10,6 +10,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, ValueEnum};
 
 use crate::aws::{AwsSettings, CredentialsSource};
+use crate::decrypt;
 
 const MIB: u64 = 1024 * 1024;
 /// S3's smallest allowed part (all but the last).
@@ -69,6 +70,27 @@ pub struct Config {
     /// plaintext), one payload at a time, so this bounds that memory to about twice its value.
     #[arg(long, env = "MAX_ENCRYPTED_SIZE", default_value_t = 16 * MIB)]
     pub max_encrypted_size: u64,
+    /// Encrypted data keys an Encryption SDK message may carry. Each one wrapped by our key
+    /// may cost a KMS Decrypt call, so this bounds the KMS calls per message.
+    #[arg(long, env = "MAX_ENCRYPTED_DATA_KEYS", default_value_t = decrypt::DEFAULT_MAX_DATA_KEYS, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub max_encrypted_data_keys: u16,
+    /// Frames an Encryption SDK message may have (the SDK walks them recursively; the
+    /// decryption threads' stacks are sized for this many). The default admits a 16 MiB
+    /// message with the SDK's default 4 KiB frames.
+    #[arg(long, env = "MAX_ENCRYPTED_FRAMES", default_value_t = decrypt::DEFAULT_MAX_FRAMES, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_encrypted_frames: u32,
+    /// Threads that run the Encryption SDK (CPU-bound; their own pool, off the async workers).
+    #[arg(long, env = "DECRYPT_THREADS", default_value_t = 2)]
+    pub decrypt_threads: usize,
+    /// Seconds one decryption may take (queueing for a decryption thread included). A
+    /// decryption that times out counts as interrupted, and the file is queued again.
+    #[arg(long, env = "DECRYPT_TIMEOUT_SECS", default_value_t = 120)]
+    pub decrypt_timeout_secs: u64,
+    /// Decryptions of one file version that may be started without finishing (the process
+    /// died, or the decryption timed out) before the file is quarantined: marked failed and
+    /// not decrypted again, so a message that kills the process cannot do so at every start.
+    #[arg(long, env = "MAX_DECRYPT_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_decrypt_attempts: u32,
     /// Reject raw payloads that are not AWS Encryption SDK messages.
     #[arg(long, env = "REQUIRE_ENCRYPTED_INPUT", default_value_t = false, action = clap::ArgAction::Set)]
     pub require_encrypted_input: bool,
@@ -137,9 +159,10 @@ impl Config {
         if self.parts_in_flight == 0
             || self.processing_concurrency == 0
             || self.max_buffered_parts == 0
+            || self.decrypt_threads == 0
         {
             bail!(
-                "PARTS_IN_FLIGHT, PROCESSING_CONCURRENCY and MAX_BUFFERED_PARTS must be at least 1"
+                "PARTS_IN_FLIGHT, PROCESSING_CONCURRENCY, MAX_BUFFERED_PARTS and DECRYPT_THREADS must be at least 1"
             );
         }
         if !self.kms_key_arn.starts_with("arn:") || !self.kms_key_arn.contains(":key/") {
@@ -170,6 +193,22 @@ impl Config {
             s3_endpoint_url: self.aws_endpoint_url_s3.clone(),
             credentials: CredentialsSource::DefaultChain { profile: None },
         }
+    }
+
+    pub fn decrypt_settings(&self) -> decrypt::Settings {
+        decrypt::Settings {
+            max_message_size: self.max_encrypted_size,
+            threads: self.decrypt_threads,
+            limits: decrypt::Limits {
+                max_data_keys: self.max_encrypted_data_keys,
+                max_frames: self.max_encrypted_frames,
+                max_context_pairs: decrypt::MAX_CONTEXT_PAIRS,
+            },
+        }
+    }
+
+    pub fn decrypt_timeout(&self) -> Duration {
+        Duration::from_secs(self.decrypt_timeout_secs.max(1))
     }
 
     pub fn body_idle_timeout(&self) -> Duration {

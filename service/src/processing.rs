@@ -261,25 +261,59 @@ pub struct FileStatus {
     pub error: Option<String>,
 }
 
-/// The record a failed file leaves in the final bucket.
+/// What the final bucket records of a file whose current version has no output: the
+/// decryptions started for it (`error` unset) or the failure that ended its processing.
 #[derive(Debug, Serialize, serde::Deserialize)]
-struct FailureRecord {
+struct Record {
     name: String,
     source_etag: String,
     source_version: Option<String>,
     processor: String,
-    error: String,
-    failed_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    failed_at: Option<String>,
+    /// Decryptions of this version that were started. A run that ends deletes or replaces
+    /// the record, so a count that is left behind counts runs that were interrupted (the
+    /// process died, or the decryption timed out).
+    #[serde(default)]
+    attempts: u32,
 }
 
-impl FailureRecord {
+impl Record {
+    fn is_for(&self, raw: &RawInfo) -> bool {
+        self.source_etag == raw.etag
+            && (raw.version_id.is_none() || self.source_version == raw.version_id)
+    }
+
     /// The error, if this record was written for exactly this raw version.
-    fn for_version(self, raw: &RawInfo) -> Option<String> {
-        let matches = self.source_etag == raw.etag
-            && (raw.version_id.is_none() || self.source_version == raw.version_id);
-        matches.then_some(self.error)
+    fn failure_for(self, raw: &RawInfo) -> Option<String> {
+        if self.is_for(raw) { self.error } else { None }
     }
 }
+
+/// Decryptions started for the version being processed, before this run and by it.
+struct Attempts {
+    before: u32,
+    recorded: bool,
+}
+
+/// Decryption did not finish in time; the attempt stays recorded and the file is queued
+/// again, until it is quarantined.
+#[derive(Debug)]
+struct DecryptionTimedOut(std::time::Duration);
+
+impl std::fmt::Display for DecryptionTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "decryption did not finish within {} s (DECRYPT_TIMEOUT_SECS)",
+            self.0.as_secs()
+        )
+    }
+}
+
+impl std::error::Error for DecryptionTimedOut {}
 
 pub struct Pipeline {
     s3: S3,
@@ -415,29 +449,50 @@ impl Pipeline {
         if self.head_processed(name, &raw).await?.is_some() {
             return Ok(None);
         }
-        let earlier_failure = self.failure_record(name).await?;
-        let this_version_failed = earlier_failure.map(|record| record.for_version(&raw).is_some());
-        if this_version_failed == Some(true) {
-            return Ok(None);
-        }
-        match self.transform(name, &raw).await {
+        let record = self.record(name).await?;
+        let before = match &record {
+            Some(record) if record.is_for(&raw) => {
+                if record.error.is_some() {
+                    return Ok(None);
+                }
+                record.attempts
+            }
+            _ => 0,
+        };
+        let mut attempts = Attempts {
+            before,
+            recorded: false,
+        };
+        match self.transform(name, &raw, &mut attempts).await {
             Ok(uploaded) => {
-                // A record of an older version's failure is stale now; with none, there is
-                // nothing to delete (saves a request per file).
-                if this_version_failed.is_some() {
-                    self.clear_failure(name).await?;
+                // An attempt record, or an older version's failure, is stale now; with no
+                // record there is nothing to delete (saves a request per file).
+                if record.is_some() || attempts.recorded {
+                    self.clear_record(name).await?;
                 }
                 Ok(Some(uploaded))
             }
+            Err(err) if err.is::<DecryptionTimedOut>() => {
+                // The attempt stays counted; the next run quarantines the file once they
+                // are used up.
+                self.enqueue(name);
+                Err(err)
+            }
             Err(err) => {
                 let message = format!("{err:#}");
-                self.record_failure(name, &raw, &message).await?;
+                self.record_failure(name, &raw, &message, attempts.before)
+                    .await?;
                 Err(err)
             }
         }
     }
 
-    async fn transform(&self, name: &str, raw: &RawInfo) -> Result<upload::Uploaded> {
+    async fn transform(
+        &self,
+        name: &str,
+        raw: &RawInfo,
+        attempts: &mut Attempts,
+    ) -> Result<upload::Uploaded> {
         let mut request = self
             .s3
             .get_object()
@@ -476,11 +531,27 @@ impl Pipeline {
                     self.config.max_encrypted_size
                 ));
             }
-            Box::new(
+            // Decryption is where a hostile message could take the process down; a message
+            // whose decryption never finishes is not decrypted again and again.
+            if attempts.before >= self.config.max_decrypt_attempts {
+                return Err(anyhow!(
+                    "quarantined: {} decryptions of this version were started and never finished \
+                     (the service stopped, or they timed out); it is not decrypted again. \
+                     Upload the file again to retry",
+                    attempts.before
+                ));
+            }
+            self.record_attempt(name, raw, attempts.before + 1).await?;
+            attempts.recorded = true;
+            let limit = self.config.decrypt_timeout();
+            let plaintext = tokio::time::timeout(
+                limit,
                 self.decryptor
-                    .decrypt_from(header, &mut reader, raw.size as u64)
-                    .await?,
+                    .decrypt_from(header, &mut reader, raw.size as u64),
             )
+            .await
+            .map_err(|_| DecryptionTimedOut(limit))??;
+            Box::new(plaintext)
         } else if self.config.require_encrypted_input {
             return Err(anyhow!(
                 "the payload is not an AWS Encryption SDK message and REQUIRE_ENCRYPTED_INPUT is set"
@@ -597,8 +668,8 @@ impl Pipeline {
         }))
     }
 
-    /// The failure record of `name`, whichever raw version it was written for.
-    async fn failure_record(&self, name: &str) -> Result<Option<FailureRecord>> {
+    /// The record of `name`, whichever raw version it was written for.
+    async fn record(&self, name: &str) -> Result<Option<Record>> {
         let object = self
             .s3
             .get_object()
@@ -625,9 +696,9 @@ impl Pipeline {
     /// The error recorded for exactly this raw version, if its processing failed.
     async fn failure(&self, name: &str, raw: &RawInfo) -> Result<Option<String>> {
         Ok(self
-            .failure_record(name)
+            .record(name)
             .await?
-            .and_then(|record| record.for_version(raw)))
+            .and_then(|record| record.failure_for(raw)))
     }
 
     async fn output_matches(&self, name: &str, raw: &RawInfo) -> Result<bool> {
@@ -635,15 +706,43 @@ impl Pipeline {
             || self.failure(name, raw).await?.is_some())
     }
 
-    async fn record_failure(&self, name: &str, raw: &RawInfo, error: &str) -> Result<()> {
-        let record = FailureRecord {
+    async fn record_failure(
+        &self,
+        name: &str,
+        raw: &RawInfo,
+        error: &str,
+        attempts: u32,
+    ) -> Result<()> {
+        self.put_record(
+            name,
+            Record {
+                error: Some(error.to_string()),
+                failed_at: Some(now_rfc3339()),
+                ..self.new_record(name, raw, attempts)
+            },
+        )
+        .await
+    }
+
+    /// Counts a decryption of this version as started, before it starts.
+    async fn record_attempt(&self, name: &str, raw: &RawInfo, attempts: u32) -> Result<()> {
+        self.put_record(name, self.new_record(name, raw, attempts))
+            .await
+    }
+
+    fn new_record(&self, name: &str, raw: &RawInfo, attempts: u32) -> Record {
+        Record {
             name: metadata_text(&metadata_value(name)),
             source_etag: raw.etag.clone(),
             source_version: raw.version_id.clone(),
             processor: self.processor.name().to_string(),
-            error: error.to_string(),
-            failed_at: now_rfc3339(),
-        };
+            error: None,
+            failed_at: None,
+            attempts,
+        }
+    }
+
+    async fn put_record(&self, name: &str, record: Record) -> Result<()> {
         self.s3
             .put_object()
             .bucket(&self.config.final_bucket)
@@ -659,7 +758,7 @@ impl Pipeline {
         Ok(())
     }
 
-    async fn clear_failure(&self, name: &str) -> Result<()> {
+    async fn clear_record(&self, name: &str) -> Result<()> {
         self.s3
             .delete_object()
             .bucket(&self.config.final_bucket)

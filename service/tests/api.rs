@@ -10,7 +10,7 @@ use std::time::Duration;
 use aws_sdk_s3::primitives::ByteStream;
 use common::{MIB, Stack, random_bytes, resources, sha256_hex};
 use serde_json::Value;
-use service::decrypt::Decryptor;
+use service::decrypt::{Decryptor, Settings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn assert_sse_kms(stack: &Stack, bucket: &str, key: &str) {
@@ -154,11 +154,15 @@ async fn status_waits_until_processing_ends() {
 #[tokio::test]
 async fn encryption_sdk_messages_are_decrypted_with_the_configured_key() {
     let stack = Stack::start(&["--require-encrypted-input=true"]).await;
-    let producer = Decryptor::new(stack.clients.kms.clone(), &stack.key_arn, MIB as u64)
-        .await
-        .unwrap();
+    let producer = Decryptor::new(
+        stack.clients.kms.clone(),
+        &stack.key_arn,
+        Settings::defaults(MIB as u64),
+    )
+    .await
+    .unwrap();
     let plaintext = b"{\"secret\": \"payload\"}\n".repeat(1000);
-    let message = producer.encrypt(plaintext.clone()).await.unwrap();
+    let message = producer.encrypt(plaintext.clone(), None).await.unwrap();
     assert_eq!(
         message[0], 0x02,
         "message format version 2 (committing suite)"
@@ -176,20 +180,24 @@ async fn encryption_sdk_messages_are_decrypted_with_the_configured_key() {
     // unwraps with the configured key ARN.
     let other = stack.clients.kms.create_key().send().await.unwrap();
     let other_arn = other.key_metadata().unwrap().arn().unwrap().to_string();
-    let foreign = Decryptor::new(stack.clients.kms.clone(), &other_arn, MIB as u64)
-        .await
-        .unwrap();
+    let foreign = Decryptor::new(
+        stack.clients.kms.clone(),
+        &other_arn,
+        Settings::defaults(MIB as u64),
+    )
+    .await
+    .unwrap();
     stack
         .put(
             "other-key.enc",
-            foreign.encrypt(b"hello".to_vec()).await.unwrap(),
+            foreign.encrypt(b"hello".to_vec(), None).await.unwrap(),
         )
         .await;
     let status = stack.settle("other-key.enc").await;
     assert_eq!(status["state"], "failed", "{status}");
 
     // A tampered message is a recorded failure, not garbage output.
-    let mut tampered = producer.encrypt(b"hello".to_vec()).await.unwrap();
+    let mut tampered = producer.encrypt(b"hello".to_vec(), None).await.unwrap();
     let last = tampered.len() - 1;
     tampered[last] ^= 0xff;
     stack.put("tampered.enc", tampered).await;
@@ -202,11 +210,15 @@ async fn decrypted_payloads_hold_their_memory_share_until_consumed() {
     let stack = Stack::start(&[]).await;
     // Budget: twice 1 MiB. Each 600 KiB message weighs 1.2 MiB, so two cannot be in memory
     // at once.
-    let decryptor = Decryptor::new(stack.clients.kms.clone(), &stack.key_arn, MIB as u64)
-        .await
-        .unwrap();
+    let decryptor = Decryptor::new(
+        stack.clients.kms.clone(),
+        &stack.key_arn,
+        Settings::defaults(MIB as u64),
+    )
+    .await
+    .unwrap();
     let message = decryptor
-        .encrypt(random_bytes(600 * 1024, 9))
+        .encrypt(random_bytes(600 * 1024, 9), None)
         .await
         .unwrap();
     let size = message.len() as u64;
