@@ -5,74 +5,15 @@
 mod common;
 
 use std::io::BufRead as _;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::binary::{TOKEN, spawn};
 use common::{MIB, Resources, resources};
 use serde_json::Value;
-use service::testing::{TEST_REGION, emulator_endpoint};
 use tokio::io::AsyncWriteExt;
-
-const TOKEN: &str = "binary-test-token-0123456789";
-
-struct Running {
-    child: Child,
-    url: String,
-    log: std::path::PathBuf,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn spawn(resources: &Resources, extra: &[(&str, &str)]) -> Running {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let log = std::env::temp_dir().join(format!("service-{}-{port}.log", std::process::id()));
-    let mut command = Command::new(env!("CARGO_BIN_EXE_service"));
-    command
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("INITIAL_BUCKET", &resources.initial)
-        .env("FINAL_BUCKET", &resources.final_)
-        .env("KMS_KEY_ARN", &resources.key_arn)
-        .env("AWS_REGION", TEST_REGION)
-        .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
-        .env("PROCESSOR", "identity")
-        .env("AWS_ENDPOINT_URL", emulator_endpoint())
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AUTH_TOKEN", TOKEN)
-        .envs(extra.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap());
-    let child = command.spawn().expect("start the service binary");
-    let url = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(response) = reqwest::get(format!("{url}/healthz")).await
-            && response.status().is_success()
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "service did not start: {}",
-            std::fs::read_to_string(&log).unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Running { child, url, log }
-}
 
 async fn open_uploads(resources: &Resources) -> usize {
     let listed = resources

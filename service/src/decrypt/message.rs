@@ -61,6 +61,8 @@ pub struct Limits {
 pub struct Shape {
     /// Provider information (for KMS: the key ARN) of each encrypted data key.
     pub data_keys: Vec<(String, String)>,
+    /// Where the data key count and the data keys are, in the message's bytes.
+    pub data_keys_at: std::ops::Range<usize>,
     pub context_pairs: u16,
     /// `None` for a non-framed body.
     pub frame_length: Option<u32>,
@@ -185,6 +187,7 @@ pub fn inspect(message: &[u8], limits: &Limits, key_arn: &str) -> Result<Shape, 
         }
     }
 
+    let data_keys_start = c.at;
     let count = c.u16("encrypted data key count")?;
     if count == 0 {
         return refuse("the message has no encrypted data key");
@@ -203,6 +206,7 @@ pub fn inspect(message: &[u8], limits: &Limits, key_arn: &str) -> Result<Shape, 
         c.short_field("encrypted data key")?;
         data_keys.push((provider, info));
     }
+    let data_keys_at = data_keys_start..c.at;
     let ours = |(provider, info): &(String, String)| {
         provider.as_bytes() == KMS_PROVIDER && info == key_arn
     };
@@ -254,6 +258,7 @@ pub fn inspect(message: &[u8], limits: &Limits, key_arn: &str) -> Result<Shape, 
     }
     Ok(Shape {
         data_keys,
+        data_keys_at,
         context_pairs,
         frame_length,
         frames,
@@ -285,5 +290,223 @@ fn count_frames(c: &mut Cursor, frame_length: u32, limits: &Limits) -> Result<u6
             return Ok(frames);
         }
         c.take(IV_LEN + frame_length as usize + TAG_LEN, "frame")?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ARN: &str = "arn:aws:kms:eu-west-1:123456789012:key/ours";
+    const LIMITS: Limits = Limits {
+        max_data_keys: 3,
+        max_frames: 10,
+        max_context_pairs: 4,
+    };
+
+    fn short(field: &[u8]) -> Vec<u8> {
+        let mut out = (field.len() as u16).to_be_bytes().to_vec();
+        out.extend_from_slice(field);
+        out
+    }
+
+    /// A message of the right shape (its cryptography is junk, which `inspect` never looks at).
+    struct Forge {
+        suite: [u8; 2],
+        pairs: u16,
+        keys: Vec<&'static str>,
+        frame_length: u32,
+        /// Regular frames before the final one; `None`: a non-framed body.
+        frames: Option<u32>,
+    }
+
+    impl Forge {
+        fn new() -> Forge {
+            Forge {
+                suite: V2_SIGNING_SUITE,
+                pairs: 1,
+                keys: vec![ARN],
+                frame_length: 64,
+                frames: Some(2),
+            }
+        }
+
+        fn bytes(&self) -> Vec<u8> {
+            let mut m = vec![0x02, self.suite[0], self.suite[1]];
+            m.extend_from_slice(&[0xaa; 32]);
+            let mut aad = Vec::new();
+            if self.pairs > 0 {
+                aad.extend_from_slice(&self.pairs.to_be_bytes());
+                for i in 0..self.pairs {
+                    aad.extend(short(format!("k{i}").as_bytes()));
+                    aad.extend(short(b"v"));
+                }
+            }
+            m.extend_from_slice(&(aad.len() as u16).to_be_bytes());
+            m.extend(aad);
+            m.extend_from_slice(&(self.keys.len() as u16).to_be_bytes());
+            for key in &self.keys {
+                m.extend(short(KMS_PROVIDER));
+                m.extend(short(key.as_bytes()));
+                m.extend(short(&[0x55; 40]));
+            }
+            m.push(if self.frames.is_some() { 0x02 } else { 0x01 });
+            m.extend_from_slice(&self.frame_length.to_be_bytes());
+            m.extend_from_slice(&[0xbb; 32 + TAG_LEN]);
+            match self.frames {
+                Some(frames) => {
+                    for n in 1..=frames {
+                        m.extend_from_slice(&n.to_be_bytes());
+                        m.extend(vec![0xcc; IV_LEN + self.frame_length as usize + TAG_LEN]);
+                    }
+                    m.extend_from_slice(&FINAL_FRAME.to_be_bytes());
+                    m.extend_from_slice(&(frames + 1).to_be_bytes());
+                    m.extend_from_slice(&[0xdd; IV_LEN]);
+                    m.extend_from_slice(&5u32.to_be_bytes());
+                    m.extend_from_slice(&[0xee; 5 + TAG_LEN]);
+                }
+                None => {
+                    m.extend_from_slice(&[0xdd; IV_LEN]);
+                    m.extend_from_slice(&100u64.to_be_bytes());
+                    m.extend_from_slice(&[0xee; 100 + TAG_LEN]);
+                }
+            }
+            if self.suite == V2_SIGNING_SUITE {
+                m.extend(short(&[0x99; 103]));
+            }
+            m
+        }
+
+        fn inspect(&self) -> Result<Shape, Refused> {
+            inspect(&self.bytes(), &LIMITS, ARN)
+        }
+    }
+
+    #[test]
+    fn reads_the_shape_of_well_formed_messages() {
+        let shape = Forge::new().inspect().unwrap();
+        assert_eq!(shape.frames, 3);
+        assert_eq!(shape.frame_length, Some(64));
+        assert_eq!(shape.context_pairs, 1);
+        assert_eq!(
+            shape.data_keys,
+            vec![("aws-kms".to_string(), ARN.to_string())]
+        );
+        let bytes = Forge::new().bytes();
+        assert_eq!(&bytes[shape.data_keys_at.clone()][..2], &[0, 1]);
+
+        let unsigned = Forge {
+            suite: V2_SUITES[0],
+            pairs: 0,
+            ..Forge::new()
+        };
+        assert_eq!(unsigned.inspect().unwrap().context_pairs, 0);
+        let whole = Forge {
+            frames: None,
+            ..Forge::new()
+        };
+        assert_eq!(whole.inspect().unwrap().frames, 1);
+        let at_the_limits = Forge {
+            frames: Some(LIMITS.max_frames - 1),
+            pairs: LIMITS.max_context_pairs,
+            keys: vec!["arn:other", "arn:other", ARN],
+            ..Forge::new()
+        };
+        assert_eq!(at_the_limits.inspect().unwrap().frames, 10);
+    }
+
+    fn refusal(forge: Forge) -> String {
+        forge.inspect().expect_err("refused").0
+    }
+
+    #[test]
+    fn refuses_what_is_outside_the_limits_with_the_reason() {
+        let why = refusal(Forge {
+            frames: Some(LIMITS.max_frames),
+            ..Forge::new()
+        });
+        assert!(why.contains("more than 10 frames"), "{why}");
+        let why = refusal(Forge {
+            keys: vec![ARN; 4],
+            ..Forge::new()
+        });
+        assert!(why.contains("4 encrypted data keys; at most 3"), "{why}");
+        let why = refusal(Forge {
+            keys: vec!["arn:aws:kms:eu-west-1:123456789012:key/theirs"],
+            ..Forge::new()
+        });
+        assert!(
+            why.contains("no data key") && why.contains("key/theirs"),
+            "{why}"
+        );
+        let why = refusal(Forge {
+            pairs: 5,
+            ..Forge::new()
+        });
+        assert!(why.contains("5 pairs"), "{why}");
+        let why = refusal(Forge {
+            keys: vec![],
+            ..Forge::new()
+        });
+        assert!(why.contains("no encrypted data key"), "{why}");
+        let why = refusal(Forge {
+            frame_length: 0,
+            ..Forge::new()
+        });
+        assert!(why.contains("frame length is 0"), "{why}");
+    }
+
+    #[test]
+    fn every_truncation_and_any_trailing_byte_is_refused_without_panicking() {
+        let bytes = Forge::new().bytes();
+        for len in 0..bytes.len() {
+            let why = inspect(&bytes[..len], &LIMITS, ARN)
+                .expect_err("truncated")
+                .0;
+            assert!(why.contains("truncated"), "{len}: {why}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(
+            inspect(&longer, &LIMITS, ARN)
+                .unwrap_err()
+                .0
+                .contains("1 bytes follow")
+        );
+    }
+
+    #[test]
+    fn refuses_other_versions_and_suites() {
+        let mut v1 = Forge::new().bytes();
+        v1[0] = 0x01;
+        assert!(
+            inspect(&v1, &LIMITS, ARN)
+                .unwrap_err()
+                .0
+                .contains("version 1")
+        );
+        let mut suite = Forge::new().bytes();
+        suite[1] = 0x03;
+        assert!(
+            inspect(&suite, &LIMITS, ARN)
+                .unwrap_err()
+                .0
+                .contains("not a key-committing")
+        );
+    }
+
+    #[test]
+    fn recognises_message_headers() {
+        assert!(looks_encrypted(&[0x02, 0x04, 0x78, 0x00]));
+        assert!(looks_encrypted(&[0x02, 0x05, 0x78, 0x12]));
+        assert!(looks_encrypted(&[0x01, 0x80, 0x03, 0x78]));
+        assert!(!looks_encrypted(b"{\"a\""));
+        assert!(
+            !looks_encrypted(&[0x1f, 0x8b, 0x08, 0x00]),
+            "gzip is not ESDK"
+        );
+        assert!(!looks_encrypted(&[0x02, 0x00, 0x00, 0x00]));
+        assert!(!looks_encrypted(&[0x02]));
+        assert!(!looks_encrypted(&[]));
     }
 }

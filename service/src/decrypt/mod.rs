@@ -112,7 +112,7 @@ impl Decryptor {
             .pool
             .run(pool::Work::Decrypt(message))
             .await
-            .context("decrypting the Encryption SDK message (wrong key, tampered data, or a non-committing suite)")?;
+            .context("decrypting the Encryption SDK message")?;
         Ok(Plaintext {
             bytes: std::io::Cursor::new(plaintext),
             _budget: budget,

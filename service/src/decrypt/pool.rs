@@ -92,7 +92,7 @@ impl Esdk {
                     .keyring(self.keyring.clone())
                     .send()
                     .await
-                    .map_err(|e| anyhow!("{}", first_line(&format!("{e:?}"))))?;
+                    .map_err(|e| anyhow!("{}", decryption_failure(&format!("{e:?}"))))?;
                 Ok(output
                     .plaintext
                     .context("the Encryption SDK returned no plaintext")?
@@ -219,6 +219,19 @@ impl Worker {
             };
             let _ = reply.send(result);
         }
+    }
+}
+
+/// The SDK's errors are nested debug dumps; a failure record says what happened in a sentence.
+fn decryption_failure(debug: &str) -> String {
+    if debug.contains("InvalidCiphertextException") {
+        "KMS could not unwrap the data key (InvalidCiphertextException): it is corrupted or not wrapped by this key".into()
+    } else if debug.contains("AccessDeniedException") {
+        "KMS denied kms:Decrypt with the configured key (AccessDeniedException)".into()
+    } else if debug.contains("AES Decrypt") {
+        "the message failed authentication: it was corrupted or tampered with".into()
+    } else {
+        first_line(debug)
     }
 }
 

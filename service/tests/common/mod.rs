@@ -15,6 +15,9 @@ use service::testing::{
     unique_bucket_name,
 };
 
+pub mod binary;
+pub mod proxy;
+
 pub const MIB: usize = 1024 * 1024;
 
 pub struct Stack {

@@ -1,0 +1,112 @@
+//! The real `service` binary as a child process, configured only through the environment
+//! variables the EC2 user-data writes.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use service::testing::{TEST_REGION, emulator_endpoint};
+
+use super::Resources;
+
+pub const TOKEN: &str = "binary-test-token-0123456789";
+
+pub struct Running {
+    pub child: Child,
+    pub url: String,
+    pub log: std::path::PathBuf,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub async fn spawn(resources: &Resources, extra: &[(&str, &str)]) -> Running {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = std::env::temp_dir().join(format!("service-{}-{port}.log", std::process::id()));
+    let mut command = Command::new(env!("CARGO_BIN_EXE_service"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("INITIAL_BUCKET", &resources.initial)
+        .env("FINAL_BUCKET", &resources.final_)
+        .env("KMS_KEY_ARN", &resources.key_arn)
+        .env("AWS_REGION", TEST_REGION)
+        .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("PROCESSOR", "identity")
+        .env("AWS_ENDPOINT_URL", emulator_endpoint())
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AUTH_TOKEN", TOKEN)
+        .envs(extra.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let child = command.spawn().expect("start the service binary");
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(response) = reqwest::get(format!("{url}/healthz")).await
+            && response.status().is_success()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "service did not start: {}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Running { child, url, log }
+}
+
+impl Running {
+    pub fn file_url(&self, name: &str) -> String {
+        format!("{}/v1/files/{name}", self.url)
+    }
+
+    /// PUT with the bearer token; the status code and the JSON body.
+    pub async fn put(&self, http: &reqwest::Client, name: &str, body: Vec<u8>) -> (u16, Value) {
+        let response = http
+            .put(self.file_url(name))
+            .bearer_auth(TOKEN)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let code = response.status().as_u16();
+        (code, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Waits (long-polling the status route) until the file is processed or failed.
+    pub async fn settle(&self, http: &reqwest::Client, name: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let status: Value = http
+                .get(format!("{}/status?wait=10", self.file_url(name)))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if status["state"] == "processed" || status["state"] == "failed" {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{name} did not settle: {status}");
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}

@@ -1,0 +1,406 @@
+//! Encryption SDK messages as an attacker (or a careless producer) would send them, against
+//! the real binary: none may stop the service, crash it, or make it call KMS without bound.
+//! KMS calls are counted by a proxy between the service and the emulator.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::binary::spawn;
+use common::proxy::KmsProxy;
+use common::{Resources, random_bytes, resources, sha256_hex};
+use service::decrypt::{DEFAULT_MAX_FRAMES, Decryptor, Limits, Settings, inspect};
+use service::testing::emulator_endpoint;
+
+/// Encrypts as any ESDK producer would; its own limits are wide, so it can make messages
+/// the service must refuse.
+async fn encryptor(resources: &Resources, key_arn: &str) -> Decryptor {
+    let mut settings = Settings::defaults(64 << 20);
+    settings.limits.max_frames = 20_000;
+    Decryptor::new(resources.clients.kms.clone(), key_arn, settings)
+        .await
+        .unwrap()
+}
+
+fn limits() -> Limits {
+    Settings::defaults(0).limits
+}
+
+/// `message` with its data keys replaced by `keys` (provider info, wrapped key) of `aws-kms`.
+fn with_data_keys(message: &[u8], key_arn: &str, keys: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let wide = Limits {
+        max_data_keys: u16::MAX,
+        max_frames: u32::MAX,
+        max_context_pairs: u16::MAX,
+    };
+    let at = inspect(message, &wide, key_arn).unwrap().data_keys_at;
+    let mut forged = message[..at.start].to_vec();
+    forged.extend_from_slice(&(keys.len() as u16).to_be_bytes());
+    for (info, wrapped) in keys {
+        for field in [b"aws-kms".as_slice(), info.as_bytes(), wrapped] {
+            forged.extend_from_slice(&(field.len() as u16).to_be_bytes());
+            forged.extend_from_slice(field);
+        }
+    }
+    forged.extend_from_slice(&message[at.end..]);
+    forged
+}
+
+/// The header of `message` followed by `frames` junk frames and a junk final frame.
+fn with_junk_frames(message: &[u8], key_arn: &str, frames: u32) -> Vec<u8> {
+    let shape = inspect(message, &limits(), key_arn).unwrap();
+    let frame_length = shape.frame_length.unwrap() as usize;
+    let mut forged = message[..shape.header_len].to_vec();
+    for n in 1..=frames {
+        forged.extend_from_slice(&n.to_be_bytes());
+        forged.extend(random_bytes(12 + frame_length + 16, n as u64));
+    }
+    forged.extend_from_slice(&u32::MAX.to_be_bytes());
+    forged.extend_from_slice(&(frames + 1).to_be_bytes());
+    forged.extend(random_bytes(12, 1));
+    forged.extend_from_slice(&0u32.to_be_bytes());
+    forged.extend(random_bytes(16, 2));
+    // The signing suite's footer.
+    forged.extend_from_slice(&103u16.to_be_bytes());
+    forged.extend(random_bytes(103, 3));
+    forged
+}
+
+/// Polls `/healthz` every 100 ms until stopped; returns the slowest answer.
+fn watch_health(url: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Duration> {
+    tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        let mut slowest = Duration::ZERO;
+        while !stop.load(Ordering::SeqCst) {
+            let started = Instant::now();
+            let answer = tokio::time::timeout(
+                Duration::from_secs(5),
+                http.get(format!("{url}/healthz")).send(),
+            )
+            .await;
+            match answer {
+                Ok(Ok(response)) => assert!(response.status().is_success()),
+                Ok(Err(err)) => panic!("/healthz failed: {err}"),
+                Err(_) => panic!("/healthz did not answer within 5 s"),
+            }
+            slowest = slowest.max(started.elapsed());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        slowest
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_two_concurrent_messages_are_all_processed_while_healthz_answers() {
+    let resources = resources().await;
+    let running = spawn(&resources, &[]).await;
+    let producer = encryptor(&resources, &resources.key_arn).await;
+    let mut files = Vec::new();
+    for i in 0..32u64 {
+        let plaintext = random_bytes(100_000, i);
+        let message = producer.encrypt(plaintext.clone(), None).await.unwrap();
+        files.push((format!("concurrent/{i}.enc"), plaintext, message));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let health = watch_health(running.url.clone(), stop.clone());
+    let http = reqwest::Client::new();
+    let running = Arc::new(running);
+    let mut uploads = Vec::new();
+    for (name, _, message) in &files {
+        let (running, http, name, message) =
+            (running.clone(), http.clone(), name.clone(), message.clone());
+        uploads.push(tokio::spawn(async move {
+            let (code, body) = running.put(&http, &name, message).await;
+            assert_eq!(code, 201, "{name}: {body}");
+        }));
+    }
+    for upload in uploads {
+        upload.await.unwrap();
+    }
+    for (name, plaintext, _) in &files {
+        let status = running.settle(&http, name).await;
+        assert_eq!(status["state"], "processed", "{status}");
+        assert_eq!(
+            status["processed"]["sha256"],
+            sha256_hex(plaintext),
+            "{name}"
+        );
+    }
+    stop.store(true, Ordering::SeqCst);
+    let slowest = health.await.unwrap();
+    assert!(
+        slowest < Duration::from_secs(1),
+        "/healthz took {slowest:?} while 32 messages were decrypted"
+    );
+}
+
+struct Case {
+    name: &'static str,
+    message: Vec<u8>,
+    /// `None`: must be processed; otherwise the failure must say this.
+    fails_with: Option<&'static str>,
+    /// KMS Decrypt calls it must cost: one per data key wrapped by our key that the SDK
+    /// tries, none for a message refused by its shape.
+    kms_calls: usize,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_and_extreme_messages_fail_alone_with_a_reason_and_survive_a_restart() {
+    let resources = resources().await;
+    let key = resources.key_arn.as_str();
+    let proxy = KmsProxy::start(&emulator_endpoint()).await;
+    let through_proxy = [("AWS_ENDPOINT_URL", proxy.url.as_str())];
+    let producer = encryptor(&resources, key).await;
+    let other_key = service::testing::create_key(&resources.clients.kms).await;
+    let foreign = encryptor(&resources, &other_key).await;
+
+    let valid = producer
+        .encrypt(random_bytes(10_000, 1), Some(256))
+        .await
+        .unwrap();
+    let mut flipped = valid.clone();
+    let body_byte = inspect(&valid, &limits(), key).unwrap().header_len + 40;
+    flipped[body_byte] ^= 0x01;
+    let junk_edks = |n: usize| -> Vec<(&str, Vec<u8>)> {
+        (0..n).map(|i| (key, random_bytes(150, i as u64))).collect()
+    };
+    // The issue's reproductions: 256-byte frames over 1 MB, and frames at the limit.
+    let at_limit = (DEFAULT_MAX_FRAMES as usize - 1) * 16 + 8;
+    let cases = vec![
+        Case {
+            name: "valid.enc",
+            message: valid.clone(),
+            fails_with: None,
+            kms_calls: 1,
+        },
+        Case {
+            name: "small-frames-1mb.enc",
+            message: producer
+                .encrypt(random_bytes(1_000_000, 2), Some(256))
+                .await
+                .unwrap(),
+            fails_with: None,
+            kms_calls: 1,
+        },
+        Case {
+            name: "tiny-frames-at-the-limit.enc",
+            message: producer
+                .encrypt(random_bytes(at_limit, 3), Some(16))
+                .await
+                .unwrap(),
+            fails_with: None,
+            kms_calls: 1,
+        },
+        Case {
+            name: "one-frame-too-many.enc",
+            message: producer
+                .encrypt(random_bytes(at_limit + 16, 4), Some(16))
+                .await
+                .unwrap(),
+            fails_with: Some("MAX_ENCRYPTED_FRAMES"),
+            kms_calls: 0,
+        },
+        Case {
+            name: "junk-frames.enc",
+            message: with_junk_frames(&valid, key, 3_900),
+            fails_with: Some("failed authentication"),
+            kms_calls: 1,
+        },
+        Case {
+            name: "junk-frames-over-the-limit.enc",
+            message: with_junk_frames(&valid, key, 20_000),
+            fails_with: Some("MAX_ENCRYPTED_FRAMES"),
+            kms_calls: 0,
+        },
+        Case {
+            name: "6000-data-keys.enc",
+            message: with_data_keys(&valid, key, &junk_edks(6_000)),
+            fails_with: Some("6000 encrypted data keys"),
+            kms_calls: 0,
+        },
+        Case {
+            name: "3-junk-data-keys.enc",
+            message: with_data_keys(&valid, key, &junk_edks(3)),
+            fails_with: Some("KMS could not unwrap the data key"),
+            kms_calls: 3,
+        },
+        Case {
+            name: "other-key.enc",
+            message: foreign.encrypt(b"hello".to_vec(), None).await.unwrap(),
+            fails_with: Some("no data key of the message is wrapped by the configured KMS key"),
+            kms_calls: 0,
+        },
+        Case {
+            name: "truncated.enc",
+            message: valid[..valid.len() / 2].to_vec(),
+            fails_with: Some("truncated"),
+            kms_calls: 0,
+        },
+        Case {
+            name: "bit-flipped.enc",
+            message: flipped,
+            fails_with: Some("failed authentication"),
+            kms_calls: 1,
+        },
+    ];
+
+    let mut running = spawn(&resources, &through_proxy).await;
+    let http = reqwest::Client::new();
+    for case in &cases {
+        let before = proxy.decrypts();
+        let (code, body) = running.put(&http, case.name, case.message.clone()).await;
+        assert_eq!(code, 201, "{}: {body}", case.name);
+        let status = running.settle(&http, case.name).await;
+        let calls = proxy.decrypts() - before;
+        assert_eq!(calls, case.kms_calls, "{}: KMS Decrypt calls", case.name);
+        match case.fails_with {
+            None => assert_eq!(status["state"], "processed", "{}: {status}", case.name),
+            Some(reason) => {
+                assert_eq!(status["state"], "failed", "{}: {status}", case.name);
+                let error = status["error"].as_str().unwrap();
+                assert!(error.contains(reason), "{}: {error}", case.name);
+            }
+        }
+        assert!(
+            http.get(format!("{}/healthz", running.url))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .is_success(),
+            "the service stopped answering after {}",
+            case.name
+        );
+    }
+    assert!(
+        running.child.try_wait().unwrap().is_none(),
+        "the service exited: {}",
+        running.log_text()
+    );
+
+    // A restart scans the initial bucket: the failed files stay failed and are not decrypted
+    // again, and nothing crashes.
+    drop(running);
+    let before = proxy.decrypts();
+    let mut running = spawn(&resources, &through_proxy).await;
+    for case in &cases {
+        let status = running.settle(&http, case.name).await;
+        let expected = if case.fails_with.is_some() {
+            "failed"
+        } else {
+            "processed"
+        };
+        assert_eq!(status["state"], expected, "{}: {status}", case.name);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        running.child.try_wait().unwrap().is_none(),
+        "the restarted service exited: {}",
+        running.log_text()
+    );
+    assert_eq!(
+        proxy.decrypts(),
+        before,
+        "a restart decrypted settled files again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decryptions_that_keep_timing_out_end_quarantined() {
+    let resources = resources().await;
+    let proxy = KmsProxy::start(&emulator_endpoint()).await;
+    let producer = encryptor(&resources, &resources.key_arn).await;
+    let message = producer.encrypt(b"slow".to_vec(), None).await.unwrap();
+    proxy.delay_decrypts(Duration::from_secs(3));
+    let running = spawn(
+        &resources,
+        &[
+            ("AWS_ENDPOINT_URL", proxy.url.as_str()),
+            ("DECRYPT_TIMEOUT_SECS", "1"),
+            ("MAX_DECRYPT_ATTEMPTS", "2"),
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let (code, body) = running.put(&http, "slow.enc", message).await;
+    assert_eq!(code, 201, "{body}");
+    let status = running.settle(&http, "slow.enc").await;
+    assert_eq!(status["state"], "failed", "{status}");
+    let error = status["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("quarantined: 2 decryptions of this version"),
+        "{error}"
+    );
+}
+
+/// Runs that died mid-decryption leave their attempt record behind (a crash cannot clean up);
+/// the next start counts them and quarantines a file whose attempts are used up, without
+/// decrypting it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_up_quarantines_files_whose_decryptions_kept_dying() {
+    let resources = resources().await;
+    let proxy = KmsProxy::start(&emulator_endpoint()).await;
+    let producer = encryptor(&resources, &resources.key_arn).await;
+    let s3 = &resources.clients.s3;
+    for (name, attempts) in [("died-thrice.enc", 3), ("died-once.enc", 1)] {
+        let message = producer
+            .encrypt(name.as_bytes().to_vec(), None)
+            .await
+            .unwrap();
+        let put = s3
+            .put_object()
+            .bucket(&resources.initial)
+            .key(format!("raw/{name}"))
+            .body(message.into())
+            .send()
+            .await
+            .unwrap();
+        let record = serde_json::json!({
+            "name": name,
+            "source_etag": put.e_tag().unwrap().trim_matches('"'),
+            "source_version": put.version_id(),
+            "processor": "identity",
+            "attempts": attempts,
+        });
+        s3.put_object()
+            .bucket(&resources.final_)
+            .key(format!("failed/{name}.json"))
+            .body(serde_json::to_vec(&record).unwrap().into())
+            .send()
+            .await
+            .unwrap();
+    }
+    let running = spawn(&resources, &[("AWS_ENDPOINT_URL", proxy.url.as_str())]).await;
+    let http = reqwest::Client::new();
+    let status = running.settle(&http, "died-thrice.enc").await;
+    assert_eq!(status["state"], "failed", "{status}");
+    assert!(
+        status["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("quarantined: 3 decryptions of this version"),
+        "{status}"
+    );
+    let status = running.settle(&http, "died-once.enc").await;
+    assert_eq!(status["state"], "processed", "{status}");
+    assert_eq!(
+        proxy.decrypts(),
+        1,
+        "only the file with attempts left is decrypted"
+    );
+    let records = s3
+        .list_objects_v2()
+        .bucket(&resources.final_)
+        .prefix("failed/")
+        .send()
+        .await
+        .unwrap();
+    let keys: Vec<_> = records.contents().iter().filter_map(|o| o.key()).collect();
+    assert_eq!(
+        keys,
+        ["failed/died-thrice.enc.json"],
+        "a success removes its attempt record"
+    );
+}
