@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::binary::spawn;
+use common::binary::{http, spawn};
 use common::proxy::KmsProxy;
 use common::{Resources, random_bytes, resources, sha256_hex};
 use service::decrypt::{DEFAULT_MAX_FRAMES, Decryptor, Limits, Settings, inspect};
@@ -71,7 +71,7 @@ fn with_junk_frames(message: &[u8], key_arn: &str, frames: u32) -> Vec<u8> {
 /// Polls `/healthz` every 100 ms until stopped; returns the slowest answer.
 fn watch_health(url: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Duration> {
     tokio::spawn(async move {
-        let http = reqwest::Client::new();
+        let http = http();
         let mut slowest = Duration::ZERO;
         while !stop.load(Ordering::SeqCst) {
             let started = Instant::now();
@@ -105,7 +105,7 @@ async fn thirty_two_concurrent_messages_are_all_processed_while_healthz_answers(
     }
     let stop = Arc::new(AtomicBool::new(false));
     let health = watch_health(running.url.clone(), stop.clone());
-    let http = reqwest::Client::new();
+    let http = http();
     let running = Arc::new(running);
     let mut uploads = Vec::new();
     for (name, _, message) in &files {
@@ -247,7 +247,7 @@ async fn forged_and_extreme_messages_fail_alone_with_a_reason_and_survive_a_rest
     ];
 
     let mut running = spawn(&resources, &through_proxy).await;
-    let http = reqwest::Client::new();
+    let http = http();
     for case in &cases {
         let before = proxy.decrypts();
         let (code, body) = running.put(&http, case.name, case.message.clone()).await;
@@ -323,7 +323,7 @@ async fn decryptions_that_keep_timing_out_end_quarantined() {
         ],
     )
     .await;
-    let http = reqwest::Client::new();
+    let http = http();
     let (code, body) = running.put(&http, "slow.enc", message).await;
     assert_eq!(code, 201, "{body}");
     let status = running.settle(&http, "slow.enc").await;
@@ -373,7 +373,7 @@ async fn a_start_up_quarantines_files_whose_decryptions_kept_dying() {
             .unwrap();
     }
     let running = spawn(&resources, &[("AWS_ENDPOINT_URL", proxy.url.as_str())]).await;
-    let http = reqwest::Client::new();
+    let http = http();
     let status = running.settle(&http, "died-thrice.enc").await;
     assert_eq!(status["state"], "failed", "{status}");
     assert!(

@@ -68,6 +68,15 @@ pub async fn spawn(resources: &Resources, extra: &[(&str, &str)]) -> Running {
     Running { child, url, log }
 }
 
+/// A client whose every request ends within 30 s, so a service that stops answering fails
+/// the test instead of hanging it.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
 impl Running {
     pub fn file_url(&self, name: &str) -> String {
         format!("{}/v1/files/{name}", self.url)
