@@ -480,8 +480,8 @@ impl Pipeline {
             }
             Err(err) => {
                 let message = format!("{err:#}");
-                self.record_failure(name, &raw, &message, attempts.before)
-                    .await?;
+                let started = attempts.before + u32::from(attempts.recorded);
+                self.record_failure(name, &raw, &message, started).await?;
                 Err(err)
             }
         }
