@@ -20,7 +20,14 @@ pub enum CredentialsSource {
     /// The SDK's default chain (env vars, shared config/profile, web identity, IMDS), optionally
     /// pinned to a named profile.
     DefaultChain { profile: Option<String> },
-    /// Fixed test credentials, only meaningful against an emulator.
+    /// A profile of one AWS config file and no other (not `~/.aws`): the local emulator's
+    /// operator, or the service role assumed through `role_arn` + `source_profile`, as the
+    /// AWS CLI and every SDK read it. Read when credentials are first needed.
+    ProfileFile {
+        config_file: std::path::PathBuf,
+        profile: String,
+    },
+    /// Fixed credentials, only meaningful against an emulator.
     Static {
         access_key_id: String,
         secret_access_key: String,
@@ -95,6 +102,26 @@ async fn sdk_config(settings: &AwsSettings) -> SdkConfig {
             loader = loader.profile_name(name);
         }
         CredentialsSource::DefaultChain { profile: None } => {}
+        CredentialsSource::ProfileFile {
+            config_file,
+            profile,
+        } => {
+            use aws_config::profile::ProfileFileCredentialsProvider;
+            use aws_runtime::env_config::file::{EnvConfigFileKind, EnvConfigFiles};
+            let files = EnvConfigFiles::builder()
+                .with_file(EnvConfigFileKind::Config, config_file)
+                .build();
+            // Explicitly the profile's credentials: the default chain would prefer
+            // AWS_ACCESS_KEY_ID from the caller's shell.
+            let credentials = ProfileFileCredentialsProvider::builder()
+                .profile_files(files.clone())
+                .profile_name(profile)
+                .build();
+            loader = loader
+                .profile_files(files)
+                .profile_name(profile)
+                .credentials_provider(credentials);
+        }
         CredentialsSource::Static {
             access_key_id,
             secret_access_key,
@@ -181,6 +208,15 @@ pub fn subprocess_env(settings: &AwsSettings) -> Vec<(&'static str, String)> {
             vars.push(("AWS_PROFILE", name.clone()));
         }
         CredentialsSource::DefaultChain { profile: None } => {}
+        CredentialsSource::ProfileFile {
+            config_file,
+            profile,
+        } => {
+            vars.push(("AWS_CONFIG_FILE", config_file.display().to_string()));
+            // Only that file: no credentials from ~/.aws/credentials.
+            vars.push(("AWS_SHARED_CREDENTIALS_FILE", "/dev/null".to_string()));
+            vars.push(("AWS_PROFILE", profile.clone()));
+        }
         CredentialsSource::Static {
             access_key_id,
             secret_access_key,

@@ -5,10 +5,15 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::aws::{AwsClients, AwsSettings};
+use crate::aws::{AwsClients, AwsSettings, CredentialsSource};
 
 /// The one variable that tells tests where the emulator listens.
 pub const ENDPOINT_VAR: &str = "FILEPIPE_TEST_ENDPOINT";
+/// The AWS config file whose `operator` profile signs the tests' requests: the emulator
+/// enforces IAM, so unsigned or unknown requests are refused.
+pub const AWS_CONFIG_VAR: &str = "FILEPIPE_TEST_AWS_CONFIG";
+/// The operator's profile in that file.
+pub const OPERATOR_PROFILE: &str = "operator";
 /// Region the tests use against the emulator: outside us-east-1, so every CreateBucket
 /// must carry a LocationConstraint as it must on real AWS.
 pub const TEST_REGION: &str = "eu-west-1";
@@ -24,9 +29,35 @@ pub fn emulator_endpoint() -> String {
     }
 }
 
+/// The AWS config file with the emulator's identities, or a panic that says how to run the
+/// tests.
+pub fn emulator_aws_config() -> std::path::PathBuf {
+    match std::env::var(AWS_CONFIG_VAR) {
+        Ok(path) if !path.trim().is_empty() => std::path::PathBuf::from(path),
+        _ => panic!(
+            "{AWS_CONFIG_VAR} is not set: this test signs its requests as the emulator's operator. \
+             Run the tests with `cargo xtask test`, which sets it."
+        ),
+    }
+}
+
+/// The emulator as the operator: endpoint and credentials from `cargo xtask test`.
+pub fn emulator_settings() -> AwsSettings {
+    let config_file = emulator_aws_config();
+    AwsSettings {
+        region: TEST_REGION.to_string(),
+        endpoint_url: Some(emulator_endpoint()),
+        s3_endpoint_url: None,
+        credentials: CredentialsSource::ProfileFile {
+            config_file,
+            profile: OPERATOR_PROFILE.to_string(),
+        },
+    }
+}
+
 /// Clients for the emulator, built by the shared client builder.
 pub async fn emulator_clients() -> AwsClients {
-    AwsClients::connect(&AwsSettings::emulator(emulator_endpoint(), TEST_REGION)).await
+    AwsClients::connect(&emulator_settings()).await
 }
 
 /// A bucket name no other test (or earlier run against the same emulator) uses.

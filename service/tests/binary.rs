@@ -33,15 +33,7 @@ async fn sigterm_finishes_gracefully_aborts_open_uploads_and_logs_json_without_s
     let mut running = spawn(&resources, &[("SHUTDOWN_GRACE_SECS", "2")]).await;
     let http = reqwest::Client::new();
 
-    let info: Value = http
-        .get(format!("{}/v1/info", running.url))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info = running.get_json(&http, "/v1/info").await;
     assert_eq!(info["initial_bucket"], resources.initial.as_str());
     assert_eq!(info["kms_key_arn"], resources.key_arn.as_str());
     let marker = "FILE-CONTENT-MARKER-must-not-be-logged";

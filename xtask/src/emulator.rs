@@ -3,6 +3,14 @@
 //! One emulator per checkout, bound to 127.0.0.1. Its pid and port are recorded in
 //! `target/xtask/local/emulator.json`; `stop` only ever signals that recorded pid, and only
 //! while it still is a moto server.
+//!
+//! It enforces IAM, as AWS does: once started, it makes an **operator** (an IAM user with an
+//! admin policy and an access key) and from then on refuses every request that is not signed
+//! by a known identity or that the identity's policies do not allow. The operator's key and,
+//! once `up` has made the stack, the service role (assumed through the operator) are profiles
+//! of one AWS config file, `target/xtask/local/aws-config` (mode 0600), which the xtask, the
+//! tests, Terraform, the local service and the AWS CLI all read. moto's own mistakes in
+//! authorization are corrected in `moto_server_fidelity.py`, never in a policy.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -13,8 +21,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::context::{Context, state_dir};
-use crate::environment::LOCAL;
+use service::aws::{AwsClients, AwsSettings, CredentialsSource};
+
+use crate::context::{Context, block_on, state_dir};
+use crate::environment::{LOCAL, LOCAL_REGION};
 use crate::process;
 use crate::tools::PythonTool;
 
@@ -30,11 +40,40 @@ pub const MOTO: PythonTool = PythonTool {
     requirement: "moto[server]>=5.1.22,<5.2",
 };
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// moto with the corrections of its authorization, run by the venv's python.
+const FIDELITY_LAUNCHER: &str = "xtask/src/moto_server_fidelity.py";
+/// Set to 1 to start the emulator without IAM enforcement (for debugging only).
+pub const NO_IAM_ENV: &str = "XTASK_EMULATOR_NO_IAM";
+/// Profiles of the local AWS config file.
+pub const OPERATOR_PROFILE: &str = "operator";
+pub const SERVICE_PROFILE: &str = "service";
+/// An administrator of another account (for tests of what crosses accounts).
+pub const OUTSIDER_PROFILE: &str = "outsider";
+const OUTSIDER_ACCOUNT: &str = "111111111111";
+const OPERATOR_USER: &str = "filepipe-operator";
+/// The account moto puts everything in.
+const EMULATOR_ACCOUNT: &str = "123456789012";
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Record {
     pub pid: u32,
     pub port: u16,
+    /// Whether requests must be signed by a known identity and are checked against its
+    /// policies.
+    #[serde(default)]
+    pub iam: bool,
+}
+
+/// IAM enforcement, unless NO_IAM_ENV says otherwise.
+pub fn iam_wanted() -> bool {
+    std::env::var(NO_IAM_ENV).map_or(true, |v| v != "1")
+}
+
+/// The operator's access key.
+#[derive(Serialize, Deserialize)]
+struct OperatorKey {
+    access_key_id: String,
+    secret_access_key: String,
 }
 
 impl Record {
@@ -79,6 +118,167 @@ fn record_path(root: &Path) -> PathBuf {
     state_dir(root, LOCAL).join("emulator.json")
 }
 
+/// The AWS config file with the operator's and the service's profiles.
+pub fn aws_config_path(root: &Path) -> PathBuf {
+    state_dir(root, LOCAL).join("aws-config")
+}
+
+fn operator_key_path(root: &Path) -> PathBuf {
+    state_dir(root, LOCAL).join("operator.json")
+}
+
+/// How the `local` environment reaches the emulator: as `profile` of the local config file.
+pub fn local_settings(root: &Path, profile: &str) -> AwsSettings {
+    AwsSettings {
+        region: LOCAL_REGION.to_string(),
+        endpoint_url: Some(endpoint_url(root)),
+        s3_endpoint_url: None,
+        credentials: CredentialsSource::ProfileFile {
+            config_file: aws_config_path(root),
+            profile: profile.to_string(),
+        },
+    }
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::create_dir_all(path.parent().unwrap())
+        .with_context(|| format!("creating {}", path.parent().unwrap().display()))?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn read_keys(root: &Path) -> Result<[OperatorKey; 2]> {
+    let path = operator_key_path(root);
+    serde_json::from_str(
+        &std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {} (start the emulator first)", path.display()))?,
+    )
+    .with_context(|| format!("parsing {}", path.display()))
+}
+
+/// The operator's access key id and secret.
+pub fn operator_key(root: &Path) -> Result<(String, String)> {
+    let [operator, _] = read_keys(root)?;
+    Ok((operator.access_key_id, operator.secret_access_key))
+}
+
+/// (Re)writes the local AWS config file: the operator, and the service role assumed through
+/// the operator once the stack exists.
+pub fn write_aws_config(root: &Path, service_role_arn: Option<&str>) -> Result<()> {
+    let [operator, outsider] = read_keys(root)?;
+    let mut text =
+        "# Written by `cargo xtask local start` and `up`: identities of the local emulator.\n"
+            .to_string();
+    for (profile, key) in [(OPERATOR_PROFILE, operator), (OUTSIDER_PROFILE, outsider)] {
+        text.push_str(&format!(
+            "\n[profile {profile}]\n\
+             aws_access_key_id = {}\n\
+             aws_secret_access_key = {}\n\
+             region = {LOCAL_REGION}\n",
+            key.access_key_id, key.secret_access_key
+        ));
+    }
+    if let Some(role) = service_role_arn {
+        // As the instance profile gives it on EC2: temporary credentials of the role, which
+        // the SDK renews by itself.
+        text.push_str(&format!(
+            "\n[profile {SERVICE_PROFILE}]\n\
+             role_arn = {role}\n\
+             source_profile = {OPERATOR_PROFILE}\n\
+             role_session_name = filepipe-local-service\n\
+             region = {LOCAL_REGION}\n"
+        ));
+    }
+    write_private(&aws_config_path(root), &text)
+}
+
+/// Makes the operator with the emulator's free requests, then (with `record.iam`) turns
+/// enforcement on: from then on every request must be signed by a known identity. Also makes
+/// an `outsider`, an administrator of another account, for tests of what crosses accounts.
+fn make_operator(root: &Path, record: Record) -> Result<()> {
+    expect_ok(
+        post(record.port, "/moto-api/reset-auth", "inf")?,
+        "reset-auth",
+    )?;
+    let endpoint = record.endpoint_url();
+    let (operator, outsider) = block_on(async move {
+        let clients = AwsClients::connect(&AwsSettings::emulator(endpoint, LOCAL_REGION)).await;
+        let iam = aws_sdk_iam::Client::new(&clients.sdk_config);
+        anyhow::Ok((
+            make_admin(&iam, EMULATOR_ACCOUNT).await?,
+            make_admin(&iam, OUTSIDER_ACCOUNT).await?,
+        ))
+    })?;
+    write_private(
+        &operator_key_path(root),
+        &serde_json::to_string(&[operator, outsider])?,
+    )?;
+    write_aws_config(root, None)?;
+    if record.iam {
+        expect_ok(
+            post(record.port, "/moto-api/reset-auth", "0")?,
+            "reset-auth",
+        )?;
+    }
+    Ok(())
+}
+
+/// An IAM user with an admin policy and an access key, in `account` (moto's
+/// `x-moto-account-id` header picks the account of an unsigned request).
+async fn make_admin(iam: &aws_sdk_iam::Client, account: &'static str) -> Result<OperatorKey> {
+    let in_account = move |request: &mut aws_sdk_iam::config::http::HttpRequest| {
+        request.headers_mut().insert("x-moto-account-id", account);
+    };
+    iam.create_user()
+        .user_name(OPERATOR_USER)
+        .customize()
+        .mutate_request(in_account)
+        .send()
+        .await
+        .context("iam:CreateUser for the operator")?;
+    iam.put_user_policy()
+        .user_name(OPERATOR_USER)
+        .policy_name("administrator")
+        .policy_document(
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}"#,
+        )
+        .customize()
+        .mutate_request(in_account)
+        .send()
+        .await
+        .context("iam:PutUserPolicy for the operator")?;
+    let created = iam
+        .create_access_key()
+        .user_name(OPERATOR_USER)
+        .customize()
+        .mutate_request(in_account)
+        .send()
+        .await
+        .context("iam:CreateAccessKey for the operator")?;
+    let key = created.access_key().context("no access key returned")?;
+    Ok(OperatorKey {
+        access_key_id: key.access_key_id().to_string(),
+        secret_access_key: key.secret_access_key().to_string(),
+    })
+}
+
+fn expect_ok(status: u16, what: &str) -> Result<()> {
+    if status != 200 {
+        bail!("the emulator's {what} API answered HTTP {status}");
+    }
+    Ok(())
+}
+
 pub fn log_path(root: &Path) -> PathBuf {
     state_dir(root, LOCAL).join("moto.log")
 }
@@ -117,7 +317,7 @@ pub fn status(root: &Path) -> Status {
 
 /// Starts the emulator unless this checkout's emulator already runs. Returns the record and
 /// whether this call started it.
-pub fn start(cx: &Context, port: u16) -> Result<(Record, bool)> {
+pub fn start(cx: &Context, port: u16, iam: bool) -> Result<(Record, bool)> {
     match status(&cx.root) {
         Status::Running(record) => return Ok((record, false)),
         Status::Stale(record) => {
@@ -145,14 +345,29 @@ pub fn start(cx: &Context, port: u16) -> Result<(Record, bool)> {
     }
 
     let moto = MOTO.ensure(cx)?;
-    cx.step(format!("start moto server on 127.0.0.1:{port}"));
+    let python = moto.with_file_name("python3");
+    if !python.exists() && !cx.dry_run {
+        bail!(
+            "{} has no python3 beside it to run {FIDELITY_LAUNCHER}",
+            moto.display()
+        );
+    }
+    let launcher = cx.root.join(FIDELITY_LAUNCHER);
+    cx.step(format!(
+        "start moto server on 127.0.0.1:{port} ({})",
+        if iam {
+            "IAM enforced"
+        } else {
+            "IAM NOT enforced: every request is allowed"
+        }
+    ));
     if cx.dry_run {
         eprintln!(
             "    (dry run) {} -H 127.0.0.1 -p {port} > {}",
             moto.display(),
             log_path(&cx.root).display()
         );
-        return Ok((Record { pid: 0, port }, false));
+        return Ok((Record { pid: 0, port, iam }, false));
     }
 
     let log_file = log_path(&cx.root);
@@ -161,7 +376,12 @@ pub fn start(cx: &Context, port: u16) -> Result<(Record, bool)> {
         .with_context(|| format!("creating {}", log_file.display()))?;
     let mut child = {
         use std::os::unix::process::CommandExt;
-        Command::new(&moto)
+        Command::new(&python)
+            .arg(&launcher)
+            .env(
+                "FILEPIPE_EC2_STAND_IN_ARN",
+                format!("arn:aws:iam::{EMULATOR_ACCOUNT}:user/{OPERATOR_USER}"),
+            )
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -174,6 +394,7 @@ pub fn start(cx: &Context, port: u16) -> Result<(Record, bool)> {
     let record = Record {
         pid: child.id(),
         port,
+        iam,
     };
     write_record(&cx.root, record)?;
 
@@ -198,6 +419,11 @@ pub fn start(cx: &Context, port: u16) -> Result<(Record, bool)> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    if let Err(err) = make_operator(&cx.root, record) {
+        terminate(record.pid)?;
+        remove_record(&cx.root)?;
+        return Err(err.context("making the emulator's operator identity"));
+    }
     Ok((record, true))
 }
 
@@ -220,14 +446,17 @@ pub fn stop(cx: &Context) -> Result<Option<Record>> {
     Ok(alive.then_some(record))
 }
 
-/// Wipes every bucket, key and role in the emulator.
-pub fn reset(record: Record) -> Result<()> {
+/// Wipes every bucket, key, role and user in the emulator, then makes a new operator (the
+/// reset removed the old one).
+pub fn reset(root: &Path, record: Record) -> Result<()> {
+    expect_ok(
+        post(record.port, "/moto-api/reset-auth", "inf")?,
+        "reset-auth",
+    )?;
     let status = http_status(record.port, "POST", "/moto-api/reset")
         .context("calling the emulator's reset API")?;
-    if status != 200 {
-        bail!("the emulator's reset API answered HTTP {status}");
-    }
-    Ok(())
+    expect_ok(status, "reset")?;
+    make_operator(root, record)
 }
 
 /// The dashboard page is static: unlike `/moto-api/data.json`, which serialises every
@@ -239,12 +468,21 @@ fn answers(port: u16) -> bool {
 /// A minimal HTTP/1.1 exchange on 127.0.0.1: all the emulator's control API and readiness
 /// checks need, and usable inside or outside an async runtime.
 pub fn http_status(port: u16, method: &str, path: &str) -> Result<u16> {
+    request(port, method, path, "")
+}
+
+fn post(port: u16, path: &str, body: &str) -> Result<u16> {
+    request(port, "POST", path, body).with_context(|| format!("POST {path} to the emulator"))
+}
+
+fn request(port: u16, method: &str, path: &str, body: &str) -> Result<u16> {
     let mut stream =
         TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     )?;
     let mut head = [0u8; 64];
     let n = stream.read(&mut head)?;

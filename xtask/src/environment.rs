@@ -1,7 +1,7 @@
 //! What an environment is, defined once.
 //!
-//! `local` is built in: the emulator started by `cargo xtask local start`, static test
-//! credentials, region eu-west-1. Every other environment `<name>` is declared by
+//! `local` is built in: the emulator started by `cargo xtask local start`, its operator's
+//! profile (see emulator.rs), region eu-west-1. Every other environment `<name>` is declared by
 //! `terraform/environments/<name>.tfvars` (Terraform variables; the xtask reads `region` and
 //! `name_prefix` from it, so the region is written once) and an optional
 //! `terraform/environments/<name>.xtask.hcl` holding settings only the xtask uses.
@@ -53,7 +53,7 @@ impl Environment {
         validate_env_name(name)?;
         if name == LOCAL {
             return Ok(Environment::local(
-                emulator::endpoint_url(root),
+                emulator::local_settings(root, emulator::OPERATOR_PROFILE),
                 LOCAL_NAME_PREFIX,
             ));
         }
@@ -108,10 +108,10 @@ impl Environment {
 
     /// The built-in emulator environment; tests give each their own name prefix so their
     /// state buckets and resources never collide.
-    pub fn local(endpoint_url: String, name_prefix: &str) -> Environment {
+    pub fn local(aws: AwsSettings, name_prefix: &str) -> Environment {
         Environment {
             name: LOCAL.to_string(),
-            aws: AwsSettings::emulator(endpoint_url, LOCAL_REGION),
+            aws,
             name_prefix: name_prefix.to_string(),
             state_bucket: None,
             state_kms_key_id: None,

@@ -4,6 +4,8 @@
 use anyhow::{Result, bail};
 use clap::Subcommand;
 
+use service::aws::subprocess_env;
+
 use crate::context::Context;
 use crate::emulator::{self, Status};
 
@@ -20,7 +22,14 @@ enum Action {
         /// Port to listen on [default: $XTASK_EMULATOR_PORT or 4566].
         #[arg(long)]
         port: Option<u16>,
+        /// Do not enforce IAM: every request is allowed, signed or not (for debugging only;
+        /// also XTASK_EMULATOR_NO_IAM=1).
+        #[arg(long)]
+        no_iam: bool,
     },
+    /// Print the shell exports that make the AWS CLI talk to the emulator as its operator:
+    /// `eval "$(cargo xtask local env)"`.
+    Env,
     /// Stop the emulator this checkout started; its data is lost.
     Stop,
     /// Say whether the emulator runs, where, and what that means for its data.
@@ -34,12 +43,12 @@ const IN_MEMORY: &str =
 
 pub fn run(cx: &Context, args: Args) -> Result<()> {
     match args.action {
-        Action::Start { port } => {
+        Action::Start { port, no_iam } => {
             let port = match port {
                 Some(port) => port,
                 None => emulator::configured_port()?,
             };
-            let (record, started) = emulator::start(cx, port)?;
+            let (record, started) = emulator::start(cx, port, !no_iam && emulator::iam_wanted())?;
             if cx.dry_run {
                 return Ok(());
             }
@@ -64,6 +73,25 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
                 }
             }
             println!("{IN_MEMORY}");
+            if record.iam {
+                println!(
+                    "IAM is enforced: requests must be signed by the operator (`eval \"$(cargo xtask local env)\"`) or another identity of the emulator"
+                );
+            } else {
+                println!("IAM is NOT enforced: every request is allowed (--no-iam)");
+            }
+        }
+        Action::Env => {
+            let settings = emulator::local_settings(&cx.root, emulator::OPERATOR_PROFILE);
+            if !emulator::aws_config_path(&cx.root).is_file() {
+                bail!("the emulator has no operator yet: start it with `cargo xtask local start`");
+            }
+            for (name, value) in subprocess_env(&settings) {
+                println!("export {name}={value}");
+            }
+            if let Some(endpoint) = &settings.endpoint_url {
+                println!("export AWS_ENDPOINT_URL={endpoint}");
+            }
         }
         Action::Stop => match emulator::stop(cx)? {
             Some(record) => println!("emulator stopped (pid {})", record.pid),
@@ -88,8 +116,8 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
         Action::Reset => match emulator::status(&cx.root) {
             Status::Running(record) => {
                 if cx.aws_call(format!("POST {}/moto-api/reset", record.endpoint_url())) {
-                    emulator::reset(record)?;
-                    println!("emulator reset: all data wiped");
+                    emulator::reset(&cx.root, record)?;
+                    println!("emulator reset: all data wiped, a new operator made");
                 }
             }
             _ => bail!("the emulator is not running; start it with `cargo xtask local start`"),

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use anyhow::{Context as _, Result};
-use service::testing::ENDPOINT_VAR;
+use service::testing::{AWS_CONFIG_VAR, ENDPOINT_VAR};
 use xshell::cmd;
 
 use crate::context::Context;
@@ -65,8 +65,9 @@ pub fn run(cx: &Context, _args: Args) -> Result<()> {
         ),
     )?;
 
-    let (record, we_started) = emulator::start(cx, emulator::configured_port()?)
-        .context("starting the emulator for the tests")?;
+    let (record, we_started) =
+        emulator::start(cx, emulator::configured_port()?, emulator::iam_wanted())
+            .context("starting the emulator for the tests")?;
     let endpoint = record.endpoint_url();
     if we_started {
         eprintln!("    emulator started for this run: {endpoint}");
@@ -77,6 +78,7 @@ pub fn run(cx: &Context, _args: Args) -> Result<()> {
         "cargo test",
         cmd!(sh, "cargo test --workspace --locked")
             .env(ENDPOINT_VAR, &endpoint)
+            .env(AWS_CONFIG_VAR, emulator::aws_config_path(&cx.root))
             .env("PATH", &path),
     );
     if we_started {

@@ -87,7 +87,8 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
     };
 
     steps.next(cx, "start the emulator");
-    let (record, started) = emulator::start(cx, emulator::configured_port()?)?;
+    let (record, started) =
+        emulator::start(cx, emulator::configured_port()?, emulator::iam_wanted())?;
     eprintln!(
         "    emulator {} at {}",
         if started {
@@ -200,14 +201,16 @@ fn start_service(cx: &Context, outputs: &Outputs, port: u16) -> Result<ServiceRe
         "cargo build -p service",
         cmd!(sh, "cargo build --locked -p service --bin service"),
     )?;
-    // Exactly what the EC2 instance gets, plus what only the emulator needs: its endpoint and
-    // test credentials, and loopback instead of all interfaces.
+    // Exactly what the EC2 instance gets, plus what only the emulator needs: its endpoint,
+    // and loopback instead of all interfaces. Its identity is the service role alone, assumed
+    // through the operator's profile as the instance profile would give it on EC2.
     let mut env = user_data_environment(outputs.string("user_data")?)?;
     env.retain(|(key, _)| key != "LISTEN_ADDR");
+    emulator::write_aws_config(&cx.root, Some(outputs.string("service_role_arn")?))?;
     let child = spawn_service(
         &cx.root.join(SERVICE_PROGRAM),
         env,
-        &cx.env.aws,
+        &emulator::local_settings(&cx.root, emulator::SERVICE_PROFILE),
         port,
         &log_path(cx),
         Detach::Yes,
@@ -259,10 +262,17 @@ pub fn spawn_service(
     let mut command = Command::new(program);
     // Per-service endpoints in the caller's shell would take precedence over the endpoint the
     // xtask passes (aws-config reads them itself); the service talks where `aws` says.
+    // Nor may credentials or a profile from the shell stand in for the identity it is given.
     for inherited in [
         "AWS_ENDPOINT_URL_S3",
         "AWS_ENDPOINT_URL_KMS",
         "AWS_ENDPOINT_URL_STS",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_CONFIG_FILE",
+        "AWS_SHARED_CREDENTIALS_FILE",
     ] {
         command.env_remove(inherited);
     }

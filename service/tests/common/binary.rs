@@ -5,7 +5,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use service::testing::{TEST_REGION, emulator_endpoint};
+use service::aws::subprocess_env;
+use service::testing::{TEST_REGION, emulator_endpoint, emulator_settings};
 
 use super::Resources;
 
@@ -42,8 +43,7 @@ pub async fn spawn(resources: &Resources, extra: &[(&str, &str)]) -> Running {
         .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
         .env("PROCESSOR", "identity")
         .env("AWS_ENDPOINT_URL", emulator_endpoint())
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .envs(subprocess_env(&emulator_settings()))
         .env("AUTH_TOKEN", TOKEN)
         .envs(extra.iter().copied())
         .stdin(Stdio::null())
@@ -95,19 +95,25 @@ impl Running {
         (code, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// GET `path` (below the service URL) with the bearer token, and parse the JSON body.
+    pub async fn get_json(&self, http: &reqwest::Client, path: &str) -> Value {
+        http.get(format!("{}{path}", self.url))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// Waits (long-polling the status route) until the file is processed or failed.
     pub async fn settle(&self, http: &reqwest::Client, name: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            let status: Value = http
-                .get(format!("{}/status?wait=10", self.file_url(name)))
-                .bearer_auth(TOKEN)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let status = self
+                .get_json(http, &format!("/v1/files/{name}/status?wait=10"))
+                .await;
             if status["state"] == "processed" || status["state"] == "failed" {
                 return status;
             }

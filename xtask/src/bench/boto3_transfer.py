@@ -30,8 +30,7 @@ def s3_client(args):
     return boto3.client(
         "s3",
         endpoint_url=args.endpoint,
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
+        # Credentials from the environment the xtask passes (the emulator's operator profile).
         config=config,
     )
 

@@ -21,7 +21,7 @@ use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, bail, ensure};
-use service::aws::{AwsClients, AwsResultExt, AwsSettings};
+use service::aws::{AwsClients, AwsResultExt, AwsSettings, subprocess_env};
 use service::config::{DEFAULT_MAX_BUFFERED_PARTS, DEFAULT_PART_SIZE, DEFAULT_PARTS_IN_FLIGHT};
 use xshell::cmd;
 
@@ -82,6 +82,8 @@ pub struct Setup {
     pub s3: aws_sdk_s3::Client,
     pub s3_endpoint: String,
     pub region: String,
+    /// Credentials (and region) for the boto3 script, as environment variables.
+    pub aws_env: Vec<(&'static str, String)>,
     pub service_url: String,
     pub initial: String,
     pub final_: String,
@@ -135,7 +137,8 @@ impl Setup {
             .args(args)
             .arg(format!("--endpoint={}", self.s3_endpoint))
             .arg(format!("--region={}", self.region))
-            .arg(format!("--kms-key-arn={}", self.kms_key_arn));
+            .arg(format!("--kms-key-arn={}", self.kms_key_arn))
+            .envs(self.aws_env.iter().map(|(k, v)| (k, v)));
         let output =
             tokio::task::block_in_place(|| command.output()).context("running the boto3 script")?;
         if !output.status.success() {
@@ -193,7 +196,8 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
 
     let s3s_fs = servers::ensure_s3s_fs(cx)?;
     let python = BOTO3.ensure(cx)?;
-    let (record, started_emulator) = emulator::start(cx, emulator::configured_port()?)?;
+    let (record, started_emulator) =
+        emulator::start(cx, emulator::configured_port()?, emulator::iam_wanted())?;
     let result = measure(cx, &args, &work, &s3s_fs, &python, &record.endpoint_url());
     if started_emulator {
         emulator::stop(cx)?;
@@ -238,10 +242,18 @@ fn measure(
         .enable_all()
         .build()
         .context("building a tokio runtime")?;
-    let (_s3s_server, s3s_url) =
-        servers::start_s3s_fs(s3s_fs, &work.join("s3s-fs"), &work.join("s3s-fs.log"))?;
-    let region = cx.env.aws.region.clone();
-    let kms_key_arn = runtime.block_on(create_key(emulator_url, &region))?;
+    // s3s-fs takes the same key as the emulator, so one set of settings signs for both.
+    let (_s3s_server, s3s_url) = servers::start_s3s_fs(
+        s3s_fs,
+        &work.join("s3s-fs"),
+        &work.join("s3s-fs.log"),
+        &emulator::operator_key(&cx.root)?,
+    )?;
+    let emulator_settings = AwsSettings {
+        endpoint_url: Some(emulator_url.to_string()),
+        ..cx.env.aws.clone()
+    };
+    let kms_key_arn = runtime.block_on(create_key(&emulator_settings))?;
     let data = work.join("data");
     std::fs::create_dir_all(&data)?;
 
@@ -256,7 +268,7 @@ fn measure(
         cx.step(format!("case {case_number}: {title} on {server}"));
         let settings = AwsSettings {
             s3_endpoint_url: s3_endpoint.map(str::to_string),
-            ..AwsSettings::emulator(emulator_url, &region)
+            ..emulator_settings.clone()
         };
         let started = std::time::Instant::now();
         let case = run_case(
@@ -408,6 +420,7 @@ fn run_case(
             .or(settings.endpoint_url.clone())
             .unwrap_or_default(),
         region: settings.region.clone(),
+        aws_env: subprocess_env(settings),
         service_url,
         initial: initial.clone(),
         final_: final_.clone(),
@@ -470,8 +483,8 @@ fn run_case(
     })
 }
 
-async fn create_key(emulator_url: &str, region: &str) -> Result<String> {
-    let clients = AwsClients::connect(&AwsSettings::emulator(emulator_url, region)).await;
+async fn create_key(settings: &AwsSettings) -> Result<String> {
+    let clients = AwsClients::connect(settings).await;
     let key = clients
         .kms
         .create_key()

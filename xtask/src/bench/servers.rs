@@ -80,14 +80,19 @@ pub fn free_port() -> Result<u16> {
 }
 
 /// Starts s3s-fs serving `root` on 127.0.0.1 and waits until it accepts connections.
-pub fn start_s3s_fs(binary: &Path, root: &Path, log: &Path) -> Result<(Owned, String)> {
+pub fn start_s3s_fs(
+    binary: &Path,
+    root: &Path,
+    log: &Path,
+    (access_key, secret_key): &(String, String),
+) -> Result<(Owned, String)> {
     std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
     let port = free_port()?;
     let log_file =
         std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let child = Command::new(binary)
         .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--access-key", "test", "--secret-key", "test"])
+        .args(["--access-key", access_key, "--secret-key", secret_key])
         .arg(root)
         .stdin(Stdio::null())
         .stdout(log_file.try_clone()?)

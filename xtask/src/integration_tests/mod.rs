@@ -53,7 +53,7 @@ pub fn isolated_local_context(label: &str) -> Context {
         "t{:x}",
         (nanos ^ u128::from(std::process::id())) % 0xff_ffff_ffff
     );
-    let env = Environment::local(service::testing::emulator_endpoint(), &prefix);
+    let env = Environment::local(service::testing::emulator_settings(), &prefix);
     Context::for_test(env, &temp_dir(label))
 }
 

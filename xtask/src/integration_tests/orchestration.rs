@@ -185,31 +185,16 @@ fn bootstrap_creates_a_private_versioned_encrypted_bucket_then_reports_and_fixes
 #[test]
 fn bootstrap_refuses_a_state_bucket_owned_by_another_account() {
     let mut cx = isolated_local_context("foreign");
-    let clients = clients(&cx);
     let foreign = block_on(async {
-        // The emulator maps credentials from AssumeRole to the role's account.
-        let assumed = clients
-            .sts
-            .assume_role()
-            .role_arn("arn:aws:iam::111111111111:role/someone-else")
-            .role_session_name("xtask-test")
-            .send()
-            .await
-            .unwrap();
-        let creds = assumed.credentials().unwrap();
-        let config = clients
-            .s3
-            .config()
-            .to_builder()
-            .credentials_provider(aws_sdk_s3::config::Credentials::new(
-                creds.access_key_id(),
-                creds.secret_access_key(),
-                Some(creds.session_token().to_string()),
-                None,
-                "other-account",
-            ))
-            .build();
-        let other = aws_sdk_s3::Client::from_conf(config);
+        // The emulator's outsider administers another account (see emulator.rs).
+        let outsider = service::aws::AwsSettings {
+            credentials: service::aws::CredentialsSource::ProfileFile {
+                config_file: service::testing::emulator_aws_config(),
+                profile: crate::emulator::OUTSIDER_PROFILE.to_string(),
+            },
+            ..cx.env.aws.clone()
+        };
+        let other = AwsClients::connect(&outsider).await.s3;
         let name = service::testing::unique_bucket_name("foreign");
         other
             .create_bucket()

@@ -117,7 +117,10 @@ fn every_variable_the_xtask_passes_is_declared() {
     let fixture_declared = block_labels(&parse_module(&fixture_dir()), "variable");
     let root = workspace_root();
     let local = Context::for_test(
-        Environment::local("http://127.0.0.1:1".into(), "abc"),
+        Environment::local(
+            service::aws::AwsSettings::emulator("http://127.0.0.1:1", "eu-west-1"),
+            "abc",
+        ),
         &temp_dir("vars"),
     );
     let example = Context::for_test(

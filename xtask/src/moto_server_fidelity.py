@@ -1,0 +1,140 @@
+"""moto server, corrected where it authorizes requests differently from AWS.
+
+`cargo xtask local start` runs this instead of moto's own `moto_server` script. Every
+correction of the emulator lives here, each with the AWS documentation it follows, and each is
+tested in xtask/src/integration_tests/emulator_iam.rs. Policies are never bent to fit moto.
+"""
+
+import base64
+import json
+import os
+import sys
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+from flask import current_app, request
+from moto.iam import access_control
+from moto.kms import responses as kms
+from moto.kms import utils as kms_utils
+from moto.moto_server import werkzeug_app
+from moto.s3 import responses as s3
+
+# Signature checks: a signed request's canonical URI and query string are URI-encoded ("the
+# URI-encoded version of the absolute path", "URI-encode each parameter name and value", see
+# "Create a canonical request" in
+# https://docs.aws.amazon.com/IAM/latest/UserGuide/create-signed-request.html), so
+# `/b/raw/a%20b?prefix=raw%2F` is what clients sign. moto recomputes the signature over the
+# path and query as its web server decoded them (`/b/raw/a b?prefix=raw/`) and refuses such
+# requests as SignatureDoesNotMatch.
+_create_aws_request = access_control.IAMRequestBase._create_aws_request
+
+
+def _canonical(part, safe="-_.~"):
+    return quote(unquote(part), safe=safe)
+
+
+def _create_aws_request_with_encoded_query(self):
+    request = _create_aws_request(self)
+    url = urlsplit(request.url)
+    pairs = (pair.partition("=") for pair in url.query.split("&") if pair)
+    query = "&".join(f"{_canonical(k)}={_canonical(v)}" for k, _, v in pairs)
+    path = _canonical(url.path, safe="/-_.~")
+    request.url = urlunsplit(url._replace(path=path, query=query))
+    return request
+
+
+access_control.IAMRequestBase._create_aws_request = _create_aws_request_with_encoded_query
+
+# Signature checks, again: the payload hash covers the body as sent. For form-encoded requests
+# (IAM, STS) moto's web framework parses the body and forgets it; moto then re-encodes the
+# parsed form with Python's encoder, whose escaping differs from other SDKs' (aws-sdk-rust),
+# and refuses their requests. Keeping the raw body lets the check hash what was signed.
+_before_request = werkzeug_app.decompress_request_body
+
+
+def _keep_raw_body():
+    if current_app.service != "s3" and request.content_encoding != "gzip":
+        request.get_data(cache=True)
+    return _before_request()
+
+
+werkzeug_app.decompress_request_body = _keep_raw_body
+
+# HeadBucket needs s3:ListBucket: "To use this operation, you must have permissions to perform
+# the s3:ListBucket action." (https://docs.aws.amazon.com/AmazonS3/latest/API/API_HeadBucket.html)
+# moto checks an action that does not exist, s3:HeadBucket.
+s3.ACTION_MAP["BUCKET"]["HEAD"]["DEFAULT"] = "ListBucket"
+
+# HeadObject of a version needs s3:GetObjectVersion: "If you specify a version ID, you need
+# the s3:GetObjectVersion permission" (https://docs.aws.amazon.com/AmazonS3/latest/API/API_HeadObject.html).
+# moto checks s3:GetObject whatever the query.
+s3.ACTION_MAP["KEY"]["HEAD"]["versionId"] = "GetObjectVersion"
+
+# KMS authorizes an operation on a key against the key's ARN, so an identity policy names the
+# key ("Resource": the key ARN; see the Resources column of
+# https://docs.aws.amazon.com/kms/latest/developerguide/kms-api-permissions-reference.html).
+# moto checks every KMS action against "*", which only a wildcard grant matches.
+def _kms_key_arn(self):
+    key_id = self._get_param("KeyId")
+    blob = self._get_param("CiphertextBlob")
+    try:
+        if not key_id and blob:
+            key_id = kms_utils._deserialize_ciphertext_blob(base64.b64decode(blob)).key_id
+        return self.kms_backend.describe_key(key_id).arn if key_id else "*"
+    except Exception:
+        return "*"
+
+
+kms.KmsResponse._determine_resource = _kms_key_arn
+
+# Trust policies: a statement whose principal is a service (`{"Service": ...}`) does not
+# admit an IAM user or role; moto crashes on it (500) instead of denying
+# (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_elements_principal.html).
+_check_principal = access_control.IAMPolicyStatement._check_principal
+
+
+def _check_principal_without_aws_key(self, principal):
+    expected = self._statement.get("Principal")
+    if isinstance(expected, dict) and "AWS" not in expected:
+        return False
+    return _check_principal(self, principal)
+
+
+access_control.IAMPolicyStatement._check_principal = _check_principal_without_aws_key
+
+# The instance profile. On EC2 the EC2 service assumes the instance's role (its trust policy
+# admits `ec2.amazonaws.com`) and the metadata service hands the instance the role's
+# temporary credentials. Locally the operator stands in for the EC2 service, and only for
+# roles that trust it: the local service gets the role's credentials through the operator's
+# profile (`role_arn` + `source_profile`), and the role's trust policy stays as deployed.
+EC2_STAND_IN = os.environ.get("FILEPIPE_EC2_STAND_IN_ARN")
+_check_trust = access_control.IAMRequestBase._check_role_trust_relationship
+
+
+def _trusts_ec2(role):
+    document = role.assume_role_policy_document
+    if isinstance(document, str):
+        document = json.loads(document)
+    statements = document.get("Statement", [])
+    if isinstance(statements, dict):
+        statements = [statements]
+    for statement in statements:
+        services = (statement.get("Principal") or {}).get("Service", [])
+        if isinstance(services, str):
+            services = [services]
+        if statement.get("Effect") == "Allow" and "ec2.amazonaws.com" in services:
+            return True
+    return False
+
+
+def _check_trust_or_instance_profile(self, role_arn):
+    if EC2_STAND_IN and self._access_key.arn == EC2_STAND_IN:
+        return _trusts_ec2(self.backend.get_role_by_arn(role_arn))
+    return _check_trust(self, role_arn)
+
+
+access_control.IAMRequestBase._check_role_trust_relationship = _check_trust_or_instance_profile
+
+from moto.server import main  # noqa: E402  (after the corrections, before any request)
+
+if __name__ == "__main__":
+    sys.exit(main())
