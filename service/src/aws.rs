@@ -114,6 +114,10 @@ async fn sdk_config(settings: &AwsSettings) -> SdkConfig {
             // Explicitly the profile's credentials: the default chain would prefer
             // AWS_ACCESS_KEY_ID from the caller's shell.
             let credentials = ProfileFileCredentialsProvider::builder()
+                .configure(
+                    &aws_config::provider_config::ProviderConfig::default()
+                        .with_region(Some(Region::new(settings.region.clone()))),
+                )
                 .profile_files(files.clone())
                 .profile_name(profile)
                 .build();

@@ -179,12 +179,17 @@ pub fn write_aws_config(root: &Path, service_role_arn: Option<&str>) -> Result<(
     let mut text =
         "# Written by `cargo xtask local start` and `up`: identities of the local emulator.\n"
             .to_string();
+    // endpoint_url: every AWS call a profile leads to goes to the emulator, the role
+    // assumption included (the SDK's STS client for it reads only the profile and the
+    // environment).
+    let endpoint = endpoint_url(root);
     for (profile, key) in [(OPERATOR_PROFILE, operator), (OUTSIDER_PROFILE, outsider)] {
         text.push_str(&format!(
             "\n[profile {profile}]\n\
              aws_access_key_id = {}\n\
              aws_secret_access_key = {}\n\
-             region = {LOCAL_REGION}\n",
+             region = {LOCAL_REGION}\n\
+             endpoint_url = {endpoint}\n",
             key.access_key_id, key.secret_access_key
         ));
     }
@@ -196,7 +201,8 @@ pub fn write_aws_config(root: &Path, service_role_arn: Option<&str>) -> Result<(
              role_arn = {role}\n\
              source_profile = {OPERATOR_PROFILE}\n\
              role_session_name = filepipe-local-service\n\
-             region = {LOCAL_REGION}\n"
+             region = {LOCAL_REGION}\n\
+             endpoint_url = {endpoint}\n"
         ));
     }
     write_private(&aws_config_path(root), &text)

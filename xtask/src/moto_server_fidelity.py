@@ -12,11 +12,13 @@ import sys
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from flask import current_app, request
+from moto.core.exceptions import AccessDeniedError
 from moto.iam import access_control
 from moto.kms import responses as kms
 from moto.kms import utils as kms_utils
 from moto.moto_server import werkzeug_app
 from moto.s3 import responses as s3
+from moto.s3.exceptions import S3AccessDeniedError
 
 # Signature checks: a signed request's canonical URI and query string are URI-encoded ("the
 # URI-encoded version of the absolute path", "URI-encode each parameter name and value", see
@@ -85,6 +87,23 @@ def _kms_key_arn(self):
 
 
 kms.KmsResponse._determine_resource = _kms_key_arn
+
+# Anonymous requests: AWS refuses a request without a signature with 403 AccessDenied (see
+# "Authenticating requests", https://docs.aws.amazon.com/AmazonS3/latest/API/sig-v4-authenticating-requests.html).
+# moto fails with a 500 on the missing Authorization header.
+_init_request = access_control.IAMRequestBase.__init__
+
+
+def _init_request_or_deny_anonymous(self, *args, **kwargs):
+    headers = kwargs.get("headers", args[5] if len(args) > 5 else {})
+    if "Authorization" not in headers:
+        if isinstance(self, access_control.S3IAMRequest):
+            raise S3AccessDeniedError()
+        raise AccessDeniedError(user_arn="anonymous", action=kwargs.get("action", "*"))
+    _init_request(self, *args, **kwargs)
+
+
+access_control.IAMRequestBase.__init__ = _init_request_or_deny_anonymous
 
 # Trust policies: a statement whose principal is a service (`{"Service": ...}`) does not
 # admit an IAM user or role; moto crashes on it (500) instead of denying

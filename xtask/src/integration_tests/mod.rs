@@ -3,6 +3,7 @@
 //! message naming it; nothing is skipped.
 
 mod bench;
+mod emulator_iam;
 mod orchestration;
 mod sandbox;
 mod smoke;

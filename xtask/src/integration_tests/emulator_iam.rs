@@ -1,0 +1,322 @@
+//! The emulator enforces IAM, and its corrections (xtask/src/moto_server_fidelity.py) make it
+//! authorize as AWS does. Each correction has a test here that fails without it.
+
+use aws_sdk_s3::primitives::ByteStream;
+use service::aws::{AwsClients, AwsSettings, CredentialsSource};
+use service::testing::{
+    configure_like_terraform, create_bucket, create_key, emulator_aws_config, emulator_clients,
+    emulator_endpoint, emulator_settings, unique_bucket_name,
+};
+
+use super::temp_dir;
+use crate::context::block_on;
+
+const EC2_TRUST: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"ec2.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
+
+/// A role that trusts `service` and may do `actions` on `resources`; its name and ARN.
+async fn role(
+    operator: &AwsClients,
+    service: &str,
+    actions: &[&str],
+    resources: &[String],
+) -> String {
+    let iam = aws_sdk_iam::Client::new(&operator.sdk_config);
+    let name = unique_bucket_name("role");
+    let trust = EC2_TRUST.replace("ec2.amazonaws.com", service);
+    let created = iam
+        .create_role()
+        .role_name(&name)
+        .assume_role_policy_document(trust)
+        // Spaces and an apostrophe: a form body that Python would encode differently.
+        .description("the test's role, with spaces & an apostrophe's worth of escaping")
+        .send()
+        .await
+        .unwrap();
+    let policy = serde_json::json!({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": actions, "Resource": resources}],
+    });
+    iam.put_role_policy()
+        .role_name(&name)
+        .policy_name("grants")
+        .policy_document(policy.to_string())
+        .send()
+        .await
+        .unwrap();
+    created.role().unwrap().arn().to_string()
+}
+
+/// Clients holding `role_arn`'s credentials, assumed through the operator's profile exactly as
+/// `up` gives them to the local service.
+async fn as_role(role_arn: &str) -> AwsClients {
+    let operator_profiles = std::fs::read_to_string(emulator_aws_config()).unwrap();
+    let config = temp_dir("profiles").join("aws-config");
+    std::fs::write(
+        &config,
+        format!(
+            "{operator_profiles}\n[profile role]\nrole_arn = {role_arn}\nsource_profile = operator\nrole_session_name = test\nendpoint_url = {}\n",
+            emulator_endpoint()
+        ),
+    )
+    .unwrap();
+    AwsClients::connect(&AwsSettings {
+        credentials: CredentialsSource::ProfileFile {
+            config_file: config,
+            profile: "role".into(),
+        },
+        ..emulator_settings()
+    })
+    .await
+}
+
+fn denied<T, E: std::fmt::Debug>(result: Result<T, E>, what: &str) {
+    let err = format!(
+        "{:?}",
+        result.err().unwrap_or_else(|| panic!("{what} was allowed"))
+    );
+    assert!(
+        err.contains("AccessDenied") || err.contains("403"),
+        "{what}: not an access denial: {err}"
+    );
+}
+
+#[test]
+fn unsigned_and_unknown_requests_are_refused() {
+    block_on(async {
+        let unsigned = reqwest::get(format!("{}/", emulator_endpoint()))
+            .await
+            .unwrap();
+        assert_eq!(unsigned.status().as_u16(), 403, "unsigned ListBuckets");
+        let unknown = AwsClients::connect(&AwsSettings::emulator(
+            emulator_endpoint(),
+            service::testing::TEST_REGION,
+        ))
+        .await;
+        let err = format!("{:?}", unknown.s3.list_buckets().send().await.unwrap_err());
+        assert!(
+            err.contains("InvalidAccessKeyId") || err.contains("403"),
+            "{err}"
+        );
+    });
+}
+
+#[test]
+fn a_role_gets_what_it_is_granted_and_nothing_else() {
+    block_on(async {
+        let operator = emulator_clients().await;
+        let key = create_key(&operator.kms).await;
+        let other_key = create_key(&operator.kms).await;
+        let (ours, theirs) = (unique_bucket_name("ours"), unique_bucket_name("theirs"));
+        for bucket in [&ours, &theirs] {
+            create_bucket(&operator.s3, bucket).await;
+            configure_like_terraform(&operator.s3, bucket, &key).await;
+        }
+        let arn = role(
+            &operator,
+            "ec2.amazonaws.com",
+            &[
+                "s3:GetObject",
+                "s3:GetObjectVersion",
+                "s3:PutObject",
+                "s3:ListBucket",
+                "kms:DescribeKey",
+            ],
+            &[
+                format!("arn:aws:s3:::{ours}"),
+                format!("arn:aws:s3:::{ours}/*"),
+                key.clone(),
+            ],
+        )
+        .await;
+        let service = as_role(&arn).await;
+
+        let identity = service.sts.get_caller_identity().send().await.unwrap();
+        let operator_identity = operator.sts.get_caller_identity().send().await.unwrap();
+        assert!(
+            identity.arn().unwrap().contains(":assumed-role/"),
+            "{identity:?}"
+        );
+        assert_ne!(identity.arn(), operator_identity.arn(), "not the operator");
+
+        let put = service
+            .s3
+            .put_object()
+            .bucket(&ours)
+            .key("a")
+            .body(ByteStream::from_static(b"x"))
+            .send()
+            .await
+            .unwrap();
+        let version = put.version_id().unwrap();
+        service.s3.head_bucket().bucket(&ours).send().await.unwrap();
+        let got = service
+            .s3
+            .get_object()
+            .bucket(&ours)
+            .key("a")
+            .version_id(version);
+        got.send().await.unwrap();
+        service
+            .kms
+            .describe_key()
+            .key_id(&key)
+            .send()
+            .await
+            .unwrap();
+
+        denied(
+            service
+                .s3
+                .put_object()
+                .bucket(&theirs)
+                .key("a")
+                .body(ByteStream::from_static(b"x"))
+                .send()
+                .await,
+            "PutObject outside the stack",
+        );
+        denied(
+            service.s3.head_bucket().bucket(&theirs).send().await,
+            "HeadBucket outside the stack",
+        );
+        denied(
+            service
+                .s3
+                .delete_object()
+                .bucket(&ours)
+                .key("a")
+                .version_id(version)
+                .send()
+                .await,
+            "s3:DeleteObjectVersion",
+        );
+        denied(
+            service.kms.describe_key().key_id(&other_key).send().await,
+            "kms:DescribeKey on another key",
+        );
+    });
+}
+
+/// HeadBucket is s3:ListBucket, and a HEAD of a version is s3:GetObjectVersion.
+#[test]
+fn heads_are_authorized_as_on_aws() {
+    block_on(async {
+        let operator = emulator_clients().await;
+        let bucket = unique_bucket_name("heads");
+        create_bucket(&operator.s3, &bucket).await;
+        let key = create_key(&operator.kms).await;
+        configure_like_terraform(&operator.s3, &bucket, &key).await;
+        let put = operator
+            .s3
+            .put_object()
+            .bucket(&bucket)
+            .key("dir/a b+c")
+            .body(ByteStream::from_static(b"x"))
+            .send()
+            .await
+            .unwrap();
+        let version = put.version_id().unwrap().to_string();
+        let objects = format!("arn:aws:s3:::{bucket}/*");
+        let reader = as_role(
+            &role(
+                &operator,
+                "ec2.amazonaws.com",
+                &["s3:GetObject"],
+                &[objects],
+            )
+            .await,
+        )
+        .await;
+        denied(
+            reader.s3.head_bucket().bucket(&bucket).send().await,
+            "HeadBucket without s3:ListBucket",
+        );
+        reader
+            .s3
+            .head_object()
+            .bucket(&bucket)
+            .key("dir/a b+c")
+            .send()
+            .await
+            .unwrap();
+        denied(
+            reader
+                .s3
+                .head_object()
+                .bucket(&bucket)
+                .key("dir/a b+c")
+                .version_id(&version)
+                .send()
+                .await,
+            "HEAD of a version without s3:GetObjectVersion",
+        );
+        let lister = as_role(
+            &role(
+                &operator,
+                "ec2.amazonaws.com",
+                &["s3:ListBucket"],
+                &[format!("arn:aws:s3:::{bucket}")],
+            )
+            .await,
+        )
+        .await;
+        lister
+            .s3
+            .head_bucket()
+            .bucket(&bucket)
+            .send()
+            .await
+            .unwrap();
+        // A prefix and a key that must be percent-encoded in the signed request.
+        let listed = lister
+            .s3
+            .list_objects_v2()
+            .bucket(&bucket)
+            .prefix("dir/a b+")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(listed.key_count(), Some(1));
+    });
+}
+
+/// The operator stands in for the EC2 service, and only for roles that trust EC2; a role that
+/// trusts another service cannot be assumed (and asking does not crash the emulator).
+#[test]
+fn only_roles_that_trust_ec2_are_assumed_for_the_local_instance() {
+    block_on(async {
+        let operator = emulator_clients().await;
+        let lambda = role(
+            &operator,
+            "lambda.amazonaws.com",
+            &["s3:ListAllMyBuckets"],
+            &["*".into()],
+        )
+        .await;
+        let err = operator
+            .sts
+            .assume_role()
+            .role_arn(&lambda)
+            .role_session_name("test")
+            .send()
+            .await
+            .unwrap_err();
+        let err = format!("{err:?}");
+        assert!(err.contains("AccessDenied"), "{err}");
+        let ec2 = role(
+            &operator,
+            "ec2.amazonaws.com",
+            &["s3:ListAllMyBuckets"],
+            &["*".into()],
+        )
+        .await;
+        operator
+            .sts
+            .assume_role()
+            .role_arn(&ec2)
+            .role_session_name("test")
+            .send()
+            .await
+            .unwrap();
+    });
+}
