@@ -19,14 +19,17 @@ locals {
 module "key_policies" {
   source = "./modules/policy-documents"
 
+  region           = var.region
   partition        = local.partition
   account_id       = local.account_id
   service_role_arn = module.iam.role_arn
+  bucket_arns      = local.bucket_arns
 }
 
 module "access_policies" {
   source = "./modules/policy-documents"
 
+  region                   = var.region
   partition                = local.partition
   account_id               = local.account_id
   service_role_arn         = module.iam.role_arn
@@ -34,8 +37,8 @@ module "access_policies" {
   bucket_arns              = local.bucket_arns
   allowed_cidrs            = var.allowed_cidrs
   allowed_vpc_endpoint_ids = var.allowed_vpc_endpoint_ids
-  # Operators and the service itself may reach objects from any network.
-  exempt_principal_arns = concat(var.admin_principal_arns, [module.iam.role_arn])
+  # Operators may reach objects from any network; the service role may not.
+  exempt_principal_arns = var.admin_principal_arns
 }
 
 module "iam" {

@@ -79,13 +79,13 @@ variable "allowed_vpc_endpoint_ids" {
 }
 
 variable "admin_principal_arns" {
-  description = "IAM principals (Terraform/operator roles) exempt from the network restriction on objects, so they can empty and manage the buckets."
+  description = "IAM roles or users (Terraform's, the operators') exempt from the network restriction on objects, so they can empty and manage the buckets from anywhere. Role ARNs, not assumed-role session ARNs: the policy matches aws:PrincipalArn, which is the role's ARN."
   type        = list(string)
   default     = []
 
   validation {
-    condition     = alltrue([for arn in var.admin_principal_arns : can(regex("^arn:aws[a-z-]*:(iam|sts)::[0-9]{12}:", arn))])
-    error_message = "admin_principal_arns must contain IAM role/user ARNs."
+    condition     = alltrue([for arn in var.admin_principal_arns : can(regex("^arn:aws[a-z-]*:iam::[0-9]{12}:(role|user)/", arn))])
+    error_message = "admin_principal_arns must contain IAM role or user ARNs (arn:aws:iam::<account>:role/<name>); an assumed-role ARN (arn:aws:sts::...:assumed-role/...) never matches aws:PrincipalArn."
   }
 }
 
@@ -112,7 +112,7 @@ variable "noncurrent_version_expiration_days" {
 }
 
 variable "raw_object_expiration_days" {
-  description = "Days after which current raw objects in the initial bucket expire; null keeps them."
+  description = "Days after which current raw objects in the initial bucket expire; null keeps them. An expired file is no longer served: GET and status answer 404, although its processed output stays in the final bucket until deleted."
   type        = number
   default     = null
 

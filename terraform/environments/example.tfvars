@@ -13,4 +13,6 @@ admin_principal_arns = ["arn:aws:iam::111122223333:role/platform-terraform"]
 service_binary_url    = "https://artifacts.example.com/filepipe/service-0.1.0-x86_64-linux"
 service_binary_sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
 
+# After 30 days a file is no longer served (GET and status answer 404); leave unset to keep
+# files servable for as long as they exist.
 raw_object_expiration_days = 30

@@ -62,7 +62,13 @@ pub fn provision(cx: &Context) -> Result<Outputs> {
     let role_arn = format!("arn:{partition}:iam::{account}:role/{role_name}");
     let first = render(
         cx,
-        json!({"partition": partition, "account_id": account, "service_role_arn": role_arn}),
+        json!({
+            "region": region,
+            "partition": partition,
+            "account_id": account,
+            "service_role_arn": role_arn,
+            "bucket_arns": bucket_arns,
+        }),
         None,
     )?;
     let role_arn = block_on(ensure_role(
@@ -86,7 +92,8 @@ pub fn provision(cx: &Context) -> Result<Outputs> {
         "bucket_arns": bucket_arns,
         "allowed_cidrs": vars["allowed_cidrs"],
         "allowed_vpc_endpoint_ids": vars["allowed_vpc_endpoint_ids"],
-        "exempt_principal_arns": [role_arn],
+        "region": region,
+        "exempt_principal_arns": vars["admin_principal_arns"],
     });
     let user_data_vars = json!({
         "region": region,
@@ -220,7 +227,7 @@ pub fn variables(cx: &Context) -> Result<Map<String, Value>> {
 
 /// Renders `modules/policy-documents` (and, with `user_data_vars`, the user-data template)
 /// with the terraform binary: no provider, no remote state, nothing but templating.
-fn render(cx: &Context, inputs: Value, user_data_vars: Option<Value>) -> Result<Value> {
+pub fn render(cx: &Context, inputs: Value, user_data_vars: Option<Value>) -> Result<Value> {
     let dir = cx.state_dir().join("sandbox-render");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let terraform_dir = cx.root.join("terraform");

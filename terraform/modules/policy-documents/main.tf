@@ -18,18 +18,35 @@ locals {
         Resource  = "*"
       },
       {
-        # No aws:SourceIp condition: S3 calls KMS from AWS's own network on the caller's behalf.
-        Sid       = "ServiceRoleUseOfKey"
+        # SSE-KMS: S3 uses the key on the role's behalf, for the pipeline's buckets only. With
+        # an S3 Bucket Key the encryption context is the bucket ARN, without one the object
+        # ARN. No aws:SourceIp condition: S3 calls KMS from AWS's own network.
+        Sid       = "ServiceRoleUseThroughS3"
         Effect    = "Allow"
         Principal = { AWS = var.service_role_arn }
-        Action = [
-          "kms:Encrypt",
-          "kms:Decrypt",
-          "kms:ReEncrypt*",
-          "kms:GenerateDataKey*",
-          "kms:DescribeKey",
-        ]
-        Resource = "*"
+        Action    = ["kms:GenerateDataKey", "kms:Decrypt"]
+        Resource  = "*"
+        Condition = {
+          StringEquals = { "kms:ViaService" = "s3.${var.region}.amazonaws.com" }
+          StringLike   = { "kms:EncryptionContext:aws:s3:arn" = flatten([for arn in values(var.bucket_arns) : [arn, "${arn}/*"]]) }
+        }
+      },
+      {
+        # The Encryption SDK's keyring unwraps data keys itself, not through a service.
+        Sid       = "ServiceRoleDecryptEnvelopes"
+        Effect    = "Allow"
+        Principal = { AWS = var.service_role_arn }
+        Action    = "kms:Decrypt"
+        Resource  = "*"
+        Condition = { Null = { "kms:ViaService" = "true" } }
+      },
+      {
+        # Readiness checks the key.
+        Sid       = "ServiceRoleDescribeKey"
+        Effect    = "Allow"
+        Principal = { AWS = var.service_role_arn }
+        Action    = "kms:DescribeKey"
+        Resource  = "*"
       },
     ]
   }
@@ -86,7 +103,7 @@ locals {
 
   # All condition operators of one statement must hold for it to deny: a request is refused
   # when it comes from none of the CIDRs, through none of the endpoints, and from no exempt
-  # principal. Empty lists are left out (an empty condition list is not valid).
+  # admin. Empty lists are left out (an empty condition list is not valid).
   network_condition = {
     for operator, test in {
       NotIpAddress    = { "aws:SourceIp" = var.allowed_cidrs }
@@ -136,6 +153,21 @@ locals {
           Condition = { StringNotEqualsIfExists = { "s3:x-amz-server-side-encryption-aws-kms-key-id" = var.kms_key_arn } }
         },
         {
+          # `x-amz-server-side-encryption: aws:kms` without a key id passes both statements
+          # above, and S3 would then encrypt with the AWS-managed aws/s3 key, not this one.
+          # PutObject, CreateMultipartUpload and CopyObject carry the header; UploadPart
+          # carries neither, so it is not denied.
+          Sid       = "DenyKmsWithoutKeyId"
+          Effect    = "Deny"
+          Principal = "*"
+          Action    = "s3:PutObject"
+          Resource  = "${bucket_arn}/*"
+          Condition = {
+            StringEquals = { "s3:x-amz-server-side-encryption" = "aws:kms" }
+            Null         = { "s3:x-amz-server-side-encryption-aws-kms-key-id" = "true" }
+          }
+        },
+        {
           Sid       = "DenyCustomerProvidedKeys"
           Effect    = "Deny"
           Principal = "*"
@@ -148,16 +180,23 @@ locals {
           Sid       = "DenyObjectAccessOutsideAllowedNetworks"
           Effect    = "Deny"
           Principal = "*"
-          # Object actions only, so the bucket itself stays manageable by IAM admins from
-          # anywhere (the cloudposse/terraform-aws-s3-bucket#269 lockout).
+          # Every way to read, write, delete or list objects. The service role is not exempt:
+          # its credentials, stolen from the instance, must not work from anywhere else.
+          # Bucket configuration stays manageable by IAM admins from anywhere (the
+          # cloudposse/terraform-aws-s3-bucket#269 lockout), and the exempt admins can
+          # empty the buckets.
           Action = [
-            "s3:GetObject",
-            "s3:GetObjectVersion",
-            "s3:PutObject",
-            "s3:DeleteObject",
-            "s3:DeleteObjectVersion",
+            "s3:GetObject*",
+            "s3:PutObject*",
+            "s3:DeleteObject*",
+            "s3:RestoreObject",
+            "s3:AbortMultipartUpload",
+            "s3:ListMultipartUploadParts",
+            "s3:ListBucket",
+            "s3:ListBucketVersions",
+            "s3:ListBucketMultipartUploads",
           ]
-          Resource  = "${bucket_arn}/*"
+          Resource  = [bucket_arn, "${bucket_arn}/*"]
           Condition = local.network_condition
         }] : statement if local.network_restricted
       ])

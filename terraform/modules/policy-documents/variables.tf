@@ -1,3 +1,13 @@
+variable "region" {
+  description = "Region of the stack (the key policy admits S3 of this region)."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-z]{2}(-[a-z]+)+-[0-9]$", var.region))
+    error_message = "region must look like eu-west-1."
+  }
+}
+
 variable "partition" {
   description = "AWS partition (aws, aws-cn, aws-us-gov)."
   type        = string
@@ -63,7 +73,12 @@ variable "allowed_vpc_endpoint_ids" {
 }
 
 variable "exempt_principal_arns" {
-  description = "Principals that may reach objects from any network (operators, the service role)."
+  description = "IAM roles or users that may reach objects from any network (operators, Terraform). Never the service role."
   type        = list(string)
   default     = []
+
+  validation {
+    condition     = alltrue([for arn in var.exempt_principal_arns : can(regex("^arn:aws[a-z-]*:iam::[0-9]{12}:(role|user)/", arn))])
+    error_message = "exempt_principal_arns must be IAM role or user ARNs; an assumed-role ARN (arn:aws:sts::...:assumed-role/...) never matches aws:PrincipalArn."
+  }
 }

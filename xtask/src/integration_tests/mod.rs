@@ -5,6 +5,7 @@
 mod bench;
 mod emulator_iam;
 mod orchestration;
+mod policy_documents;
 mod sandbox;
 mod smoke;
 mod terraform_static;

@@ -243,6 +243,7 @@ fn sandbox_creates_what_the_hcl_declares() {
                     "DenyIncorrectEncryptionHeader",
                     "DenyIncorrectKmsKey",
                     "DenyInsecureTransport",
+                    "DenyKmsWithoutKeyId",
                     "DenyOutdatedTls"
                 ]
                 .into_iter()
@@ -287,10 +288,15 @@ fn sandbox_creates_what_the_hcl_declares() {
         let key_policy: Value = serde_json::from_str(key_policy.policy().unwrap()).unwrap();
         assert_eq!(
             sids(&key_policy),
-            ["AccountRootFullAccess", "ServiceRoleUseOfKey"]
-                .into_iter()
-                .map(String::from)
-                .collect()
+            [
+                "AccountRootFullAccess",
+                "ServiceRoleDecryptEnvelopes",
+                "ServiceRoleDescribeKey",
+                "ServiceRoleUseThroughS3"
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect()
         );
 
         let role_name = outputs.string("instance_profile_name").unwrap();

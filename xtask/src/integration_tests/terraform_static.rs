@@ -449,6 +449,10 @@ fn bucket_policy_has_every_protective_statement() {
             "s3:x-amz-server-side-encryption-customer-algorithm",
         ),
         (
+            "DenyKmsWithoutKeyId",
+            "s3:x-amz-server-side-encryption-aws-kms-key-id",
+        ),
+        (
             "DenyObjectAccessOutsideAllowedNetworks",
             "local.network_condition",
         ),
@@ -520,7 +524,12 @@ fn kms_key_rotates_and_keeps_the_lockout_check() {
     let statements = statement_objects(local_expr(&documents, "key_policy"));
     assert_eq!(
         statements.keys().collect::<Vec<_>>(),
-        ["AccountRootFullAccess", "ServiceRoleUseOfKey"]
+        [
+            "AccountRootFullAccess",
+            "ServiceRoleDecryptEnvelopes",
+            "ServiceRoleDescribeKey",
+            "ServiceRoleUseThroughS3"
+        ]
     );
     assert!(
         !policy.contains("aws:SourceIp"),

@@ -1,0 +1,159 @@
+//! The policy documents as Terraform renders them (`terraform/modules/policy-documents`, no
+//! provider needed): what each statement admits and denies. The emulator does not evaluate
+//! policy conditions, so these are checked as documents.
+
+use serde_json::{Value, json};
+
+use super::isolated_local_context;
+use crate::sandbox::render;
+
+const ACCOUNT: &str = "123456789012";
+const ROLE: &str = "arn:aws:iam::123456789012:role/files-service";
+const ADMIN: &str = "arn:aws:iam::123456789012:role/terraform";
+const KEY: &str = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+
+fn inputs() -> Value {
+    json!({
+        "region": "eu-west-1",
+        "partition": "aws",
+        "account_id": ACCOUNT,
+        "service_role_arn": ROLE,
+        "kms_key_arn": KEY,
+        "bucket_arns": {
+            "initial": "arn:aws:s3:::files-initial",
+            "final": "arn:aws:s3:::files-final",
+        },
+        "allowed_cidrs": ["203.0.113.0/24"],
+        "exempt_principal_arns": [ADMIN],
+    })
+}
+
+fn statement(policy: &Value, sid: &str) -> Value {
+    policy["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["Sid"] == sid)
+        .unwrap_or_else(|| panic!("no statement {sid} in {policy}"))
+        .clone()
+}
+
+fn document(rendered: &Value, output: &str) -> Value {
+    serde_json::from_str(rendered[output].as_str().unwrap()).unwrap()
+}
+
+#[test]
+fn the_key_policy_splits_s3_use_from_direct_decryption() {
+    let cx = isolated_local_context("key-policy");
+    let rendered = render(&cx, inputs(), None).unwrap();
+    let policy = document(&rendered, "key_policy_json");
+
+    let via_s3 = statement(&policy, "ServiceRoleUseThroughS3");
+    assert_eq!(via_s3["Principal"]["AWS"], ROLE);
+    assert_eq!(
+        via_s3["Action"],
+        json!(["kms:GenerateDataKey", "kms:Decrypt"])
+    );
+    assert_eq!(
+        via_s3["Condition"]["StringEquals"]["kms:ViaService"],
+        "s3.eu-west-1.amazonaws.com"
+    );
+    // Bucket keys: the context is the bucket ARN; without them, the object ARN.
+    assert_eq!(
+        via_s3["Condition"]["StringLike"]["kms:EncryptionContext:aws:s3:arn"],
+        json!([
+            "arn:aws:s3:::files-final",
+            "arn:aws:s3:::files-final/*",
+            "arn:aws:s3:::files-initial",
+            "arn:aws:s3:::files-initial/*"
+        ])
+    );
+    let direct = statement(&policy, "ServiceRoleDecryptEnvelopes");
+    assert_eq!(direct["Action"], "kms:Decrypt");
+    assert_eq!(direct["Condition"]["Null"]["kms:ViaService"], "true");
+    assert_eq!(
+        statement(&policy, "ServiceRoleDescribeKey")["Action"],
+        "kms:DescribeKey"
+    );
+
+    // Nothing more for the role than the code calls.
+    let mut granted: Vec<String> = policy["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["Principal"]["AWS"] == ROLE)
+        .flat_map(|s| match &s["Action"] {
+            Value::Array(actions) => actions.clone(),
+            action => vec![action.clone()],
+        })
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    granted.sort();
+    granted.dedup();
+    assert_eq!(
+        granted,
+        ["kms:Decrypt", "kms:DescribeKey", "kms:GenerateDataKey"]
+    );
+}
+
+#[test]
+fn bucket_policies_restrict_every_object_action_by_network_and_refuse_the_aws_managed_key() {
+    let cx = isolated_local_context("bucket-policy");
+    let rendered = render(&cx, inputs(), None).unwrap();
+    let policy: Value =
+        serde_json::from_str(rendered["bucket_policy_json"]["initial"].as_str().unwrap()).unwrap();
+
+    let network = statement(&policy, "DenyObjectAccessOutsideAllowedNetworks");
+    // Only the admins are exempt: the service role's credentials work from its network only.
+    assert_eq!(
+        network["Condition"]["ArnNotEquals"]["aws:PrincipalArn"],
+        json!([ADMIN])
+    );
+    assert!(!network.to_string().contains(ROLE), "{network}");
+    assert_eq!(
+        network["Condition"]["NotIpAddress"]["aws:SourceIp"],
+        json!(["203.0.113.0/24"])
+    );
+    let actions: Vec<&str> = network["Action"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    for action in [
+        "s3:GetObject*",
+        "s3:PutObject*",
+        "s3:DeleteObject*",
+        "s3:ListBucket",
+        "s3:AbortMultipartUpload",
+    ] {
+        assert!(actions.contains(&action), "{action} in {actions:?}");
+    }
+    assert_eq!(
+        network["Resource"],
+        json!(["arn:aws:s3:::files-initial", "arn:aws:s3:::files-initial/*"])
+    );
+
+    // aws:kms without a key id would fall to the AWS-managed key: denied. UploadPart sends
+    // no SSE header, so StringEquals does not match it.
+    let no_key = statement(&policy, "DenyKmsWithoutKeyId");
+    assert_eq!(no_key["Effect"], "Deny");
+    assert_eq!(no_key["Action"], "s3:PutObject");
+    assert_eq!(
+        no_key["Condition"],
+        json!({
+            "StringEquals": {"s3:x-amz-server-side-encryption": "aws:kms"},
+            "Null": {"s3:x-amz-server-side-encryption-aws-kms-key-id": "true"},
+        })
+    );
+}
+
+#[test]
+fn an_assumed_role_arn_is_refused_as_an_exempt_principal() {
+    let cx = isolated_local_context("assumed-role");
+    let mut inputs = inputs();
+    inputs["exempt_principal_arns"] =
+        json!(["arn:aws:sts::123456789012:assumed-role/terraform/session"]);
+    let err = format!("{:#}", render(&cx, inputs, None).unwrap_err());
+    assert!(err.contains("never matches aws:PrincipalArn"), "{err}");
+}
