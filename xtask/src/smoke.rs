@@ -14,6 +14,7 @@ use crate::context::{Context, block_on};
 use crate::deploy::outputs_file;
 use crate::outputs::Outputs;
 use service::aws::AwsClients;
+use service::decrypt::{Decryptor, Settings};
 
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct Args {
@@ -88,11 +89,11 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
     let deployed_key = outputs
         .as_ref()
         .and_then(|o| o.string("kms_key_arn").ok().map(str::to_string));
-    let s3 = cx
+    let aws = cx
         .env
         .is_local()
-        .then(|| block_on(AwsClients::connect(&cx.env.aws)).s3);
-    let report = block_on(smoke(&url, &args, deployed_key.as_deref(), s3.as_ref()))?;
+        .then(|| block_on(AwsClients::connect(&cx.env.aws)));
+    let report = block_on(smoke(&url, &args, deployed_key.as_deref(), aws.as_ref()))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -144,7 +145,7 @@ pub fn print_table(report: &Report) {
 
 /// A file to push through the pipeline and what must come back.
 struct Case {
-    label: &'static str,
+    label: String,
     body: Vec<u8>,
     expected: Vec<u8>,
 }
@@ -175,8 +176,8 @@ fn cases(info: &Value, run_seed: u64) -> Vec<Case> {
         .take(1024)
         .collect::<Vec<u8>>();
     let large = pseudo_random(3 * part_size + 1024, run_seed);
-    let as_is = |label, body: Vec<u8>| Case {
-        label,
+    let as_is = |label: &str, body: Vec<u8>| Case {
+        label: label.to_string(),
         expected: body.clone(),
         body,
     };
@@ -190,22 +191,22 @@ fn cases(info: &Value, run_seed: u64) -> Vec<Case> {
             };
             vec![
                 Case {
-                    label: "empty.gz",
+                    label: "empty.gz".into(),
                     body: gzip(b""),
                     expected: Vec::new(),
                 },
                 Case {
-                    label: "text-1kib.txt.gz",
+                    label: "text-1kib.txt.gz".into(),
                     body: gzip(&text),
                     expected: text.clone(),
                 },
                 Case {
-                    label: "large-3-parts.bin.gz",
+                    label: "large-3-parts.bin.gz".into(),
                     body: gzip(&large),
                     expected: large,
                 },
                 Case {
-                    label: "lines.jsonl.gz",
+                    label: "lines.jsonl.gz".into(),
                     body: gzip(&jsonl),
                     expected: jsonl,
                 },
@@ -257,12 +258,32 @@ impl Client {
     }
 }
 
+/// An Encryption SDK message of the second case's input, as a producer holding the key would
+/// send it: the service must decrypt it before processing.
+async fn sealed_case(cases: &[Case], key_arn: &str, kms: &aws_sdk_kms::Client) -> Result<Case> {
+    let template = &cases[1];
+    let producer = Decryptor::new(kms.clone(), key_arn, Settings::defaults(16 << 20))
+        .await
+        .context("creating an Encryption SDK producer")?;
+    Ok(Case {
+        label: format!("sealed-{}.esdk", template.label),
+        body: producer
+            .encrypt(template.body.clone(), None)
+            .await
+            .context("encrypting with the deployed key")?,
+        expected: template.expected.clone(),
+    })
+}
+
+/// `aws`: the operator's clients, for the checks of the S3 objects themselves and for the
+/// Encryption SDK case (which needs the key).
 pub async fn smoke(
     url: &str,
     args: &Args,
     deployed_key: Option<&str>,
-    s3: Option<&aws_sdk_s3::Client>,
+    aws: Option<&AwsClients>,
 ) -> Result<Report> {
+    let s3 = aws.map(|aws| &aws.s3);
     let client = Client {
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(600))
@@ -287,7 +308,15 @@ pub async fn smoke(
     let mut checks = Vec::new();
 
     let mut created = Vec::new();
-    for case in cases(&info, nanos) {
+    let mut cases = cases(&info, nanos);
+    let mut sealing_failed = None;
+    if let Some(aws) = aws {
+        match sealed_case(&cases, &key_arn, &aws.kms).await {
+            Ok(sealed) => cases.push(sealed),
+            Err(err) => sealing_failed = Some(format!("{err:#}")),
+        }
+    }
+    for case in cases {
         let name = format!("smoke/{run_id}/{}", case.label);
         let started = Instant::now();
         let result = check_case(
@@ -310,6 +339,16 @@ pub async fn smoke(
             },
             seconds: started.elapsed().as_secs_f64(),
             bytes: (case.body.len() + case.expected.len()) as u64,
+        });
+    }
+
+    if let Some(detail) = sealing_failed {
+        checks.push(Check {
+            name: "round trip of an Encryption SDK message".into(),
+            passed: false,
+            detail,
+            seconds: 0.0,
+            bytes: 0,
         });
     }
 

@@ -109,7 +109,7 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
     let service = start_service(cx, &outputs, args.port)?;
 
     steps.next(cx, "smoke test through the service");
-    let s3 = block_on(AwsClients::connect(&cx.env.aws)).s3;
+    let operator = block_on(AwsClients::connect(&cx.env.aws));
     let report = block_on(smoke::smoke(
         &service.url(),
         &smoke::Args {
@@ -117,7 +117,7 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
             ..smoke::Args::default()
         },
         Some(outputs.string("kms_key_arn")?),
-        Some(&s3),
+        Some(&operator),
     ))?;
     smoke::print_table(&report);
     if report.failed > 0 {

@@ -79,6 +79,7 @@ pub struct Running {
     pub initial: String,
     pub final_: String,
     pub s3: aws_sdk_s3::Client,
+    pub clients: service::aws::AwsClients,
     // Keeps the server's runtime alive for the test.
     pub runtime: tokio::runtime::Runtime,
 }
@@ -86,7 +87,7 @@ pub struct Running {
 pub fn start_service(processor: &str) -> Running {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (initial, final_) = (unique_bucket_name("svc-in"), unique_bucket_name("svc-out"));
-    let (url, key_arn, s3) = runtime.block_on(async {
+    let (url, key_arn, clients) = runtime.block_on(async {
         let clients = emulator_clients().await;
         let key_arn = create_key(&clients.kms).await;
         for bucket in [&initial, &final_] {
@@ -107,14 +108,15 @@ pub fn start_service(processor: &str) -> Running {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
-        (url, key_arn, clients.s3.clone())
+        (url, key_arn, clients)
     });
     Running {
         url,
         key_arn,
         initial,
         final_,
-        s3,
+        s3: clients.s3.clone(),
+        clients,
         runtime,
     }
 }

@@ -14,7 +14,7 @@ fn smoke_passes_against_a_healthy_stack_for_each_processor() {
             &running.url,
             &Args::default_for_tests(),
             Some(&running.key_arn),
-            Some(&running.s3),
+            Some(&running.clients),
         ))
         .unwrap();
         let failed: Vec<_> = report.checks.iter().filter(|c| !c.passed).collect();
@@ -23,6 +23,13 @@ fn smoke_passes_against_a_healthy_stack_for_each_processor() {
         assert!(
             report.checks.iter().any(|c| c.name.contains("3-parts")),
             "{processor}: a multipart case"
+        );
+        assert!(
+            report
+                .checks
+                .iter()
+                .any(|c| c.name.contains(".esdk") && c.passed),
+            "{processor}: an Encryption SDK message, decrypted: {report:#?}"
         );
         assert!(
             report
@@ -41,7 +48,7 @@ fn smoke_names_a_service_that_encrypts_with_the_wrong_key() {
         &running.url,
         &Args::default_for_tests(),
         Some(deployed),
-        Some(&running.s3),
+        Some(&running.clients),
     ))
     .unwrap();
     assert!(report.failed >= 3, "{report:#?}");
