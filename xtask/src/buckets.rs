@@ -290,6 +290,11 @@ async fn put_once(
                             .days_after_initiation(1)
                             .build(),
                     )
+                    .expiration(
+                        LifecycleExpiration::builder()
+                            .expired_object_delete_marker(true)
+                            .build(),
+                    )
                     .build()
                     .expect("status is set"),
             ];

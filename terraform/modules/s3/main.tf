@@ -58,6 +58,11 @@ resource "aws_s3_bucket_lifecycle_configuration" "this" {
     noncurrent_version_expiration {
       noncurrent_days = var.noncurrent_version_expiration_days
     }
+
+    # A delete marker whose older versions have all expired hides nothing: remove it.
+    expiration {
+      expired_object_delete_marker = true
+    }
   }
 
   dynamic "rule" {

@@ -217,8 +217,28 @@ fn sandbox_creates_what_the_hcl_declares() {
                 [vars["noncurrent_version_expiration_days"].as_i64().unwrap()]
             );
             assert!(
-                lifecycle.rules().iter().all(|r| r.expiration().is_none()),
+                lifecycle
+                    .rules()
+                    .iter()
+                    .all(|r| r.expiration().and_then(|e| e.days()).is_none()),
                 "raw_object_expiration_days defaults to null: current objects never expire"
+            );
+            let declared_markers = hcl_setting(
+                &s3_hcl,
+                "aws_s3_bucket_lifecycle_configuration",
+                &["rule", "expiration"],
+                "expired_object_delete_marker",
+            );
+            let markers: Vec<String> = lifecycle
+                .rules()
+                .iter()
+                .filter_map(|r| r.expiration()?.expired_object_delete_marker())
+                .map(|b| b.to_string())
+                .collect();
+            assert_eq!(
+                markers,
+                [declared_markers],
+                "expired delete markers removed"
             );
 
             // Rendered from modules/policy-documents, checked, kept, and not attached locally.
