@@ -198,15 +198,9 @@ async fn peak_memory_stays_bounded_under_four_concurrent_large_uploads() {
     for i in 0..4 {
         let deadline = Instant::now() + Duration::from_secs(120 + file_mib as u64);
         loop {
-            let status: Value = http
-                .get(format!("{}/v1/files/big-{i}.bin/status", running.url))
-                .bearer_auth(TOKEN)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let status = running
+                .get_json(&http, &format!("/v1/files/big-{i}.bin/status"))
+                .await;
             if status["state"] == "processed" {
                 assert_eq!(status["processed"]["size"], (file_mib * MIB) as u64);
                 break;

@@ -320,3 +320,115 @@ fn only_roles_that_trust_ec2_are_assumed_for_the_local_instance() {
             .unwrap();
     });
 }
+
+/// The stack's own role, as the sandbox makes it from the real policy documents, holds
+/// exactly what the service does: every call the service makes is allowed, and a bucket or
+/// key outside the stack, version deletes and kms:Encrypt are refused.
+#[test]
+fn the_stack_role_allows_the_service_calls_and_refuses_the_rest() {
+    super::require_tool("terraform", "the sandbox renders the policy documents");
+    let cx = super::isolated_local_context("stack-role");
+    std::fs::create_dir_all(cx.state_dir()).unwrap();
+    let outputs = crate::sandbox::provision(&cx).expect("provision");
+    let role_arn = outputs.string("service_role_arn").unwrap().to_string();
+    let key = outputs.string("kms_key_arn").unwrap().to_string();
+    let initial = outputs.string("initial_bucket_name").unwrap().to_string();
+    let final_ = outputs.string("final_bucket_name").unwrap().to_string();
+    block_on(async {
+        let operator = emulator_clients().await;
+        let outside = unique_bucket_name("outside");
+        create_bucket(&operator.s3, &outside).await;
+        let other_key = create_key(&operator.kms).await;
+        let service = as_role(&role_arn).await;
+        let s3 = &service.s3;
+
+        for bucket in [&initial, &final_] {
+            s3.head_bucket().bucket(bucket).send().await.unwrap();
+            s3.list_objects_v2()
+                .bucket(bucket)
+                .prefix("raw/")
+                .send()
+                .await
+                .unwrap();
+        }
+        let put = s3
+            .put_object()
+            .bucket(&initial)
+            .key("raw/a")
+            .body(ByteStream::from_static(b"x"))
+            .server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::AwsKms)
+            .ssekms_key_id(&key)
+            .send()
+            .await
+            .unwrap();
+        let version = put.version_id().unwrap().to_string();
+        let read = s3
+            .get_object()
+            .bucket(&initial)
+            .key("raw/a")
+            .version_id(&version);
+        read.send().await.unwrap();
+        let upload = s3
+            .create_multipart_upload()
+            .bucket(&final_)
+            .key("processed/a")
+            .server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::AwsKms)
+            .ssekms_key_id(&key)
+            .send()
+            .await
+            .unwrap();
+        s3.abort_multipart_upload()
+            .bucket(&final_)
+            .key("processed/a")
+            .upload_id(upload.upload_id().unwrap())
+            .send()
+            .await
+            .unwrap();
+        service
+            .kms
+            .describe_key()
+            .key_id(&key)
+            .send()
+            .await
+            .unwrap();
+
+        denied(
+            s3.put_object()
+                .bucket(&outside)
+                .key("a")
+                .body(ByteStream::from_static(b"x"))
+                .send()
+                .await,
+            "PutObject outside the stack",
+        );
+        denied(
+            s3.delete_object()
+                .bucket(&initial)
+                .key("raw/a")
+                .version_id(&version)
+                .send()
+                .await,
+            "s3:DeleteObjectVersion",
+        );
+        denied(
+            service.kms.describe_key().key_id(&other_key).send().await,
+            "kms:DescribeKey on another key",
+        );
+        denied(
+            service
+                .kms
+                .encrypt()
+                .key_id(&key)
+                .plaintext(aws_sdk_kms::primitives::Blob::new(b"x".to_vec()))
+                .send()
+                .await,
+            "kms:Encrypt (the service never encrypts with KMS itself)",
+        );
+        s3.delete_object()
+            .bucket(&initial)
+            .key("raw/a")
+            .send()
+            .await
+            .unwrap();
+    });
+}
