@@ -606,3 +606,67 @@ async fn delete_removes_raw_and_processed_and_is_idempotent() {
         .unwrap();
     assert_eq!(bad.status().as_u16(), 400);
 }
+
+#[tokio::test]
+async fn every_error_answers_in_the_one_json_shape() {
+    let stack = Stack::start(&[]).await;
+    let cases = [
+        (reqwest::Method::GET, "/nowhere", 404, "not_found"),
+        (
+            reqwest::Method::POST,
+            "/v1/files/a.txt",
+            405,
+            "method_not_allowed",
+        ),
+        (
+            reqwest::Method::GET,
+            "/v1/files?limit=many",
+            400,
+            "bad_request",
+        ),
+    ];
+    for (method, path, status, code) in cases {
+        let response = stack
+            .http
+            .request(method.clone(), format!("{}{path}", stack.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), status, "{method} {path}");
+        let id = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], code, "{method} {path}: {body}");
+        assert_eq!(body["error"]["request_id"], id.as_str(), "{body}");
+        assert!(!body["error"]["message"].as_str().unwrap().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_handler_answers_500_in_json_and_the_server_goes_on() {
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route(
+            "/boom",
+            get(|| async {
+                if std::env::var_os("PATH").is_some() {
+                    panic!("a bug");
+                }
+                "unreachable"
+            }),
+        )
+        .route("/fine", get(|| async { "fine" }))
+        .layer(axum::middleware::from_fn(service::app::json_errors));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let http = reqwest::Client::new();
+    let response = http.get(format!("{url}/boom")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 500);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "internal", "{body}");
+    let fine = http.get(format!("{url}/fine")).send().await.unwrap();
+    assert_eq!(fine.text().await.unwrap(), "fine");
+}
