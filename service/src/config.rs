@@ -66,6 +66,14 @@ pub struct Config {
     /// Largest accepted file in bytes (default 5 GiB).
     #[arg(long, env = "MAX_OBJECT_SIZE", default_value_t = 5 * 1024 * MIB)]
     pub max_object_size: u64,
+    /// Largest processor output in bytes (default 5 GiB, as MAX_OBJECT_SIZE): a gzip file
+    /// that inflates beyond it fails.
+    #[arg(long, env = "MAX_OUTPUT_SIZE", default_value_t = 5 * 1024 * MIB)]
+    pub max_output_size: u64,
+    /// Largest ratio of inflated to compressed bytes, checked past 16 MiB of output (text
+    /// compresses 3 to 20 times; a decompression bomb, 1000 times and more).
+    #[arg(long, env = "MAX_EXPANSION_RATIO", default_value_t = 200)]
+    pub max_expansion_ratio: u64,
     /// Largest envelope-encrypted payload. The Encryption SDK decrypts in memory (message and
     /// plaintext), one payload at a time, so this bounds that memory to about twice its value.
     #[arg(long, env = "MAX_ENCRYPTED_SIZE", default_value_t = 16 * MIB)]

@@ -50,8 +50,40 @@ pub trait Processor: Send + Sync {
 }
 
 pub struct Identity;
-pub struct Gunzip;
 pub struct JsonLines;
+
+/// Inflates gzip, bounded: a small bomb must not become an unbounded output.
+pub struct Gunzip {
+    /// Largest output (MAX_OUTPUT_SIZE).
+    pub max_output: u64,
+    /// Largest output per compressed input byte (MAX_EXPANSION_RATIO), checked once the
+    /// output passes RATIO_FREE_OUTPUT, so small, very repetitive files still pass.
+    pub max_ratio: u64,
+}
+
+/// Output below which the expansion ratio is not checked.
+const RATIO_FREE_OUTPUT: u64 = 16 * 1024 * 1024;
+
+/// Counts the bytes read through it.
+struct Counting<R> {
+    inner: R,
+    count: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Counting<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = (buf.filled().len() - before) as u64;
+        self.count
+            .fetch_add(read, std::sync::atomic::Ordering::Relaxed);
+        result
+    }
+}
 
 impl Processor for Identity {
     fn name(&self) -> &'static str {
@@ -67,9 +99,44 @@ impl Processor for Gunzip {
         "gunzip"
     }
     fn process(&self, input: Reader, _stats: upload::LateMetadata) -> Output {
+        let compressed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let input = Counting {
+            inner: input,
+            count: compressed.clone(),
+        };
         let mut decoder = GzipDecoder::new(BufReader::new(input));
         decoder.multiple_members(true);
-        ReaderStream::with_capacity(decoder, STREAM_CHUNK).boxed()
+        let (max_output, max_ratio) = (self.max_output, self.max_ratio);
+        let mut produced: u64 = 0;
+        let mut failed = false;
+        ReaderStream::with_capacity(decoder, STREAM_CHUNK)
+            .map(move |chunk| {
+                let chunk = chunk?;
+                produced += chunk.len() as u64;
+                let read = compressed.load(std::sync::atomic::Ordering::Relaxed).max(1);
+                if produced > max_output {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("the inflated output exceeds MAX_OUTPUT_SIZE ({max_output} bytes)"),
+                    ));
+                }
+                if produced > RATIO_FREE_OUTPUT && produced / read > max_ratio {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "{produced} bytes inflated from {read}: more than MAX_EXPANSION_RATIO ({max_ratio}) times the compressed size"
+                        ),
+                    ));
+                }
+                Ok(chunk)
+            })
+            // Nothing after the first error: the upload is aborted on it.
+            .take_while(move |chunk| {
+                let go = !failed;
+                failed |= chunk.is_err();
+                std::future::ready(go)
+            })
+            .boxed()
     }
 }
 
@@ -172,10 +239,13 @@ impl Processor for JsonLines {
     }
 }
 
-pub fn processor(kind: ProcessorKind) -> Arc<dyn Processor> {
-    match kind {
+pub fn processor(config: &Config) -> Arc<dyn Processor> {
+    match config.processor {
         ProcessorKind::Identity => Arc::new(Identity),
-        ProcessorKind::Gunzip => Arc::new(Gunzip),
+        ProcessorKind::Gunzip => Arc::new(Gunzip {
+            max_output: config.max_output_size,
+            max_ratio: config.max_expansion_ratio,
+        }),
         ProcessorKind::Jsonl => Arc::new(JsonLines),
     }
 }
@@ -352,7 +422,7 @@ impl Pipeline {
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         let pipeline = Arc::new(Pipeline {
             s3,
-            processor: processor(config.processor),
+            processor: processor(&config),
             config: config.clone(),
             decryptor,
             metrics,
@@ -919,9 +989,43 @@ mod tests {
         let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         encoder.write_all(&b"hello gzip ".repeat(1000)).unwrap();
         let gz = encoder.finish().unwrap();
-        let (out, _) = run(&Gunzip, &gz).await;
+        let gunzip = Gunzip {
+            max_output: u64::MAX,
+            max_ratio: 100,
+        };
+        let (out, _) = run(&gunzip, &gz).await;
         assert_eq!(out.unwrap(), b"hello gzip ".repeat(1000));
-        let (out, _) = run(&Gunzip, b"not gzip at all").await;
+        let (out, _) = run(&gunzip, b"not gzip at all").await;
         assert!(out.is_err());
+    }
+
+    #[tokio::test]
+    async fn gunzip_refuses_bombs_by_size_and_by_ratio() {
+        use std::io::Write;
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        encoder.write_all(&vec![0u8; 64 * 1024 * 1024]).unwrap();
+        let bomb = encoder.finish().unwrap();
+        assert!(bomb.len() < 100 * 1024, "{} bytes", bomb.len());
+
+        let by_size = Gunzip {
+            max_output: 1024 * 1024,
+            max_ratio: u64::MAX,
+        };
+        let err = run(&by_size, &bomb).await.0.unwrap_err().to_string();
+        assert!(err.contains("MAX_OUTPUT_SIZE"), "{err}");
+
+        let by_ratio = Gunzip {
+            max_output: u64::MAX,
+            max_ratio: 100,
+        };
+        let err = run(&by_ratio, &bomb).await.0.unwrap_err().to_string();
+        assert!(err.contains("MAX_EXPANSION_RATIO"), "{err}");
+
+        // Within both bounds, the same bomb inflates.
+        let wide = Gunzip {
+            max_output: 64 * 1024 * 1024,
+            max_ratio: 1_000_000,
+        };
+        assert_eq!(run(&wide, &bomb).await.0.unwrap().len(), 64 * 1024 * 1024);
     }
 }

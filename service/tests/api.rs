@@ -262,6 +262,38 @@ async fn gunzip_processor_inflates() {
 }
 
 #[tokio::test]
+async fn a_gzip_bomb_fails_and_leaves_no_output() {
+    // 24 MiB of zeros gzip to about 24 KiB: past 16 MiB of output the ratio is over 200.
+    let stack = Stack::start(&["--processor=gunzip"]).await;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&vec![0u8; 24 * MIB]).unwrap();
+    stack.put("bomb.gz", gz.finish().unwrap()).await;
+    let status = stack.settle("bomb.gz").await;
+    assert_eq!(status["state"], "failed", "{status}");
+    assert!(
+        status["error"]
+            .as_str()
+            .unwrap()
+            .contains("MAX_EXPANSION_RATIO"),
+        "{status}"
+    );
+    let outputs = stack.keys(&stack.final_).await;
+    assert!(
+        !outputs.iter().any(|k| k.starts_with("processed/")),
+        "no partial output: {outputs:?}"
+    );
+    let open = stack
+        .clients
+        .s3
+        .list_multipart_uploads()
+        .bucket(&stack.final_)
+        .send()
+        .await
+        .unwrap();
+    assert!(open.uploads().is_empty(), "the output's upload was aborted");
+}
+
+#[tokio::test]
 async fn jsonl_processor_counts_lines_and_rejects_the_first_bad_one() {
     let stack = Stack::start(&["--processor=jsonl"]).await;
     stack
