@@ -440,11 +440,45 @@ async fn file_status(state: &AppState, name: &str, wait: Duration) -> Result<Fil
         .ok_or_else(|| ApiError::not_found(format!("no file named `{name}`")))
 }
 
+/// What a GET of a processed file answers: the output, or 304 for a client whose copy is
+/// the current output.
+enum Served {
+    Output(GetObjectOutput),
+    NotModified {
+        etag: Option<String>,
+        last_modified: Option<String>,
+    },
+}
+
+fn http_date(time: Option<&aws_sdk_s3::primitives::DateTime>) -> Option<String> {
+    time.and_then(|t| t.fmt(aws_sdk_s3::primitives::DateTimeFormat::HttpDate).ok())
+}
+
 async fn download(state: &AppState, name: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
-    let object = current_output(state, name, headers).await?;
+    let object = match current_output(state, name, headers).await? {
+        Served::Output(object) => object,
+        Served::NotModified {
+            etag,
+            last_modified,
+        } => {
+            let mut response = Response::builder().status(StatusCode::NOT_MODIFIED);
+            if let Some(etag) = etag {
+                response = response.header(header::ETAG, etag);
+            }
+            if let Some(date) = last_modified {
+                response = response.header(header::LAST_MODIFIED, date);
+            }
+            return response.body(Body::empty()).map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            });
+        }
+    };
     let mut response = Response::builder()
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .header(header::ACCEPT_RANGES, "bytes");
+    if let Some(date) = http_date(object.last_modified()) {
+        response = response.header(header::LAST_MODIFIED, date);
+    }
     if let Some(length) = object.content_length() {
         response = response.header(header::CONTENT_LENGTH, length);
     }
@@ -472,12 +506,14 @@ async fn download(state: &AppState, name: &str, headers: &HeaderMap) -> Result<R
 
 /// The processed output of `name`, if it was made from the current raw version. The output
 /// and the raw object's identity are fetched together (one round trip, not a status lookup
-/// and then a GET). Otherwise: 404 for an unknown file, 409 with its status, or 416.
+/// and then a GET). `If-None-Match` and `If-Modified-Since` go to S3, which compares them;
+/// a 304 is only passed on for the current version's output. Otherwise: 404 for an unknown
+/// file, 409 with its status, or 416.
 async fn current_output(
     state: &AppState,
     name: &str,
     headers: &HeaderMap,
-) -> Result<GetObjectOutput, ApiError> {
+) -> Result<Served, ApiError> {
     let mut request = state
         .s3
         .get_object()
@@ -486,12 +522,44 @@ async fn current_output(
     if let Some(range) = header_text(headers, "range") {
         request = request.range(range);
     }
+    if let Some(etags) = header_text(headers, "if-none-match") {
+        request = request.if_none_match(etags);
+    }
+    // An unparsable date is ignored, as HTTP says.
+    if let Some(since) = header_text(headers, "if-modified-since").and_then(|text| {
+        aws_sdk_s3::primitives::DateTime::from_str(
+            &text,
+            aws_sdk_s3::primitives::DateTimeFormat::HttpDate,
+        )
+        .ok()
+    }) {
+        request = request.if_modified_since(since);
+    }
     let (raw, object) = tokio::join!(state.pipeline.head_raw(name), request.send());
     let raw = raw
         .map_err(|e| ApiError::upstream_aws(&e))?
         .ok_or_else(|| ApiError::not_found(format!("no file named `{name}`")))?;
     let invalid_range = match object {
-        Ok(object) if raw.made(object.metadata()) => return Ok(object),
+        Ok(object) if raw.made(object.metadata()) => return Ok(Served::Output(object)),
+        Err(err) if err.raw_response().map(|r| r.status().as_u16()) == Some(304) => {
+            // The client's copy is S3's current object; is that the current version's output?
+            let head = state
+                .s3
+                .head_object()
+                .bucket(&state.config.final_bucket)
+                .key(processed_key(name))
+                .send()
+                .await
+                .aws_context(format!("s3:HeadObject {}", processed_key(name)))
+                .map_err(|e| ApiError::upstream_aws(&e))?;
+            if raw.made(head.metadata()) {
+                return Ok(Served::NotModified {
+                    etag: head.e_tag().map(str::to_string),
+                    last_modified: http_date(head.last_modified()),
+                });
+            }
+            false
+        }
         Ok(_) => false,
         Err(err) if err.code() == Some("NoSuchKey") => false,
         Err(err) if err.code() == Some("InvalidRange") => true,

@@ -84,6 +84,31 @@ impl IntoResponse for ApiError {
                 error[k] = v;
             }
         }
-        (self.status, Json(json!({ "error": error }))).into_response()
+        let mut response = (self.status, Json(json!({ "error": error }))).into_response();
+        // 503 means "try again": say when.
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
+        }
+        response
+    }
+}
+
+/// Seconds a client is asked to wait after a 503.
+const RETRY_AFTER_SECS: &str = "5";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unavailable_says_when_to_retry_and_other_errors_do_not() {
+        let busy = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "aws_unavailable", "later")
+            .into_response();
+        assert_eq!(busy.headers()["retry-after"], RETRY_AFTER_SECS);
+        let missing = ApiError::not_found("no such file").into_response();
+        assert!(missing.headers().get("retry-after").is_none());
     }
 }

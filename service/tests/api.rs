@@ -702,3 +702,48 @@ async fn a_panicking_handler_answers_500_in_json_and_the_server_goes_on() {
     let fine = http.get(format!("{url}/fine")).send().await.unwrap();
     assert_eq!(fine.text().await.unwrap(), "fine");
 }
+
+#[tokio::test]
+async fn downloads_carry_validators_and_answer_304_to_a_current_copy() {
+    let stack = Stack::start(&[]).await;
+    stack.put("cond.txt", b"first".to_vec()).await;
+    stack.settle("cond.txt").await;
+    let first = stack
+        .http
+        .get(stack.file_url("cond.txt"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status().as_u16(), 200);
+    let etag = first.headers()["etag"].to_str().unwrap().to_string();
+    let modified = first.headers()["last-modified"]
+        .to_str()
+        .unwrap()
+        .to_string();
+
+    let conditional = |header: &'static str, value: String| {
+        stack
+            .http
+            .get(stack.file_url("cond.txt"))
+            .header(header, value)
+            .send()
+    };
+    let same = conditional("if-none-match", etag.clone()).await.unwrap();
+    assert_eq!(same.status().as_u16(), 304);
+    assert_eq!(same.headers()["etag"].to_str().unwrap(), etag);
+    assert!(same.bytes().await.unwrap().is_empty());
+    let since = conditional("if-modified-since", modified).await.unwrap();
+    assert_eq!(since.status().as_u16(), 304);
+    let other = conditional("if-none-match", "\"something-else\"".into())
+        .await
+        .unwrap();
+    assert_eq!(other.status().as_u16(), 200);
+    assert_eq!(other.bytes().await.unwrap().as_ref(), b"first");
+
+    // A new version: the old copy is not current any more.
+    stack.put("cond.txt", b"second, longer".to_vec()).await;
+    stack.settle("cond.txt").await;
+    let changed = conditional("if-none-match", etag).await.unwrap();
+    assert_eq!(changed.status().as_u16(), 200);
+    assert_eq!(changed.bytes().await.unwrap().as_ref(), b"second, longer");
+}
