@@ -338,6 +338,13 @@ where
     S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Send,
     E: std::fmt::Display,
 {
+    if !state.pipeline.has_room() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "backlog_full",
+            "the processing queue is full (QUEUE_CAPACITY); nothing was stored, retry later",
+        ));
+    }
     let target = Target {
         s3: state.s3.clone(),
         bucket: state.config.initial_bucket.clone(),

@@ -395,6 +395,9 @@ pub struct Pipeline {
     queue: mpsc::Sender<String>,
     /// Names queued or being processed, so nothing is queued twice.
     queued: Mutex<HashSet<String>>,
+    /// Accepted files that found the queue full (uploads that raced for its last place, and
+    /// re-queued timeouts): moved into the queue as soon as a worker frees a place.
+    overflow: Mutex<std::collections::VecDeque<String>>,
     running: Mutex<HashSet<String>>,
     /// Names whose processing run just ended, for status requests that wait for it.
     finished: tokio::sync::broadcast::Sender<String>,
@@ -429,6 +432,7 @@ impl Pipeline {
             in_flight,
             queue: tx,
             queued: Mutex::new(HashSet::new()),
+            overflow: Mutex::new(std::collections::VecDeque::new()),
             running: Mutex::new(HashSet::new()),
             finished: tokio::sync::broadcast::channel(1024).0,
         });
@@ -441,6 +445,7 @@ impl Pipeline {
                     let next = rx.lock().await.recv().await;
                     let Some(name) = next else { break };
                     pipeline.metrics.queue_changed(-1);
+                    pipeline.refill();
                     pipeline.run(&name).await;
                 }
             });
@@ -462,26 +467,43 @@ impl Pipeline {
         pipeline
     }
 
-    /// Queues a file; false if the queue is full (reconciliation will pick it up).
-    pub fn enqueue(&self, name: &str) -> bool {
+    /// Whether an upload may be accepted: its file would be queued at once. Uploads are
+    /// refused (503) rather than acknowledged and left to a scan minutes later.
+    pub fn has_room(&self) -> bool {
+        self.queue.capacity() > 0 && self.overflow.lock().unwrap().is_empty()
+    }
+
+    /// Queues an accepted file: in the queue, or (if it just filled) in the overflow that
+    /// workers drain as soon as they free a place.
+    pub fn enqueue(&self, name: &str) {
         if !self.queued.lock().unwrap().insert(name.to_string()) {
-            return true;
+            return;
         }
         match self.queue.try_send(name.to_string()) {
-            Ok(()) => {
-                self.metrics.queue_changed(1);
-                true
+            Ok(()) => self.metrics.queue_changed(1),
+            Err(_) => self.overflow.lock().unwrap().push_back(name.to_string()),
+        }
+    }
+
+    /// Queues a file the scan found, if there is room; false leaves it for the next scan
+    /// (a backlog of unprocessed raw objects is not copied into memory whole).
+    fn enqueue_if_room(&self, name: &str) -> bool {
+        if !self.has_room() {
+            return false;
+        }
+        self.enqueue(name);
+        true
+    }
+
+    /// Moves overflowed files into the queue while it has room.
+    fn refill(&self) {
+        let mut overflow = self.overflow.lock().unwrap();
+        while let Some(name) = overflow.pop_front() {
+            if let Err(err) = self.queue.try_send(name) {
+                overflow.push_front(err.into_inner());
+                break;
             }
-            Err(_) => {
-                self.queued.lock().unwrap().remove(name);
-                // Whoever waits on it must look again rather than wait for a run.
-                let _ = self.finished.send(name.to_string());
-                tracing::warn!(
-                    name,
-                    "processing queue full; left for the reconciliation scan"
-                );
-                false
-            }
+            self.metrics.queue_changed(1);
         }
     }
 
@@ -938,7 +960,7 @@ impl Pipeline {
                 let Some(raw) = self.head_raw(name).await? else {
                     continue;
                 };
-                if !self.output_matches(name, &raw).await? && self.enqueue(name) {
+                if !self.output_matches(name, &raw).await? && self.enqueue_if_room(name) {
                     queued += 1;
                 }
             }

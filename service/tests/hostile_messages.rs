@@ -404,3 +404,72 @@ async fn a_start_up_quarantines_files_whose_decryptions_kept_dying() {
         "a success removes its attempt record"
     );
 }
+
+/// A full processing queue refuses uploads with 503 and stores nothing, instead of
+/// acknowledging files that would wait for the next bucket scan; acknowledged files are all
+/// processed without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_refuses_uploads_rather_than_leaving_them_to_the_scan() {
+    let resources = resources().await;
+    let proxy = KmsProxy::start(&emulator_endpoint()).await;
+    let producer = encryptor(&resources, &resources.key_arn).await;
+    let mut messages = Vec::new();
+    for i in 0..3u64 {
+        messages.push(producer.encrypt(random_bytes(1000, i), None).await.unwrap());
+    }
+    // One worker, one queue place, and a KMS that takes 2 s per decryption.
+    proxy.delay_decrypts(Duration::from_secs(2));
+    let running = spawn(
+        &resources,
+        &[
+            ("AWS_ENDPOINT_URL", proxy.url.as_str()),
+            ("PROCESSING_CONCURRENCY", "1"),
+            ("QUEUE_CAPACITY", "1"),
+            ("RECONCILE_INTERVAL_SECS", "3600"),
+        ],
+    )
+    .await;
+    let http = http();
+    assert_eq!(
+        running.put(&http, "a.enc", messages[0].clone()).await.0,
+        201
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while running.get_json(&http, "/v1/files/a.enc/status").await["state"] != "processing" {
+        assert!(Instant::now() < deadline, "a.enc never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        running.put(&http, "b.enc", messages[1].clone()).await.0,
+        201
+    );
+    let refused = http
+        .put(running.file_url("c.enc"))
+        .bearer_auth(common::binary::TOKEN)
+        .body(messages[2].clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 503);
+    assert_eq!(refused.headers()["retry-after"], "5");
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "backlog_full", "{body}");
+    let stored = resources
+        .clients
+        .s3
+        .head_object()
+        .bucket(&resources.initial)
+        .key("raw/c.enc")
+        .send()
+        .await;
+    assert!(stored.is_err(), "a refused upload stores nothing");
+
+    for name in ["a.enc", "b.enc"] {
+        assert_eq!(running.settle(&http, name).await["state"], "processed");
+    }
+    assert_eq!(
+        running.put(&http, "c.enc", messages[2].clone()).await.0,
+        201
+    );
+    assert_eq!(running.settle(&http, "c.enc").await["state"], "processed");
+}
