@@ -220,7 +220,9 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         )
         .await;
     let status = response.status().as_u16();
-    state.metrics.request(&route, status, started.elapsed());
+    state
+        .metrics
+        .request(method.as_str(), &route, status, started.elapsed());
     span.in_scope(|| {
         tracing::info!(
             status,

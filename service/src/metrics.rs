@@ -54,7 +54,7 @@ impl Histogram {
 
 #[derive(Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    requests: Mutex<BTreeMap<(String, String, u16), u64>>,
     latency: Mutex<BTreeMap<String, Histogram>>,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
@@ -65,12 +65,12 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn request(&self, route: &str, status: u16, elapsed: Duration) {
+    pub fn request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
         *self
             .requests
             .lock()
             .unwrap()
-            .entry((route.to_string(), status))
+            .entry((method.to_string(), route.to_string(), status))
             .or_default() += 1;
         self.latency
             .lock()
@@ -102,13 +102,15 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let mut out = String::new();
+        out.push_str("# HELP filepipe_http_requests_total HTTP requests answered, by method, route and status.\n");
         out.push_str("# TYPE filepipe_http_requests_total counter\n");
-        for ((route, status), n) in self.requests.lock().unwrap().iter() {
+        for ((method, route, status), n) in self.requests.lock().unwrap().iter() {
             let _ = writeln!(
                 out,
-                "filepipe_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+                "filepipe_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {n}"
             );
         }
+        out.push_str("# HELP filepipe_http_request_duration_seconds Time to answer a request (until its body starts), by route.\n");
         out.push_str("# TYPE filepipe_http_request_duration_seconds histogram\n");
         for (route, histogram) in self.latency.lock().unwrap().iter() {
             histogram.render(
@@ -119,20 +121,21 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
-            "# TYPE filepipe_bytes_in_total counter\nfilepipe_bytes_in_total {}",
+            "# HELP filepipe_bytes_in_total Bytes of request bodies received.\n# TYPE filepipe_bytes_in_total counter\nfilepipe_bytes_in_total {}",
             self.bytes_in.load(Ordering::Relaxed)
         );
         let _ = writeln!(
             out,
-            "# TYPE filepipe_bytes_out_total counter\nfilepipe_bytes_out_total {}",
+            "# HELP filepipe_bytes_out_total Bytes of processed files served.\n# TYPE filepipe_bytes_out_total counter\nfilepipe_bytes_out_total {}",
             self.bytes_out.load(Ordering::Relaxed)
         );
         let _ = writeln!(
             out,
-            "# TYPE filepipe_processing_total counter\nfilepipe_processing_total{{result=\"success\"}} {}\nfilepipe_processing_total{{result=\"failure\"}} {}",
+            "# HELP filepipe_processing_total Processing runs that ended, by result.\n# TYPE filepipe_processing_total counter\nfilepipe_processing_total{{result=\"success\"}} {}\nfilepipe_processing_total{{result=\"failure\"}} {}",
             self.processed.load(Ordering::Relaxed),
             self.failed.load(Ordering::Relaxed)
         );
+        out.push_str("# HELP filepipe_processing_duration_seconds Time of one processing run.\n");
         out.push_str("# TYPE filepipe_processing_duration_seconds histogram\n");
         self.processing.lock().unwrap().render(
             &mut out,
@@ -141,9 +144,30 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
-            "# TYPE filepipe_queue_depth gauge\nfilepipe_queue_depth {}",
+            "# HELP filepipe_queue_depth Files waiting for a processing worker.\n# TYPE filepipe_queue_depth gauge\nfilepipe_queue_depth {}",
             self.queue_depth.load(Ordering::Relaxed)
         );
+        if let Some(rss) = resident_bytes() {
+            let _ = writeln!(
+                out,
+                "# HELP process_resident_memory_bytes Resident memory of the service.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {rss}"
+            );
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            let _ = writeln!(
+                out,
+                "# HELP process_open_fds Open file descriptors (connections included).\n# TYPE process_open_fds gauge\nprocess_open_fds {}",
+                fds.count()
+            );
+        }
         out
     }
+}
+
+/// VmRSS of this process, from /proc (Linux).
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }

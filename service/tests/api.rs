@@ -583,9 +583,29 @@ async fn readiness_and_metrics() {
         .await
         .unwrap();
     assert!(
-        text.contains("filepipe_http_requests_total{route=\"/v1/files/{*name}\",status=\"201\"} 1"),
+        text.contains(
+            "filepipe_http_requests_total{method=\"PUT\",route=\"/v1/files/{*name}\",status=\"201\"} 1"
+        ),
         "{text}"
     );
+    for family in [
+        "filepipe_http_requests_total",
+        "filepipe_processing_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+    ] {
+        assert!(
+            text.contains(&format!("# HELP {family} ")),
+            "{family}: {text}"
+        );
+    }
+    let rss: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(rss > 1024 * 1024, "{rss}");
     assert!(
         text.contains("filepipe_processing_total{result=\"success\"} 1"),
         "{text}"
