@@ -111,6 +111,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/files/{*name}",
             get(get_file_or_status)
                 .put(put_file)
+                .post(reprocess_file)
                 .delete(delete_file)
                 .layer(DefaultBodyLimit::disable()),
         )
@@ -440,6 +441,41 @@ async fn get_file_or_status(
     download(&state, &path, &headers).await
 }
 
+/// `POST /v1/files/{name}/reprocess`: forgets the file's failure or quarantine and queues it
+/// again (202).
+async fn reprocess_file(
+    State(state): State<AppState>,
+    Path(path): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Some(name) = path.strip_suffix("/reprocess") else {
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "POST applies to /v1/files/{name}/reprocess only",
+        ));
+    };
+    check_name(name)?;
+    if !state.pipeline.has_room() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "backlog_full",
+            "the processing queue is full (QUEUE_CAPACITY); retry later",
+        ));
+    }
+    let found = state
+        .pipeline
+        .reprocess(name)
+        .await
+        .map_err(|e| ApiError::upstream_aws(&e))?;
+    if !found {
+        return Err(ApiError::not_found(format!("no file named `{name}`")));
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"name": name, "state": "pending"})),
+    ))
+}
+
 async fn file_status(state: &AppState, name: &str, wait: Duration) -> Result<FileStatus, ApiError> {
     state
         .pipeline
@@ -452,7 +488,7 @@ async fn file_status(state: &AppState, name: &str, wait: Duration) -> Result<Fil
 /// What a GET of a processed file answers: the output, or 304 for a client whose copy is
 /// the current output.
 enum Served {
-    Output(GetObjectOutput),
+    Output(Box<GetObjectOutput>),
     NotModified {
         etag: Option<String>,
         last_modified: Option<String>,
@@ -465,7 +501,7 @@ fn http_date(time: Option<&aws_sdk_s3::primitives::DateTime>) -> Option<String> 
 
 async fn download(state: &AppState, name: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
     let object = match current_output(state, name, headers).await? {
-        Served::Output(object) => object,
+        Served::Output(object) => *object,
         Served::NotModified {
             etag,
             last_modified,
@@ -549,7 +585,7 @@ async fn current_output(
         .map_err(|e| ApiError::upstream_aws(&e))?
         .ok_or_else(|| ApiError::not_found(format!("no file named `{name}`")))?;
     let invalid_range = match object {
-        Ok(object) if raw.made(object.metadata()) => return Ok(Served::Output(object)),
+        Ok(object) if raw.made(object.metadata()) => return Ok(Served::Output(Box::new(object))),
         Err(err) if err.raw_response().map(|r| r.status().as_u16()) == Some(304) => {
             // The client's copy is S3's current object; is that the current version's output?
             let head = state

@@ -170,20 +170,96 @@ fn s3_config(shared: &SdkConfig, settings: &AwsSettings) -> aws_sdk_s3::Config {
     builder.build()
 }
 
-/// Turns an SDK error into an anyhow error whose one-line message carries the AWS error code
-/// and message (the SDK's own Display says only "service error").
+/// How an AWS call failed, from the SDK's error kind and the service's error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Throttling, 5xx, timeouts, connection and dispatch errors: worth trying again.
+    Transient,
+    /// The caller may not do this: a deployment error, not the data's.
+    Denied,
+    /// Anything else (a missing object, an invalid request).
+    Other,
+}
+
+/// A failed AWS call: which call, how it failed, and the SDK's one-line account of it.
+#[derive(Debug)]
+pub struct AwsCallError {
+    pub call: String,
+    pub failure: Failure,
+    detail: String,
+}
+
+impl std::fmt::Display for AwsCallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.call, self.detail)
+    }
+}
+
+impl std::error::Error for AwsCallError {}
+
+/// How the first AWS call in an error's chain failed, if one did.
+pub fn aws_failure(err: &anyhow::Error) -> Option<Failure> {
+    err.chain()
+        .find_map(|e| e.downcast_ref::<AwsCallError>())
+        .map(|e| e.failure)
+}
+
+/// Turns an SDK error into an [`AwsCallError`] whose one-line message carries the AWS error
+/// code and message (the SDK's own Display says only "service error").
 pub trait AwsResultExt<T> {
     fn aws_context(self, call: impl std::fmt::Display) -> anyhow::Result<T>;
 }
 
-impl<T, E> AwsResultExt<T> for Result<T, E>
+type SdkError<E> = aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>;
+
+impl<T, E> AwsResultExt<T> for Result<T, SdkError<E>>
 where
-    E: std::error::Error + Send + Sync + 'static,
+    E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     fn aws_context(self, call: impl std::fmt::Display) -> anyhow::Result<T> {
         self.map_err(|err| {
-            anyhow::anyhow!("{call}: {}", aws_sdk_s3::error::DisplayErrorContext(&err))
+            anyhow::Error::new(AwsCallError {
+                call: call.to_string(),
+                failure: classify(&err),
+                detail: aws_sdk_s3::error::DisplayErrorContext(&err).to_string(),
+            })
         })
+    }
+}
+
+fn classify<E: aws_sdk_s3::error::ProvideErrorMetadata>(err: &SdkError<E>) -> Failure {
+    use aws_sdk_s3::error::SdkError as Kind;
+    match err {
+        Kind::TimeoutError(_) | Kind::DispatchFailure(_) | Kind::ResponseError(_) => {
+            Failure::Transient
+        }
+        Kind::ServiceError(service) => {
+            let status = service.raw().status().as_u16();
+            match service.err().code().unwrap_or_default() {
+                "AccessDenied"
+                | "AccessDeniedException"
+                | "InvalidAccessKeyId"
+                | "InvalidClientTokenId"
+                | "SignatureDoesNotMatch"
+                | "ExpiredToken"
+                | "ExpiredTokenException"
+                | "UnrecognizedClientException" => Failure::Denied,
+                "SlowDown"
+                | "Throttling"
+                | "ThrottlingException"
+                | "RequestTimeout"
+                | "RequestLimitExceeded"
+                | "InternalError"
+                | "ServiceUnavailable"
+                | "KMSInternalException"
+                | "DependencyTimeoutException"
+                | "KeyUnavailableException" => Failure::Transient,
+                _ if status == 403 => Failure::Denied,
+                _ if status >= 500 || status == 429 => Failure::Transient,
+                _ => Failure::Other,
+            }
+        }
+        _ => Failure::Other,
     }
 }
 

@@ -99,6 +99,14 @@ pub struct Config {
     /// not decrypted again, so a message that kills the process cannot do so at every start.
     #[arg(long, env = "MAX_DECRYPT_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_decrypt_attempts: u32,
+    /// Tries of one processing run when S3 or KMS fails transiently (throttling, 5xx,
+    /// timeouts, connections); between them a capped exponential backoff with jitter. After
+    /// the last, the file is recorded failed (`transient`) and the next scan tries again.
+    #[arg(long, env = "MAX_TRANSIENT_TRIES", default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_transient_tries: u32,
+    /// First backoff in milliseconds; it doubles per try, up to 16 times this.
+    #[arg(long, env = "TRANSIENT_BACKOFF_MS", default_value_t = 1000)]
+    pub transient_backoff_ms: u64,
     /// Reject raw payloads that are not AWS Encryption SDK messages.
     #[arg(long, env = "REQUIRE_ENCRYPTED_INPUT", default_value_t = false, action = clap::ArgAction::Set)]
     pub require_encrypted_input: bool,
@@ -213,6 +221,18 @@ impl Config {
                 max_context_pairs: decrypt::MAX_CONTEXT_PAIRS,
             },
         }
+    }
+
+    /// The pause after the `tries`-th failed try: doubling, capped, with up to half of it as
+    /// jitter so that files failing together do not retry together.
+    pub fn transient_backoff(&self, tries: u32) -> Duration {
+        let base = self.transient_backoff_ms.max(1);
+        let pause = base.saturating_mul(1 << tries.saturating_sub(1).min(4));
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() as u64)
+            .unwrap_or_default();
+        Duration::from_millis(pause / 2 + nanos % (pause / 2 + 1))
     }
 
     pub fn decrypt_timeout(&self) -> Duration {

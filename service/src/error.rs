@@ -5,6 +5,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::aws::Failure;
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -40,23 +42,18 @@ impl ApiError {
         )
     }
 
-    /// An AWS failure: throttling and unavailability are 503 (retry later), the rest 502.
+    /// An AWS failure, classified by the SDK's error kind and code: throttling and
+    /// unavailability are 503 (retry later); a denial is a deployment error, said loudly;
+    /// the rest 502.
     pub fn upstream_aws(err: &anyhow::Error) -> ApiError {
         let text = format!("{err:#}");
-        let throttled = [
-            "SlowDown",
-            "Throttl",
-            "ServiceUnavailable",
-            "RequestLimitExceeded",
-            "dispatch failure",
-            "timeout",
-        ]
-        .iter()
-        .any(|needle| text.contains(needle));
-        let (status, code) = if throttled {
-            (StatusCode::SERVICE_UNAVAILABLE, "aws_unavailable")
-        } else {
-            (StatusCode::BAD_GATEWAY, "aws_error")
+        let (status, code) = match crate::aws::aws_failure(err) {
+            Some(Failure::Transient) => (StatusCode::SERVICE_UNAVAILABLE, "aws_unavailable"),
+            Some(Failure::Denied) => {
+                tracing::error!(error = %text, "AWS denied a call: the deployment's permissions are wrong");
+                (StatusCode::BAD_GATEWAY, "aws_access_denied")
+            }
+            _ => (StatusCode::BAD_GATEWAY, "aws_error"),
         };
         tracing::warn!(error = %text, "AWS call failed");
         ApiError::new(

@@ -61,6 +61,8 @@ pub struct Metrics {
     processed: AtomicU64,
     failed: AtomicU64,
     processing: Mutex<Histogram>,
+    retries: AtomicU64,
+    failures: Mutex<BTreeMap<&'static str, u64>>,
     queue_depth: AtomicI64,
 }
 
@@ -94,6 +96,16 @@ impl Metrics {
             .lock()
             .unwrap()
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// A processing try failed transiently and is tried again.
+    pub fn retried(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A processing run was recorded failed, for this reason (its record's code).
+    pub fn failed_with(&self, code: &'static str) {
+        *self.failures.lock().unwrap().entry(code).or_default() += 1;
     }
 
     pub fn queue_changed(&self, delta: i64) {
@@ -135,6 +147,18 @@ impl Metrics {
             self.processed.load(Ordering::Relaxed),
             self.failed.load(Ordering::Relaxed)
         );
+        let _ = writeln!(
+            out,
+            "# HELP filepipe_processing_retries_total Processing tries that failed transiently and were tried again.\n# TYPE filepipe_processing_retries_total counter\nfilepipe_processing_retries_total {}",
+            self.retries.load(Ordering::Relaxed)
+        );
+        out.push_str("# HELP filepipe_processing_failures_total Files recorded failed, by reason (access_denied: the deployment's permissions are wrong).\n# TYPE filepipe_processing_failures_total counter\n");
+        for (code, n) in self.failures.lock().unwrap().iter() {
+            let _ = writeln!(
+                out,
+                "filepipe_processing_failures_total{{reason=\"{code}\"}} {n}"
+            );
+        }
         out.push_str("# HELP filepipe_processing_duration_seconds Time of one processing run.\n");
         out.push_str("# TYPE filepipe_processing_duration_seconds histogram\n");
         self.processing.lock().unwrap().render(

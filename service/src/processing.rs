@@ -29,7 +29,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, BufReader, ReadBuf};
 use tokio::sync::mpsc;
 use tokio_util::io::ReaderStream;
 
-use crate::aws::AwsResultExt;
+use crate::aws::{AwsResultExt, Failure};
 use crate::config::{Config, ProcessorKind};
 use crate::decrypt::{self, Decryptor};
 use crate::metrics::Metrics;
@@ -254,6 +254,9 @@ pub fn processor(config: &Config) -> Arc<dyn Processor> {
 struct Hashing<R> {
     inner: R,
     hasher: Arc<Mutex<Sha256>>,
+    /// Set when reading the source fails (S3 cut the body off): the run failed through no
+    /// fault of the file.
+    failed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for Hashing<R> {
@@ -264,9 +267,15 @@ impl<R: AsyncRead + Unpin> AsyncRead for Hashing<R> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = &result {
-            let new = &buf.filled()[before..];
-            self.hasher.lock().unwrap().update(new);
+        match &result {
+            Poll::Ready(Ok(())) => {
+                let new = &buf.filled()[before..];
+                self.hasher.lock().unwrap().update(new);
+            }
+            Poll::Ready(Err(_)) => self
+                .failed
+                .store(true, std::sync::atomic::Ordering::Relaxed),
+            Poll::Pending => {}
         }
         result
     }
@@ -329,6 +338,13 @@ pub struct FileStatus {
     pub processed: Option<ProcessedInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Why it failed: `file`, `quarantined`, or `transient` / `access_denied` (tried again
+    /// by the next scan).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    /// Tries of the run that failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tries: Option<u32>,
 }
 
 /// What the final bucket records of a file whose current version has no output: the
@@ -343,6 +359,14 @@ struct Record {
     error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     failed_at: Option<String>,
+    /// Why: `file` (the file's own: undecryptable, refused, a processor error),
+    /// `quarantined`, `transient` (S3 or KMS failed, tries used up) or `access_denied` (the
+    /// deployment's permissions). The last two are retried by the next scan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    code: Option<String>,
+    /// Tries of the run that failed (transient errors are retried with backoff).
+    #[serde(default)]
+    tries: u32,
     /// Decryptions of this version that were started. A run that ends deletes or replaces
     /// the record, so a count that is left behind counts runs that were interrupted (the
     /// process died, or the decryption timed out).
@@ -356,10 +380,60 @@ impl Record {
             && (raw.version_id.is_none() || self.source_version == raw.version_id)
     }
 
-    /// The error, if this record was written for exactly this raw version.
-    fn failure_for(self, raw: &RawInfo) -> Option<String> {
-        if self.is_for(raw) { self.error } else { None }
+    /// A failure that was not the file's: the next scan (or a reprocess) tries again.
+    fn retryable(&self) -> bool {
+        matches!(self.code.as_deref(), Some(TRANSIENT | ACCESS_DENIED))
     }
+}
+
+const TRANSIENT: &str = "transient";
+const ACCESS_DENIED: &str = "access_denied";
+
+/// Why a run failed, for its record: see [`Record::code`].
+fn failure_code(err: &anyhow::Error, source_failed: bool) -> &'static str {
+    if err.is::<Quarantined>() {
+        return "quarantined";
+    }
+    let failure = if source_failed {
+        Some(Failure::Transient)
+    } else {
+        crate::aws::aws_failure(err).or_else(|| {
+            err.chain()
+                .find_map(|e| e.downcast_ref::<decrypt::KmsFailure>())
+                .map(|e| e.failure)
+        })
+    };
+    match failure {
+        Some(Failure::Transient) => TRANSIENT,
+        Some(Failure::Denied) => ACCESS_DENIED,
+        _ => "file",
+    }
+}
+
+/// The file's decryptions kept dying; it is not decrypted again.
+#[derive(Debug)]
+struct Quarantined(u32);
+
+impl std::fmt::Display for Quarantined {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "quarantined: {} decryptions of this version were started and never finished \
+             (the service stopped, or they timed out); it is not decrypted again. \
+             Upload the file again, or POST .../reprocess, to retry",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for Quarantined {}
+
+/// How a run failed, for its record.
+struct Failed {
+    error: String,
+    code: &'static str,
+    attempts: u32,
+    tries: u32,
 }
 
 /// Decryptions started for the version being processed, before this run and by it.
@@ -544,7 +618,7 @@ impl Pipeline {
         let record = self.record(name).await?;
         let before = match &record {
             Some(record) if record.is_for(&raw) => {
-                if record.error.is_some() {
+                if record.error.is_some() && !record.retryable() {
                     return Ok(None);
                 }
                 record.attempts
@@ -555,27 +629,53 @@ impl Pipeline {
             before,
             recorded: false,
         };
-        match self.transform(name, &raw, &mut attempts).await {
-            Ok(uploaded) => {
-                // An attempt record, or an older version's failure, is stale now; with no
-                // record there is nothing to delete (saves a request per file).
-                if record.is_some() || attempts.recorded {
-                    self.clear_record(name).await?;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let source_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let err = match self
+                .transform(name, &raw, &mut attempts, &source_failed)
+                .await
+            {
+                Ok(uploaded) => {
+                    // An attempt record, or an earlier failure, is stale now; with no record
+                    // there is nothing to delete (saves a request per file).
+                    if record.is_some() || attempts.recorded {
+                        self.clear_record(name).await?;
+                    }
+                    return Ok(Some(uploaded));
                 }
-                Ok(Some(uploaded))
-            }
-            Err(err) if err.is::<DecryptionTimedOut>() => {
+                Err(err) => err,
+            };
+            if err.is::<DecryptionTimedOut>() {
                 // The attempt stays counted; the next run quarantines the file once they
                 // are used up.
                 self.enqueue(name);
-                Err(err)
+                return Err(err);
             }
-            Err(err) => {
-                let message = format!("{err:#}");
-                let started = attempts.before + u32::from(attempts.recorded);
-                self.record_failure(name, &raw, &message, started).await?;
-                Err(err)
+            let source_failed = source_failed.load(std::sync::atomic::Ordering::Relaxed);
+            let code = failure_code(&err, source_failed);
+            if code == TRANSIENT && tries < self.config.max_transient_tries {
+                let pause = self.config.transient_backoff(tries);
+                self.metrics.retried();
+                tracing::info!(
+                    name,
+                    tries,
+                    pause_ms = pause.as_millis() as u64,
+                    error = %format!("{err:#}"),
+                    "transient failure; trying again"
+                );
+                tokio::time::sleep(pause).await;
+                continue;
             }
+            let failed = Failed {
+                error: format!("{err:#}"),
+                code,
+                attempts: attempts.before + u32::from(attempts.recorded),
+                tries,
+            };
+            self.record_failure(name, &raw, failed).await?;
+            return Err(err);
         }
     }
 
@@ -584,6 +684,7 @@ impl Pipeline {
         name: &str,
         raw: &RawInfo,
         attempts: &mut Attempts,
+        source_failed: &Arc<std::sync::atomic::AtomicBool>,
     ) -> Result<upload::Uploaded> {
         let mut request = self
             .s3
@@ -601,6 +702,7 @@ impl Pipeline {
         let mut reader = Hashing {
             inner: object.body.into_async_read(),
             hasher: hasher.clone(),
+            failed: source_failed.clone(),
         };
         let mut header = [0u8; decrypt::HEADER_LEN];
         let mut filled = 0;
@@ -626,15 +728,13 @@ impl Pipeline {
             // Decryption is where a hostile message could take the process down; a message
             // whose decryption never finishes is not decrypted again and again.
             if attempts.before >= self.config.max_decrypt_attempts {
-                return Err(anyhow!(
-                    "quarantined: {} decryptions of this version were started and never finished \
-                     (the service stopped, or they timed out); it is not decrypted again. \
-                     Upload the file again to retry",
-                    attempts.before
-                ));
+                return Err(Quarantined(attempts.before).into());
             }
-            self.record_attempt(name, raw, attempts.before + 1).await?;
-            attempts.recorded = true;
+            // One attempt per run, whatever its tries.
+            if !attempts.recorded {
+                self.record_attempt(name, raw, attempts.before + 1).await?;
+                attempts.recorded = true;
+            }
             let limit = self.config.decrypt_timeout();
             let plaintext = tokio::time::timeout(
                 limit,
@@ -785,32 +885,48 @@ impl Pipeline {
         ))
     }
 
-    /// The error recorded for exactly this raw version, if its processing failed.
-    async fn failure(&self, name: &str, raw: &RawInfo) -> Result<Option<String>> {
+    /// The failure recorded for exactly this raw version, if its processing failed.
+    async fn failure(&self, name: &str, raw: &RawInfo) -> Result<Option<Record>> {
         Ok(self
             .record(name)
             .await?
-            .and_then(|record| record.failure_for(raw)))
+            .filter(|record| record.is_for(raw) && record.error.is_some()))
     }
 
+    /// Whether this version is settled: processed, or failed for a reason of its own (a
+    /// transient or access failure is tried again).
     async fn output_matches(&self, name: &str, raw: &RawInfo) -> Result<bool> {
-        Ok(self.head_processed(name, raw).await?.is_some()
-            || self.failure(name, raw).await?.is_some())
+        if self.head_processed(name, raw).await?.is_some() {
+            return Ok(true);
+        }
+        Ok(self.record(name).await?.is_some_and(|record| {
+            record.is_for(raw) && record.error.is_some() && !record.retryable()
+        }))
     }
 
-    async fn record_failure(
-        &self,
-        name: &str,
-        raw: &RawInfo,
-        error: &str,
-        attempts: u32,
-    ) -> Result<()> {
+    /// Forgets the record of `name` (its failure, its quarantine) and queues it again.
+    /// `false` if there is no such file.
+    pub async fn reprocess(&self, name: &str) -> Result<bool> {
+        if self.head_raw(name).await?.is_none() {
+            return Ok(false);
+        }
+        if self.record(name).await?.is_some() {
+            self.clear_record(name).await?;
+        }
+        self.enqueue(name);
+        Ok(true)
+    }
+
+    async fn record_failure(&self, name: &str, raw: &RawInfo, failed: Failed) -> Result<()> {
+        self.metrics.failed_with(failed.code);
         self.put_record(
             name,
             Record {
-                error: Some(error.to_string()),
+                error: Some(failed.error),
                 failed_at: Some(now_rfc3339()),
-                ..self.new_record(name, raw, attempts)
+                code: Some(failed.code.to_string()),
+                tries: failed.tries,
+                ..self.new_record(name, raw, failed.attempts)
             },
         )
         .await
@@ -830,6 +946,8 @@ impl Pipeline {
             processor: self.processor.name().to_string(),
             error: None,
             failed_at: None,
+            code: None,
+            tries: 0,
             attempts,
         }
     }
@@ -867,21 +985,27 @@ impl Pipeline {
             return Ok(None);
         };
         let processed = self.head_processed(name, &raw).await?;
-        let (state, error) = if processed.is_some() {
+        let (state, failure) = if processed.is_some() {
             (State::Processed, None)
-        } else if let Some(error) = self.failure(name, &raw).await? {
-            (State::Failed, Some(error))
+        } else if let Some(record) = self.failure(name, &raw).await? {
+            (State::Failed, Some(record))
         } else if self.running.lock().unwrap().contains(name) {
             (State::Processing, None)
         } else {
             (State::Pending, None)
         };
+        let tries = failure.as_ref().map(|record| record.tries);
+        let (error, error_code) = failure
+            .map(|record| (record.error, record.code))
+            .unwrap_or_default();
         Ok(Some(FileStatus {
             name: name.to_string(),
             state,
             raw,
             processed,
             error,
+            error_code,
+            tries,
         }))
     }
 

@@ -403,6 +403,17 @@ async fn a_start_up_quarantines_files_whose_decryptions_kept_dying() {
         ["failed/died-thrice.enc.json"],
         "a success removes its attempt record"
     );
+
+    // Asked to, the quarantined file is tried again (and this time it decrypts).
+    let asked = http
+        .post(format!("{}/reprocess", running.file_url("died-thrice.enc")))
+        .bearer_auth(common::binary::TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(asked.status().as_u16(), 202);
+    let status = running.settle(&http, "died-thrice.enc").await;
+    assert_eq!(status["state"], "processed", "{status}");
 }
 
 /// A full processing queue refuses uploads with 503 and stores nothing, instead of
@@ -472,4 +483,105 @@ async fn a_full_queue_refuses_uploads_rather_than_leaving_them_to_the_scan() {
         201
     );
     assert_eq!(running.settle(&http, "c.enc").await["state"], "processed");
+}
+
+/// KMS unreachable for a while: the file's processing is tried again with backoff and ends
+/// processed once KMS is back, not failed for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kms_outage_is_ridden_out() {
+    let resources = resources().await;
+    let proxy = KmsProxy::start(&emulator_endpoint()).await;
+    let producer = encryptor(&resources, &resources.key_arn).await;
+    let message = producer
+        .encrypt(b"during an outage".to_vec(), None)
+        .await
+        .unwrap();
+    let running = spawn(
+        &resources,
+        &[
+            ("AWS_ENDPOINT_URL", proxy.url.as_str()),
+            ("TRANSIENT_BACKOFF_MS", "200"),
+            ("MAX_TRANSIENT_TRIES", "30"),
+        ],
+    )
+    .await;
+    let http = http();
+    proxy.refuse_decrypts(true);
+    assert_eq!(running.put(&http, "outage.enc", message).await.0, 201);
+    // More Decrypt calls than the SDK's own 5 attempts: the service itself tried again.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while proxy.decrypts() < 6 {
+        assert!(Instant::now() < deadline, "no decryption was tried again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let during = running.get_json(&http, "/v1/files/outage.enc/status").await;
+    assert_ne!(during["state"], "failed", "{during}");
+    proxy.refuse_decrypts(false);
+    let status = running.settle(&http, "outage.enc").await;
+    assert_eq!(status["state"], "processed", "{status}");
+    let metrics = http
+        .get(format!("{}/metrics", running.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let retries: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("filepipe_processing_retries_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retries >= 1, "{metrics}");
+}
+
+/// A transient failure that outlasts the tries is recorded as such, and the next scan
+/// processes the file once KMS is back; a reprocess request does the same on demand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failures_are_tried_again_by_the_scan_and_on_demand() {
+    let resources = resources().await;
+    let proxy = KmsProxy::start(&emulator_endpoint()).await;
+    let producer = encryptor(&resources, &resources.key_arn).await;
+    let first = producer.encrypt(b"one".to_vec(), None).await.unwrap();
+    let second = producer.encrypt(b"two".to_vec(), None).await.unwrap();
+    let running = spawn(
+        &resources,
+        &[
+            ("AWS_ENDPOINT_URL", proxy.url.as_str()),
+            ("TRANSIENT_BACKOFF_MS", "100"),
+            ("MAX_TRANSIENT_TRIES", "2"),
+            ("RECONCILE_INTERVAL_SECS", "3"),
+        ],
+    )
+    .await;
+    let http = http();
+    proxy.refuse_decrypts(true);
+    for (name, message) in [("scan.enc", first), ("asked.enc", second)] {
+        assert_eq!(running.put(&http, name, message).await.0, 201);
+        let status = running.settle(&http, name).await;
+        assert_eq!(status["state"], "failed", "{status}");
+        assert_eq!(status["error_code"], "transient", "{status}");
+        assert_eq!(status["tries"], 2, "{status}");
+    }
+    proxy.refuse_decrypts(false);
+    let asked = http
+        .post(format!("{}/reprocess", running.file_url("asked.enc")))
+        .bearer_auth(common::binary::TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(asked.status().as_u16(), 202);
+    for name in ["asked.enc", "scan.enc"] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let status = running
+                .get_json(&http, &format!("/v1/files/{name}/status?wait=5"))
+                .await;
+            if status["state"] == "processed" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{name} stayed {status}");
+        }
+    }
 }

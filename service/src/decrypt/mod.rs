@@ -22,7 +22,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub use message::{HEADER_LEN, Limits, Refused, Shape, inspect, looks_encrypted};
-pub use pool::stack_size;
+pub use pool::{KmsFailure, stack_size};
 
 #[derive(Clone)]
 pub struct Decryptor {

@@ -19,6 +19,7 @@ use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, oneshot};
 
 use super::Limits;
+use crate::aws::Failure;
 
 pub enum Work {
     Decrypt(Vec<u8>),
@@ -93,7 +94,7 @@ impl Esdk {
                     .keyring(self.keyring.clone())
                     .send()
                     .await
-                    .map_err(|e| anyhow!("{}", decryption_failure(&format!("{e:?}"))))?;
+                    .map_err(|e| decryption_failure(&format!("{e:?}")))?;
                 Ok(output
                     .plaintext
                     .context("the Encryption SDK returned no plaintext")?
@@ -223,16 +224,57 @@ impl Worker {
     }
 }
 
+/// KMS (or the way to it) failed, or denied the call, while the SDK unwrapped a data key: not
+/// the message's fault.
+#[derive(Debug)]
+pub struct KmsFailure {
+    pub failure: Failure,
+    message: String,
+}
+
+impl std::fmt::Display for KmsFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for KmsFailure {}
+
+/// Error kinds of the KMS SDK that the Encryption SDK wraps, which say KMS, not the message,
+/// failed. The Encryption SDK's errors are Dafny-generated wrappers around those of
+/// aws-sdk-kms; their Debug text names the inner kind, which is what is matched here.
+const KMS_TRANSIENT: [&str; 8] = [
+    "DispatchFailure",
+    "TimeoutError",
+    "ResponseError",
+    "KMSInternalException",
+    "ThrottlingException",
+    "DependencyTimeoutException",
+    "KeyUnavailableException",
+    "ServiceUnavailable",
+];
+
 /// The SDK's errors are nested debug dumps; a failure record says what happened in a sentence.
-fn decryption_failure(debug: &str) -> String {
+fn decryption_failure(debug: &str) -> anyhow::Error {
     if debug.contains("InvalidCiphertextException") {
-        "KMS could not unwrap the data key (InvalidCiphertextException): it is corrupted or not wrapped by this key".into()
+        anyhow!(
+            "KMS could not unwrap the data key (InvalidCiphertextException): it is corrupted or not wrapped by this key"
+        )
     } else if debug.contains("AccessDeniedException") {
-        "KMS denied kms:Decrypt with the configured key (AccessDeniedException)".into()
+        anyhow::Error::new(KmsFailure {
+            failure: Failure::Denied,
+            message: "KMS denied kms:Decrypt with the configured key (AccessDeniedException)"
+                .into(),
+        })
     } else if debug.contains("AES Decrypt") {
-        "the message failed authentication: it was corrupted or tampered with".into()
+        anyhow!("the message failed authentication: it was corrupted or tampered with")
+    } else if let Some(kind) = KMS_TRANSIENT.iter().find(|kind| debug.contains(*kind)) {
+        anyhow::Error::new(KmsFailure {
+            failure: Failure::Transient,
+            message: format!("KMS could not be reached or failed ({kind})"),
+        })
     } else {
-        first_line(debug)
+        anyhow!("{}", first_line(debug))
     }
 }
 

@@ -1,9 +1,9 @@
 //! A TCP proxy between the service and the emulator that counts KMS Decrypt requests and can
-//! hold each of them back for a while (a slow KMS). It forwards bytes untouched, so request
-//! signatures stay valid.
+//! hold each of them back for a while (a slow KMS) or cut their connection (a KMS outage).
+//! It forwards bytes untouched, so request signatures stay valid.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -16,6 +16,7 @@ pub struct KmsProxy {
     pub url: String,
     decrypts: Arc<AtomicUsize>,
     delay_ms: Arc<AtomicU64>,
+    refuse: Arc<AtomicBool>,
 }
 
 impl KmsProxy {
@@ -25,20 +26,31 @@ impl KmsProxy {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let decrypts = Arc::new(AtomicUsize::new(0));
         let delay_ms = Arc::new(AtomicU64::new(0));
-        let (count, delay) = (decrypts.clone(), delay_ms.clone());
+        let refuse = Arc::new(AtomicBool::new(false));
+        let faults = Faults {
+            decrypts: decrypts.clone(),
+            delay_ms: delay_ms.clone(),
+            refuse: refuse.clone(),
+        };
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = TcpStream::connect(&upstream).await else {
                     continue;
                 };
-                tokio::spawn(forward(client, server, count.clone(), delay.clone()));
+                tokio::spawn(forward(client, server, faults.clone()));
             }
         });
         KmsProxy {
             url,
             decrypts,
             delay_ms,
+            refuse,
         }
+    }
+
+    /// While set, every Decrypt request's connection is cut instead of forwarded.
+    pub fn refuse_decrypts(&self, refuse: bool) {
+        self.refuse.store(refuse, Ordering::SeqCst);
     }
 
     /// KMS Decrypt requests seen so far.
@@ -53,12 +65,19 @@ impl KmsProxy {
     }
 }
 
-async fn forward(
-    client: TcpStream,
-    server: TcpStream,
+#[derive(Clone)]
+struct Faults {
     decrypts: Arc<AtomicUsize>,
     delay_ms: Arc<AtomicU64>,
-) {
+    refuse: Arc<AtomicBool>,
+}
+
+async fn forward(client: TcpStream, server: TcpStream, faults: Faults) {
+    let Faults {
+        decrypts,
+        delay_ms,
+        refuse,
+    } = faults;
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
     let upstream = async move {
@@ -78,6 +97,9 @@ async fn forward(
                 .count();
             if seen > 0 {
                 decrypts.fetch_add(seen, Ordering::SeqCst);
+                if refuse.load(Ordering::SeqCst) {
+                    return true;
+                }
                 let delay = delay_ms.load(Ordering::SeqCst);
                 if delay > 0 {
                     tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -89,10 +111,17 @@ async fn forward(
             }
         }
         let _ = server_write.shutdown().await;
+        false
     };
-    let downstream = async move {
+    let downstream = tokio::spawn(async move {
         let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
         let _ = client_write.shutdown().await;
-    };
-    tokio::join!(upstream, downstream);
+    });
+    let cut = upstream.await;
+    if cut {
+        // Both halves of the client's connection go: it is closed mid-request.
+        downstream.abort();
+    } else {
+        let _ = downstream.await;
+    }
 }
