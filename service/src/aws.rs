@@ -331,6 +331,41 @@ mod tests {
     }
 
     #[test]
+    fn failures_are_classified_by_kind_and_code() {
+        use aws_sdk_s3::config::http::HttpResponse;
+        use aws_sdk_s3::error::{ErrorMetadata, SdkError};
+        use aws_sdk_s3::operation::get_object::GetObjectError;
+        use aws_sdk_s3::primitives::SdkBody;
+        let service = |status: u16, code: &str| -> SdkError<GetObjectError, HttpResponse> {
+            SdkError::service_error(
+                GetObjectError::generic(ErrorMetadata::builder().code(code).build()),
+                HttpResponse::new(status.try_into().unwrap(), SdkBody::empty()),
+            )
+        };
+        for (err, want) in [
+            (service(503, "SlowDown"), Failure::Transient),
+            (service(500, "InternalError"), Failure::Transient),
+            (service(502, "Whatever"), Failure::Transient),
+            (service(429, "TooMany"), Failure::Transient),
+            (service(400, "ThrottlingException"), Failure::Transient),
+            (service(403, "AccessDenied"), Failure::Denied),
+            (service(400, "ExpiredToken"), Failure::Denied),
+            (service(403, "SomethingElse"), Failure::Denied),
+            (service(404, "NoSuchKey"), Failure::Other),
+            (service(400, "InvalidRange"), Failure::Other),
+            (SdkError::timeout_error("no answer"), Failure::Transient),
+        ] {
+            let text = format!("{err:?}");
+            let wrapped = Err::<(), _>(err).aws_context("s3:GetObject k").unwrap_err();
+            assert_eq!(aws_failure(&wrapped), Some(want), "{text}");
+            assert!(
+                wrapped.to_string().starts_with("s3:GetObject k: "),
+                "{wrapped}"
+            );
+        }
+    }
+
+    #[test]
     fn partitions_follow_the_region() {
         assert_eq!(partition("eu-west-1"), "aws");
         assert_eq!(partition("cn-north-1"), "aws-cn");
