@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use service::testing::{AWS_CONFIG_VAR, ENDPOINT_VAR};
 use xshell::cmd;
 
@@ -69,6 +69,23 @@ pub fn run(cx: &Context, _args: Args) -> Result<()> {
         emulator::start(cx, emulator::configured_port()?, emulator::iam_wanted())
             .context("starting the emulator for the tests")?;
     let endpoint = record.endpoint_url();
+    if !record.iam && !cx.dry_run {
+        let stop = if we_started {
+            emulator::stop(cx).map(drop)
+        } else {
+            Ok(())
+        };
+        stop?;
+        bail!(
+            "the emulator does not enforce IAM ({} or `local start --no-iam`), and the tests prove what enforcement refuses; {}",
+            emulator::NO_IAM_ENV,
+            if we_started {
+                "unset it and run again"
+            } else {
+                "stop it with `cargo xtask local stop` and run again"
+            }
+        );
+    }
     if we_started {
         eprintln!("    emulator started for this run: {endpoint}");
     } else if !cx.dry_run {
