@@ -141,7 +141,6 @@ fn new_request_id() -> String {
     )
 }
 
-/// Request id, a log span, metrics by route and status.
 /// Every error answers in the one JSON shape: a handler that panics gets a 500 (not a dropped
 /// connection), and axum's own answers (unknown route, wrong method, a query or header it
 /// cannot parse) are rewritten from plain text.
@@ -194,6 +193,7 @@ pub async fn json_errors(request: Request, next: Next) -> Response {
     json
 }
 
+/// Request id, a log span, metrics by method, route and status.
 async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = request
@@ -341,13 +341,7 @@ where
     S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Send,
     E: std::fmt::Display,
 {
-    if !state.pipeline.has_room() {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "backlog_full",
-            "the processing queue is full (QUEUE_CAPACITY); nothing was stored, retry later",
-        ));
-    }
+    queue_has_room(state)?;
     let target = Target {
         s3: state.s3.clone(),
         bucket: state.config.initial_bucket.clone(),
@@ -441,6 +435,19 @@ async fn get_file_or_status(
     download(&state, &path, &headers).await
 }
 
+/// A full processing queue refuses new work (503, nothing stored) rather than accepting files
+/// that would wait for the next scan.
+fn queue_has_room(state: &AppState) -> Result<(), ApiError> {
+    if state.pipeline.has_room() {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "backlog_full",
+        "the processing queue is full (QUEUE_CAPACITY); nothing was stored, retry later",
+    ))
+}
+
 /// `POST /v1/files/{name}/reprocess`: forgets the file's failure or quarantine and queues it
 /// again (202).
 async fn reprocess_file(
@@ -455,13 +462,7 @@ async fn reprocess_file(
         ));
     };
     check_name(name)?;
-    if !state.pipeline.has_room() {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "backlog_full",
-            "the processing queue is full (QUEUE_CAPACITY); retry later",
-        ));
-    }
+    queue_has_room(&state)?;
     let found = state
         .pipeline
         .reprocess(name)

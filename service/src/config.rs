@@ -88,7 +88,7 @@ pub struct Config {
     #[arg(long, env = "MAX_ENCRYPTED_FRAMES", default_value_t = decrypt::DEFAULT_MAX_FRAMES, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_encrypted_frames: u32,
     /// Threads that run the Encryption SDK (CPU-bound; their own pool, off the async workers).
-    #[arg(long, env = "DECRYPT_THREADS", default_value_t = 2)]
+    #[arg(long, env = "DECRYPT_THREADS", default_value_t = decrypt::DEFAULT_THREADS)]
     pub decrypt_threads: usize,
     /// Seconds one decryption may take (queueing for a decryption thread included). A
     /// decryption that times out counts as interrupted, and the file is queued again.

@@ -899,9 +899,10 @@ impl Pipeline {
         if self.head_processed(name, raw).await?.is_some() {
             return Ok(true);
         }
-        Ok(self.record(name).await?.is_some_and(|record| {
-            record.is_for(raw) && record.error.is_some() && !record.retryable()
-        }))
+        Ok(self
+            .failure(name, raw)
+            .await?
+            .is_some_and(|record| !record.retryable()))
     }
 
     /// Forgets the record of `name` (its failure, its quarantine) and queues it again.

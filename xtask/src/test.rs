@@ -70,12 +70,9 @@ pub fn run(cx: &Context, _args: Args) -> Result<()> {
             .context("starting the emulator for the tests")?;
     let endpoint = record.endpoint_url();
     if !record.iam && !cx.dry_run {
-        let stop = if we_started {
-            emulator::stop(cx).map(drop)
-        } else {
-            Ok(())
-        };
-        stop?;
+        if we_started {
+            emulator::stop(cx)?;
+        }
         bail!(
             "the emulator does not enforce IAM ({} or `local start --no-iam`), and the tests prove what enforcement refuses; {}",
             emulator::NO_IAM_ENV,

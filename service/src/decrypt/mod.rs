@@ -136,6 +136,7 @@ impl Decryptor {
 /// Defaults of the limits (see `Config`).
 pub const DEFAULT_MAX_DATA_KEYS: u16 = 3;
 pub const DEFAULT_MAX_FRAMES: u32 = 4200;
+pub const DEFAULT_THREADS: usize = 2;
 /// Encryption context pairs accepted; not configurable (the SDK and CLI add one or two).
 pub const MAX_CONTEXT_PAIRS: u16 = 64;
 
@@ -144,7 +145,7 @@ impl Settings {
     pub fn defaults(max_message_size: u64) -> Settings {
         Settings {
             max_message_size,
-            threads: 2,
+            threads: DEFAULT_THREADS,
             limits: Limits {
                 max_data_keys: DEFAULT_MAX_DATA_KEYS,
                 max_frames: DEFAULT_MAX_FRAMES,
