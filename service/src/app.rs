@@ -308,11 +308,22 @@ async fn put_file(
         content_md5: header_text(&headers, "content-md5"),
         sha256_base64: header_text(&headers, "x-amz-checksum-sha256"),
     };
+    let content_type = match headers.get(header::CONTENT_TYPE) {
+        None => None,
+        Some(value) => Some(media_type(value).ok_or_else(|| {
+            ApiError::bad_request("Content-Type must be a media type such as text/csv")
+        })?),
+    };
     let metrics = state.metrics.clone();
     let stream = body
         .into_data_stream()
         .inspect_ok(move |chunk| metrics.bytes_in(chunk.len() as u64));
-    let uploaded = store_raw(&state, &name, stream, &expected, HashMap::new()).await?;
+    let raw = RawUpload {
+        expected,
+        metadata: HashMap::new(),
+        content_type,
+    };
+    let uploaded = store_raw(&state, &name, stream, raw).await?;
     Ok((StatusCode::CREATED, Json(upload_json(&name, &uploaded))))
 }
 
@@ -329,13 +340,33 @@ fn upload_json(name: &str, uploaded: &upload::Uploaded) -> Value {
     })
 }
 
+/// A `Content-Type` kept with a file and served with its output: `type/subtype` and
+/// parameters, printable ASCII, at most 255 bytes.
+fn media_type(value: &HeaderValue) -> Option<String> {
+    let text = value.to_str().ok()?.trim();
+    let essence = text.split(';').next()?.trim();
+    let valid_token = |t: &str| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+    };
+    let (kind, subtype) = essence.split_once('/')?;
+    (text.len() <= 255 && valid_token(kind) && valid_token(subtype)).then(|| text.to_string())
+}
+
+/// What comes with a raw file besides its bytes.
+struct RawUpload {
+    expected: Expected,
+    metadata: HashMap<String, String>,
+    content_type: Option<String>,
+}
+
 /// Streams a body into `raw/<name>` and queues it for processing.
 async fn store_raw<S, E>(
     state: &AppState,
     name: &str,
     body: S,
-    expected: &Expected,
-    metadata: HashMap<String, String>,
+    raw: RawUpload,
 ) -> Result<upload::Uploaded, ApiError>
 where
     S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Send,
@@ -347,20 +378,26 @@ where
         bucket: state.config.initial_bucket.clone(),
         key: raw_key(name),
         kms_key_arn: state.config.kms_key_arn.clone(),
-        metadata,
+        metadata: raw.metadata,
         part_size: state.config.part_size as usize,
         parts_in_flight: state.config.parts_in_flight,
         max_size: state.config.max_object_size,
         idle_timeout: state.config.body_idle_timeout(),
+        min_body_rate: state.config.min_body_rate,
+        content_type: raw.content_type,
         late_metadata: None,
     };
-    let uploaded = upload::upload(&target, body, expected, &state.in_flight)
+    let uploaded = upload::upload(&target, body, &raw.expected, &state.in_flight)
         .await
         .map_err(|err| match err {
             UploadError::TooLarge(limit) => ApiError::too_large(limit),
             UploadError::Body(why) => {
                 tracing::warn!(name, error = %why, "body ended early; nothing stored");
                 ApiError::bad_request(format!("reading the request body failed: {why}"))
+            }
+            UploadError::TooSlow(why) => {
+                tracing::warn!(name, error = %why, "body too slow; nothing stored");
+                ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_too_slow", why)
             }
             UploadError::Integrity(why) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "integrity_mismatch", why)
@@ -519,8 +556,14 @@ async fn download(state: &AppState, name: &str, headers: &HeaderMap) -> Result<R
             });
         }
     };
+    let content_type = object
+        .content_type()
+        .unwrap_or("application/octet-stream")
+        .to_string();
     let mut response = Response::builder()
-        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_TYPE, content_type)
+        // A browser must not guess a different type from the content (e.g. HTML).
+        .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
         .header(header::ACCEPT_RANGES, "bytes");
     if let Some(date) = http_date(object.last_modified()) {
         response = response.header(header::LAST_MODIFIED, date);
@@ -763,11 +806,21 @@ async fn retrieve_into(
     if let Some(date) = &validators.last_modified {
         metadata.insert("upstream-last-modified".into(), metadata_value(date));
     }
+    // An upstream's malformed Content-Type is not the caller's fault: it is dropped.
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(media_type);
     let metrics = state.metrics.clone();
     let stream = response
         .bytes_stream()
         .inspect_ok(move |chunk| metrics.bytes_in(chunk.len() as u64));
-    let uploaded = store_raw(state, name, stream, &Expected::default(), metadata).await?;
+    let raw = RawUpload {
+        expected: Expected::default(),
+        metadata,
+        content_type,
+    };
+    let uploaded = store_raw(state, name, stream, raw).await?;
     Ok(Some((uploaded, url.to_string())))
 }
 
@@ -884,46 +937,4 @@ async fn metrics(State(state): State<AppState>) -> Response {
         state.metrics.render(),
     )
         .into_response()
-}
-
-/// Serves until SIGTERM/SIGINT, then lets in-flight requests finish for the grace period and
-/// aborts whatever multipart uploads are still open.
-pub async fn serve(state: AppState, listener: tokio::net::TcpListener) -> Result<()> {
-    let grace = Duration::from_secs(state.config.shutdown_grace_secs);
-    let signalled = Arc::new(tokio::sync::Notify::new());
-    let notify = signalled.clone();
-    let server = axum::serve(listener, router(state.clone())).with_graceful_shutdown(async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down: no new connections, finishing in-flight requests");
-        notify.notify_one();
-    });
-    tokio::select! {
-        result = server => result?,
-        _ = async { signalled.notified().await; tokio::time::sleep(grace).await } => {
-            tracing::warn!(grace_secs = grace.as_secs(), "grace period over; cancelling what is left");
-        }
-    }
-    if !state.in_flight.is_empty() {
-        tracing::warn!(
-            uploads = state.in_flight.len(),
-            "aborting unfinished multipart uploads"
-        );
-    }
-    state.in_flight.abort_all().await;
-    Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }

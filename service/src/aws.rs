@@ -78,13 +78,27 @@ impl AwsClients {
         let shared = sdk_config(settings).await;
         AwsClients {
             settings: settings.clone(),
-            s3: aws_sdk_s3::Client::from_conf(s3_config(&shared, settings)),
+            s3: aws_sdk_s3::Client::from_conf(s3_config(&shared, settings, S3_ATTEMPT_TIMEOUT)),
             kms: aws_sdk_kms::Client::from_conf(kms_config(&shared)),
             sts: aws_sdk_sts::Client::new(&shared),
             sdk_config: shared,
         }
     }
+
+    /// The same clients with another S3 attempt timeout (the service's S3_ATTEMPT_TIMEOUT_SECS).
+    pub fn with_s3_attempt_timeout(mut self, attempt: Duration) -> AwsClients {
+        self.s3 =
+            aws_sdk_s3::Client::from_conf(s3_config(&self.sdk_config, &self.settings, attempt));
+        self
+    }
 }
+
+/// How long one S3 request may take, a part's upload included; a backend that accepts and
+/// never answers then costs a retry, not a hung request.
+pub const S3_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Copying an object onto itself runs in S3 at its own pace: up to 5 GiB in one request.
+pub const S3_COPY_TIMEOUT: Duration = Duration::from_secs(900);
 
 async fn sdk_config(settings: &AwsSettings) -> SdkConfig {
     // Standard retry mode backs off on throttling, 5xx and timeouts; five attempts ride out
@@ -156,8 +170,15 @@ fn kms_config(shared: &SdkConfig) -> aws_sdk_kms::Config {
         .build()
 }
 
-fn s3_config(shared: &SdkConfig, settings: &AwsSettings) -> aws_sdk_s3::Config {
-    let mut builder = aws_sdk_s3::config::Builder::from(shared);
+/// S3 timeouts: `attempt` per request, and three of them for a call with its retries.
+fn s3_config(shared: &SdkConfig, settings: &AwsSettings, attempt: Duration) -> aws_sdk_s3::Config {
+    let mut builder = aws_sdk_s3::config::Builder::from(shared).timeout_config(
+        TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .operation_attempt_timeout(attempt)
+            .operation_timeout(attempt * 3)
+            .build(),
+    );
     if let Some(endpoint) = &settings.s3_endpoint_url {
         builder = builder.endpoint_url(endpoint);
     }

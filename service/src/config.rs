@@ -63,6 +63,20 @@ pub struct Config {
     /// Seconds a request body may send nothing before the upload is abandoned.
     #[arg(long, env = "BODY_IDLE_TIMEOUT_SECS", default_value_t = 60)]
     pub body_idle_timeout_secs: u64,
+    /// Bytes per second a request body must average over every 10 s of waiting for it (0:
+    /// no minimum). A client that trickles is answered 408 instead of holding memory; a part
+    /// buffer is held at most PART_SIZE / MIN_BODY_RATE seconds (8 MiB at 64 KiB/s: 128 s).
+    #[arg(long, env = "MIN_BODY_RATE", default_value_t = 64 * 1024)]
+    pub min_body_rate: u64,
+    /// Connections served at once; beyond them, new connections wait in the kernel's accept
+    /// queue. Each costs a file descriptor and up to about 64 KiB of staged body plus the
+    /// HTTP parser's buffers.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Seconds a client has to send a request's headers, and that an idle keep-alive
+    /// connection stays open.
+    #[arg(long, env = "HEADER_READ_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout_secs: u64,
     /// Largest accepted file in bytes (default 5 GiB).
     #[arg(long, env = "MAX_OBJECT_SIZE", default_value_t = 5 * 1024 * MIB)]
     pub max_object_size: u64,
@@ -74,6 +88,10 @@ pub struct Config {
     /// compresses 3 to 20 times; a decompression bomb, 1000 times and more).
     #[arg(long, env = "MAX_EXPANSION_RATIO", default_value_t = 200)]
     pub max_expansion_ratio: u64,
+    /// Longest line the `jsonl` processor accepts. Each file being processed holds at most
+    /// one line, so lines take at most PROCESSING_CONCURRENCY x this (default 16 MiB).
+    #[arg(long, env = "MAX_LINE_BYTES", default_value_t = MIB as usize)]
+    pub max_line_bytes: usize,
     /// Largest envelope-encrypted payload. The Encryption SDK decrypts in memory (message and
     /// plaintext), one payload at a time, so this bounds that memory to about twice its value.
     #[arg(long, env = "MAX_ENCRYPTED_SIZE", default_value_t = 16 * MIB)]
@@ -107,6 +125,9 @@ pub struct Config {
     /// First backoff in milliseconds; it doubles per try, up to 16 times this.
     #[arg(long, env = "TRANSIENT_BACKOFF_MS", default_value_t = 1000)]
     pub transient_backoff_ms: u64,
+    /// Seconds one S3 request may take (a part's upload included) before it is retried.
+    #[arg(long, env = "S3_ATTEMPT_TIMEOUT_SECS", default_value_t = crate::aws::S3_ATTEMPT_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    pub s3_attempt_timeout_secs: u64,
     /// Reject raw payloads that are not AWS Encryption SDK messages.
     #[arg(long, env = "REQUIRE_ENCRYPTED_INPUT", default_value_t = false, action = clap::ArgAction::Set)]
     pub require_encrypted_input: bool,

@@ -9,5 +9,6 @@ pub mod metrics;
 pub mod names;
 pub mod processing;
 pub mod retrieval;
+pub mod serve;
 pub mod testing;
 pub mod upload;

@@ -5,9 +5,10 @@ use std::io::IsTerminal;
 
 use anyhow::Context as _;
 use clap::Parser;
-use service::app::{AppState, serve};
+use service::app::AppState;
 use service::aws::AwsClients;
 use service::config::Config;
+use service::serve::serve;
 use tracing_subscriber::EnvFilter;
 
 /// Part buffers are 5 MiB and more. glibc's dynamic mmap threshold would soon serve them from
@@ -56,7 +57,11 @@ async fn async_main() -> std::process::ExitCode {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    let clients = AwsClients::connect(&config.aws_settings()).await;
+    let clients = AwsClients::connect(&config.aws_settings())
+        .await
+        .with_s3_attempt_timeout(std::time::Duration::from_secs(
+            config.s3_attempt_timeout_secs,
+        ));
     let listen = config.listen_addr;
     let state = AppState::start(config, &clients).await?;
     let listener = tokio::net::TcpListener::bind(listen)

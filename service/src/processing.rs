@@ -47,10 +47,17 @@ pub type Output = BoxStream<'static, io::Result<Bytes>>;
 pub trait Processor: Send + Sync {
     fn name(&self) -> &'static str;
     fn process(&self, input: Reader, stats: upload::LateMetadata) -> Output;
+    /// The output's `Content-Type`, given the upload's.
+    fn content_type(&self, input: Option<&str>) -> Option<String>;
 }
 
 pub struct Identity;
-pub struct JsonLines;
+
+/// Checks that every line is JSON, holding at most one line in memory.
+pub struct JsonLines {
+    /// Longest line (MAX_LINE_BYTES); a longer one fails the file instead of taking memory.
+    pub max_line: usize,
+}
 
 /// Inflates gzip, bounded: a small bomb must not become an unbounded output.
 pub struct Gunzip {
@@ -92,11 +99,18 @@ impl Processor for Identity {
     fn process(&self, input: Reader, _stats: upload::LateMetadata) -> Output {
         ReaderStream::with_capacity(input, STREAM_CHUNK).boxed()
     }
+    fn content_type(&self, input: Option<&str>) -> Option<String> {
+        input.map(str::to_string)
+    }
 }
 
 impl Processor for Gunzip {
     fn name(&self) -> &'static str {
         "gunzip"
+    }
+    /// What was compressed is not known.
+    fn content_type(&self, _input: Option<&str>) -> Option<String> {
+        Some("application/octet-stream".into())
     }
     fn process(&self, input: Reader, _stats: upload::LateMetadata) -> Output {
         let compressed = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -140,17 +154,18 @@ impl Processor for Gunzip {
     }
 }
 
-/// Longest line the validator buffers; a longer one fails the file instead of memory.
-const MAX_LINE: usize = 16 * 1024 * 1024;
-
 struct LineValidator {
     partial: Vec<u8>,
     line: u64,
+    max_line: usize,
 }
 
 impl LineValidator {
     fn check(&mut self, line: &[u8]) -> io::Result<()> {
         self.line += 1;
+        if line.len() > self.max_line {
+            return Err(self.too_long(self.line));
+        }
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         serde_json::from_slice::<serde::de::IgnoredAny>(line).map_err(|err| {
             io::Error::new(
@@ -174,13 +189,20 @@ impl LineValidator {
             rest = &rest[end + 1..];
         }
         self.partial.extend_from_slice(rest);
-        if self.partial.len() > MAX_LINE {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("line {} is longer than {MAX_LINE} bytes", self.line + 1),
-            ));
+        if self.partial.len() > self.max_line {
+            return Err(self.too_long(self.line + 1));
         }
         Ok(())
+    }
+
+    fn too_long(&self, line: u64) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "line {line} is longer than MAX_LINE_BYTES ({} bytes)",
+                self.max_line
+            ),
+        )
     }
 
     fn finish(&mut self) -> io::Result<()> {
@@ -197,10 +219,14 @@ impl Processor for JsonLines {
     fn name(&self) -> &'static str {
         "jsonl"
     }
+    fn content_type(&self, _input: Option<&str>) -> Option<String> {
+        Some("application/x-ndjson".into())
+    }
     fn process(&self, input: Reader, stats: upload::LateMetadata) -> Output {
         let validator = LineValidator {
             partial: Vec::new(),
             line: 0,
+            max_line: self.max_line,
         };
         stream::unfold(
             (
@@ -246,7 +272,9 @@ pub fn processor(config: &Config) -> Arc<dyn Processor> {
             max_output: config.max_output_size,
             max_ratio: config.max_expansion_ratio,
         }),
-        ProcessorKind::Jsonl => Arc::new(JsonLines),
+        ProcessorKind::Jsonl => Arc::new(JsonLines {
+            max_line: config.max_line_bytes,
+        }),
     }
 }
 
@@ -299,6 +327,7 @@ pub struct RawInfo {
     pub last_modified: Option<String>,
     pub sse: Option<String>,
     pub kms_key_id: Option<String>,
+    pub content_type: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -311,6 +340,7 @@ pub struct ProcessedInfo {
     pub lines: Option<u64>,
     pub sse: Option<String>,
     pub kms_key_id: Option<String>,
+    pub content_type: Option<String>,
 }
 
 impl RawInfo {
@@ -788,6 +818,8 @@ impl Pipeline {
             parts_in_flight: self.config.parts_in_flight,
             max_size: u64::MAX,
             idle_timeout: self.config.body_idle_timeout(),
+            min_body_rate: 0,
+            content_type: self.processor.content_type(raw.content_type.as_deref()),
             late_metadata: Some(late),
         };
         upload::upload(&target, output, &Default::default(), &self.in_flight)
@@ -796,6 +828,12 @@ impl Pipeline {
                 UploadError::Body(message) => {
                     anyhow!("{} processor: {message}", self.processor.name())
                 }
+                // The output stalls only when reading the raw object does.
+                UploadError::TooSlow(message) => {
+                    source_failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    anyhow!("reading the raw object stalled: {message}")
+                }
+                UploadError::Aws(err) => err,
                 other => anyhow!("{other}"),
             })
     }
@@ -831,6 +869,7 @@ impl Pipeline {
                 .server_side_encryption()
                 .map(|s| s.as_str().to_string()),
             kms_key_id: head.ssekms_key_id().map(str::to_string),
+            content_type: head.content_type().map(str::to_string),
         }))
     }
 
@@ -857,6 +896,7 @@ impl Pipeline {
                 .server_side_encryption()
                 .map(|s| s.as_str().to_string()),
             kms_key_id: head.ssekms_key_id().map(str::to_string),
+            content_type: head.content_type().map(str::to_string),
         }))
     }
 
@@ -1102,9 +1142,41 @@ mod tests {
         processor: &dyn Processor,
         input: &[u8],
     ) -> (io::Result<Vec<u8>>, HashMap<String, String>) {
+        run_in_chunks(processor, input, usize::MAX).await
+    }
+
+    /// Reads of at most `chunk` bytes each.
+    struct Trickle {
+        data: Vec<u8>,
+        at: usize,
+        chunk: usize,
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _cx: &mut TaskContext<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let end = self.data.len().min(self.at + buf.remaining().min(self.chunk));
+            buf.put_slice(&self.data[self.at..end]);
+            self.at = end;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    async fn run_in_chunks(
+        processor: &dyn Processor,
+        input: &[u8],
+        chunk: usize,
+    ) -> (io::Result<Vec<u8>>, HashMap<String, String>) {
         let stats = Arc::new(Mutex::new(HashMap::new()));
-        let mut output =
-            processor.process(Box::new(io::Cursor::new(input.to_vec())), stats.clone());
+        let input = Trickle {
+            data: input.to_vec(),
+            at: 0,
+            chunk,
+        };
+        let mut output = processor.process(Box::new(input), stats.clone());
         let mut bytes = Vec::new();
         while let Some(chunk) = output.next().await {
             match chunk {
@@ -1115,18 +1187,38 @@ mod tests {
         (Ok(bytes), stats.lock().unwrap().clone())
     }
 
+    const JSON_LINES: JsonLines = JsonLines { max_line: 1024 };
+
+    #[tokio::test]
+    async fn jsonl_refuses_a_line_longer_than_the_limit_without_buffering_it() {
+        let mut input = b"{\"a\":1}\n\"".to_vec();
+        input.extend(std::iter::repeat_n(b'x', 4096));
+        input.extend_from_slice(b"\"\n");
+        // In one chunk (checked whole) and in small ones (refused while accumulating).
+        let (out, _) = run(&JSON_LINES, &input).await;
+        let err = out.map(|_| ()).unwrap_err().to_string();
+        assert_eq!(err, "line 2 is longer than MAX_LINE_BYTES (1024 bytes)");
+        let (out, _) = run_in_chunks(&JSON_LINES, &input, 100).await;
+        let err = out.map(|_| ()).unwrap_err().to_string();
+        assert_eq!(err, "line 2 is longer than MAX_LINE_BYTES (1024 bytes)");
+        let mut fits = b"\"".to_vec();
+        fits.extend(std::iter::repeat_n(b'x', 1000));
+        fits.extend_from_slice(b"\"\n");
+        assert!(run(&JSON_LINES, &fits).await.0.is_ok());
+    }
+
     #[tokio::test]
     async fn jsonl_counts_lines_and_names_the_first_bad_one() {
-        let (out, stats) = run(&JsonLines, b"{\"a\":1}\n[2]\n\"x\"\n").await;
+        let (out, stats) = run(&JSON_LINES, b"{\"a\":1}\n[2]\n\"x\"\n").await;
         assert_eq!(out.unwrap(), b"{\"a\":1}\n[2]\n\"x\"\n");
         assert_eq!(stats["lines"], "3");
-        let (out, _) = run(&JsonLines, b"{\"a\":1}\r\n{\"b\":2}").await;
+        let (out, _) = run(&JSON_LINES, b"{\"a\":1}\r\n{\"b\":2}").await;
         assert!(out.is_ok());
-        let (out, stats) = run(&JsonLines, b"{\"a\":1}\n{oops}\n{\"c\":3}\n").await;
+        let (out, stats) = run(&JSON_LINES, b"{\"a\":1}\n{oops}\n{\"c\":3}\n").await;
         let err = out.unwrap_err().to_string();
         assert!(err.starts_with("line 2 is not valid JSON"), "{err}");
         assert!(!stats.contains_key("lines"));
-        let (out, _) = run(&JsonLines, b"{}\n\n{}\n").await;
+        let (out, _) = run(&JSON_LINES, b"{}\n\n{}\n").await;
         assert!(out.unwrap_err().to_string().starts_with("line 2"));
     }
 

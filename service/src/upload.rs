@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
 use aws_sdk_s3::Client as S3;
@@ -38,12 +39,26 @@ pub struct Target {
     pub max_size: u64,
     /// How long the body may send nothing before the upload is abandoned (a stalled client
     /// must not hold buffers forever).
-    pub idle_timeout: std::time::Duration,
+    pub idle_timeout: Duration,
+    /// Bytes per second the body must deliver on average over every [`RATE_WINDOW`] of
+    /// waiting for it (0: no minimum). A trickling client is cut off instead of holding a
+    /// part buffer for as long as it likes.
+    pub min_body_rate: u64,
+    /// `Content-Type` of the stored object.
+    pub content_type: Option<String>,
     /// Metadata known only once the body has ended (e.g. a line count). Read when the object
     /// is committed; for a multipart upload the object is then copied onto itself with the
     /// full metadata (server-side), since S3 fixes metadata when an upload starts.
     pub late_metadata: Option<LateMetadata>,
 }
+
+/// What a body is read into before it takes a part buffer from the shared budget: a body
+/// this small is stored with one PutObject and never holds a part buffer, and a body that
+/// trickles holds only this much until the minimum rate cuts it off.
+pub const STAGING_BYTES: usize = 64 * 1024;
+
+/// The span of waiting for a body over which [`Target::min_body_rate`] is averaged.
+pub const RATE_WINDOW: Duration = Duration::from_secs(10);
 
 pub type LateMetadata = Arc<Mutex<HashMap<String, String>>>;
 
@@ -97,6 +112,8 @@ pub enum UploadError {
     TooLarge(u64),
     /// The body stream failed: the client went away or sent garbage.
     Body(String),
+    /// The body came slower than the minimum rate, or not at all for the idle timeout.
+    TooSlow(String),
     Integrity(String),
     Aws(anyhow::Error),
 }
@@ -106,6 +123,7 @@ impl std::fmt::Display for UploadError {
         match self {
             UploadError::TooLarge(limit) => write!(f, "larger than the limit of {limit} bytes"),
             UploadError::Body(e) => write!(f, "reading the body failed: {e}"),
+            UploadError::TooSlow(e) => write!(f, "{e}"),
             UploadError::Integrity(e) => write!(f, "integrity check failed: {e}"),
             UploadError::Aws(e) => write!(f, "{e:#}"),
         }
@@ -246,35 +264,54 @@ where
     S: Stream<Item = Result<Bytes, E>> + Send,
     E: std::fmt::Display,
 {
-    let mut body = std::pin::pin!(body);
+    let body = std::pin::pin!(body);
     let mut digests = Digests {
         sha256: Sha256::new(),
         md5: expected.content_md5.as_ref().map(|_| Md5::new()),
         size: 0,
     };
-    let permit = in_flight.part_permit().await;
-    let mut buffer = BytesMut::with_capacity(target.part_size);
-    let mut pending: Option<Bytes> = None;
+    let mut body = Body {
+        stream: body,
+        pending: None,
+        pace: Pace::default(),
+    };
+    let mut buffer = BytesMut::with_capacity(STAGING_BYTES.min(target.part_size));
 
-    // Fill the first part; a body that ends first is a single PutObject.
-    let first_full = fill(&mut body, &mut buffer, &mut pending, &mut digests, target).await?;
-    if !first_full {
+    // Stage the start of the body without a part buffer; only a body that goes on takes one
+    // (waiting for it applies back-pressure to the client) and fills the first part. A body
+    // that ends first is a single PutObject.
+    let mut permit = None;
+    let mut more = fill(&mut body, &mut buffer, STAGING_BYTES, &mut digests, target).await?;
+    if more && buffer.len() < target.part_size {
+        permit = Some(in_flight.part_permit().await);
+        buffer.reserve(target.part_size - buffer.len());
+        more = fill(
+            &mut body,
+            &mut buffer,
+            target.part_size,
+            &mut digests,
+            target,
+        )
+        .await?;
+    }
+    if !more {
         check_integrity(&digests, expected)?;
-        let data = buffer.freeze();
         let output = target
             .s3
             .put_object()
             .bucket(&target.bucket)
             .key(&target.key)
-            .body(ByteStream::from(data))
+            .body(ByteStream::from(buffer.freeze()))
             .server_side_encryption(ServerSideEncryption::AwsKms)
             .ssekms_key_id(&target.kms_key_arn)
             .bucket_key_enabled(true)
+            .set_content_type(target.content_type.clone())
             .set_metadata(Some(final_metadata(target, &digests)))
             .send()
             .await
             .aws_context(format!("s3:PutObject {}/{}", target.bucket, target.key))
             .map_err(UploadError::Aws)?;
+        drop(permit);
         return Ok(Uploaded::new(
             &digests,
             1,
@@ -286,6 +323,11 @@ where
             },
         ));
     }
+    let permit = match permit {
+        Some(permit) => permit,
+        // A part size below the staging size (not configurable today) still takes a buffer.
+        None => in_flight.part_permit().await,
+    };
 
     let created = target
         .s3
@@ -295,6 +337,7 @@ where
         .server_side_encryption(ServerSideEncryption::AwsKms)
         .ssekms_key_id(&target.kms_key_arn)
         .bucket_key_enabled(true)
+        .set_content_type(target.content_type.clone())
         // With late metadata, all metadata arrives with the final copy: until then the object
         // carries none, so nobody takes a half-described object for a finished one.
         .set_metadata(
@@ -331,7 +374,7 @@ where
         &upload_id,
         in_flight,
         (&mut buffer, permit),
-        (&mut body, &mut pending),
+        &mut body,
         &mut digests,
         expected,
     )
@@ -392,10 +435,20 @@ where
                 None => source,
             })
             .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
+            .set_content_type(target.content_type.clone())
             .set_metadata(Some(final_metadata(target, &digests)))
             .server_side_encryption(ServerSideEncryption::AwsKms)
             .ssekms_key_id(&target.kms_key_arn)
             .bucket_key_enabled(true)
+            .customize()
+            .config_override(
+                aws_sdk_s3::config::Builder::default().timeout_config(
+                    aws_config::timeout::TimeoutConfig::builder()
+                        .operation_attempt_timeout(crate::aws::S3_COPY_TIMEOUT)
+                        .operation_timeout(crate::aws::S3_COPY_TIMEOUT * 2)
+                        .build(),
+                ),
+            )
             .send()
             .await
             .aws_context(format!(
@@ -432,7 +485,7 @@ async fn send_parts<S, E>(
     upload_id: &str,
     in_flight: &InFlight,
     (buffer, mut permit): (&mut BytesMut, OwnedSemaphorePermit),
-    (body, pending): (&mut std::pin::Pin<&mut S>, &mut Option<Bytes>),
+    body: &mut Body<'_, S>,
     digests: &mut Digests,
     expected: &Expected,
 ) -> Result<Vec<CompletedPart>, UploadError>
@@ -463,7 +516,7 @@ where
         ));
         permit = in_flight.part_permit().await;
         buffer.reserve(target.part_size);
-        if !fill(body, buffer, pending, digests, target).await? {
+        if !fill(body, buffer, target.part_size, digests, target).await? {
             break;
         }
     }
@@ -526,11 +579,28 @@ async fn upload_part(
         .build())
 }
 
-/// Reads from the body until `buffer` holds a full part (true) or the body ends (false).
+/// The request body being read, with the chunk read ahead and the pace it keeps.
+struct Body<'a, S> {
+    stream: std::pin::Pin<&'a mut S>,
+    /// What was read beyond the last buffer's end.
+    pending: Option<Bytes>,
+    pace: Pace,
+}
+
+/// Bytes delivered and time spent waiting for them in the current [`RATE_WINDOW`]. Only time
+/// spent waiting for the client counts: not the time the upload waits for S3 or a buffer.
+#[derive(Default)]
+struct Pace {
+    waited: Duration,
+    bytes: u64,
+}
+
+/// Reads from the body until `buffer` holds `limit` bytes with more to come (true) or the
+/// body ends (false).
 async fn fill<S, E>(
-    body: &mut std::pin::Pin<&mut S>,
+    body: &mut Body<'_, S>,
     buffer: &mut BytesMut,
-    pending: &mut Option<Bytes>,
+    limit: usize,
     digests: &mut Digests,
     target: &Target,
 ) -> Result<bool, UploadError>
@@ -539,41 +609,26 @@ where
     E: std::fmt::Display,
 {
     loop {
-        let mut chunk = match pending.take() {
+        let mut chunk = match body.pending.take() {
             Some(chunk) => chunk,
-            None => match next_chunk(body, target).await? {
+            None => match next_chunk(body, digests, target).await? {
                 None => return Ok(false),
-                Some(Err(err)) => return Err(UploadError::Body(err.to_string())),
-                Some(Ok(chunk)) => {
-                    digests.update(&chunk);
-                    if digests.size > target.max_size {
-                        return Err(UploadError::TooLarge(target.max_size));
-                    }
-                    chunk
-                }
+                Some(chunk) => chunk,
             },
         };
-        let room = target.part_size - buffer.len();
+        let room = limit - buffer.len();
         if chunk.len() > room {
-            *pending = Some(chunk.split_off(room));
+            body.pending = Some(chunk.split_off(room));
         }
         buffer.extend_from_slice(&chunk);
-        if buffer.len() == target.part_size {
-            // Only a full part with more data to come starts a multipart upload; peek ahead.
-            if pending.is_none() {
-                match next_chunk(body, target).await? {
+        if buffer.len() == limit {
+            // Whether the body goes on decides between PutObject and a multipart upload, so
+            // a buffer filled exactly looks one chunk ahead.
+            while body.pending.is_none() {
+                match next_chunk(body, digests, target).await? {
                     None => return Ok(false),
-                    Some(Err(err)) => return Err(UploadError::Body(err.to_string())),
-                    Some(Ok(next)) => {
-                        digests.update(&next);
-                        if digests.size > target.max_size {
-                            return Err(UploadError::TooLarge(target.max_size));
-                        }
-                        if next.is_empty() {
-                            continue;
-                        }
-                        *pending = Some(next);
-                    }
+                    Some(next) if next.is_empty() => continue,
+                    Some(next) => body.pending = Some(next),
                 }
             }
             return Ok(true);
@@ -581,21 +636,64 @@ where
     }
 }
 
+/// The next chunk of the body, counted, hashed and checked against the size limit, the idle
+/// timeout and the minimum rate.
 async fn next_chunk<S, E>(
-    body: &mut std::pin::Pin<&mut S>,
+    body: &mut Body<'_, S>,
+    digests: &mut Digests,
     target: &Target,
-) -> Result<Option<Result<Bytes, E>>, UploadError>
+) -> Result<Option<Bytes>, UploadError>
 where
     S: Stream<Item = Result<Bytes, E>>,
+    E: std::fmt::Display,
 {
-    tokio::time::timeout(target.idle_timeout, body.next())
-        .await
-        .map_err(|_| {
-            UploadError::Body(format!(
+    let quota = target.min_body_rate.saturating_mul(RATE_WINDOW.as_secs());
+    let behind = body.pace.bytes < quota;
+    let wait = if behind {
+        target
+            .idle_timeout
+            .min(RATE_WINDOW.saturating_sub(body.pace.waited))
+    } else {
+        target.idle_timeout
+    };
+    let started = Instant::now();
+    let next = tokio::time::timeout(wait, body.stream.next()).await;
+    body.pace.waited += started.elapsed();
+    let chunk = match next {
+        Err(_) if behind && wait < target.idle_timeout => {
+            return Err(too_slow(&body.pace, target));
+        }
+        Err(_) => {
+            return Err(UploadError::TooSlow(format!(
                 "no data for {} s; giving up",
                 target.idle_timeout.as_secs()
-            ))
-        })
+            )));
+        }
+        Ok(None) => return Ok(None),
+        Ok(Some(Err(err))) => return Err(UploadError::Body(err.to_string())),
+        Ok(Some(Ok(chunk))) => chunk,
+    };
+    body.pace.bytes += chunk.len() as u64;
+    if body.pace.waited >= RATE_WINDOW {
+        if body.pace.bytes < quota {
+            return Err(too_slow(&body.pace, target));
+        }
+        body.pace = Pace::default();
+    }
+    digests.update(&chunk);
+    if digests.size > target.max_size {
+        return Err(UploadError::TooLarge(target.max_size));
+    }
+    Ok(Some(chunk))
+}
+
+fn too_slow(pace: &Pace, target: &Target) -> UploadError {
+    UploadError::TooSlow(format!(
+        "the body sent {} bytes in {} s, below the minimum of {} bytes/s",
+        pace.bytes,
+        pace.waited.as_secs(),
+        target.min_body_rate
+    ))
 }
 
 fn check_integrity(digests: &Digests, expected: &Expected) -> Result<(), UploadError> {
