@@ -74,6 +74,7 @@ impl AppState {
             config.decrypt_settings(),
         )
         .await?;
+        abort_orphaned_uploads(&clients.s3, &config).await;
         let pipeline = Pipeline::start(
             clients.s3.clone(),
             config.clone(),
@@ -101,6 +102,31 @@ impl AppState {
             tokio::spawn(poll_upstream(state.clone()));
         }
         Ok(state)
+    }
+}
+
+/// Multipart uploads left open by a run that was killed are aborted before this run opens
+/// any (they would otherwise be billed until the buckets' one-day lifecycle rule). A failure
+/// here is logged, not fatal: the lifecycle rule remains.
+async fn abort_orphaned_uploads(s3: &S3, config: &Config) {
+    let places = [
+        (&config.initial_bucket, names::RAW_PREFIX),
+        (&config.final_bucket, names::PROCESSED_PREFIX),
+    ];
+    for (bucket, prefix) in places {
+        match upload::abort_orphans(s3, bucket, prefix).await {
+            Ok(0) => {}
+            Ok(aborted) => {
+                tracing::warn!(
+                    bucket,
+                    aborted,
+                    "aborted multipart uploads a previous run left open"
+                )
+            }
+            Err(err) => {
+                tracing::error!(bucket, error = %format!("{err:#}"), "could not list multipart uploads left open; the lifecycle rule removes them within a day")
+            }
+        }
     }
 }
 
@@ -724,7 +750,7 @@ async fn list_files(
         .contents()
         .iter()
         .filter_map(|object| {
-            let name = object.key()?.strip_prefix("raw/")?;
+            let name = object.key()?.strip_prefix(names::RAW_PREFIX)?;
             Some(json!({
                 "name": name,
                 "size": object.size(),

@@ -26,12 +26,17 @@ pub fn validate(name: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Where raw files live in the initial bucket.
+pub const RAW_PREFIX: &str = "raw/";
+/// Where outputs live in the final bucket.
+pub const PROCESSED_PREFIX: &str = "processed/";
+
 pub fn raw_key(name: &str) -> String {
-    format!("raw/{name}")
+    format!("{RAW_PREFIX}{name}")
 }
 
 pub fn processed_key(name: &str) -> String {
-    format!("processed/{name}")
+    format!("{PROCESSED_PREFIX}{name}")
 }
 
 pub fn failed_key(name: &str) -> String {

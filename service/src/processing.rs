@@ -33,7 +33,7 @@ use crate::aws::{AwsResultExt, Failure};
 use crate::config::{Config, ProcessorKind};
 use crate::decrypt::{self, Decryptor};
 use crate::metrics::Metrics;
-use crate::names::{failed_key, processed_key, raw_key};
+use crate::names::{self, failed_key, processed_key, raw_key};
 use crate::upload::{self, InFlight, Target, UploadError, metadata_text, metadata_value};
 
 pub type Reader = Box<dyn AsyncRead + Send + Unpin>;
@@ -1107,14 +1107,15 @@ impl Pipeline {
             .s3
             .list_objects_v2()
             .bucket(&self.config.initial_bucket)
-            .prefix("raw/")
+            .prefix(names::RAW_PREFIX)
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
             let page =
                 page.aws_context(format!("s3:ListObjectsV2 {}", self.config.initial_bucket))?;
             for object in page.contents() {
-                let Some(name) = object.key().and_then(|k| k.strip_prefix("raw/")) else {
+                let Some(name) = object.key().and_then(|k| k.strip_prefix(names::RAW_PREFIX))
+                else {
                     continue;
                 };
                 if self.queued.lock().unwrap().contains(name)
@@ -1158,7 +1159,10 @@ mod tests {
             _cx: &mut TaskContext<'_>,
             buf: &mut ReadBuf<'_>,
         ) -> Poll<io::Result<()>> {
-            let end = self.data.len().min(self.at + buf.remaining().min(self.chunk));
+            let end = self
+                .data
+                .len()
+                .min(self.at + buf.remaining().min(self.chunk));
             buf.put_slice(&self.data[self.at..end]);
             self.at = end;
             Poll::Ready(Ok(()))

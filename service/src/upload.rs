@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
 use aws_sdk_s3::Client as S3;
+use aws_sdk_s3::error::ProvideErrorMetadata as _;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption};
 use base64::Engine as _;
@@ -24,7 +25,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::aws::AwsResultExt;
+use crate::aws::{AwsResultExt, Failure, aws_failure};
 
 /// Where and how to store one object.
 #[derive(Clone)]
@@ -185,21 +186,89 @@ impl InFlight {
             abort(&s3, &bucket, &key, &upload_id).await;
         }
     }
+
+    /// Aborts an upload in the background: a request that failed because S3 is unreachable
+    /// answers at once, and the abort is tried again until S3 is back. The upload stays
+    /// listed until then, so a shutdown meanwhile aborts it too.
+    fn abort_soon(&self, s3: &S3, bucket: &str, key: &str, upload_id: &str) {
+        let (in_flight, s3, bucket, key, upload_id) = (
+            self.clone(),
+            s3.clone(),
+            bucket.to_string(),
+            key.to_string(),
+            upload_id.to_string(),
+        );
+        // Dropped during the runtime's shutdown, the task never runs: abort_all has run.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                abort(&s3, &bucket, &key, &upload_id).await;
+                in_flight.remove(&upload_id);
+            });
+        }
+    }
 }
 
+/// Tries of one abort while S3 fails transiently, each after the SDK's own retries.
+const ABORT_TRIES: u32 = 6;
+
 async fn abort(s3: &S3, bucket: &str, key: &str, upload_id: &str) {
-    let result = s3
-        .abort_multipart_upload()
-        .bucket(bucket)
-        .key(key)
-        .upload_id(upload_id)
-        .send()
-        .await;
-    match result {
-        Ok(_) => tracing::info!(bucket, key, "multipart upload aborted"),
-        Err(err) => {
-            tracing::error!(bucket, key, upload_id, error = %aws_sdk_s3::error::DisplayErrorContext(&err), "aborting a multipart upload failed; the bucket's lifecycle rule removes it within a day")
+    for attempt in 1..=ABORT_TRIES {
+        let result = s3
+            .abort_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await;
+        let err = match result {
+            Ok(_) => {
+                tracing::info!(bucket, key, "multipart upload aborted");
+                return;
+            }
+            // Aborted already (by shutdown, or an earlier try whose answer was lost).
+            Err(err) if err.as_service_error().and_then(|e| e.code()) == Some("NoSuchUpload") => {
+                return;
+            }
+            Err(err) => Err::<(), _>(err)
+                .aws_context(format!("s3:AbortMultipartUpload {bucket}/{key}"))
+                .unwrap_err(),
+        };
+        if attempt < ABORT_TRIES && aws_failure(&err) == Some(Failure::Transient) {
+            tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
+            continue;
         }
+        tracing::error!(bucket, key, upload_id, error = %err, "aborting a multipart upload failed; the service's next start or the bucket's lifecycle rule removes it");
+        return;
+    }
+}
+
+/// Aborts the multipart uploads under `prefix` of `bucket` that a previous run left open
+/// (it was killed mid-upload). Called at start-up, before this run opens any: one instance
+/// writes these keys, so every open upload is an orphan. Returns how many were aborted.
+pub async fn abort_orphans(s3: &S3, bucket: &str, prefix: &str) -> anyhow::Result<usize> {
+    let mut aborted = 0;
+    let (mut key_marker, mut upload_id_marker) = (None, None);
+    loop {
+        let listed = s3
+            .list_multipart_uploads()
+            .bucket(bucket)
+            .prefix(prefix)
+            .set_key_marker(key_marker)
+            .set_upload_id_marker(upload_id_marker)
+            .send()
+            .await
+            .aws_context(format!("s3:ListMultipartUploads {bucket}/{prefix}"))?;
+        for upload in listed.uploads() {
+            if let (Some(key), Some(upload_id)) = (upload.key(), upload.upload_id()) {
+                abort(s3, bucket, key, upload_id).await;
+                aborted += 1;
+            }
+        }
+        if !listed.is_truncated().unwrap_or(false) {
+            return Ok(aborted);
+        }
+        key_marker = listed.next_key_marker().map(str::to_string);
+        upload_id_marker = listed.next_upload_id_marker().map(str::to_string);
     }
 }
 
@@ -214,6 +283,7 @@ struct AbortOnDrop {
 }
 
 impl AbortOnDrop {
+    /// The upload was completed.
     fn disarm(mut self) {
         self.armed = false;
         self.in_flight.remove(&self.upload_id);
@@ -223,16 +293,8 @@ impl AbortOnDrop {
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         if self.armed {
-            self.in_flight.remove(&self.upload_id);
-            let (s3, bucket, key, upload_id) = (
-                self.s3.clone(),
-                self.bucket.clone(),
-                self.key.clone(),
-                self.upload_id.clone(),
-            );
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                handle.spawn(async move { abort(&s3, &bucket, &key, &upload_id).await });
-            }
+            self.in_flight
+                .abort_soon(&self.s3, &self.bucket, &self.key, &self.upload_id);
         }
     }
 }
@@ -367,8 +429,8 @@ where
         armed: true,
     };
 
-    // Errors abort the upload before returning; `guard` covers cancellation (a dropped
-    // request future), where nothing can be awaited.
+    // Until the upload is completed, every way out (an error, a dropped request future)
+    // drops `guard` armed, which aborts the upload.
     let sent = send_parts(
         target,
         &upload_id,
@@ -381,11 +443,8 @@ where
     .await;
     let parts = match sent {
         Ok(parts) => parts,
-        Err(err) => {
-            guard.disarm();
-            abort(&target.s3, &target.bucket, &target.key, &upload_id).await;
-            return Err(err);
-        }
+        // The guard, dropped armed, aborts the upload in the background.
+        Err(err) => return Err(err),
     };
     let output = match target
         .s3
@@ -405,11 +464,7 @@ where
             target.bucket, target.key
         )) {
         Ok(output) => output,
-        Err(err) => {
-            guard.disarm();
-            abort(&target.s3, &target.bucket, &target.key, &upload_id).await;
-            return Err(UploadError::Aws(err));
-        }
+        Err(err) => return Err(UploadError::Aws(err)),
     };
     let parts = parts.len();
     guard.disarm();

@@ -767,3 +767,72 @@ async fn downloads_carry_validators_and_answer_304_to_a_current_copy() {
     assert_eq!(changed.status().as_u16(), 200);
     assert_eq!(changed.bytes().await.unwrap().as_ref(), b"second, longer");
 }
+
+#[tokio::test]
+async fn downloads_carry_the_uploaded_content_type_or_the_processors() {
+    let stack = Stack::start(&[]).await;
+    let put = |name: &'static str, content_type: Option<&'static str>| {
+        let mut request = stack.http.put(stack.file_url(name)).body("a,b\n1,2\n");
+        if let Some(value) = content_type {
+            request = request.header("content-type", value);
+        }
+        request.send()
+    };
+    let typed = put("typed.csv", Some("text/csv; charset=utf-8"))
+        .await
+        .unwrap();
+    assert_eq!(typed.status().as_u16(), 201);
+    let untyped = put("untyped.bin", None).await.unwrap();
+    assert_eq!(untyped.status().as_u16(), 201);
+    for bad in ["text", "text/c\"sv", "/csv", "a b/c"] {
+        let refused = stack
+            .http
+            .put(stack.file_url("bad.csv"))
+            .header(
+                "content-type",
+                reqwest::header::HeaderValue::from_bytes(bad.as_bytes()).unwrap(),
+            )
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status().as_u16(), 400, "{bad:?}");
+    }
+    assert!(
+        stack
+            .keys(&stack.initial)
+            .await
+            .iter()
+            .all(|k| k != "raw/bad.csv")
+    );
+
+    for (name, expected) in [
+        ("typed.csv", "text/csv; charset=utf-8"),
+        ("untyped.bin", "application/octet-stream"),
+    ] {
+        stack.settle(name).await;
+        let got = stack.http.get(stack.file_url(name)).send().await.unwrap();
+        assert_eq!(got.status().as_u16(), 200);
+        assert_eq!(got.headers()["content-type"], expected, "{name}");
+        assert_eq!(got.headers()["x-content-type-options"], "nosniff");
+    }
+
+    let jsonl = Stack::start(&["--processor=jsonl"]).await;
+    let put = jsonl
+        .http
+        .put(jsonl.file_url("lines.jsonl"))
+        .header("content-type", "text/plain")
+        .body("{}\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status().as_u16(), 201);
+    jsonl.settle("lines.jsonl").await;
+    let got = jsonl
+        .http
+        .get(jsonl.file_url("lines.jsonl"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.headers()["content-type"], "application/x-ndjson");
+}

@@ -16,6 +16,7 @@ use service::testing::{
 };
 
 pub mod binary;
+pub mod faults;
 pub mod proxy;
 
 pub const MIB: usize = 1024 * 1024;

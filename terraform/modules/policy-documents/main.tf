@@ -61,15 +61,16 @@ locals {
     }]
   }
 
-  # Exactly what the service does: list the two buckets, read/write/delete their objects
-  # (multipart included), and use the one key. No wildcard resources.
+  # Exactly what the service does: list the two buckets (and, at start-up, the multipart
+  # uploads a killed run left open), read/write/delete their objects (multipart included),
+  # and use the one key. No wildcard resources.
   service_role_policy = {
     Version = "2012-10-17"
     Statement = [
       {
         Sid      = "ListPipelineBuckets"
         Effect   = "Allow"
-        Action   = ["s3:ListBucket"]
+        Action   = ["s3:ListBucket", "s3:ListBucketMultipartUploads"]
         Resource = values(var.bucket_arns)
       },
       {

@@ -224,7 +224,7 @@ fn module_call<'a>(root: &'a Body, name: &str) -> &'a Body {
 /// kms:Decrypt), reads kms:Decrypt. A read with a version id is s3:GetObjectVersion.
 /// <https://docs.aws.amazon.com/service-authorization/latest/reference/list_amazons3.html>
 fn actions_the_service_calls() -> BTreeSet<String> {
-    const CALLS: [(&str, &[&str]); 15] = [
+    const CALLS: [(&str, &[&str]); 16] = [
         ("get_object", &["s3:GetObject", "kms:Decrypt"]),
         ("head_object", &["s3:GetObject"]),
         ("put_object", &["s3:PutObject", "kms:GenerateDataKey"]),
@@ -240,6 +240,7 @@ fn actions_the_service_calls() -> BTreeSet<String> {
         ("delete_object", &["s3:DeleteObject"]),
         ("list_objects_v2", &["s3:ListBucket"]),
         ("head_bucket", &["s3:ListBucket"]),
+        ("list_multipart_uploads", &["s3:ListBucketMultipartUploads"]),
         (
             "create_multipart_upload",
             &["s3:PutObject", "kms:GenerateDataKey", "kms:Decrypt"],

@@ -1,0 +1,261 @@
+//! Faults between the real binary and the emulator (S3 and KMS, through a fault-injecting
+//! proxy) and the binary killed mid-upload: an acknowledged file always ends processed into
+//! the right output, a failed upload leaves nothing behind, and nothing waits on a sleep.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::binary::{Running, TOKEN, http, spawn};
+use common::faults::{Fault, FaultProxy, kms_decrypt, s3};
+use common::{MIB, Resources, random_bytes, resources, sha256_hex};
+use service::decrypt::{Decryptor, Settings};
+use service::testing::emulator_endpoint;
+use tokio::io::AsyncWriteExt;
+
+/// The service, talking to S3 and KMS only through `proxy`, with short S3 timeouts and
+/// quick retries so that faults play out in seconds.
+async fn behind(resources: &Resources, proxy: &FaultProxy) -> Running {
+    spawn(
+        resources,
+        &[
+            ("AWS_ENDPOINT_URL", proxy.url.as_str()),
+            ("S3_ATTEMPT_TIMEOUT_SECS", "3"),
+            ("TRANSIENT_BACKOFF_MS", "200"),
+            ("MAX_TRANSIENT_TRIES", "8"),
+            ("PART_SIZE", "5242880"),
+        ],
+    )
+    .await
+}
+
+async fn open_uploads(resources: &Resources) -> usize {
+    let mut open = 0;
+    for bucket in [&resources.initial, &resources.final_] {
+        let listed = resources
+            .clients
+            .s3
+            .list_multipart_uploads()
+            .bucket(bucket)
+            .send()
+            .await
+            .unwrap();
+        open += listed.uploads().len();
+    }
+    open
+}
+
+async fn raw_keys(resources: &Resources) -> Vec<String> {
+    let listed = resources
+        .clients
+        .s3
+        .list_objects_v2()
+        .bucket(&resources.initial)
+        .send()
+        .await
+        .unwrap();
+    listed
+        .contents()
+        .iter()
+        .filter_map(|o| o.key().map(str::to_string))
+        .collect()
+}
+
+/// Waits until `done` holds, up to `limit`.
+async fn wait_for<F, Fut>(what: &str, limit: Duration, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !done().await {
+        assert!(Instant::now() < deadline, "{what} within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// S3 unreachable for every `raw/` request (connections closed unanswered): small and
+/// multipart uploads answer 503 with Retry-After, leave no object and, once S3 is back, no
+/// open multipart upload; then uploads work again.
+#[tokio::test]
+async fn uploads_while_s3_is_unreachable_answer_503_and_leave_nothing() {
+    let resources = resources().await;
+    let proxy = FaultProxy::start(&emulator_endpoint()).await;
+    let running = behind(&resources, &proxy).await;
+    let http = http();
+
+    // The multipart upload is created, then its parts and the abort find S3 gone.
+    proxy.inject(s3("PUT", "raw/"), Fault::Refuse, 1);
+    proxy.inject(s3("DELETE", "raw/"), Fault::Refuse, 1);
+    for (name, size) in [("small.bin", 1000), ("large.bin", 12 * MIB)] {
+        let started = Instant::now();
+        let response = http
+            .put(running.file_url(name))
+            .bearer_auth(TOKEN)
+            .body(random_bytes(size, 1))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 503, "{name}");
+        assert!(
+            response.headers().contains_key("retry-after"),
+            "{name}: no Retry-After"
+        );
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "aws_unavailable", "{body}");
+        eprintln!("{name}: 503 after {:?}", started.elapsed());
+    }
+    assert!(proxy.injected() > 0);
+    assert!(raw_keys(&resources).await.is_empty());
+    assert_eq!(
+        open_uploads(&resources).await,
+        1,
+        "the abort of the large upload could not reach S3 yet"
+    );
+
+    proxy.heal();
+    wait_for(
+        "the open multipart upload aborted once S3 is back",
+        Duration::from_secs(60),
+        || async { open_uploads(&resources).await == 0 },
+    )
+    .await;
+    assert!(raw_keys(&resources).await.is_empty());
+    let data = random_bytes(12 * MIB, 2);
+    let (code, body) = running.put(&http, "large.bin", data.clone()).await;
+    assert_eq!(code, 201, "{body}");
+    let status = running.settle(&http, "large.bin").await;
+    assert_eq!(status["state"], "processed", "{status}");
+    assert_eq!(status["processed"]["sha256"], sha256_hex(&data));
+}
+
+/// While every third read of a raw object is throttled, every fourth is cut off mid-body,
+/// every third output write is throttled and every second KMS Decrypt is refused, plaintext
+/// and encrypted files, small and multipart, all end processed into exactly their content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processing_survives_s3_and_kms_faults() {
+    let resources = resources().await;
+    let proxy = FaultProxy::start(&emulator_endpoint()).await;
+    let running = behind(&resources, &proxy).await;
+    let producer = Decryptor::new(
+        resources.clients.kms.clone(),
+        &resources.key_arn,
+        Settings::defaults(16 << 20),
+    )
+    .await
+    .unwrap();
+    let mut files = Vec::new();
+    for i in 0..6u64 {
+        let plaintext = random_bytes(50_000 + i as usize, i);
+        files.push((format!("plain/{i}.bin"), plaintext.clone(), plaintext));
+    }
+    for i in 0..2u64 {
+        let plaintext = random_bytes(6 * MIB, 10 + i);
+        files.push((format!("large/{i}.bin"), plaintext.clone(), plaintext));
+    }
+    for i in 0..4u64 {
+        let plaintext = random_bytes(100_000, 20 + i);
+        let message = producer.encrypt(plaintext.clone(), None).await.unwrap();
+        files.push((format!("sealed/{i}.enc"), message, plaintext));
+    }
+
+    proxy.inject(s3("GET", "raw/"), Fault::SlowDown, 3);
+    proxy.inject(s3("GET", "raw/"), Fault::CutAfter(20_000), 4);
+    proxy.inject(s3("PUT", "processed/"), Fault::SlowDown, 3);
+    proxy.inject(kms_decrypt, Fault::Refuse, 2);
+    let http = http();
+    for (name, upload, _) in &files {
+        let (code, body) = running.put(&http, name, upload.clone()).await;
+        assert_eq!(code, 201, "{name}: {body}");
+    }
+    for (name, _, plaintext) in &files {
+        let status = running.settle(&http, name).await;
+        assert_eq!(status["state"], "processed", "{name}: {status}");
+        let output = http
+            .get(running.file_url(name))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(sha256_hex(&output), sha256_hex(plaintext), "{name}");
+    }
+    let injected = proxy.injected();
+    assert!(injected >= 10, "only {injected} faults were injected");
+    let metrics = http
+        .get(format!("{}/metrics", running.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    eprintln!("{injected} faults injected; retries in /metrics:");
+    for line in metrics.lines().filter(|l| l.contains("retr")) {
+        eprintln!("  {line}");
+    }
+}
+
+/// SIGKILL with files acknowledged but not yet processed and one upload half sent: the
+/// next start aborts the multipart upload left open and processes every acknowledged file.
+#[tokio::test]
+async fn sigkill_mid_upload_leaves_no_open_upload_after_restart() {
+    let resources = resources().await;
+    let mut running = spawn(&resources, &[("PART_SIZE", "5242880")]).await;
+    let http = http();
+    let mut acknowledged = Vec::new();
+    for i in 0..8u64 {
+        let data = random_bytes(20_000, i);
+        let name = format!("acked/{i}.bin");
+        let (code, body) = running.put(&http, &name, data.clone()).await;
+        assert_eq!(code, 201, "{body}");
+        acknowledged.push((name, data));
+    }
+    let address = running.url.trim_start_matches("http://").to_string();
+    let mut stalled = tokio::net::TcpStream::connect(address).await.unwrap();
+    let head = format!(
+        "PUT /v1/files/stalled.bin HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\n\r\n",
+        20 * MIB
+    );
+    stalled.write_all(head.as_bytes()).await.unwrap();
+    stalled.write_all(&vec![7u8; 12 * MIB]).await.unwrap();
+    wait_for(
+        "the multipart upload started",
+        Duration::from_secs(20),
+        || async { open_uploads(&resources).await == 1 },
+    )
+    .await;
+
+    running.child.kill().unwrap();
+    running.child.wait().unwrap();
+    drop(stalled);
+    assert_eq!(
+        open_uploads(&resources).await,
+        1,
+        "the killed run left its upload open"
+    );
+
+    let restarted = spawn(&resources, &[("PART_SIZE", "5242880")]).await;
+    // The sweep runs before the service listens: nothing to wait for.
+    assert_eq!(open_uploads(&resources).await, 0, "the orphan was aborted");
+    assert!(
+        restarted
+            .log_text()
+            .contains("aborted multipart uploads a previous run left open"),
+        "{}",
+        restarted.log_text()
+    );
+    for (name, data) in &acknowledged {
+        let status = restarted.settle(&http, name).await;
+        assert_eq!(status["state"], "processed", "{name}: {status}");
+        assert_eq!(status["processed"]["sha256"], sha256_hex(data), "{name}");
+    }
+    assert!(
+        !raw_keys(&resources)
+            .await
+            .contains(&"raw/stalled.bin".to_string())
+    );
+}
