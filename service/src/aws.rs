@@ -202,11 +202,13 @@ pub enum Failure {
     Other,
 }
 
-/// A failed AWS call: which call, how it failed, and the SDK's one-line account of it.
+/// A failed AWS call: which call, how it failed, a one-line account of it (the AWS error
+/// code and message, or the SDK's reason for having no answer) and the request id AWS gave.
 #[derive(Debug)]
 pub struct AwsCallError {
     pub call: String,
     pub failure: Failure,
+    pub request_id: Option<String>,
     detail: String,
 }
 
@@ -218,11 +220,14 @@ impl std::fmt::Display for AwsCallError {
 
 impl std::error::Error for AwsCallError {}
 
+/// The first AWS call in an error's chain, if there is one.
+pub fn aws_call(err: &anyhow::Error) -> Option<&AwsCallError> {
+    err.chain().find_map(|e| e.downcast_ref::<AwsCallError>())
+}
+
 /// How the first AWS call in an error's chain failed, if one did.
 pub fn aws_failure(err: &anyhow::Error) -> Option<Failure> {
-    err.chain()
-        .find_map(|e| e.downcast_ref::<AwsCallError>())
-        .map(|e| e.failure)
+    aws_call(err).map(|e| e.failure)
 }
 
 /// Turns an SDK error into an [`AwsCallError`] whose one-line message carries the AWS error
@@ -239,10 +244,22 @@ where
 {
     fn aws_context(self, call: impl std::fmt::Display) -> anyhow::Result<T> {
         self.map_err(|err| {
+            use aws_sdk_s3::operation::RequestId as _;
+            let detail = match err.as_service_error() {
+                // Not the SDK's context, which for an error it does not model ends in a
+                // dump of the error's metadata.
+                Some(service) => format!(
+                    "{}: {}",
+                    service.code().unwrap_or("unknown error"),
+                    service.message().unwrap_or("no message")
+                ),
+                None => aws_sdk_s3::error::DisplayErrorContext(&err).to_string(),
+            };
             anyhow::Error::new(AwsCallError {
                 call: call.to_string(),
                 failure: classify(&err),
-                detail: aws_sdk_s3::error::DisplayErrorContext(&err).to_string(),
+                request_id: err.request_id().map(str::to_string),
+                detail,
             })
         })
     }

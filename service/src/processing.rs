@@ -375,6 +375,9 @@ pub struct FileStatus {
     /// Tries of the run that failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tries: Option<u32>,
+    /// The AWS request id of the call that failed it, if AWS answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// What the final bucket records of a file whose current version has no output: the
@@ -397,6 +400,9 @@ struct Record {
     /// Tries of the run that failed (transient errors are retried with backoff).
     #[serde(default)]
     tries: u32,
+    /// The AWS request id of the failed call, when an AWS call failed and AWS answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    request_id: Option<String>,
     /// Decryptions of this version that were started. A run that ends deletes or replaces
     /// the record, so a count that is left behind counts runs that were interrupted (the
     /// process died, or the decryption timed out).
@@ -462,6 +468,7 @@ impl std::error::Error for Quarantined {}
 struct Failed {
     error: String,
     code: &'static str,
+    request_id: Option<String>,
     attempts: u32,
     tries: u32,
 }
@@ -701,6 +708,7 @@ impl Pipeline {
             let failed = Failed {
                 error: format!("{err:#}"),
                 code,
+                request_id: crate::aws::aws_call(&err).and_then(|call| call.request_id.clone()),
                 attempts: attempts.before + u32::from(attempts.recorded),
                 tries,
             };
@@ -967,6 +975,7 @@ impl Pipeline {
                 failed_at: Some(now_rfc3339()),
                 code: Some(failed.code.to_string()),
                 tries: failed.tries,
+                request_id: failed.request_id,
                 ..self.new_record(name, raw, failed.attempts)
             },
         )
@@ -989,6 +998,7 @@ impl Pipeline {
             failed_at: None,
             code: None,
             tries: 0,
+            request_id: None,
             attempts,
         }
     }
@@ -1036,8 +1046,8 @@ impl Pipeline {
             (State::Pending, None)
         };
         let tries = failure.as_ref().map(|record| record.tries);
-        let (error, error_code) = failure
-            .map(|record| (record.error, record.code))
+        let (error, error_code, request_id) = failure
+            .map(|record| (record.error, record.code, record.request_id))
             .unwrap_or_default();
         Ok(Some(FileStatus {
             name: name.to_string(),
@@ -1047,6 +1057,7 @@ impl Pipeline {
             error,
             error_code,
             tries,
+            request_id,
         }))
     }
 

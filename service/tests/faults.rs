@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::binary::{Running, TOKEN, http, spawn};
-use common::faults::{Fault, FaultProxy, kms_decrypt, s3};
+use common::faults::{FAULT_REQUEST_ID, Fault, FaultProxy, kms_decrypt, s3};
 use common::{MIB, Resources, random_bytes, resources, sha256_hex};
 use service::decrypt::{Decryptor, Settings};
 use service::testing::emulator_endpoint;
@@ -196,6 +196,42 @@ async fn processing_survives_s3_and_kms_faults() {
     eprintln!("{injected} faults injected; retries in /metrics:");
     for line in metrics.lines().filter(|l| l.contains("retr")) {
         eprintln!("  {line}");
+    }
+}
+
+/// A file whose reads stay throttled past its tries fails `transient`, and its status
+/// names the AWS error in one line with the request id AWS gave: no dump of the SDK's
+/// error, no response headers.
+#[tokio::test]
+async fn a_failure_names_the_aws_error_and_its_request_id() {
+    let resources = resources().await;
+    let proxy = FaultProxy::start(&emulator_endpoint()).await;
+    let running = spawn(
+        &resources,
+        &[
+            ("AWS_ENDPOINT_URL", proxy.url.as_str()),
+            ("TRANSIENT_BACKOFF_MS", "100"),
+            ("MAX_TRANSIENT_TRIES", "1"),
+        ],
+    )
+    .await;
+    proxy.inject(s3("GET", "raw/"), Fault::SlowDown, 1);
+    let http = http();
+    assert_eq!(
+        running.put(&http, "throttled.txt", b"x".to_vec()).await.0,
+        201
+    );
+    let status = running.settle(&http, "throttled.txt").await;
+    assert_eq!(status["state"], "failed", "{status}");
+    assert_eq!(status["error_code"], "transient", "{status}");
+    assert_eq!(status["request_id"], FAULT_REQUEST_ID, "{status}");
+    let error = status["error"].as_str().unwrap();
+    assert!(
+        error.ends_with("SlowDown: Please reduce your request rate."),
+        "{error}"
+    );
+    for dump in ["Error {", "headers", "HeaderMap", "Response {"] {
+        assert!(!error.contains(dump), "{error}");
     }
 }
 

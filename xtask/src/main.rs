@@ -9,6 +9,7 @@ mod destroy;
 mod down;
 mod emulator;
 mod environment;
+mod load;
 mod local;
 mod outputs;
 mod process;
@@ -76,6 +77,9 @@ enum Command {
     Down(down::Args),
     /// Measure the service's throughput and memory against direct S3 transfers (release build).
     Bench(bench::Args),
+    /// Many concurrent clients for a bounded time, then check every acknowledged file was
+    /// processed and no multipart upload is left (release build, on the emulator).
+    Load(load::Args),
 }
 
 fn main() -> ExitCode {
@@ -127,5 +131,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up(args) => up::run(&cx, args),
         Command::Down(args) => down::run(&cx, args),
         Command::Bench(args) => bench::run(&cx, args),
+        Command::Load(args) => load::run(&cx, args),
     }
 }

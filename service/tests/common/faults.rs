@@ -126,6 +126,9 @@ fn decide(rules: &Mutex<Vec<Rule>>, head: &str) -> Option<Fault> {
     })
 }
 
+/// The request id of every injected 503.
+pub const FAULT_REQUEST_ID: &str = "FAULTPROXY0000001";
+
 const SLOW_DOWN: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
 
 async fn exchange(
@@ -145,7 +148,7 @@ async fn exchange(
         Some(Fault::Refuse) => return,
         Some(Fault::SlowDown) => {
             let answer = format!(
-                "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{SLOW_DOWN}",
+                "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nx-amz-request-id: {FAULT_REQUEST_ID}\r\nConnection: close\r\n\r\n{SLOW_DOWN}",
                 SLOW_DOWN.len()
             );
             let _ = client.write_all(answer.as_bytes()).await;

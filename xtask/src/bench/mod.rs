@@ -13,7 +13,7 @@ mod data;
 pub(crate) mod large;
 mod plot;
 pub(crate) mod report;
-mod servers;
+pub(crate) mod servers;
 pub(crate) mod small;
 
 use std::path::{Path, PathBuf};
@@ -212,7 +212,7 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
 
 /// Builds the service and this xtask with optimisations, then runs the same command with
 /// that build: a debug-built client would understate the direct transfers.
-fn rerun_in_release(cx: &Context) -> Result<()> {
+pub(crate) fn rerun_in_release(cx: &Context) -> Result<()> {
     // One build of both: the packages share one feature resolution, so nothing builds twice.
     cx.run(
         "cargo build --release -p service -p xtask (the benchmark measures optimised code)",
@@ -483,7 +483,7 @@ fn run_case(
     })
 }
 
-async fn create_key(settings: &AwsSettings) -> Result<String> {
+pub(crate) async fn create_key(settings: &AwsSettings) -> Result<String> {
     let clients = AwsClients::connect(settings).await;
     let key = clients
         .kms

@@ -1,0 +1,461 @@
+//! `cargo xtask load`: many clients at once against the release-built service on the
+//! emulator, for a bounded time per case; then every acknowledged file must be processed and
+//! no multipart upload may be left open.
+//!
+//! Each case first measures the same clients putting the same bytes straight into the
+//! emulator with aws-sdk-s3 (the baseline), then through the service, and reports the
+//! service's throughput as a ratio of the baseline's. The emulator (moto, one Python process)
+//! is the bottleneck of both, which is what makes the ratio comparable.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use aws_sdk_s3::primitives::ByteStream;
+use bytes::Bytes;
+use futures_util::future::join_all;
+use serde::Serialize;
+use service::aws::{AwsClients, AwsResultExt, AwsSettings};
+
+use crate::bench::{self, report::percentile, servers};
+use crate::buckets;
+use crate::context::Context;
+use crate::emulator;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// Concurrent clients, one case per value.
+    #[arg(long, value_delimiter = ',', default_values_t = [16, 64, 256])]
+    clients: Vec<usize>,
+    /// File sizes in KiB, one case per value and client count.
+    #[arg(long, value_delimiter = ',', default_values_t = [4, 10240])]
+    kib: Vec<u64>,
+    /// Seconds each client keeps uploading, per case and per side (baseline, service).
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=600))]
+    seconds: u64,
+}
+
+/// What one side (baseline or service) of a case measured.
+#[derive(Serialize, Debug, Default)]
+struct Side {
+    requests: usize,
+    errors: usize,
+    /// Acknowledged bytes per second over the whole side, its last requests included.
+    mib_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+#[derive(Serialize, Debug)]
+struct Case {
+    clients: usize,
+    file_kib: u64,
+    baseline: Side,
+    service: Side,
+    /// Service throughput over the baseline's.
+    ratio: f64,
+    acknowledged: usize,
+    processed: usize,
+    failed: usize,
+    open_multipart_uploads: usize,
+    peak_rss_mib: f64,
+    peak_open_fds: usize,
+    error_kinds: Vec<String>,
+}
+
+pub fn run(cx: &Context, args: Args) -> Result<()> {
+    if !cx.env.is_local() {
+        bail!("`load` runs on this machine only, against the emulator; drop --env");
+    }
+    if cx.dry_run {
+        bail!("`load` has no dry run");
+    }
+    if cfg!(debug_assertions) {
+        return bench::rerun_in_release(cx);
+    }
+    let work = cx.state_root.join("load");
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let (record, started_emulator) =
+        emulator::start(cx, emulator::configured_port()?, emulator::iam_wanted())?;
+    let settings = AwsSettings {
+        endpoint_url: Some(record.endpoint_url()),
+        ..cx.env.aws.clone()
+    };
+    let result = measure(cx, &args, &settings, &work);
+    if started_emulator {
+        emulator::stop(cx)?;
+    }
+    let cases = result.with_context(|| format!("the service logs are in {}", work.display()))?;
+    let path = work.join("latest.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&cases)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("\n{}", table(&cases));
+    println!("report: {}", path.display());
+    let broken: Vec<String> = cases
+        .iter()
+        .filter(|c| c.processed != c.acknowledged || c.failed > 0 || c.open_multipart_uploads > 0)
+        .map(|c| format!("{} clients x {} KiB", c.clients, c.file_kib))
+        .collect();
+    ensure!(
+        broken.is_empty(),
+        "acknowledged files not all processed, or multipart uploads left open, in: {}",
+        broken.join(", ")
+    );
+    Ok(())
+}
+
+fn measure(
+    cx: &Context,
+    args: &Args,
+    settings: &AwsSettings,
+    work: &std::path::Path,
+) -> Result<Vec<Case>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("building a tokio runtime")?;
+    let clients = runtime.block_on(AwsClients::connect(settings));
+    let kms_key_arn = runtime.block_on(bench::create_key(settings))?;
+    let mut cases = Vec::new();
+    for &kib in &args.kib {
+        for &count in &args.clients {
+            let number = cases.len() + 1;
+            cx.step(format!(
+                "case {number}: {count} clients uploading {kib} KiB files for {} s",
+                args.seconds
+            ));
+            let case = run_case(
+                cx,
+                &runtime,
+                &clients,
+                settings,
+                &kms_key_arn,
+                work,
+                number,
+                count,
+                kib,
+                args.seconds,
+            )?;
+            eprintln!("{}", table(std::slice::from_ref(&case)));
+            cases.push(case);
+        }
+    }
+    Ok(cases)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_case(
+    cx: &Context,
+    runtime: &tokio::runtime::Runtime,
+    clients: &AwsClients,
+    settings: &AwsSettings,
+    kms_key_arn: &str,
+    work: &std::path::Path,
+    number: usize,
+    count: usize,
+    kib: u64,
+    seconds: u64,
+) -> Result<Case> {
+    let initial = format!("load-{number}-initial");
+    let final_ = format!("load-{number}-final");
+    runtime.block_on(async {
+        for bucket in [&initial, &final_] {
+            buckets::create(&clients.s3, bucket, &settings.region).await?;
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    let env = vec![
+        ("INITIAL_BUCKET".to_string(), initial.clone()),
+        ("FINAL_BUCKET".to_string(), final_.clone()),
+        ("KMS_KEY_ARN".to_string(), kms_key_arn.to_string()),
+        ("PROCESSOR".to_string(), "identity".to_string()),
+    ];
+    let log = work.join(format!("service-{number}.log"));
+    let (service, url) = servers::start_service(cx, env, settings, &log)?;
+    let body = Bytes::from(vec![b'x'; (kib * 1024) as usize]);
+    let duration = Duration::from_secs(seconds);
+
+    let measured = runtime.block_on(async {
+        let baseline = baseline(&clients.s3, &initial, count, body.clone(), duration).await;
+        let sampling = Arc::new(AtomicBool::new(true));
+        let fds = tokio::spawn(peak_open_fds(service.pid(), sampling.clone()));
+        let (service_side, acknowledged, error_kinds) =
+            through_service(&url, count, body.clone(), duration).await?;
+        let processed = wait_processed(&clients.s3, &final_, &acknowledged).await?;
+        sampling.store(false, Ordering::Relaxed);
+        let peak_open_fds = fds.await.unwrap_or_default();
+        let failed = count_keys(&clients.s3, &final_, "failed/").await?;
+        let mut open = 0;
+        for bucket in [&initial, &final_] {
+            let listed = clients
+                .s3
+                .list_multipart_uploads()
+                .bucket(bucket)
+                .send()
+                .await
+                .aws_context(format!("s3:ListMultipartUploads {bucket}"))?;
+            open += listed.uploads().len();
+        }
+        Ok::<_, anyhow::Error>((
+            baseline,
+            service_side,
+            acknowledged.len(),
+            processed,
+            failed,
+            open,
+            peak_open_fds,
+            error_kinds,
+        ))
+    });
+    let peak_rss = servers::peak_rss(service.pid());
+    drop(service);
+    runtime.block_on(async {
+        for bucket in [&initial, &final_] {
+            buckets::empty_bucket(&clients.s3, bucket).await?;
+            clients
+                .s3
+                .delete_bucket()
+                .bucket(bucket)
+                .send()
+                .await
+                .aws_context(format!("s3:DeleteBucket {bucket}"))?;
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    let (baseline, service_side, acknowledged, processed, failed, open, peak_open_fds, error_kinds) =
+        measured?;
+    Ok(Case {
+        clients: count,
+        file_kib: kib,
+        ratio: service_side.mib_per_s / baseline.mib_per_s,
+        baseline,
+        service: service_side,
+        acknowledged,
+        processed,
+        failed,
+        open_multipart_uploads: open,
+        peak_rss_mib: peak_rss? as f64 / 1048576.0,
+        peak_open_fds,
+        error_kinds,
+    })
+}
+
+/// Runs `clients` loops of `one` until `duration` has passed (each finishes its request in
+/// flight); returns the side's figures and the loops' results.
+async fn clients_for<F, Fut, T>(
+    clients: usize,
+    bytes: usize,
+    duration: Duration,
+    one: F,
+) -> (Side, Vec<T>)
+where
+    F: Fn(usize, usize) -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let started = Instant::now();
+    let errors = AtomicUsize::new(0);
+    let loops = (0..clients).map(|client| {
+        let (one, errors) = (&one, &errors);
+        async move {
+            let mut latencies = Vec::new();
+            let mut results = Vec::new();
+            let mut seq = 0;
+            while started.elapsed() < duration {
+                let sent = Instant::now();
+                match one(client, seq).await {
+                    Ok(result) => {
+                        latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
+                        results.push(Ok(result));
+                    }
+                    Err(err) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        results.push(Err(err));
+                    }
+                }
+                seq += 1;
+            }
+            (latencies, results)
+        }
+    });
+    let done = join_all(loops).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let latencies: Vec<f64> = done.iter().flat_map(|(l, _)| l.clone()).collect();
+    let errors = errors.load(Ordering::Relaxed);
+    let requests = latencies.len() + errors;
+    let results = done.into_iter().flat_map(|(_, r)| r).collect::<Vec<_>>();
+    let (ok, _failed): (Vec<_>, Vec<_>) = results.into_iter().partition(|r| r.is_ok());
+    let side = Side {
+        requests,
+        errors,
+        mib_per_s: (latencies.len() * bytes) as f64 / 1048576.0 / elapsed,
+        p50_ms: percentile(&latencies, 50.0),
+        p99_ms: percentile(&latencies, 99.0),
+    };
+    (side, ok.into_iter().filter_map(Result::ok).collect())
+}
+
+/// The same bytes straight into the emulator: one PutObject each, SSE-KMS as the service
+/// asks for it.
+async fn baseline(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    clients: usize,
+    body: Bytes,
+    duration: Duration,
+) -> Side {
+    let bytes = body.len();
+    let (side, _) = clients_for(clients, bytes, duration, |client, seq| {
+        let body = body.clone();
+        async move {
+            s3.put_object()
+                .bucket(bucket)
+                .key(format!("baseline/{client}-{seq}"))
+                .server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::AwsKms)
+                .body(ByteStream::from(body))
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("{}", aws_sdk_s3::error::DisplayErrorContext(&e)))
+        }
+    })
+    .await;
+    side
+}
+
+/// Uploads through the service; returns the figures, the acknowledged names and the
+/// distinct kinds of error seen.
+async fn through_service(
+    url: &str,
+    clients: usize,
+    body: Bytes,
+    duration: Duration,
+) -> Result<(Side, Vec<String>, Vec<String>)> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(clients)
+        .timeout(Duration::from_secs(300))
+        .build()
+        .context("building an HTTP client")?;
+    let kinds = std::sync::Mutex::new(BTreeSet::new());
+    let bytes = body.len();
+    let (side, names) = clients_for(clients, bytes, duration, |client, seq| {
+        let (http, body, kinds) = (&http, body.clone(), &kinds);
+        async move {
+            let name = format!("load/{client}-{seq}");
+            let outcome = http
+                .put(format!("{url}/v1/files/{name}"))
+                .body(body)
+                .send()
+                .await;
+            let kind = match outcome {
+                Ok(response) if response.status().as_u16() == 201 => return Ok(name),
+                Ok(response) => format!("HTTP {}", response.status().as_u16()),
+                Err(err) if err.is_timeout() => "client timeout".to_string(),
+                Err(err) => format!("transport: {err}"),
+            };
+            kinds.lock().unwrap().insert(kind.clone());
+            Err(kind)
+        }
+    })
+    .await;
+    let kinds = kinds.into_inner().unwrap().into_iter().collect();
+    Ok((side, names, kinds))
+}
+
+/// Waits until an output exists for every acknowledged name (up to 10 minutes, while the
+/// count grows); returns how many do.
+async fn wait_processed(s3: &aws_sdk_s3::Client, bucket: &str, names: &[String]) -> Result<usize> {
+    let mut last = (0, Instant::now());
+    loop {
+        let outputs = list_keys(s3, bucket, "processed/load/").await?;
+        let processed = names
+            .iter()
+            .filter(|name| outputs.contains(&format!("processed/{name}")))
+            .count();
+        if processed == names.len() {
+            return Ok(processed);
+        }
+        if processed > last.0 {
+            last = (processed, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(120) {
+            return Ok(processed);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn list_keys(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    prefix: &str,
+) -> Result<BTreeSet<String>> {
+    let mut keys = BTreeSet::new();
+    let mut pages = s3
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.aws_context(format!("s3:ListObjectsV2 {bucket}/{prefix}"))?;
+        keys.extend(
+            page.contents()
+                .iter()
+                .filter_map(|o| o.key().map(str::to_string)),
+        );
+    }
+    Ok(keys)
+}
+
+async fn count_keys(s3: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> Result<usize> {
+    Ok(list_keys(s3, bucket, prefix).await?.len())
+}
+
+/// The most file descriptors the process had open while `sampling` was set.
+async fn peak_open_fds(pid: u32, sampling: Arc<AtomicBool>) -> usize {
+    let mut peak = 0;
+    while sampling.load(Ordering::Relaxed) {
+        if let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+            peak = peak.max(entries.count());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    peak
+}
+
+/// A Markdown table, as the README shows it.
+fn table(cases: &[Case]) -> String {
+    let mut out = String::from(
+        "| clients | file | baseline MiB/s | service MiB/s | ratio | p50 ms | p99 ms | requests | errors | acknowledged | processed | failed | open uploads | peak RSS MiB | peak fds |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for c in cases {
+        let size = if c.file_kib >= 1024 {
+            format!("{} MiB", c.file_kib / 1024)
+        } else {
+            format!("{} KiB", c.file_kib)
+        };
+        out.push_str(&format!(
+            "| {} | {size} | {:.1} | {:.1} | {:.2} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {:.0} | {} |\n",
+            c.clients,
+            c.baseline.mib_per_s,
+            c.service.mib_per_s,
+            c.ratio,
+            c.service.p50_ms,
+            c.service.p99_ms,
+            c.service.requests,
+            c.service.errors,
+            c.acknowledged,
+            c.processed,
+            c.failed,
+            c.open_multipart_uploads,
+            c.peak_rss_mib,
+            c.peak_open_fds,
+        ));
+        if !c.error_kinds.is_empty() {
+            out.push_str(&format!("\nerrors: {}\n", c.error_kinds.join("; ")));
+        }
+    }
+    out
+}
