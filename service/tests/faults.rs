@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::binary::{Running, TOKEN, http, spawn};
 use common::faults::{FAULT_REQUEST_ID, Fault, FaultProxy, kms_decrypt, s3};
+use common::proxy::KmsProxy;
 use common::{MIB, Resources, random_bytes, resources, sha256_hex};
 use service::decrypt::{Decryptor, Settings};
 use service::testing::emulator_endpoint;
@@ -235,12 +236,19 @@ async fn a_failure_names_the_aws_error_and_its_request_id() {
     }
 }
 
-/// SIGKILL with files acknowledged but not yet processed and one upload half sent: the
-/// next start aborts the multipart upload left open and processes every acknowledged file.
-#[tokio::test]
-async fn sigkill_mid_upload_leaves_no_open_upload_after_restart() {
+/// SIGKILL with files acknowledged but not yet processed, one of them mid-decryption (KMS
+/// held back by a proxy), and one upload half sent: the next start aborts the multipart
+/// upload left open and processes every acknowledged file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_upload_and_mid_processing_loses_nothing_and_leaves_no_open_upload() {
     let resources = resources().await;
-    let mut running = spawn(&resources, &[("PART_SIZE", "5242880")]).await;
+    let slow_kms = KmsProxy::start(&emulator_endpoint()).await;
+    slow_kms.delay_decrypts(Duration::from_secs(60));
+    let settings = [
+        ("AWS_ENDPOINT_URL", slow_kms.url.as_str()),
+        ("PART_SIZE", "5242880"),
+    ];
+    let mut running = spawn(&resources, &settings).await;
     let http = http();
     let mut acknowledged = Vec::new();
     for i in 0..8u64 {
@@ -250,6 +258,25 @@ async fn sigkill_mid_upload_leaves_no_open_upload_after_restart() {
         assert_eq!(code, 201, "{body}");
         acknowledged.push((name, data));
     }
+    let producer = Decryptor::new(
+        resources.clients.kms.clone(),
+        &resources.key_arn,
+        Settings::defaults(16 << 20),
+    )
+    .await
+    .unwrap();
+    let plaintext = random_bytes(50_000, 99);
+    let message = producer.encrypt(plaintext.clone(), None).await.unwrap();
+    let (code, body) = running.put(&http, "acked/sealed.enc", message).await;
+    assert_eq!(code, 201, "{body}");
+    acknowledged.push(("acked/sealed.enc".to_string(), plaintext));
+    wait_for(
+        "the decryption waiting on KMS",
+        Duration::from_secs(20),
+        || async { slow_kms.decrypts() >= 1 },
+    )
+    .await;
+
     let address = running.url.trim_start_matches("http://").to_string();
     let mut stalled = tokio::net::TcpStream::connect(address).await.unwrap();
     let head = format!(
@@ -264,6 +291,10 @@ async fn sigkill_mid_upload_leaves_no_open_upload_after_restart() {
         || async { open_uploads(&resources).await == 1 },
     )
     .await;
+    let status = running
+        .get_json(&http, "/v1/files/acked/sealed.enc/status")
+        .await;
+    assert_eq!(status["state"], "processing", "{status}");
 
     running.child.kill().unwrap();
     running.child.wait().unwrap();
@@ -274,7 +305,8 @@ async fn sigkill_mid_upload_leaves_no_open_upload_after_restart() {
         "the killed run left its upload open"
     );
 
-    let restarted = spawn(&resources, &[("PART_SIZE", "5242880")]).await;
+    slow_kms.delay_decrypts(Duration::ZERO);
+    let restarted = spawn(&resources, &settings).await;
     // The sweep runs before the service listens: nothing to wait for.
     assert_eq!(open_uploads(&resources).await, 0, "the orphan was aborted");
     assert!(
