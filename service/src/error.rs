@@ -1,11 +1,15 @@
-//! API errors: one JSON shape, `{"error": {"code", "message", "request_id"}}`.
+//! API errors: one JSON shape, `{"error": {"code", "message", "request_id"}}`, and the
+//! conversions that let handlers use `?`. What went wrong inside (an AWS error's code and
+//! request id) is logged by the request middleware, never sent to the client.
 
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::aws::Failure;
+use crate::aws::{Failure, aws_failure};
+use crate::retrieval::RetrievalError;
+use crate::upload::UploadError;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -14,6 +18,17 @@ pub struct ApiError {
     pub message: String,
     /// Extra fields merged into the error object (e.g. a processing status).
     pub details: Option<serde_json::Value>,
+    /// The cause, for the log only.
+    cause: Option<String>,
+}
+
+/// An error's cause, handed from the response to the request middleware, which logs it.
+#[derive(Clone, Debug)]
+pub struct ErrorCause {
+    pub code: &'static str,
+    pub cause: String,
+    /// The deployment's permissions are wrong: logged as an error, not a warning.
+    pub denied: bool,
 }
 
 impl ApiError {
@@ -23,6 +38,7 @@ impl ApiError {
             code,
             message: message.into(),
             details: None,
+            cause: None,
         }
     }
 
@@ -42,30 +58,67 @@ impl ApiError {
         )
     }
 
-    /// An AWS failure, classified by the SDK's error kind and code: throttling and
-    /// unavailability are 503 (retry later); a denial is a deployment error, said loudly;
-    /// the rest 502.
-    pub fn upstream_aws(err: &anyhow::Error) -> ApiError {
-        let text = format!("{err:#}");
-        let (status, code) = match crate::aws::aws_failure(err) {
+    pub fn with_details(mut self, details: serde_json::Value) -> ApiError {
+        self.details = Some(details);
+        self
+    }
+
+    fn caused_by(mut self, cause: impl Into<String>) -> ApiError {
+        self.cause = Some(cause.into());
+        self
+    }
+}
+
+/// An AWS failure (or any internal one), classified by the SDK's error kind and code:
+/// throttling and unavailability are 503 (retry later); a denial is a deployment error; the
+/// rest 502.
+impl From<anyhow::Error> for ApiError {
+    fn from(err: anyhow::Error) -> ApiError {
+        let (status, code) = match aws_failure(&err) {
             Some(Failure::Transient) => (StatusCode::SERVICE_UNAVAILABLE, "aws_unavailable"),
-            Some(Failure::Denied) => {
-                tracing::error!(error = %text, "AWS denied a call: the deployment's permissions are wrong");
-                (StatusCode::BAD_GATEWAY, "aws_access_denied")
-            }
+            Some(Failure::Denied) => (StatusCode::BAD_GATEWAY, "aws_access_denied"),
             _ => (StatusCode::BAD_GATEWAY, "aws_error"),
         };
-        tracing::warn!(error = %text, "AWS call failed");
         ApiError::new(
             status,
             code,
             "a storage or key service call failed; see the service log for this request id",
         )
+        .caused_by(format!("{err:#}"))
     }
+}
 
-    pub fn with_details(mut self, details: serde_json::Value) -> ApiError {
-        self.details = Some(details);
-        self
+impl From<UploadError> for ApiError {
+    fn from(err: UploadError) -> ApiError {
+        match err {
+            UploadError::TooLarge(limit) => ApiError::too_large(limit),
+            UploadError::Body(why) => {
+                ApiError::bad_request(format!("reading the request body failed: {why}"))
+                    .caused_by("the body ended early; nothing stored")
+            }
+            UploadError::TooSlow(why) => {
+                ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_too_slow", why)
+                    .caused_by("the body was too slow; nothing stored")
+            }
+            UploadError::Integrity(why) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "integrity_mismatch", why)
+            }
+            UploadError::Aws(err) => err.into(),
+        }
+    }
+}
+
+impl From<RetrievalError> for ApiError {
+    fn from(err: RetrievalError) -> ApiError {
+        match err {
+            RetrievalError::Refused(why) => {
+                ApiError::new(StatusCode::FORBIDDEN, "retrieval_refused", why)
+            }
+            RetrievalError::Upstream(why) => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", why)
+            }
+            RetrievalError::TooLarge(limit) => ApiError::too_large(limit),
+        }
     }
 }
 
@@ -74,7 +127,7 @@ impl IntoResponse for ApiError {
         let mut error = json!({
             "code": self.code,
             "message": self.message,
-            "request_id": crate::app::request_id(),
+            "request_id": crate::request_id::current(),
         });
         if let Some(serde_json::Value::Object(extra)) = self.details {
             for (k, v) in extra {
@@ -88,6 +141,13 @@ impl IntoResponse for ApiError {
                 axum::http::header::RETRY_AFTER,
                 axum::http::HeaderValue::from_static(RETRY_AFTER_SECS),
             );
+        }
+        if let Some(cause) = self.cause {
+            response.extensions_mut().insert(ErrorCause {
+                code: self.code,
+                cause,
+                denied: self.code == "aws_access_denied",
+            });
         }
         response
     }
@@ -107,5 +167,18 @@ mod tests {
         assert_eq!(busy.headers()["retry-after"], RETRY_AFTER_SECS);
         let missing = ApiError::not_found("no such file").into_response();
         assert!(missing.headers().get("retry-after").is_none());
+    }
+
+    #[tokio::test]
+    async fn an_internal_cause_is_kept_for_the_log_and_not_sent() {
+        let err: ApiError = anyhow::anyhow!("s3:GetObject raw/x: secret detail").into();
+        assert_eq!(err.code, "aws_error");
+        let response = err.into_response();
+        let cause = response.extensions().get::<ErrorCause>().unwrap();
+        assert!(cause.cause.contains("secret detail"));
+        let body = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .unwrap();
+        assert!(!String::from_utf8_lossy(&body).contains("secret detail"));
     }
 }

@@ -1,14 +1,16 @@
 //! The file-pipeline service: library half (also used by the xtask and the tests).
 
-pub mod app;
 pub mod aws;
 pub mod config;
 pub mod decrypt;
 pub mod error;
+pub mod http;
 pub mod metrics;
 pub mod names;
 pub mod processing;
+pub mod request_id;
 pub mod retrieval;
 pub mod serve;
+pub mod store;
 pub mod testing;
 pub mod upload;

@@ -5,9 +5,9 @@ use std::io::IsTerminal;
 
 use anyhow::Context as _;
 use clap::Parser;
-use service::app::AppState;
 use service::aws::AwsClients;
 use service::config::Config;
+use service::http::AppState;
 use service::serve::serve;
 use tracing_subscriber::EnvFilter;
 

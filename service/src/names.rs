@@ -43,6 +43,70 @@ pub fn failed_key(name: &str) -> String {
     format!("failed/{name}.json")
 }
 
+/// Names of the user metadata on stored objects.
+pub mod meta {
+    /// SHA-256 (hex) of the object's own content.
+    pub const SHA256: &str = "sha256";
+    /// On an output: the raw object it was made from, and that object's digest.
+    pub const SOURCE_KEY: &str = "source-key";
+    pub const SOURCE_ETAG: &str = "source-etag";
+    pub const SOURCE_VERSION: &str = "source-version";
+    pub const SOURCE_SHA256: &str = "source-sha256";
+    pub const PROCESSOR: &str = "processor";
+    pub const PROCESSED_AT: &str = "processed-at";
+    /// Lines of a `jsonl` output.
+    pub const LINES: &str = "lines";
+    /// On a raw object retrieved from upstream: where from, and its validators.
+    pub const SOURCE_URL: &str = "source-url";
+    pub const UPSTREAM_ETAG: &str = "upstream-etag";
+    pub const UPSTREAM_LAST_MODIFIED: &str = "upstream-last-modified";
+}
+
+/// A key as a URL path (CopySource): percent-encoded except for `/`.
+pub fn percent_encode_path(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for byte in key.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.~/".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// S3 user metadata travels in HTTP headers, so non-ASCII text is percent-encoded.
+pub fn metadata_value(text: &str) -> String {
+    percent_encode_path(text)
+}
+
+/// Reverses [`metadata_value`].
+pub fn metadata_text(value: &str) -> String {
+    String::from_utf8_lossy(&percent_decode(value)).into_owned()
+}
+
+/// Decodes `%XX` escapes; anything else passes through.
+pub fn percent_decode(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Some(byte) = std::str::from_utf8(&bytes[i + 1..i + 3])
+                .ok()
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+        {
+            out.push(byte);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,5 +145,22 @@ mod tests {
         ] {
             assert!(validate(name).is_err(), "{name:?} should be refused");
         }
+    }
+
+    #[test]
+    fn metadata_values_are_ascii_and_round_trip() {
+        for text in [
+            "plain",
+            "ünïcode name.txt",
+            "a b/c%d",
+            "https://h/p?q=1&r=ß",
+        ] {
+            let value = metadata_value(text);
+            assert!(value.is_ascii() && !value.contains(' '), "{value}");
+            assert_eq!(metadata_text(&value), text);
+        }
+        assert_eq!(percent_encode_path("dir/a b.txt"), "dir/a%20b.txt");
+        // A stray `%` passes through.
+        assert_eq!(percent_decode("100%"), b"100%");
     }
 }

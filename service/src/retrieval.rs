@@ -249,7 +249,7 @@ async fn resolve_safely(host: &str, port: u16) -> Result<SocketAddr, RetrievalEr
 pub fn name_from_url(url: &str) -> Option<String> {
     let url = Url::parse(url).ok()?;
     let segment = url.path_segments()?.rev().find(|s| !s.is_empty())?;
-    String::from_utf8(crate::upload::percent_decode(segment)).ok()
+    String::from_utf8(crate::names::percent_decode(segment)).ok()
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::app::{AppState, router};
+use crate::http::{AppState, router};
 
 /// Serves until SIGTERM/SIGINT, then lets in-flight requests finish for the grace period and
 /// aborts whatever multipart uploads are still open.
@@ -72,13 +72,13 @@ pub async fn serve(state: AppState, listener: TcpListener) -> Result<()> {
     }
     // While the connections still run: cancelling them first would leave each upload's
     // abort to a task that the runtime's shutdown may never run.
-    if !state.in_flight.is_empty() {
+    if !state.in_flight().is_empty() {
         tracing::warn!(
-            uploads = state.in_flight.len(),
+            uploads = state.in_flight().len(),
             "aborting unfinished multipart uploads"
         );
     }
-    state.in_flight.abort_all().await;
+    state.in_flight().abort_all().await;
     drop(served);
     Ok(())
 }

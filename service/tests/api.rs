@@ -710,7 +710,7 @@ async fn a_panicking_handler_answers_500_in_json_and_the_server_goes_on() {
             }),
         )
         .route("/fine", get(|| async { "fine" }))
-        .layer(axum::middleware::from_fn(service::app::json_errors));
+        .layer(axum::middleware::from_fn(service::http::json_errors));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });

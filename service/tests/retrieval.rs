@@ -153,11 +153,11 @@ async fn scheduled_polls_store_only_changed_content() {
     };
 
     assert!(
-        service::app::poll_once(&stack.state, &url).await.unwrap(),
+        service::http::poll_once(&stack.state, &url).await.unwrap(),
         "first poll stores"
     );
     assert!(
-        !service::app::poll_once(&stack.state, &url).await.unwrap(),
+        !service::http::poll_once(&stack.state, &url).await.unwrap(),
         "unchanged: 304, nothing stored"
     );
     assert_eq!(upstream.conditional.lock().unwrap().as_slice(), ["\"v1\""]);
@@ -165,7 +165,7 @@ async fn scheduled_polls_store_only_changed_content() {
 
     *upstream.body.lock().unwrap() = ("\"v2\"".into(), "{\"version\":2}\n".into());
     assert!(
-        service::app::poll_once(&stack.state, &url).await.unwrap(),
+        service::http::poll_once(&stack.state, &url).await.unwrap(),
         "changed content is stored"
     );
     assert_eq!(versions(&stack).await, 2);

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use serde_json::Value;
-use service::app::{AppState, router};
 use service::aws::AwsClients;
 use service::config::Config;
+use service::http::{AppState, router};
 use service::testing::{
     TEST_REGION, configure_like_terraform, create_bucket, create_key, emulator_clients,
     unique_bucket_name,

@@ -13,8 +13,8 @@ mod terraform_static;
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
-use service::app::{AppState, router};
 use service::config::Config;
+use service::http::{AppState, router};
 use service::testing::{
     TEST_REGION, configure_like_terraform, create_bucket, create_key, emulator_clients,
     unique_bucket_name,

@@ -1,0 +1,123 @@
+//! The HTTP API: the router and the state the handlers share. Handlers validate before any
+//! AWS call, stream bodies both ways, and reach S3 only through the store.
+
+mod files;
+mod middleware;
+mod ops;
+mod retrievals;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+
+use crate::aws::AwsClients;
+use crate::config::Config;
+use crate::decrypt::Decryptor;
+use crate::metrics::Metrics;
+use crate::processing::Pipeline;
+use crate::retrieval::Upstream;
+use crate::store::Store;
+use crate::upload::InFlight;
+
+pub use middleware::json_errors;
+pub use retrievals::poll_once;
+
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub config: Arc<Config>,
+    pub store: Arc<Store>,
+    pub token: Option<String>,
+    pub metrics: Arc<Metrics>,
+    pub pipeline: Arc<Pipeline>,
+    pub upstream: Upstream,
+    /// The last readiness check and when it ran.
+    ready: Mutex<Option<(Instant, Result<(), String>)>>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// Wires everything and starts the processing workers and scans.
+    pub async fn start(config: Config, clients: &AwsClients) -> Result<AppState> {
+        let token = config.validate()?;
+        let config = Arc::new(config);
+        let metrics = Arc::new(Metrics::default());
+        let decryptor = Decryptor::new(
+            clients.kms.clone(),
+            &config.kms_key_arn,
+            config.decrypt_settings(),
+        )
+        .await?;
+        let store = Arc::new(Store::new(
+            clients,
+            config.clone(),
+            InFlight::new(config.max_buffered_parts),
+        ));
+        store.abort_orphaned_uploads().await;
+        let pipeline = Pipeline::start(store.clone(), config.clone(), decryptor, metrics.clone());
+        let upstream = Upstream::new(
+            &config.upstream_allowed_hosts,
+            Duration::from_secs(config.upstream_timeout_secs),
+            config.max_object_size,
+        );
+        let state = AppState(Arc::new(Inner {
+            config,
+            store,
+            token,
+            metrics,
+            pipeline,
+            upstream,
+            ready: Mutex::new(None),
+        }));
+        if !state.config.upstream_poll_urls.is_empty() {
+            tokio::spawn(retrievals::poll_upstream(state.clone()));
+        }
+        Ok(state)
+    }
+
+    /// The multipart uploads not yet completed, for shutdown.
+    pub fn in_flight(&self) -> &InFlight {
+        self.store.in_flight()
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/v1/files", get(files::list))
+        .route(
+            "/v1/files/{*name}",
+            get(files::get_file_or_status)
+                .put(files::put)
+                .post(files::reprocess)
+                .delete(files::delete)
+                .layer(DefaultBodyLimit::disable()),
+        )
+        .route("/v1/retrievals", post(retrievals::retrieve))
+        .route("/v1/info", get(ops::info))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::require_token,
+        ));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .merge(v1)
+        .layer(axum::middleware::from_fn(middleware::json_errors))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::observe,
+        ))
+        .with_state(state)
+}

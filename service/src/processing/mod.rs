@@ -1,0 +1,637 @@
+//! initial bucket → decrypt → process → final bucket.
+//!
+//! A file is processed iff the final bucket has no output (and no failure record) whose
+//! recorded source ETag/version matches the current raw object. New uploads are queued
+//! at once; a reconciliation scan at start-up and every few minutes queues whatever a
+//! restart or a full queue left behind. Everything is streamed except Encryption SDK
+//! messages, which the SDK decrypts in memory (bounded by MAX_ENCRYPTED_SIZE).
+
+pub mod processors;
+pub mod status;
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll};
+use std::time::Instant;
+
+use anyhow::{Context as _, Result, anyhow};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio::sync::mpsc;
+
+use crate::aws::Failure;
+use crate::config::Config;
+use crate::decrypt::{self, Decryptor};
+use crate::metrics::Metrics;
+use crate::names::{meta, metadata_text, metadata_value};
+use crate::store::{RawInfo, Record, Store, now_rfc3339};
+use crate::upload::{self, UploadError};
+use processors::{Processor, Reader, processor};
+pub use status::{FileStatus, State};
+
+/// A failure that was not the file's: the next scan (or a reprocess) tries again.
+fn retryable(record: &Record) -> bool {
+    matches!(record.code.as_deref(), Some(TRANSIENT | ACCESS_DENIED))
+}
+
+const TRANSIENT: &str = "transient";
+const ACCESS_DENIED: &str = "access_denied";
+
+/// Why a run failed, for its record: see [`Record::code`].
+fn failure_code(err: &anyhow::Error, source_failed: bool) -> &'static str {
+    if err.is::<Quarantined>() {
+        return "quarantined";
+    }
+    let failure = if source_failed {
+        Some(Failure::Transient)
+    } else {
+        crate::aws::aws_failure(err).or_else(|| {
+            err.chain()
+                .find_map(|e| e.downcast_ref::<decrypt::KmsFailure>())
+                .map(|e| e.failure)
+        })
+    };
+    match failure {
+        Some(Failure::Transient) => TRANSIENT,
+        Some(Failure::Denied) => ACCESS_DENIED,
+        _ => "file",
+    }
+}
+
+/// The file's decryptions kept dying; it is not decrypted again.
+#[derive(Debug)]
+struct Quarantined(u32);
+
+impl std::fmt::Display for Quarantined {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "quarantined: {} decryptions of this version were started and never finished \
+             (the service stopped, or they timed out); it is not decrypted again. \
+             Upload the file again, or POST .../reprocess, to retry",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for Quarantined {}
+
+/// How a run failed, for its record.
+struct Failed {
+    error: String,
+    code: &'static str,
+    request_id: Option<String>,
+    attempts: u32,
+    tries: u32,
+}
+
+/// Decryptions started for the version being processed, before this run and by it.
+struct Attempts {
+    before: u32,
+    recorded: bool,
+}
+
+/// Decryption did not finish in time; the attempt stays recorded and the file is queued
+/// again, until it is quarantined.
+#[derive(Debug)]
+struct DecryptionTimedOut(std::time::Duration);
+
+impl std::fmt::Display for DecryptionTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "decryption did not finish within {} s (DECRYPT_TIMEOUT_SECS)",
+            self.0.as_secs()
+        )
+    }
+}
+
+impl std::error::Error for DecryptionTimedOut {}
+
+/// Hashes what passes through, into a hasher shared with whoever needs the digest later.
+struct Hashing<R> {
+    inner: R,
+    hasher: Arc<Mutex<Sha256>>,
+    /// Set when reading the source fails (S3 cut the body off): the run failed through no
+    /// fault of the file.
+    failed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Hashing<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        match &result {
+            Poll::Ready(Ok(())) => {
+                let new = &buf.filled()[before..];
+                self.hasher.lock().unwrap().update(new);
+            }
+            Poll::Ready(Err(_)) => self
+                .failed
+                .store(true, std::sync::atomic::Ordering::Relaxed),
+            Poll::Pending => {}
+        }
+        result
+    }
+}
+
+pub struct Pipeline {
+    store: Arc<Store>,
+    config: Arc<Config>,
+    processor: Arc<dyn Processor>,
+    decryptor: Decryptor,
+    metrics: Arc<Metrics>,
+    queue: mpsc::Sender<String>,
+    /// Names queued or being processed, so nothing is queued twice.
+    queued: Mutex<HashSet<String>>,
+    /// Accepted files that found the queue full (uploads that raced for its last place, and
+    /// re-queued timeouts): moved into the queue as soon as a worker frees a place.
+    overflow: Mutex<std::collections::VecDeque<String>>,
+    running: Mutex<HashSet<String>>,
+    /// Names whose processing run just ended, for status requests that wait for it.
+    finished: tokio::sync::broadcast::Sender<String>,
+}
+
+impl Pipeline {
+    /// Starts the workers and the periodic reconciliation scan.
+    pub fn start(
+        store: Arc<Store>,
+        config: Arc<Config>,
+        decryptor: Decryptor,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Pipeline> {
+        let (tx, rx) = mpsc::channel(config.queue_capacity);
+        let pipeline = Arc::new(Pipeline {
+            store,
+            processor: processor(&config),
+            config: config.clone(),
+            decryptor,
+            metrics,
+            queue: tx,
+            queued: Mutex::new(HashSet::new()),
+            overflow: Mutex::new(std::collections::VecDeque::new()),
+            running: Mutex::new(HashSet::new()),
+            finished: tokio::sync::broadcast::channel(1024).0,
+        });
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        for _ in 0..config.processing_concurrency {
+            let pipeline = pipeline.clone();
+            let rx = rx.clone();
+            tokio::spawn(async move {
+                loop {
+                    let next = rx.lock().await.recv().await;
+                    let Some(name) = next else { break };
+                    pipeline.metrics.queue_changed(-1);
+                    pipeline.refill();
+                    pipeline.run(&name).await;
+                }
+            });
+        }
+        let scanner = pipeline.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(scanner.config.reconcile_interval());
+            loop {
+                ticker.tick().await;
+                match scanner.reconcile().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(queued = n, "reconciliation queued unprocessed files"),
+                    Err(err) => {
+                        tracing::error!(error = %format!("{err:#}"), "reconciliation scan failed")
+                    }
+                }
+            }
+        });
+        pipeline
+    }
+
+    /// Whether an upload may be accepted: its file would be queued at once. Uploads are
+    /// refused (503) rather than acknowledged and left to a scan minutes later.
+    pub fn has_room(&self) -> bool {
+        self.queue.capacity() > 0 && self.overflow.lock().unwrap().is_empty()
+    }
+
+    /// Queues an accepted file: in the queue, or (if it just filled) in the overflow that
+    /// workers drain as soon as they free a place.
+    pub fn enqueue(&self, name: &str) {
+        if !self.queued.lock().unwrap().insert(name.to_string()) {
+            return;
+        }
+        match self.queue.try_send(name.to_string()) {
+            Ok(()) => self.metrics.queue_changed(1),
+            Err(_) => self.overflow.lock().unwrap().push_back(name.to_string()),
+        }
+    }
+
+    /// Queues a file the scan found, if there is room; false leaves it for the next scan
+    /// (a backlog of unprocessed raw objects is not copied into memory whole).
+    fn enqueue_if_room(&self, name: &str) -> bool {
+        if !self.has_room() {
+            return false;
+        }
+        self.enqueue(name);
+        true
+    }
+
+    /// Moves overflowed files into the queue while it has room.
+    fn refill(&self) {
+        let mut overflow = self.overflow.lock().unwrap();
+        while let Some(name) = overflow.pop_front() {
+            if let Err(err) = self.queue.try_send(name) {
+                overflow.push_front(err.into_inner());
+                break;
+            }
+            self.metrics.queue_changed(1);
+        }
+    }
+
+    async fn run(&self, name: &str) {
+        self.running.lock().unwrap().insert(name.to_string());
+        self.queued.lock().unwrap().remove(name);
+        let started = Instant::now();
+        let result = self.process(name).await;
+        self.running.lock().unwrap().remove(name);
+        // No receiver is the normal case: nobody waits.
+        let _ = self.finished.send(name.to_string());
+        match result {
+            Ok(Some(_)) => {
+                self.metrics.processing_done(true, started.elapsed());
+                tracing::info!(
+                    name,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "processed"
+                );
+            }
+            Ok(None) => {}
+            Err(err) => {
+                self.metrics.processing_done(false, started.elapsed());
+                tracing::warn!(name, error = %format!("{err:#}"), "processing failed");
+            }
+        }
+    }
+
+    /// Processes one file if its current raw version has no output yet. `Ok(None)`: nothing
+    /// to do. A processing failure is recorded in the final bucket and also returned.
+    pub async fn process(&self, name: &str) -> Result<Option<upload::Uploaded>> {
+        let Some(raw) = self.store.head_raw(name).await? else {
+            return Ok(None);
+        };
+        if self.store.head_processed(name, &raw).await?.is_some() {
+            return Ok(None);
+        }
+        let record = self.store.record(name).await?;
+        let before = match &record {
+            Some(record) if record.is_for(&raw) => {
+                if record.error.is_some() && !retryable(record) {
+                    return Ok(None);
+                }
+                record.attempts
+            }
+            _ => 0,
+        };
+        let mut attempts = Attempts {
+            before,
+            recorded: false,
+        };
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let source_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let err = match self
+                .transform(name, &raw, &mut attempts, &source_failed)
+                .await
+            {
+                Ok(uploaded) => {
+                    // An attempt record, or an earlier failure, is stale now; with no record
+                    // there is nothing to delete (saves a request per file).
+                    if record.is_some() || attempts.recorded {
+                        self.store.clear_record(name).await?;
+                    }
+                    return Ok(Some(uploaded));
+                }
+                Err(err) => err,
+            };
+            if err.is::<DecryptionTimedOut>() {
+                // The attempt stays counted; the next run quarantines the file once they
+                // are used up.
+                self.enqueue(name);
+                return Err(err);
+            }
+            let source_failed = source_failed.load(std::sync::atomic::Ordering::Relaxed);
+            let code = failure_code(&err, source_failed);
+            if code == TRANSIENT && tries < self.config.max_transient_tries {
+                let pause = self.config.transient_backoff(tries);
+                self.metrics.retried();
+                tracing::info!(
+                    name,
+                    tries,
+                    pause_ms = pause.as_millis() as u64,
+                    error = %format!("{err:#}"),
+                    "transient failure; trying again"
+                );
+                tokio::time::sleep(pause).await;
+                continue;
+            }
+            let failed = Failed {
+                error: format!("{err:#}"),
+                code,
+                request_id: crate::aws::aws_call(&err).and_then(|call| call.request_id.clone()),
+                attempts: attempts.before + u32::from(attempts.recorded),
+                tries,
+            };
+            self.record_failure(name, &raw, failed).await?;
+            return Err(err);
+        }
+    }
+
+    async fn transform(
+        &self,
+        name: &str,
+        raw: &RawInfo,
+        attempts: &mut Attempts,
+        source_failed: &Arc<std::sync::atomic::AtomicBool>,
+    ) -> Result<upload::Uploaded> {
+        let source = self.store.open_raw(name, raw).await?;
+        let hasher = Arc::new(Mutex::new(Sha256::new()));
+        let mut reader = Hashing {
+            inner: source,
+            hasher: hasher.clone(),
+            failed: source_failed.clone(),
+        };
+        let mut header = [0u8; decrypt::HEADER_LEN];
+        let mut filled = 0;
+        while filled < header.len() {
+            let n = reader
+                .read(&mut header[filled..])
+                .await
+                .context("reading the raw object")?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        let header = header[..filled].to_vec();
+        let plaintext: Reader = if decrypt::looks_encrypted(&header) {
+            if raw.size as u64 > self.config.max_encrypted_size {
+                return Err(anyhow!(
+                    "encrypted payload of {} bytes exceeds MAX_ENCRYPTED_SIZE ({} bytes)",
+                    raw.size,
+                    self.config.max_encrypted_size
+                ));
+            }
+            // Decryption is where a hostile message could take the process down; a message
+            // whose decryption never finishes is not decrypted again and again.
+            if attempts.before >= self.config.max_decrypt_attempts {
+                return Err(Quarantined(attempts.before).into());
+            }
+            // One attempt per run, whatever its tries.
+            if !attempts.recorded {
+                self.record_attempt(name, raw, attempts.before + 1).await?;
+                attempts.recorded = true;
+            }
+            let limit = self.config.decrypt_timeout();
+            let plaintext = tokio::time::timeout(
+                limit,
+                self.decryptor
+                    .decrypt_from(header, &mut reader, raw.size as u64),
+            )
+            .await
+            .map_err(|_| DecryptionTimedOut(limit))??;
+            Box::new(plaintext)
+        } else if self.config.require_encrypted_input {
+            return Err(anyhow!(
+                "the payload is not an AWS Encryption SDK message and REQUIRE_ENCRYPTED_INPUT is set"
+            ));
+        } else {
+            Box::new(io::Cursor::new(header).chain(reader))
+        };
+
+        let late = Arc::new(Mutex::new(HashMap::new()));
+        let output = self.processor.process(plaintext, late.clone());
+        // Record the raw digest and completion time once the stream has ended.
+        let finish = {
+            let late = late.clone();
+            let hasher = hasher.clone();
+            stream::once(async move {
+                let digest = hex::encode(hasher.lock().unwrap().clone().finalize());
+                let mut late = late.lock().unwrap();
+                late.insert(meta::SOURCE_SHA256.into(), digest);
+                late.insert(meta::PROCESSED_AT.into(), now_rfc3339());
+                Ok::<Bytes, io::Error>(Bytes::new())
+            })
+        };
+        let output = output
+            .chain(finish)
+            .filter(|chunk| std::future::ready(!matches!(chunk, Ok(bytes) if bytes.is_empty())));
+
+        self.store
+            .put_output(
+                name,
+                raw,
+                self.processor.name(),
+                self.processor.content_type(raw.content_type.as_deref()),
+                late,
+                output,
+            )
+            .await
+            .map_err(|err| match err {
+                UploadError::Body(message) => {
+                    anyhow!("{} processor: {message}", self.processor.name())
+                }
+                // The output stalls only when reading the raw object does.
+                UploadError::TooSlow(message) => {
+                    source_failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    anyhow!("reading the raw object stalled: {message}")
+                }
+                UploadError::Aws(err) => err,
+                other => anyhow!("{other}"),
+            })
+    }
+
+    /// The failure recorded for exactly this raw version, if its processing failed.
+    async fn failure(&self, name: &str, raw: &RawInfo) -> Result<Option<Record>> {
+        Ok(self
+            .store
+            .record(name)
+            .await?
+            .filter(|record| record.is_for(raw) && record.error.is_some()))
+    }
+
+    /// Whether this version is settled: processed, or failed for a reason of its own (a
+    /// transient or access failure is tried again).
+    async fn output_matches(&self, name: &str, raw: &RawInfo) -> Result<bool> {
+        if self.store.head_processed(name, raw).await?.is_some() {
+            return Ok(true);
+        }
+        Ok(self
+            .failure(name, raw)
+            .await?
+            .is_some_and(|record| !retryable(&record)))
+    }
+
+    /// Forgets the record of `name` (its failure, its quarantine) and queues it again.
+    /// `false` if there is no such file.
+    pub async fn reprocess(&self, name: &str) -> Result<bool> {
+        if self.store.head_raw(name).await?.is_none() {
+            return Ok(false);
+        }
+        if self.store.record(name).await?.is_some() {
+            self.store.clear_record(name).await?;
+        }
+        self.enqueue(name);
+        Ok(true)
+    }
+
+    async fn record_failure(&self, name: &str, raw: &RawInfo, failed: Failed) -> Result<()> {
+        self.metrics.failed_with(failed.code);
+        self.store
+            .put_record(
+                name,
+                &Record {
+                    error: Some(failed.error),
+                    failed_at: Some(now_rfc3339()),
+                    code: Some(failed.code.to_string()),
+                    tries: failed.tries,
+                    request_id: failed.request_id,
+                    ..self.new_record(name, raw, failed.attempts)
+                },
+            )
+            .await
+    }
+
+    /// Counts a decryption of this version as started, before it starts.
+    async fn record_attempt(&self, name: &str, raw: &RawInfo, attempts: u32) -> Result<()> {
+        self.store
+            .put_record(name, &self.new_record(name, raw, attempts))
+            .await
+    }
+
+    fn new_record(&self, name: &str, raw: &RawInfo, attempts: u32) -> Record {
+        Record {
+            name: metadata_text(&metadata_value(name)),
+            source_etag: raw.etag.clone(),
+            source_version: raw.version_id.clone(),
+            processor: self.processor.name().to_string(),
+            error: None,
+            failed_at: None,
+            code: None,
+            tries: 0,
+            request_id: None,
+            attempts,
+        }
+    }
+
+    /// Status of a file, or `None` if there is no raw object.
+    pub async fn status(&self, name: &str) -> Result<Option<FileStatus>> {
+        let Some(raw) = self.store.head_raw(name).await? else {
+            return Ok(None);
+        };
+        let processed = self.store.head_processed(name, &raw).await?;
+        let (state, failure) = if processed.is_some() {
+            (State::Processed, None)
+        } else if let Some(record) = self.failure(name, &raw).await? {
+            (State::Failed, Some(record))
+        } else if self.running.lock().unwrap().contains(name) {
+            (State::Processing, None)
+        } else {
+            (State::Pending, None)
+        };
+        let tries = failure.as_ref().map(|record| record.tries);
+        let (error, error_code, request_id) = failure
+            .map(|record| (record.error, record.code, record.request_id))
+            .unwrap_or_default();
+        Ok(Some(FileStatus {
+            name: name.to_string(),
+            state,
+            raw,
+            processed,
+            error,
+            error_code,
+            tries,
+            request_id,
+        }))
+    }
+
+    /// Status of a file, waiting up to `wait` while it is pending or processing. Wakes
+    /// when a processing run of this name ends, so waiting costs no polling.
+    pub async fn wait_for_status(
+        &self,
+        name: &str,
+        wait: std::time::Duration,
+    ) -> Result<Option<FileStatus>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Subscribe before looking, so a run that ends in between is not missed.
+            let mut finished = self.finished.subscribe();
+            // Queued or running here: its run will announce its end, so the S3 lookups of
+            // a status can wait until then (right after an upload, the usual case).
+            let announced = !wait.is_zero() && self.is_queued_or_running(name);
+            let status = if announced {
+                None
+            } else {
+                let status = self.status(name).await?;
+                let unsettled = matches!(
+                    status.as_ref().map(|s| s.state),
+                    Some(State::Pending | State::Processing)
+                );
+                if !unsettled {
+                    return Ok(status);
+                }
+                status
+            };
+            let ended = async {
+                loop {
+                    match finished.recv().await {
+                        Ok(done) if done == name => return,
+                        Ok(_) => {}
+                        // Missed some names (or shutting down): look again.
+                        Err(_) => return,
+                    }
+                }
+            };
+            if tokio::time::timeout_at(deadline, ended).await.is_err() {
+                return match status {
+                    Some(status) => Ok(Some(status)),
+                    None => self.status(name).await,
+                };
+            }
+        }
+    }
+
+    fn is_queued_or_running(&self, name: &str) -> bool {
+        self.queued.lock().unwrap().contains(name) || self.running.lock().unwrap().contains(name)
+    }
+
+    /// Queues every raw object without a matching output; returns how many were queued.
+    pub async fn reconcile(&self) -> Result<usize> {
+        let mut queued = 0;
+        let mut cursor = None;
+        loop {
+            let (names, next) = self.store.raw_names(cursor).await?;
+            for name in &names {
+                if self.is_queued_or_running(name) {
+                    continue;
+                }
+                let Some(raw) = self.store.head_raw(name).await? else {
+                    continue;
+                };
+                if !self.output_matches(name, &raw).await? && self.enqueue_if_room(name) {
+                    queued += 1;
+                }
+            }
+            match next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        Ok(queued)
+    }
+}
