@@ -17,7 +17,6 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::Instant;
 
 use anyhow::{Context as _, Result, anyhow};
-use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream;
 use sha2::{Digest, Sha256};
@@ -33,6 +32,21 @@ use crate::store::{RawInfo, Record, Store, now_rfc3339};
 use crate::upload::{self, UploadError};
 use processors::{Processor, Reader, processor};
 pub use status::{FileStatus, State};
+
+/// `stream`, calling `done` once it has ended (not if it fails or is dropped first).
+fn on_end<S, F>(stream: S, done: F) -> impl futures_util::Stream<Item = S::Item>
+where
+    S: futures_util::Stream,
+    F: FnOnce(),
+{
+    let mut done = Some(done);
+    stream.chain(stream::poll_fn(move |_| {
+        if let Some(done) = done.take() {
+            done();
+        }
+        Poll::Ready(None)
+    }))
+}
 
 /// A failure that was not the file's: the next scan (or a reprocess) tries again.
 fn retryable(record: &Record) -> bool {
@@ -416,21 +430,17 @@ impl Pipeline {
 
         let late = Arc::new(Mutex::new(HashMap::new()));
         let output = self.processor.process(plaintext, late.clone());
-        // Record the raw digest and completion time once the stream has ended.
-        let finish = {
+        // The raw digest and the completion time, once the output has ended.
+        let output = on_end(output, {
             let late = late.clone();
             let hasher = hasher.clone();
-            stream::once(async move {
+            move || {
                 let digest = hex::encode(hasher.lock().unwrap().clone().finalize());
                 let mut late = late.lock().unwrap();
                 late.insert(meta::SOURCE_SHA256.into(), digest);
                 late.insert(meta::PROCESSED_AT.into(), now_rfc3339());
-                Ok::<Bytes, io::Error>(Bytes::new())
-            })
-        };
-        let output = output
-            .chain(finish)
-            .filter(|chunk| std::future::ready(!matches!(chunk, Ok(bytes) if bytes.is_empty())));
+            }
+        });
 
         self.store
             .put_output(
@@ -633,5 +643,28 @@ impl Pipeline {
             }
         }
         Ok(queued)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_end_hook_runs_once_after_the_last_item_and_not_before() {
+        let ended = Arc::new(AtomicBool::new(false));
+        let flag = ended.clone();
+        let items = stream::iter([1, 2]);
+        let mut hooked = std::pin::pin!(on_end(items, move || {
+            assert!(!flag.swap(true, Ordering::SeqCst), "called twice");
+        }));
+        assert_eq!(hooked.next().await, Some(1));
+        assert_eq!(hooked.next().await, Some(2));
+        assert!(!ended.load(Ordering::SeqCst));
+        assert_eq!(hooked.next().await, None);
+        assert!(ended.load(Ordering::SeqCst));
+        assert_eq!(hooked.next().await, None);
     }
 }
