@@ -69,9 +69,10 @@ pub struct Config {
     #[arg(long, env = "MIN_BODY_RATE", default_value_t = 64 * 1024)]
     pub min_body_rate: u64,
     /// Connections served at once; beyond them, new connections wait in the kernel's accept
-    /// queue. Each costs a file descriptor and up to about 64 KiB of staged body plus the
-    /// HTTP parser's buffers.
-    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    /// queue. Each costs a file descriptor and, outside the part budget, at most about
+    /// 192 KiB: 64 KiB of staged body, one 64 KiB chunk read ahead, the parser's 64 KiB buffer
+    /// (96 MiB for all 512 at worst).
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
     /// Seconds a client has to send a request's headers, and that an idle keep-alive
     /// connection stays open.

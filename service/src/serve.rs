@@ -16,6 +16,10 @@ use tokio::task::JoinSet;
 
 use crate::http::{AppState, router};
 
+/// The parser's buffer per connection: request headers must fit (they do by far), and a
+/// body is read at most this much at a time.
+const READ_BUFFER: usize = 64 * 1024;
+
 /// Serves until SIGTERM/SIGINT, then lets in-flight requests finish for the grace period and
 /// aborts whatever multipart uploads are still open.
 pub async fn serve(state: AppState, listener: TcpListener) -> Result<()> {
@@ -40,7 +44,10 @@ pub async fn serve(state: AppState, listener: TcpListener) -> Result<()> {
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout);
+                .header_read_timeout(header_timeout)
+                // Reads (and so body chunks) of at most 64 KiB: what a connection holds while
+                // it waits for a part buffer stays small, however many connections wait.
+                .max_buf_size(READ_BUFFER);
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             let mut connection = std::pin::pin!(connection);
             tokio::select! {

@@ -8,11 +8,9 @@
 use anyhow::{Context as _, Result, bail};
 use aws_sdk_s3::Client as S3;
 use aws_sdk_s3::error::ProvideErrorMetadata;
-use aws_sdk_s3::types::{BucketVersioningStatus, ExpirationStatus, LifecycleRule, ObjectOwnership};
-use serde_json::{Value, json};
-use service::aws::{AwsClients, AwsResultExt, partition};
+use service::aws::{AwsClients, AwsResultExt};
 
-use crate::buckets::{self, Desired};
+use crate::buckets::{self, BucketSetting, check_tls_only_policy, tls_only_policy};
 use crate::context::{Context, block_on};
 
 /// Old state versions are kept this long, then expire.
@@ -82,19 +80,18 @@ pub async fn bootstrap(cx: &Context, args: &Args) -> Result<(StateBucket, Outcom
     cx.step(format!("state bucket {}", bucket.name));
 
     let exists = bucket_exists(s3, &bucket).await?;
+    let region = cx.env.region().to_string();
+    let settings = settings(&bucket, &region);
     let outcome = if !exists {
         create_bucket(cx, s3, &bucket).await?;
-        for setting in Setting::ALL {
+        for setting in &settings {
             apply(cx, s3, &bucket, setting).await?;
         }
         Outcome::Created
     } else {
         let mut drifted = Vec::new();
-        for setting in Setting::ALL {
-            if setting == Setting::Policy && cx.env.is_local() {
-                continue;
-            }
-            let found = inspect(s3, &bucket, setting).await?;
+        for setting in settings.iter().filter(|s| attached_here(cx, s)) {
+            let found = buckets::inspect(s3, &bucket.name, &bucket.account_id, setting).await?;
             if found.ok {
                 eprintln!("    ok     {}: {}", setting.name(), found.current);
             } else {
@@ -102,7 +99,7 @@ pub async fn bootstrap(cx: &Context, args: &Args) -> Result<(StateBucket, Outcom
                     "    DRIFT  {}: {} (want {})",
                     setting.name(),
                     found.current,
-                    setting.want(&bucket)
+                    setting.want()
                 );
                 drifted.push(setting);
             }
@@ -111,7 +108,7 @@ pub async fn bootstrap(cx: &Context, args: &Args) -> Result<(StateBucket, Outcom
             Outcome::UpToDate
         } else {
             if args.fix {
-                for &setting in &drifted {
+                for setting in &drifted {
                     apply(cx, s3, &bucket, setting).await?;
                 }
             }
@@ -240,331 +237,52 @@ async fn create_bucket(cx: &Context, s3: &S3, bucket: &StateBucket) -> Result<()
     )
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Setting {
-    PublicAccessBlock,
-    Ownership,
-    Versioning,
-    Encryption,
-    Lifecycle,
-    Policy,
-}
-
-struct Found {
-    ok: bool,
-    current: String,
-}
-
-impl Setting {
-    /// Order matters: the public access block goes on before the policy.
-    pub const ALL: [Setting; 6] = [
-        Setting::PublicAccessBlock,
-        Setting::Ownership,
-        Setting::Versioning,
-        Setting::Encryption,
-        Setting::Lifecycle,
-        Setting::Policy,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Setting::PublicAccessBlock => "public access block",
-            Setting::Ownership => "object ownership",
-            Setting::Versioning => "versioning",
-            Setting::Encryption => "default encryption",
-            Setting::Lifecycle => "lifecycle",
-            Setting::Policy => "bucket policy",
-        }
-    }
-
-    fn want(self, bucket: &StateBucket) -> String {
-        match self {
-            Setting::PublicAccessBlock => "all four blocks on".into(),
-            Setting::Ownership => "BucketOwnerEnforced".into(),
-            Setting::Versioning => "Enabled".into(),
-            Setting::Encryption => format!(
-                "aws:kms with {}, bucket key on",
-                bucket
-                    .kms_key_arn
-                    .as_deref()
-                    .unwrap_or("the AWS-managed key")
-            ),
-            Setting::Lifecycle => format!(
-                "noncurrent versions expire after {NONCURRENT_STATE_DAYS} days, incomplete uploads aborted after 1 day"
-            ),
-            Setting::Policy => "deny every request without TLS".into(),
-        }
-    }
-}
-
-/// The state bucket's policy: every request must use TLS.
-pub fn tls_only_policy(bucket_name: &str, region: &str) -> Value {
-    let arn = format!("arn:{}:s3:::{bucket_name}", partition(region));
-    json!({
-        "Version": "2012-10-17",
-        "Statement": [{
-            "Sid": "DenyInsecureTransport",
-            "Effect": "Deny",
-            "Principal": "*",
-            "Action": "s3:*",
-            "Resource": [arn.clone(), format!("{arn}/*")],
-            "Condition": {"Bool": {"aws:SecureTransport": "false"}}
-        }]
-    })
-}
-
-/// Checks a policy document denies non-TLS access to the whole bucket.
-pub fn check_tls_only_policy(policy: &Value, bucket_name: &str, region: &str) -> Result<()> {
-    let arn = format!("arn:{}:s3:::{bucket_name}", partition(region));
-    let statements = policy["Statement"]
-        .as_array()
-        .context("policy has no Statement list")?;
-    let denies_plain_http = statements.iter().any(|s| {
-        s["Effect"] == "Deny"
-            && s["Principal"] == "*"
-            && s["Action"] == "s3:*"
-            && s["Condition"]["Bool"]["aws:SecureTransport"] == "false"
-            && s["Resource"]
-                .as_array()
-                .is_some_and(|r| r.contains(&json!(arn)) && r.contains(&json!(format!("{arn}/*"))))
-    });
-    if !denies_plain_http {
-        bail!("policy does not deny non-TLS requests to {arn} and its objects");
-    }
-    Ok(())
-}
-
-async fn inspect(s3: &S3, bucket: &StateBucket, setting: Setting) -> Result<Found> {
-    let name = &bucket.name;
-    let owner = &bucket.account_id;
-    let found = match setting {
-        Setting::PublicAccessBlock => {
-            let result = s3
-                .get_public_access_block()
-                .bucket(name)
-                .expected_bucket_owner(owner)
-                .send()
-                .await;
-            match result {
-                Err(err) if err.code() == Some("NoSuchPublicAccessBlockConfiguration") => Found {
-                    ok: false,
-                    current: "none".into(),
-                },
-                other => {
-                    let config = other.aws_context(format!("s3:GetPublicAccessBlock {name}"))?;
-                    let c = config.public_access_block_configuration();
-                    let flags = c.map(|c| {
-                        [
-                            c.block_public_acls(),
-                            c.ignore_public_acls(),
-                            c.block_public_policy(),
-                            c.restrict_public_buckets(),
-                        ]
-                    });
-                    let on = flags
-                        .map(|f| f.iter().filter(|f| **f == Some(true)).count())
-                        .unwrap_or(0);
-                    Found {
-                        ok: on == 4,
-                        current: format!("{on} of 4 blocks on"),
-                    }
-                }
-            }
-        }
-        Setting::Ownership => {
-            let result = s3
-                .get_bucket_ownership_controls()
-                .bucket(name)
-                .expected_bucket_owner(owner)
-                .send()
-                .await;
-            match result {
-                Err(err) if err.code() == Some("OwnershipControlsNotFoundError") => Found {
-                    ok: false,
-                    current: "none".into(),
-                },
-                other => {
-                    let controls =
-                        other.aws_context(format!("s3:GetBucketOwnershipControls {name}"))?;
-                    let ownership = controls
-                        .ownership_controls()
-                        .and_then(|c| c.rules().first())
-                        .map(|r| r.object_ownership().as_str().to_string())
-                        .unwrap_or_else(|| "none".into());
-                    Found {
-                        ok: ownership == ObjectOwnership::BucketOwnerEnforced.as_str(),
-                        current: ownership,
-                    }
-                }
-            }
-        }
-        Setting::Versioning => {
-            let versioning = s3
-                .get_bucket_versioning()
-                .bucket(name)
-                .expected_bucket_owner(owner)
-                .send()
-                .await
-                .aws_context(format!("s3:GetBucketVersioning {name}"))?;
-            let status = versioning
-                .status()
-                .map(|s| s.as_str().to_string())
-                .unwrap_or_else(|| "never enabled".into());
-            Found {
-                ok: versioning.status() == Some(&BucketVersioningStatus::Enabled),
-                current: status,
-            }
-        }
-        Setting::Encryption => {
-            let result = s3
-                .get_bucket_encryption()
-                .bucket(name)
-                .expected_bucket_owner(owner)
-                .send()
-                .await;
-            match result {
-                Err(err)
-                    if err.code() == Some("ServerSideEncryptionConfigurationNotFoundError") =>
-                {
-                    Found {
-                        ok: false,
-                        current: "none".into(),
-                    }
-                }
-                other => {
-                    let encryption = other.aws_context(format!("s3:GetBucketEncryption {name}"))?;
-                    let rule = encryption
-                        .server_side_encryption_configuration()
-                        .and_then(|c| c.rules().first());
-                    let default = rule.and_then(|r| r.apply_server_side_encryption_by_default());
-                    let algorithm = default.map(|d| d.sse_algorithm().as_str().to_string());
-                    let key = default
-                        .and_then(|d| d.kms_master_key_id())
-                        .map(str::to_string);
-                    let bucket_key = rule.and_then(|r| r.bucket_key_enabled()) == Some(true);
-                    let key_ok = match &bucket.kms_key_arn {
-                        Some(want) => key.as_deref() == Some(want),
-                        // The AWS-managed key: no key id, or the aws/s3 alias.
-                        None => key.as_deref().is_none_or(|k| k.ends_with("alias/aws/s3")),
-                    };
-                    Found {
-                        ok: algorithm.as_deref() == Some("aws:kms") && key_ok && bucket_key,
-                        current: format!(
-                            "{} with {}, bucket key {}",
-                            algorithm.as_deref().unwrap_or("none"),
-                            key.as_deref().unwrap_or("the AWS-managed key"),
-                            if bucket_key { "on" } else { "off" }
-                        ),
-                    }
-                }
-            }
-        }
-        Setting::Lifecycle => {
-            let result = s3
-                .get_bucket_lifecycle_configuration()
-                .bucket(name)
-                .expected_bucket_owner(owner)
-                .send()
-                .await;
-            match result {
-                Err(err) if err.code() == Some("NoSuchLifecycleConfiguration") => Found {
-                    ok: false,
-                    current: "none".into(),
-                },
-                other => {
-                    let lifecycle =
-                        other.aws_context(format!("s3:GetBucketLifecycleConfiguration {name}"))?;
-                    let enabled = |r: &&LifecycleRule| r.status() == &ExpirationStatus::Enabled;
-                    let noncurrent = lifecycle.rules().iter().filter(enabled).any(|r| {
-                        r.noncurrent_version_expiration()
-                            .and_then(|e| e.noncurrent_days())
-                            == Some(NONCURRENT_STATE_DAYS)
-                    });
-                    let abort = lifecycle.rules().iter().filter(enabled).any(|r| {
-                        r.abort_incomplete_multipart_upload()
-                            .and_then(|a| a.days_after_initiation())
-                            == Some(1)
-                    });
-                    Found {
-                        ok: noncurrent && abort,
-                        current: format!(
-                            "{} rule(s), noncurrent expiry {}, multipart abort {}",
-                            lifecycle.rules().len(),
-                            if noncurrent { "ok" } else { "missing" },
-                            if abort { "ok" } else { "missing" }
-                        ),
-                    }
-                }
-            }
-        }
-        Setting::Policy => {
-            let result = s3
-                .get_bucket_policy()
-                .bucket(name)
-                .expected_bucket_owner(owner)
-                .send()
-                .await;
-            match result {
-                Err(err) if err.code() == Some("NoSuchBucketPolicy") => Found {
-                    ok: false,
-                    current: "none".into(),
-                },
-                other => {
-                    let policy = other.aws_context(format!("s3:GetBucketPolicy {name}"))?;
-                    let document: Value = serde_json::from_str(policy.policy().unwrap_or("{}"))
-                        .context("bucket policy is not JSON")?;
-                    match check_tls_only_policy(&document, name, &bucket_region(s3)) {
-                        Ok(()) => Found {
-                            ok: true,
-                            current: "denies non-TLS requests".into(),
-                        },
-                        Err(err) => Found {
-                            ok: false,
-                            current: err.to_string(),
-                        },
-                    }
-                }
-            }
-        }
-    };
-    Ok(found)
-}
-
-fn bucket_region(s3: &S3) -> String {
-    s3.config()
-        .region()
-        .map(|r| r.as_ref().to_string())
-        .unwrap_or_default()
-}
-
-async fn apply(cx: &Context, s3: &S3, bucket: &StateBucket, setting: Setting) -> Result<()> {
-    let name = &bucket.name;
-    if setting == Setting::Policy && cx.env.is_local() {
-        // Written and checked as a document by write_local_policy instead.
-        return Ok(());
-    }
-    if !cx.aws_call(format!(
-        "{} on {name}: {}",
-        setting.name(),
-        setting.want(bucket)
-    )) {
-        return Ok(());
-    }
-    let policy = tls_only_policy(name, &bucket_region(s3)).to_string();
-    let desired = match setting {
-        Setting::PublicAccessBlock => Desired::PublicAccessBlock,
-        Setting::Ownership => Desired::OwnerEnforced,
-        Setting::Versioning => Desired::Versioning,
-        Setting::Encryption => Desired::SseKms {
+/// The state bucket's settings, in the order they are put: the public access block goes on
+/// before the policy.
+fn settings<'a>(bucket: &'a StateBucket, region: &'a str) -> [BucketSetting<'a>; 6] {
+    [
+        BucketSetting::PublicAccessBlock,
+        BucketSetting::OwnerEnforced,
+        BucketSetting::Versioning,
+        BucketSetting::SseKms {
             kms_key_arn: bucket.kms_key_arn.as_deref(),
         },
-        Setting::Lifecycle => Desired::Lifecycle {
+        BucketSetting::Lifecycle {
             noncurrent_days: NONCURRENT_STATE_DAYS,
             current_days: None,
         },
-        Setting::Policy => Desired::Policy(&policy),
-    };
-    buckets::put(s3, name, &bucket.account_id, &desired).await
+        BucketSetting::TlsOnlyPolicy {
+            bucket: &bucket.name,
+            region,
+        },
+    ]
+}
+
+/// In the emulator the TLS-only policy would deny every (plain HTTP) request, and moto
+/// treats any conditioned Deny as deny-all: there it is checked and saved as a document by
+/// write_local_policy instead of attached.
+fn attached_here(cx: &Context, setting: &BucketSetting<'_>) -> bool {
+    !(cx.env.is_local() && matches!(setting, BucketSetting::TlsOnlyPolicy { .. }))
+}
+
+async fn apply(
+    cx: &Context,
+    s3: &S3,
+    bucket: &StateBucket,
+    setting: &BucketSetting<'_>,
+) -> Result<()> {
+    if !attached_here(cx, setting) {
+        return Ok(());
+    }
+    if !cx.aws_call(format!(
+        "{} on {}: {}",
+        setting.name(),
+        bucket.name,
+        setting.want()
+    )) {
+        return Ok(());
+    }
+    buckets::put(s3, &bucket.name, &bucket.account_id, setting).await
 }
 
 /// In the emulator the TLS-only policy would deny every (plain HTTP) request, and moto

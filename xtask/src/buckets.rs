@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use aws_sdk_s3::Client as S3;
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::types::{
@@ -15,7 +15,8 @@ use aws_sdk_s3::types::{
     PublicAccessBlockConfiguration, ServerSideEncryption, ServerSideEncryptionByDefault,
     ServerSideEncryptionConfiguration, ServerSideEncryptionRule, VersioningConfiguration,
 };
-use service::aws::AwsResultExt;
+use serde_json::{Value, json};
+use service::aws::{AwsResultExt, partition};
 
 /// Deletes every version and delete marker; returns how many were deleted. A bucket that no
 /// longer exists counts as empty, so a re-run after a partial failure goes on.
@@ -89,8 +90,9 @@ pub fn identifier(key: Option<&str>, version_id: Option<&str>) -> Result<ObjectI
         .expect("key is set"))
 }
 
-/// A bucket setting to put, for the state bucket and the data buckets alike.
-pub enum Desired<'a> {
+/// One protective setting of a bucket, with how to read it back (`inspect`) and how to put
+/// it (`put`) side by side: the state bucket and the data buckets share every rule here.
+pub enum BucketSetting<'a> {
     /// All four public access blocks on.
     PublicAccessBlock,
     /// ACLs disabled: the bucket owner owns every object.
@@ -106,20 +108,99 @@ pub enum Desired<'a> {
         noncurrent_days: i32,
         current_days: Option<i32>,
     },
-    Policy(&'a str),
+    /// Every request without TLS denied (the state bucket's whole policy).
+    TlsOnlyPolicy {
+        bucket: &'a str,
+        region: &'a str,
+    },
 }
 
-impl Desired<'_> {
-    fn name(&self) -> &'static str {
-        match self {
-            Desired::PublicAccessBlock => "public access block",
-            Desired::OwnerEnforced => "object ownership",
-            Desired::Versioning => "versioning",
-            Desired::SseKms { .. } => "default encryption",
-            Desired::Lifecycle { .. } => "lifecycle",
-            Desired::Policy(_) => "bucket policy",
+/// A setting as found on a bucket.
+pub struct Found {
+    pub ok: bool,
+    pub current: String,
+}
+
+impl Found {
+    fn missing() -> Found {
+        Found {
+            ok: false,
+            current: "none".into(),
         }
     }
+}
+
+impl BucketSetting<'_> {
+    pub fn name(&self) -> &'static str {
+        match self {
+            BucketSetting::PublicAccessBlock => "public access block",
+            BucketSetting::OwnerEnforced => "object ownership",
+            BucketSetting::Versioning => "versioning",
+            BucketSetting::SseKms { .. } => "default encryption",
+            BucketSetting::Lifecycle { .. } => "lifecycle",
+            BucketSetting::TlsOnlyPolicy { .. } => "bucket policy",
+        }
+    }
+
+    /// What the setting should be, in words.
+    pub fn want(&self) -> String {
+        match self {
+            BucketSetting::PublicAccessBlock => "all four blocks on".into(),
+            BucketSetting::OwnerEnforced => "BucketOwnerEnforced".into(),
+            BucketSetting::Versioning => "Enabled".into(),
+            BucketSetting::SseKms { kms_key_arn } => format!(
+                "aws:kms with {}, bucket key on",
+                kms_key_arn.unwrap_or("the AWS-managed key")
+            ),
+            BucketSetting::Lifecycle {
+                noncurrent_days,
+                current_days,
+            } => format!(
+                "noncurrent versions expire after {noncurrent_days} days, incomplete uploads aborted after 1 day{}",
+                current_days
+                    .map(|d| format!(", current objects expire after {d} days"))
+                    .unwrap_or_default()
+            ),
+            BucketSetting::TlsOnlyPolicy { .. } => "deny every request without TLS".into(),
+        }
+    }
+}
+
+/// The TLS-only policy of a bucket.
+pub fn tls_only_policy(bucket_name: &str, region: &str) -> Value {
+    let arn = format!("arn:{}:s3:::{bucket_name}", partition(region));
+    json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Sid": "DenyInsecureTransport",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "s3:*",
+            "Resource": [arn.clone(), format!("{arn}/*")],
+            "Condition": {"Bool": {"aws:SecureTransport": "false"}}
+        }]
+    })
+}
+
+/// Checks a policy document denies non-TLS access to the whole bucket.
+pub fn check_tls_only_policy(policy: &Value, bucket_name: &str, region: &str) -> Result<()> {
+    let arn = format!("arn:{}:s3:::{bucket_name}", partition(region));
+    let statements = policy["Statement"]
+        .as_array()
+        .context("policy has no Statement list")?;
+    let denies_plain_http = statements.iter().any(|s| {
+        s["Effect"] == "Deny"
+            && s["Principal"] == "*"
+            && s["Action"] == "s3:*"
+            && s["Condition"]["Bool"]["aws:SecureTransport"] == "false"
+            && s["Resource"]
+                .as_array()
+                .is_some_and(|r| r.contains(&json!(arn)) && r.contains(&json!(format!("{arn}/*"))))
+    });
+    if !denies_plain_http {
+        bail!("policy does not deny non-TLS requests to {arn} and its objects");
+    }
+    Ok(())
 }
 
 /// Creates a bucket in `region` (ours already: fine) and waits until it is visible.
@@ -154,7 +235,7 @@ pub async fn create(s3: &S3, bucket: &str, region: &str) -> Result<()> {
 /// Puts one setting. Right after CreateBucket, S3 may answer OperationAborted ("a
 /// conflicting conditional operation is in progress") or NoSuchBucket; both pass within
 /// seconds, so those are retried with backoff.
-pub async fn put(s3: &S3, bucket: &str, owner: &str, desired: &Desired<'_>) -> Result<()> {
+pub async fn put(s3: &S3, bucket: &str, owner: &str, desired: &BucketSetting<'_>) -> Result<()> {
     let mut delay = Duration::from_millis(250);
     for attempt in 1.. {
         match put_once(s3, bucket, owner, desired).await {
@@ -195,10 +276,10 @@ async fn put_once(
     s3: &S3,
     name: &str,
     owner: &str,
-    desired: &Desired<'_>,
+    desired: &BucketSetting<'_>,
 ) -> std::result::Result<(), PutError> {
     match desired {
-        Desired::PublicAccessBlock => s3
+        BucketSetting::PublicAccessBlock => s3
             .put_public_access_block()
             .bucket(name)
             .expected_bucket_owner(owner)
@@ -214,7 +295,7 @@ async fn put_once(
             .await
             .map(drop)
             .map_err(classify),
-        Desired::OwnerEnforced => s3
+        BucketSetting::OwnerEnforced => s3
             .put_bucket_ownership_controls()
             .bucket(name)
             .expected_bucket_owner(owner)
@@ -233,7 +314,7 @@ async fn put_once(
             .await
             .map(drop)
             .map_err(classify),
-        Desired::Versioning => s3
+        BucketSetting::Versioning => s3
             .put_bucket_versioning()
             .bucket(name)
             .expected_bucket_owner(owner)
@@ -246,7 +327,7 @@ async fn put_once(
             .await
             .map(drop)
             .map_err(classify),
-        Desired::SseKms { kms_key_arn } => {
+        BucketSetting::SseKms { kms_key_arn } => {
             let default = ServerSideEncryptionByDefault::builder()
                 .sse_algorithm(ServerSideEncryption::AwsKms)
                 .set_kms_master_key_id(kms_key_arn.map(str::to_string))
@@ -271,7 +352,7 @@ async fn put_once(
                 .map(drop)
                 .map_err(classify)
         }
-        Desired::Lifecycle {
+        BucketSetting::Lifecycle {
             noncurrent_days,
             current_days,
         } => {
@@ -323,14 +404,219 @@ async fn put_once(
                 .map(drop)
                 .map_err(classify)
         }
-        Desired::Policy(policy) => s3
+        BucketSetting::TlsOnlyPolicy { bucket, region } => s3
             .put_bucket_policy()
             .bucket(name)
             .expected_bucket_owner(owner)
-            .policy(*policy)
+            .policy(tls_only_policy(bucket, region).to_string())
             .send()
             .await
             .map(drop)
             .map_err(classify),
     }
+}
+
+/// Reads the setting back from the bucket `name` of `owner`.
+pub async fn inspect(
+    s3: &S3,
+    name: &str,
+    owner: &str,
+    setting: &BucketSetting<'_>,
+) -> Result<Found> {
+    let found = match setting {
+        BucketSetting::PublicAccessBlock => {
+            let result = s3
+                .get_public_access_block()
+                .bucket(name)
+                .expected_bucket_owner(owner)
+                .send()
+                .await;
+            match result {
+                Err(err) if err.code() == Some("NoSuchPublicAccessBlockConfiguration") => {
+                    Found::missing()
+                }
+                other => {
+                    let config = other.aws_context(format!("s3:GetPublicAccessBlock {name}"))?;
+                    let c = config.public_access_block_configuration();
+                    let flags = c.map(|c| {
+                        [
+                            c.block_public_acls(),
+                            c.ignore_public_acls(),
+                            c.block_public_policy(),
+                            c.restrict_public_buckets(),
+                        ]
+                    });
+                    let on = flags
+                        .map(|f| f.iter().filter(|f| **f == Some(true)).count())
+                        .unwrap_or(0);
+                    Found {
+                        ok: on == 4,
+                        current: format!("{on} of 4 blocks on"),
+                    }
+                }
+            }
+        }
+        BucketSetting::OwnerEnforced => {
+            let result = s3
+                .get_bucket_ownership_controls()
+                .bucket(name)
+                .expected_bucket_owner(owner)
+                .send()
+                .await;
+            match result {
+                Err(err) if err.code() == Some("OwnershipControlsNotFoundError") => {
+                    Found::missing()
+                }
+                other => {
+                    let controls =
+                        other.aws_context(format!("s3:GetBucketOwnershipControls {name}"))?;
+                    let ownership = controls
+                        .ownership_controls()
+                        .and_then(|c| c.rules().first())
+                        .map(|r| r.object_ownership().as_str().to_string())
+                        .unwrap_or_else(|| "none".into());
+                    Found {
+                        ok: ownership == ObjectOwnership::BucketOwnerEnforced.as_str(),
+                        current: ownership,
+                    }
+                }
+            }
+        }
+        BucketSetting::Versioning => {
+            let versioning = s3
+                .get_bucket_versioning()
+                .bucket(name)
+                .expected_bucket_owner(owner)
+                .send()
+                .await
+                .aws_context(format!("s3:GetBucketVersioning {name}"))?;
+            let status = versioning
+                .status()
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_else(|| "never enabled".into());
+            Found {
+                ok: versioning.status() == Some(&BucketVersioningStatus::Enabled),
+                current: status,
+            }
+        }
+        BucketSetting::SseKms { kms_key_arn } => {
+            let result = s3
+                .get_bucket_encryption()
+                .bucket(name)
+                .expected_bucket_owner(owner)
+                .send()
+                .await;
+            match result {
+                Err(err)
+                    if err.code() == Some("ServerSideEncryptionConfigurationNotFoundError") =>
+                {
+                    Found::missing()
+                }
+                other => {
+                    let encryption = other.aws_context(format!("s3:GetBucketEncryption {name}"))?;
+                    let rule = encryption
+                        .server_side_encryption_configuration()
+                        .and_then(|c| c.rules().first());
+                    let default = rule.and_then(|r| r.apply_server_side_encryption_by_default());
+                    let algorithm = default.map(|d| d.sse_algorithm().as_str().to_string());
+                    let key = default
+                        .and_then(|d| d.kms_master_key_id())
+                        .map(str::to_string);
+                    let bucket_key = rule.and_then(|r| r.bucket_key_enabled()) == Some(true);
+                    let key_ok = match kms_key_arn {
+                        Some(want) => key.as_deref() == Some(*want),
+                        // The AWS-managed key: no key id, or the aws/s3 alias.
+                        None => key.as_deref().is_none_or(|k| k.ends_with("alias/aws/s3")),
+                    };
+                    Found {
+                        ok: algorithm.as_deref() == Some("aws:kms") && key_ok && bucket_key,
+                        current: format!(
+                            "{} with {}, bucket key {}",
+                            algorithm.as_deref().unwrap_or("none"),
+                            key.as_deref().unwrap_or("the AWS-managed key"),
+                            if bucket_key { "on" } else { "off" }
+                        ),
+                    }
+                }
+            }
+        }
+        BucketSetting::Lifecycle {
+            noncurrent_days,
+            current_days,
+        } => {
+            let result = s3
+                .get_bucket_lifecycle_configuration()
+                .bucket(name)
+                .expected_bucket_owner(owner)
+                .send()
+                .await;
+            match result {
+                Err(err) if err.code() == Some("NoSuchLifecycleConfiguration") => Found::missing(),
+                other => {
+                    let lifecycle =
+                        other.aws_context(format!("s3:GetBucketLifecycleConfiguration {name}"))?;
+                    let enabled = |r: &&LifecycleRule| r.status() == &ExpirationStatus::Enabled;
+                    let noncurrent = lifecycle.rules().iter().filter(enabled).any(|r| {
+                        r.noncurrent_version_expiration()
+                            .and_then(|e| e.noncurrent_days())
+                            == Some(*noncurrent_days)
+                    });
+                    let current = current_days.is_none_or(|days| {
+                        lifecycle
+                            .rules()
+                            .iter()
+                            .filter(enabled)
+                            .any(|r| r.expiration().and_then(|e| e.days()) == Some(days))
+                    });
+                    let abort = lifecycle.rules().iter().filter(enabled).any(|r| {
+                        r.abort_incomplete_multipart_upload()
+                            .and_then(|a| a.days_after_initiation())
+                            == Some(1)
+                    });
+                    let word = |ok: bool| if ok { "ok" } else { "missing" };
+                    Found {
+                        ok: noncurrent && abort && current,
+                        current: format!(
+                            "{} rule(s), noncurrent expiry {}, multipart abort {}, current expiry {}",
+                            lifecycle.rules().len(),
+                            word(noncurrent),
+                            word(abort),
+                            if current_days.is_some() {
+                                word(current)
+                            } else {
+                                "not wanted"
+                            }
+                        ),
+                    }
+                }
+            }
+        }
+        BucketSetting::TlsOnlyPolicy { bucket, region } => {
+            let result = s3
+                .get_bucket_policy()
+                .bucket(name)
+                .expected_bucket_owner(owner)
+                .send()
+                .await;
+            match result {
+                Err(err) if err.code() == Some("NoSuchBucketPolicy") => Found::missing(),
+                other => {
+                    let policy = other.aws_context(format!("s3:GetBucketPolicy {name}"))?;
+                    let document: Value = serde_json::from_str(policy.policy().unwrap_or("{}"))
+                        .context("bucket policy is not JSON")?;
+                    match check_tls_only_policy(&document, bucket, region) {
+                        Ok(()) => Found {
+                            ok: true,
+                            current: "denies non-TLS requests".into(),
+                        },
+                        Err(err) => Found {
+                            ok: false,
+                            current: err.to_string(),
+                        },
+                    }
+                }
+            }
+        }
+    };
+    Ok(found)
 }

@@ -3,12 +3,15 @@
 //! behave the same everywhere.
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{Context as _, Result};
+use std::io::IsTerminal as _;
+
+use anyhow::{Context as _, Result, bail};
 use xshell::{Cmd, Shell};
 
 use crate::environment::Environment;
+pub use crate::paths::workspace_root;
 
 pub struct Context {
     pub sh: Shell,
@@ -38,7 +41,7 @@ impl Context {
 
     /// A context for tests: its own environment and state directory, no dry run.
     #[cfg(test)]
-    pub fn for_test(env: Environment, state_root: &Path) -> Context {
+    pub fn for_test(env: Environment, state_root: &std::path::Path) -> Context {
         let root = workspace_root();
         let sh = Shell::new().expect("shell");
         sh.change_dir(&root);
@@ -91,23 +94,35 @@ impl Context {
     }
 }
 
+/// The one tokio runtime of a command. Its AWS clients keep connection pools that belong to
+/// the runtime they were made in, so every async call of the command runs here.
+pub fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("building the tokio runtime")
+    })
+}
+
 /// Runs async AWS SDK code from the synchronous command functions.
 pub fn block_on<F: Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("building a tokio runtime")
-        .block_on(future)
+    runtime().block_on(future)
 }
 
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives one level below the workspace root")
-        .to_path_buf()
-}
-
-/// State directory of an environment in the default state root.
-pub fn state_dir(root: &Path, env_name: &str) -> PathBuf {
-    root.join("target").join("xtask").join(env_name)
+/// Asks on the terminal; anything but the expected answer aborts.
+pub fn confirm(prompt: &str, expected: &str) -> Result<()> {
+    if !std::io::stdin().is_terminal() {
+        bail!("refusing to continue without --yes: standard input is not a terminal");
+    }
+    eprint!("{prompt}");
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .context("reading the confirmation")?;
+    if answer.trim() != expected {
+        bail!("aborted: the answer was not `{expected}`");
+    }
+    Ok(())
 }

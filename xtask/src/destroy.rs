@@ -11,11 +11,10 @@ use service::aws::{AwsClients, AwsResultExt};
 
 use crate::bootstrap;
 use crate::buckets::empty_bucket;
-use crate::context::{Context, block_on};
-use crate::deploy::{self, confirm, outputs_file};
-use crate::outputs::Outputs;
+use crate::context::{Context, block_on, confirm};
+use crate::outputs::{Outputs, outputs_file};
 use crate::render_user_data;
-use crate::terraform::{Output, Terraform};
+use crate::terraform::{self, Output, Terraform};
 
 #[derive(clap::Args, Debug, Default, Clone)]
 pub struct Args {
@@ -63,7 +62,7 @@ pub fn destroy(cx: &Context, args: &Args) -> Result<()> {
             &cx.env.name,
         )?;
     }
-    let root_module = deploy::root_module(cx, args.root_module.as_deref());
+    let root_module = terraform::root_module(cx, args.root_module.as_deref());
     let tf = Terraform::find(cx, args.terraform.as_deref(), &root_module)?;
     let backend = bootstrap::backend_file(cx);
     if !backend.is_file() {
@@ -96,8 +95,8 @@ pub fn destroy(cx: &Context, args: &Args) -> Result<()> {
         }
     }
 
-    deploy::write_local_override(cx, &root_module)?;
-    let var_files = deploy::var_files(cx)?;
+    terraform::write_local_override(cx, &root_module)?;
+    let var_files = terraform::var_files(cx)?;
     let mut destroy_args = vec![
         "destroy".to_string(),
         "-input=false".into(),
@@ -111,7 +110,7 @@ pub fn destroy(cx: &Context, args: &Args) -> Result<()> {
     if cx.dry_run {
         eprintln!("    (dry run) {}", tf.display(&destroy_args));
     } else {
-        deploy::init(cx, &tf, &backend)?;
+        terraform::init(cx, &tf, &backend)?;
         cx.step("terraform destroy");
         let destroyed = tf.run(cx, &destroy_args, Output::Stream)?;
         if destroyed.code != 0 {

@@ -21,16 +21,18 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use service::aws::{AwsClients, AwsSettings, CredentialsSource};
+use service::aws::{AwsClients, AwsSettings};
 
-use crate::context::{Context, block_on, state_dir};
-use crate::environment::{LOCAL, LOCAL_REGION};
+use crate::context::{Context, block_on};
+use crate::local_aws::{LOCAL, LOCAL_REGION, read_record, record_path};
+pub use crate::local_aws::{
+    OPERATOR_PROFILE, OUTSIDER_PROFILE, PORT_ENV, Record, SERVICE_PROFILE, aws_config_path,
+    configured_port, endpoint_for_port, endpoint_url, local_settings,
+};
+use crate::paths::state_dir;
 use crate::process;
 use crate::tools::PythonTool;
 
-pub const DEFAULT_PORT: u16 = 4566;
-/// Overrides the port `local start` uses when none is given with `--port`.
-pub const PORT_ENV: &str = "XTASK_EMULATOR_PORT";
 /// Always the project's own pinned copy, never one from PATH: moto 5.2 serializes
 /// GetBucketVersioning with the wrong XML root (`GetBucketVersioningResponse`), which
 /// aws-sdk-rust rejects (seen with 5.2.1 and 5.2.5); 5.1.x answers correctly.
@@ -44,25 +46,10 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const FIDELITY_LAUNCHER: &str = "xtask/src/moto_server_fidelity.py";
 /// Set to 1 to start the emulator without IAM enforcement (for debugging only).
 pub const NO_IAM_ENV: &str = "XTASK_EMULATOR_NO_IAM";
-/// Profiles of the local AWS config file.
-pub const OPERATOR_PROFILE: &str = "operator";
-pub const SERVICE_PROFILE: &str = "service";
-/// An administrator of another account (for tests of what crosses accounts).
-pub const OUTSIDER_PROFILE: &str = "outsider";
 const OUTSIDER_ACCOUNT: &str = "111111111111";
 const OPERATOR_USER: &str = "filepipe-operator";
 /// The account moto puts everything in.
 const EMULATOR_ACCOUNT: &str = "123456789012";
-
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Record {
-    pub pid: u32,
-    pub port: u16,
-    /// Whether requests must be signed by a known identity and are checked against its
-    /// policies.
-    #[serde(default)]
-    pub iam: bool,
-}
 
 /// IAM enforcement, unless NO_IAM_ENV says otherwise.
 pub fn iam_wanted() -> bool {
@@ -76,12 +63,6 @@ struct OperatorKey {
     secret_access_key: String,
 }
 
-impl Record {
-    pub fn endpoint_url(&self) -> String {
-        endpoint_for_port(self.port)
-    }
-}
-
 #[derive(Debug)]
 pub enum Status {
     Running(Record),
@@ -90,54 +71,8 @@ pub enum Status {
     Stopped,
 }
 
-pub fn endpoint_for_port(port: u16) -> String {
-    format!("http://127.0.0.1:{port}")
-}
-
-/// The port asked for by the environment, or the default.
-pub fn configured_port() -> Result<u16> {
-    match std::env::var(PORT_ENV) {
-        Ok(value) => value
-            .parse()
-            .with_context(|| format!("{PORT_ENV}={value:?} is not a port number")),
-        Err(_) => Ok(DEFAULT_PORT),
-    }
-}
-
-/// Where the local environment's AWS endpoint is: the running emulator's port if one is
-/// recorded, else the configured port.
-pub fn endpoint_url(root: &Path) -> String {
-    let port = read_record(root)
-        .map(|r| r.port)
-        .or_else(|| configured_port().ok())
-        .unwrap_or(DEFAULT_PORT);
-    endpoint_for_port(port)
-}
-
-fn record_path(root: &Path) -> PathBuf {
-    state_dir(root, LOCAL).join("emulator.json")
-}
-
-/// The AWS config file with the operator's and the service's profiles.
-pub fn aws_config_path(root: &Path) -> PathBuf {
-    state_dir(root, LOCAL).join("aws-config")
-}
-
 fn operator_key_path(root: &Path) -> PathBuf {
     state_dir(root, LOCAL).join("operator.json")
-}
-
-/// How the `local` environment reaches the emulator: as `profile` of the local config file.
-pub fn local_settings(root: &Path, profile: &str) -> AwsSettings {
-    AwsSettings {
-        region: LOCAL_REGION.to_string(),
-        endpoint_url: Some(endpoint_url(root)),
-        s3_endpoint_url: None,
-        credentials: CredentialsSource::ProfileFile {
-            config_file: aws_config_path(root),
-            profile: profile.to_string(),
-        },
-    }
 }
 
 /// Writes a file only its owner can read.
@@ -287,11 +222,6 @@ fn expect_ok(status: u16, what: &str) -> Result<()> {
 
 pub fn log_path(root: &Path) -> PathBuf {
     state_dir(root, LOCAL).join("moto.log")
-}
-
-fn read_record(root: &Path) -> Option<Record> {
-    let text = std::fs::read_to_string(record_path(root)).ok()?;
-    serde_json::from_str(&text).ok()
 }
 
 fn write_record(root: &Path, record: Record) -> Result<()> {

@@ -12,10 +12,9 @@ use anyhow::{Context as _, Result, bail, ensure};
 use serde::Deserialize;
 use service::aws::{AwsSettings, CredentialsSource};
 
-use crate::emulator;
+use crate::local_aws;
 
-pub const LOCAL: &str = "local";
-pub const LOCAL_REGION: &str = "eu-west-1";
+pub use crate::local_aws::LOCAL;
 pub const LOCAL_NAME_PREFIX: &str = "filepipe-local";
 
 #[derive(Clone, Debug)]
@@ -53,7 +52,7 @@ impl Environment {
         validate_env_name(name)?;
         if name == LOCAL {
             return Ok(Environment::local(
-                emulator::local_settings(root, emulator::OPERATOR_PROFILE),
+                local_aws::local_settings(root, local_aws::OPERATOR_PROFILE),
                 LOCAL_NAME_PREFIX,
             ));
         }
@@ -214,7 +213,7 @@ mod tests {
         let root = temp_root(&[]);
         let env = Environment::load(&root, "local").unwrap();
         assert!(env.is_local());
-        assert_eq!(env.region(), LOCAL_REGION);
+        assert_eq!(env.region(), crate::local_aws::LOCAL_REGION);
         assert!(
             env.aws
                 .endpoint_url

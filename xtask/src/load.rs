@@ -9,7 +9,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
@@ -21,7 +21,7 @@ use service::aws::{AwsClients, AwsResultExt, AwsSettings};
 
 use crate::bench::{self, report::percentile, servers};
 use crate::buckets;
-use crate::context::Context;
+use crate::context::{Context, block_on};
 use crate::emulator;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -41,6 +41,9 @@ pub struct Args {
 #[derive(Serialize, Debug, Default)]
 struct Side {
     requests: usize,
+    /// 503 back-pressure answers (processing queue full), waited out as `Retry-After` asks.
+    refused: usize,
+    /// Anything else that was not a success.
     errors: usize,
     /// Acknowledged bytes per second over the whole side, its last requests included.
     mib_per_s: f64,
@@ -112,12 +115,8 @@ fn measure(
     settings: &AwsSettings,
     work: &std::path::Path,
 ) -> Result<Vec<Case>> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("building a tokio runtime")?;
-    let clients = runtime.block_on(AwsClients::connect(settings));
-    let kms_key_arn = runtime.block_on(bench::create_key(settings))?;
+    let clients = block_on(AwsClients::connect(settings));
+    let kms_key_arn = block_on(bench::create_key(settings))?;
     let mut cases = Vec::new();
     for &kib in &args.kib {
         for &count in &args.clients {
@@ -128,7 +127,6 @@ fn measure(
             ));
             let case = run_case(
                 cx,
-                &runtime,
                 &clients,
                 settings,
                 &kms_key_arn,
@@ -148,7 +146,6 @@ fn measure(
 #[allow(clippy::too_many_arguments)]
 fn run_case(
     cx: &Context,
-    runtime: &tokio::runtime::Runtime,
     clients: &AwsClients,
     settings: &AwsSettings,
     kms_key_arn: &str,
@@ -160,7 +157,7 @@ fn run_case(
 ) -> Result<Case> {
     let initial = format!("load-{number}-initial");
     let final_ = format!("load-{number}-final");
-    runtime.block_on(async {
+    block_on(async {
         for bucket in [&initial, &final_] {
             buckets::create(&clients.s3, bucket, &settings.region).await?;
         }
@@ -177,7 +174,7 @@ fn run_case(
     let body = Bytes::from(vec![b'x'; (kib * 1024) as usize]);
     let duration = Duration::from_secs(seconds);
 
-    let measured = runtime.block_on(async {
+    let measured = block_on(async {
         let baseline = baseline(&clients.s3, &initial, count, body.clone(), duration).await;
         let sampling = Arc::new(AtomicBool::new(true));
         let fds = tokio::spawn(peak_open_fds(service.pid(), sampling.clone()));
@@ -211,7 +208,7 @@ fn run_case(
     });
     let peak_rss = servers::peak_rss(service.pid());
     drop(service);
-    runtime.block_on(async {
+    block_on(async {
         for bucket in [&initial, &final_] {
             buckets::empty_bucket(&clients.s3, bucket).await?;
             clients
@@ -242,8 +239,20 @@ fn run_case(
     })
 }
 
+/// How one request went.
+enum Attempt<T> {
+    Done(T),
+    /// 503 with `Retry-After`: the service's back-pressure (its processing queue is full).
+    /// The client waits as asked (at most 2 s, so a case stays bounded) and goes on.
+    Refused(Duration),
+    Failed,
+}
+
+/// Most a client waits after a 503, whatever `Retry-After` says.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
 /// Runs `clients` loops of `one` until `duration` has passed (each finishes its request in
-/// flight); returns the side's figures and the loops' results.
+/// flight); returns the side's figures and what the successful requests returned.
 async fn clients_for<F, Fut, T>(
     clients: usize,
     bytes: usize,
@@ -252,48 +261,48 @@ async fn clients_for<F, Fut, T>(
 ) -> (Side, Vec<T>)
 where
     F: Fn(usize, usize) -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
+    Fut: std::future::Future<Output = Attempt<T>>,
 {
     let started = Instant::now();
-    let errors = AtomicUsize::new(0);
     let loops = (0..clients).map(|client| {
-        let (one, errors) = (&one, &errors);
+        let one = &one;
         async move {
-            let mut latencies = Vec::new();
-            let mut results = Vec::new();
+            let (mut latencies, mut done, mut refused, mut failed) = (Vec::new(), Vec::new(), 0, 0);
             let mut seq = 0;
             while started.elapsed() < duration {
                 let sent = Instant::now();
                 match one(client, seq).await {
-                    Ok(result) => {
+                    Attempt::Done(result) => {
                         latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
-                        results.push(Ok(result));
+                        done.push(result);
                     }
-                    Err(err) => {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                        results.push(Err(err));
+                    Attempt::Refused(wait) => {
+                        refused += 1;
+                        tokio::time::sleep(wait.min(MAX_BACKOFF)).await;
                     }
+                    Attempt::Failed => failed += 1,
                 }
                 seq += 1;
             }
-            (latencies, results)
+            (latencies, done, refused, failed)
         }
     });
-    let done = join_all(loops).await;
+    let finished = join_all(loops).await;
     let elapsed = started.elapsed().as_secs_f64();
-    let latencies: Vec<f64> = done.iter().flat_map(|(l, _)| l.clone()).collect();
-    let errors = errors.load(Ordering::Relaxed);
-    let requests = latencies.len() + errors;
-    let results = done.into_iter().flat_map(|(_, r)| r).collect::<Vec<_>>();
-    let (ok, _failed): (Vec<_>, Vec<_>) = results.into_iter().partition(|r| r.is_ok());
-    let side = Side {
-        requests,
-        errors,
-        mib_per_s: (latencies.len() * bytes) as f64 / 1048576.0 / elapsed,
-        p50_ms: percentile(&latencies, 50.0),
-        p99_ms: percentile(&latencies, 99.0),
-    };
-    (side, ok.into_iter().filter_map(Result::ok).collect())
+    let mut side = Side::default();
+    let mut latencies = Vec::new();
+    let mut results = Vec::new();
+    for (l, done, refused, failed) in finished {
+        latencies.extend(l);
+        results.extend(done);
+        side.refused += refused;
+        side.errors += failed;
+    }
+    side.requests = latencies.len() + side.refused + side.errors;
+    side.mib_per_s = (latencies.len() * bytes) as f64 / 1048576.0 / elapsed;
+    side.p50_ms = percentile(&latencies, 50.0);
+    side.p99_ms = percentile(&latencies, 99.0);
+    (side, results)
 }
 
 /// The same bytes straight into the emulator: one PutObject each, SSE-KMS as the service
@@ -316,8 +325,7 @@ async fn baseline(
                 .body(ByteStream::from(body))
                 .send()
                 .await
-                .map(|_| ())
-                .map_err(|e| format!("{}", aws_sdk_s3::error::DisplayErrorContext(&e)))
+                .map_or(Attempt::Failed, |_| Attempt::Done(()))
         }
     })
     .await;
@@ -349,13 +357,24 @@ async fn through_service(
                 .send()
                 .await;
             let kind = match outcome {
-                Ok(response) if response.status().as_u16() == 201 => return Ok(name),
+                Ok(response) if response.status().as_u16() == 201 => return Attempt::Done(name),
+                Ok(response) if response.status().as_u16() == 503 => {
+                    if let Some(wait) = response
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok())
+                    {
+                        return Attempt::Refused(Duration::from_secs(wait));
+                    }
+                    "HTTP 503 without Retry-After".to_string()
+                }
                 Ok(response) => format!("HTTP {}", response.status().as_u16()),
                 Err(err) if err.is_timeout() => "client timeout".to_string(),
                 Err(err) => format!("transport: {err}"),
             };
-            kinds.lock().unwrap().insert(kind.clone());
-            Err(kind)
+            kinds.lock().unwrap().insert(kind);
+            Attempt::Failed
         }
     })
     .await;
@@ -427,8 +446,8 @@ async fn peak_open_fds(pid: u32, sampling: Arc<AtomicBool>) -> usize {
 /// A Markdown table, as the README shows it.
 fn table(cases: &[Case]) -> String {
     let mut out = String::from(
-        "| clients | file | baseline MiB/s | service MiB/s | ratio | p50 ms | p99 ms | requests | errors | acknowledged | processed | failed | open uploads | peak RSS MiB | peak fds |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| clients | file | baseline MiB/s | service MiB/s | ratio | p50 ms | p99 ms | requests | 503 back-pressure | errors | acknowledged | processed | failed | open uploads | peak RSS MiB | peak fds |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for c in cases {
         let size = if c.file_kib >= 1024 {
@@ -437,7 +456,7 @@ fn table(cases: &[Case]) -> String {
             format!("{} KiB", c.file_kib)
         };
         out.push_str(&format!(
-            "| {} | {size} | {:.1} | {:.1} | {:.2} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {:.0} | {} |\n",
+            "| {} | {size} | {:.1} | {:.1} | {:.2} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {} |\n",
             c.clients,
             c.baseline.mib_per_s,
             c.service.mib_per_s,
@@ -445,6 +464,7 @@ fn table(cases: &[Case]) -> String {
             c.service.p50_ms,
             c.service.p99_ms,
             c.service.requests,
+            c.service.refused,
             c.service.errors,
             c.acknowledged,
             c.processed,

@@ -3,10 +3,12 @@
 //! parses that file and checks every name here exists.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 use serde::Deserialize;
+
+use crate::context::Context;
 
 pub const REQUIRED_OUTPUTS: &[&str] = &[
     "region",
@@ -78,6 +80,11 @@ impl Outputs {
             .and_then(|v| v.as_str())
             .with_context(|| format!("Terraform output `{name}` is missing or not a string"))
     }
+}
+
+/// Where `deploy` saves `terraform output -json` for an environment.
+pub fn outputs_file(cx: &Context) -> PathBuf {
+    cx.state_dir().join("outputs.json")
 }
 
 #[cfg(test)]

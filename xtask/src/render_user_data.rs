@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 
 use crate::context::Context;
-use crate::deploy::outputs_file;
 use crate::outputs::Outputs;
+use crate::outputs::outputs_file;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

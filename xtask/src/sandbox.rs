@@ -16,10 +16,11 @@ use aws_sdk_iam::error::ProvideErrorMetadata as _;
 use serde_json::{Map, Value, json};
 use service::aws::{AwsClients, AwsResultExt, partition};
 
-use crate::buckets::{self, Desired};
+use crate::buckets::{self, BucketSetting};
 use crate::context::{Context, block_on};
-use crate::deploy::{outputs_file, xtask_variables};
 use crate::outputs::Outputs;
+use crate::outputs::outputs_file;
+use crate::terraform::xtask_variables;
 use crate::terraform::{Output, Terraform};
 
 /// Marks outputs.json as made by this module rather than Terraform.
@@ -127,13 +128,13 @@ pub fn provision(cx: &Context) -> Result<Outputs> {
         block_on(async {
             buckets::create(&clients.s3, name, &region).await?;
             for desired in [
-                Desired::PublicAccessBlock,
-                Desired::OwnerEnforced,
-                Desired::Versioning,
-                Desired::SseKms {
+                BucketSetting::PublicAccessBlock,
+                BucketSetting::OwnerEnforced,
+                BucketSetting::Versioning,
+                BucketSetting::SseKms {
                     kms_key_arn: Some(&key_arn),
                 },
-                Desired::Lifecycle {
+                BucketSetting::Lifecycle {
                     noncurrent_days,
                     current_days,
                 },

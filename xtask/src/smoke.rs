@@ -11,8 +11,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::context::{Context, block_on};
-use crate::deploy::outputs_file;
 use crate::outputs::Outputs;
+use crate::outputs::outputs_file;
 use service::aws::AwsClients;
 use service::decrypt::{Decryptor, Settings};
 
@@ -69,7 +69,7 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
     let local_service = cx
         .env
         .is_local()
-        .then(|| crate::up::read_record(cx))
+        .then(|| crate::local_service::read_record(cx))
         .flatten();
     let url = match (&args.url, &outputs) {
         (Some(url), _) => url.trim_end_matches('/').to_string(),

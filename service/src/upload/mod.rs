@@ -378,7 +378,8 @@ impl Uploader {
         let mut more = body.fill(&mut buffer, STAGING_BYTES).await?;
         if more && buffer.len() < self.part_size {
             permit = Some(self.in_flight.part_permit().await);
-            buffer.reserve(self.part_size - buffer.len());
+            // The buffer grows with the body (not to a whole part at once): the permit counts
+            // a whole part, the memory is what has arrived.
             more = body.fill(&mut buffer, self.part_size).await?;
         }
         if !more {
@@ -558,7 +559,6 @@ impl Uploader {
             let data = std::mem::take(buffer).freeze();
             tasks.spawn(self.upload_part(to, upload_id, part_number, data, permit));
             permit = self.in_flight.part_permit().await;
-            buffer.reserve(self.part_size);
             if !body.fill(buffer, self.part_size).await? {
                 break;
             }

@@ -26,7 +26,7 @@ use service::config::{DEFAULT_MAX_BUFFERED_PARTS, DEFAULT_PART_SIZE, DEFAULT_PAR
 use xshell::cmd;
 
 use crate::buckets;
-use crate::context::Context;
+use crate::context::{Context, block_on};
 use crate::emulator;
 use crate::tools::PythonTool;
 use data::remove_files;
@@ -238,10 +238,6 @@ fn measure(
     python: &Path,
     emulator_url: &str,
 ) -> Result<Report> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("building a tokio runtime")?;
     // s3s-fs takes the same key as the emulator, so one set of settings signs for both.
     let (_s3s_server, s3s_url) = servers::start_s3s_fs(
         s3s_fs,
@@ -253,7 +249,7 @@ fn measure(
         endpoint_url: Some(emulator_url.to_string()),
         ..cx.env.aws.clone()
     };
-    let kms_key_arn = runtime.block_on(create_key(&emulator_settings))?;
+    let kms_key_arn = block_on(create_key(&emulator_settings))?;
     let data = work.join("data");
     std::fs::create_dir_all(&data)?;
 
@@ -273,7 +269,6 @@ fn measure(
         let started = std::time::Instant::now();
         let case = run_case(
             cx,
-            &runtime,
             &settings,
             CaseSettings {
                 number: case_number,
@@ -385,15 +380,14 @@ struct CaseSettings<'a> {
 /// A fresh pair of buckets and a fresh service for one case, so its peak RSS is the case's.
 fn run_case(
     cx: &Context,
-    runtime: &tokio::runtime::Runtime,
     settings: &AwsSettings,
     case: CaseSettings<'_>,
     data: CaseData<'_>,
 ) -> Result<Case> {
-    let clients = runtime.block_on(AwsClients::connect(settings));
+    let clients = block_on(AwsClients::connect(settings));
     let initial = format!("bench-{}-initial", case.number);
     let final_ = format!("bench-{}-final", case.number);
-    runtime.block_on(async {
+    block_on(async {
         for bucket in [&initial, &final_] {
             buckets::create(&clients.s3, bucket, &settings.region).await?;
         }
@@ -433,7 +427,7 @@ fn run_case(
         out_dir: case.work.join("out"),
         repetitions: case.repetitions,
     };
-    let measured = runtime.block_on(async {
+    let measured = block_on(async {
         // Buckets left by an interrupted run may still hold its objects.
         setup.clear_buckets().await?;
         Ok::<_, anyhow::Error>(match data {
@@ -451,7 +445,7 @@ fn run_case(
     });
     let peak = servers::peak_rss(service.pid());
     drop(service);
-    runtime.block_on(async {
+    block_on(async {
         setup.clear_buckets().await?;
         for bucket in [&initial, &final_] {
             clients

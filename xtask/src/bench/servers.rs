@@ -12,7 +12,7 @@ use xshell::cmd;
 
 use crate::context::Context;
 use crate::emulator;
-use crate::up::{Detach, spawn_service};
+use crate::local_service::{Detach, spawn_service};
 
 /// Newer s3s-fs releases need a newer rustc than this workspace's.
 const S3S_FS_VERSION: &str = "0.14.1";

@@ -16,9 +16,10 @@ use super::{copy_dir, isolated_local_context, require_tool, temp_dir};
 use crate::bootstrap::{self, NONCURRENT_STATE_DAYS, Outcome};
 use crate::buckets::empty_bucket;
 use crate::context::{Context, block_on, workspace_root};
-use crate::deploy::{self, outputs_file};
+use crate::deploy;
 use crate::destroy;
 use crate::outputs::Outputs;
+use crate::outputs::outputs_file;
 use crate::render_user_data;
 use crate::terraform::Terraform;
 
@@ -138,7 +139,7 @@ fn bootstrap_creates_a_private_versioned_encrypted_bucket_then_reports_and_fixes
         &std::fs::read_to_string(cx.state_dir().join("state-bucket-policy.json")).unwrap(),
     )
     .unwrap();
-    bootstrap::check_tls_only_policy(&policy, &bucket.name, "eu-west-1").unwrap();
+    crate::buckets::check_tls_only_policy(&policy, &bucket.name, "eu-west-1").unwrap();
     let backend = std::fs::read_to_string(bootstrap::backend_file(&cx)).unwrap();
     assert!(backend.contains("use_lockfile = true"), "{backend}");
     assert!(
@@ -311,7 +312,7 @@ fn fixture_deploys_redeploys_and_destroys_through_the_real_code_path() {
         0o755
     );
     assert!(
-        !root.join(deploy::LOCAL_OVERRIDE_FILE).exists(),
+        !root.join(crate::terraform::LOCAL_OVERRIDE_FILE).exists(),
         "no provider, no override"
     );
 
@@ -441,7 +442,7 @@ fn the_real_modules_fail_in_one_sentence_when_the_provider_cannot_be_installed()
         root_module: copy,
         ..tf
     };
-    match deploy::init(&cx, &tf, &bootstrap::backend_file(&cx)) {
+    match crate::terraform::init(&cx, &tf, &bootstrap::backend_file(&cx)) {
         // An online machine installs the provider: then there is nothing to assert here.
         Ok(()) => eprintln!("note: the AWS provider could be installed on this machine"),
         Err(err) => {

@@ -87,10 +87,10 @@ fn sandbox_creates_what_the_hcl_declares() {
         "the key is reused"
     );
     let saved: Value =
-        serde_json::from_str(&std::fs::read_to_string(crate::deploy::outputs_file(&cx)).unwrap())
+        serde_json::from_str(&std::fs::read_to_string(crate::outputs::outputs_file(&cx)).unwrap())
             .unwrap();
     assert_eq!(saved["provisioned_by"]["value"], "sandbox");
-    Outputs::load(&crate::deploy::outputs_file(&cx)).expect("the Terraform output contract");
+    Outputs::load(&crate::outputs::outputs_file(&cx)).expect("the Terraform output contract");
 
     let s3_hcl = hcl_body("modules/s3/main.tf");
     let kms_hcl = hcl_body("modules/kms/main.tf");

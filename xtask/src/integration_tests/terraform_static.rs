@@ -10,9 +10,9 @@ use hcl::{Block, Body, Expression};
 
 use super::{require_tool, temp_dir};
 use crate::context::{Context, workspace_root};
-use crate::deploy::xtask_variables;
 use crate::environment::Environment;
 use crate::outputs::REQUIRED_OUTPUTS;
+use crate::terraform::xtask_variables;
 
 fn terraform_dir() -> PathBuf {
     workspace_root().join("terraform")

@@ -1,6 +1,10 @@
 //! The one Terraform wrapper: finds `terraform` or `tofu`, checks its version, and builds
 //! non-interactive commands against a root module.
 
+mod workflow;
+
+pub use workflow::*;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -1,0 +1,91 @@
+//! Where the `local` environment's AWS is: the emulator's recorded port and the config file
+//! with its identities. Read by everything that talks to the emulator; knows nothing of how
+//! the emulator is started (`emulator.rs`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+use serde::{Deserialize, Serialize};
+use service::aws::{AwsSettings, CredentialsSource};
+
+use crate::paths::state_dir;
+
+/// The environment that runs on this machine against the emulator.
+pub const LOCAL: &str = "local";
+pub const LOCAL_REGION: &str = "eu-west-1";
+pub const DEFAULT_PORT: u16 = 4566;
+/// Overrides the port `local start` uses when none is given with `--port`.
+pub const PORT_ENV: &str = "XTASK_EMULATOR_PORT";
+/// Profiles of the local AWS config file.
+pub const OPERATOR_PROFILE: &str = "operator";
+pub const SERVICE_PROFILE: &str = "service";
+/// An administrator of another account (for tests of what crosses accounts).
+pub const OUTSIDER_PROFILE: &str = "outsider";
+
+/// The running emulator, as `local start` recorded it.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Record {
+    pub pid: u32,
+    pub port: u16,
+    /// Whether requests must be signed by a known identity and are checked against its
+    /// policies.
+    #[serde(default)]
+    pub iam: bool,
+}
+
+impl Record {
+    pub fn endpoint_url(&self) -> String {
+        endpoint_for_port(self.port)
+    }
+}
+
+pub fn endpoint_for_port(port: u16) -> String {
+    format!("http://127.0.0.1:{port}")
+}
+
+/// The port asked for by the environment, or the default.
+pub fn configured_port() -> Result<u16> {
+    match std::env::var(PORT_ENV) {
+        Ok(value) => value
+            .parse()
+            .with_context(|| format!("{PORT_ENV}={value:?} is not a port number")),
+        Err(_) => Ok(DEFAULT_PORT),
+    }
+}
+
+/// Where the local environment's AWS endpoint is: the running emulator's port if one is
+/// recorded, else the configured port.
+pub fn endpoint_url(root: &Path) -> String {
+    let port = read_record(root)
+        .map(|r| r.port)
+        .or_else(|| configured_port().ok())
+        .unwrap_or(DEFAULT_PORT);
+    endpoint_for_port(port)
+}
+
+pub(crate) fn record_path(root: &Path) -> PathBuf {
+    state_dir(root, LOCAL).join("emulator.json")
+}
+
+/// The AWS config file with the operator's and the service's profiles.
+pub fn aws_config_path(root: &Path) -> PathBuf {
+    state_dir(root, LOCAL).join("aws-config")
+}
+
+/// How the `local` environment reaches the emulator: as `profile` of the local config file.
+pub fn local_settings(root: &Path, profile: &str) -> AwsSettings {
+    AwsSettings {
+        region: LOCAL_REGION.to_string(),
+        endpoint_url: Some(endpoint_url(root)),
+        s3_endpoint_url: None,
+        credentials: CredentialsSource::ProfileFile {
+            config_file: aws_config_path(root),
+            profile: profile.to_string(),
+        },
+    }
+}
+
+pub(crate) fn read_record(root: &Path) -> Option<Record> {
+    let text = std::fs::read_to_string(record_path(root)).ok()?;
+    serde_json::from_str(&text).ok()
+}

@@ -1,0 +1,193 @@
+//! The service `up` runs on this machine: started from the rendered user-data's settings,
+//! recorded (pid and port) so `smoke` finds it and `down` stops it; and the one way any
+//! command (`up`, `bench`, `load`) starts a service binary.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use serde::{Deserialize, Serialize};
+use service::aws::{AwsSettings, subprocess_env};
+use xshell::cmd;
+
+use crate::context::Context;
+use crate::outputs::Outputs;
+use crate::{emulator, process};
+
+/// The local service started by `up`.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy)]
+pub struct ServiceRecord {
+    pub pid: u32,
+    pub port: u16,
+}
+
+impl ServiceRecord {
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+const SERVICE_PROGRAM: &str = "target/debug/service";
+
+pub fn record_path(cx: &Context) -> PathBuf {
+    cx.state_dir().join("service.json")
+}
+
+pub fn read_record(cx: &Context) -> Option<ServiceRecord> {
+    serde_json::from_str(&std::fs::read_to_string(record_path(cx)).ok()?).ok()
+}
+
+pub fn log_path(cx: &Context) -> PathBuf {
+    cx.state_dir().join("service.log")
+}
+
+/// The `KEY=value` lines the user-data writes to /etc/filepipe/service.env.
+pub fn user_data_environment(user_data: &str) -> Result<Vec<(String, String)>> {
+    let start = user_data
+        .lines()
+        .position(|l| l.contains("service.env\" <<ENV"))
+        .context("the user-data writes no service.env")?;
+    let lines: Vec<(String, String)> = user_data
+        .lines()
+        .skip(start + 1)
+        .take_while(|l| *l != "ENV")
+        .filter_map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect();
+    if lines.is_empty() {
+        bail!("the user-data's service.env is empty");
+    }
+    Ok(lines)
+}
+
+/// Builds the service and starts it configured from the rendered user-data, as the EC2
+/// instance runs it; records its pid and port for `down` and `smoke`.
+pub fn start(cx: &Context, outputs: &Outputs, port: u16) -> Result<ServiceRecord> {
+    stop(cx)?;
+    let sh = &cx.sh;
+    cx.run(
+        "cargo build -p service",
+        cmd!(sh, "cargo build --locked -p service --bin service"),
+    )?;
+    // Exactly what the EC2 instance gets, plus what only the emulator needs: its endpoint,
+    // and loopback instead of all interfaces. Its identity is the service role alone, assumed
+    // through the operator's profile as the instance profile would give it on EC2.
+    let mut env = user_data_environment(outputs.string("user_data")?)?;
+    env.retain(|(key, _)| key != "LISTEN_ADDR");
+    emulator::write_aws_config(&cx.root, Some(outputs.string("service_role_arn")?))?;
+    let child = spawn_service(
+        &cx.root.join(SERVICE_PROGRAM),
+        env,
+        &emulator::local_settings(&cx.root, emulator::SERVICE_PROFILE),
+        port,
+        &log_path(cx),
+        Detach::Yes,
+    )?;
+    let record = ServiceRecord {
+        pid: child.id(),
+        port,
+    };
+    std::fs::write(record_path(cx), serde_json::to_string(&record)?)?;
+    eprintln!("    service ready at {} (pid {})", record.url(), record.pid);
+    Ok(record)
+}
+
+/// Whether a started service outlives the xtask (and a Ctrl-C meant for it).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Detach {
+    Yes,
+    No,
+}
+
+/// Starts a service binary with `env` on 127.0.0.1:`port`, connected to `aws` (endpoints,
+/// region, credentials), output to `log`, and waits until /readyz answers; a service that
+/// exits or never gets ready is stopped and its log quoted.
+pub fn spawn_service(
+    program: &Path,
+    mut env: Vec<(String, String)>,
+    aws: &AwsSettings,
+    port: u16,
+    log: &Path,
+    detach: Detach,
+) -> Result<Child> {
+    if let Err(err) = TcpListener::bind(("127.0.0.1", port)) {
+        bail!("port {port} on 127.0.0.1 is in use ({err}); pick another with --port");
+    }
+    env.push(("LISTEN_ADDR".into(), format!("127.0.0.1:{port}")));
+    if let Some(url) = &aws.endpoint_url {
+        env.push(("AWS_ENDPOINT_URL".into(), url.clone()));
+    }
+    if let Some(url) = &aws.s3_endpoint_url {
+        env.push(("AWS_ENDPOINT_URL_S3".into(), url.clone()));
+    }
+    env.extend(
+        subprocess_env(aws)
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v)),
+    );
+    let log_file =
+        std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let mut command = Command::new(program);
+    // Per-service endpoints in the caller's shell would take precedence over the endpoint the
+    // xtask passes (aws-config reads them itself); the service talks where `aws` says.
+    // Nor may credentials or a profile from the shell stand in for the identity it is given.
+    for inherited in [
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_ENDPOINT_URL_KMS",
+        "AWS_ENDPOINT_URL_STS",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_CONFIG_FILE",
+        "AWS_SHARED_CREDENTIALS_FILE",
+    ] {
+        command.env_remove(inherited);
+    }
+    command
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file);
+    if detach == Detach::Yes {
+        use std::os::unix::process::CommandExt;
+        command.process_group(0);
+    }
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("starting {}", program.display()))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if matches!(emulator::http_status(port, "GET", "/readyz"), Ok(200)) {
+            return Ok(child);
+        }
+        let exited = child.try_wait()?.is_some();
+        if exited || Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "the service did not become ready; last lines of {}:\n{}",
+                log.display(),
+                emulator::tail(log, 15)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Stops the service `up` started, if it still runs. Returns whether it did.
+pub fn stop(cx: &Context) -> Result<bool> {
+    let Some(record) = read_record(cx) else {
+        return Ok(false);
+    };
+    let running = process::runs(record.pid, SERVICE_PROGRAM);
+    if running {
+        process::terminate(record.pid, SERVICE_PROGRAM)?;
+    }
+    let _ = std::fs::remove_file(record_path(cx));
+    Ok(running)
+}
