@@ -130,6 +130,66 @@ async fn uploads_while_s3_is_unreachable_answer_503_and_leave_nothing() {
     assert_eq!(status["processed"]["sha256"], sha256_hex(&data));
 }
 
+/// S3 takes requests and never answers: an upload and `/readyz` answer 503 within the S3
+/// timeouts instead of hanging, and all is well again once S3 answers.
+#[tokio::test]
+async fn an_s3_that_never_answers_costs_a_bounded_wait_not_a_hung_request() {
+    let resources = resources().await;
+    let proxy = FaultProxy::start(&emulator_endpoint()).await;
+    let running = spawn(
+        &resources,
+        &[
+            ("AWS_ENDPOINT_URL", proxy.url.as_str()),
+            ("S3_ATTEMPT_TIMEOUT_SECS", "2"),
+        ],
+    )
+    .await;
+    proxy.inject(s3("PUT", "raw/"), Fault::Hang, 1);
+    proxy.inject(|head: &str| head.starts_with("HEAD /"), Fault::Hang, 1);
+    let http = http();
+    let started = Instant::now();
+    let (code, body) = running.put(&http, "hung.txt", b"x".to_vec()).await;
+    let waited = started.elapsed();
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(body["error"]["code"], "aws_unavailable", "{body}");
+    // Attempts of 2 s, and 6 s for the call with its retries.
+    assert!(
+        waited < Duration::from_secs(10),
+        "the upload took {waited:?}"
+    );
+
+    let started = Instant::now();
+    let ready = http
+        .get(format!("{}/readyz", running.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status().as_u16(), 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let text = ready.text().await.unwrap();
+    assert!(text.contains("s3:HeadBucket"), "{text}");
+
+    proxy.heal();
+    let (code, body) = running.put(&http, "hung.txt", b"x".to_vec()).await;
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(
+        running.settle(&http, "hung.txt").await["state"],
+        "processed"
+    );
+    // The readiness answer is cached for 5 s.
+    wait_for("/readyz ready again", Duration::from_secs(15), || async {
+        http.get(format!("{}/readyz", running.url))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().as_u16() == 200)
+    })
+    .await;
+}
+
 /// While every third read of a raw object is throttled, every fourth is cut off mid-body,
 /// every third output write is throttled and every second KMS Decrypt is refused, plaintext
 /// and encrypted files, small and multipart, all end processed into exactly their content.

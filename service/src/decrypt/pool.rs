@@ -14,7 +14,7 @@ use aws_esdk::material_providers::client as mpl_client;
 use aws_esdk::material_providers::types::keyring::KeyringRef;
 use aws_esdk::material_providers::types::material_providers_config::MaterialProvidersConfig;
 use aws_esdk::types::aws_encryption_sdk_config::AwsEncryptionSdkConfig;
-use aws_sdk_s3::primitives::Blob;
+use aws_sdk_kms::primitives::Blob;
 use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, oneshot};
 

@@ -1,6 +1,6 @@
 //! An HTTP proxy between the service and the emulator that injects faults into chosen
 //! requests: refuse them (the connection closes unanswered, as if the emulator were down),
-//! answer 503 SlowDown, or cut the answer off mid-body. Requests are matched on their head
+//! answer 503 SlowDown, cut the answer off mid-body, or never answer. Requests are matched on their head
 //! (`GET /bucket/raw/...`, or `TrentService.Decrypt` for KMS).
 //!
 //! One request per connection: the proxy asks both sides to close after each exchange, so
@@ -21,6 +21,8 @@ pub enum Fault {
     SlowDown,
     /// Forward the answer's head and this many bytes of its body, then cut the connection.
     CutAfter(usize),
+    /// Take the request and never answer (until the client gives up).
+    Hang,
 }
 
 /// Which requests a rule applies to: every `every`-th matching one (1: all of them).
@@ -146,6 +148,11 @@ async fn exchange(
     }
     match fault {
         Some(Fault::Refuse) => return,
+        Some(Fault::Hang) => {
+            let mut sink = vec![0u8; 64 * 1024];
+            while matches!(client.read(&mut sink).await, Ok(n) if n > 0) {}
+            return;
+        }
         Some(Fault::SlowDown) => {
             let answer = format!(
                 "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nx-amz-request-id: {FAULT_REQUEST_ID}\r\nConnection: close\r\n\r\n{SLOW_DOWN}",

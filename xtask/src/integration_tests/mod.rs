@@ -4,6 +4,7 @@
 
 mod bench;
 mod emulator_iam;
+mod layers;
 mod orchestration;
 mod policy_documents;
 mod sandbox;

@@ -1,0 +1,175 @@
+//! The layering the README's tables promise, read from the sources: no import circle in
+//! either crate, and the AWS SDK only where the service's layers allow it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use crate::context::workspace_root;
+
+/// Every module of a crate (`a::b` for `src/a/b.rs` or `src/a/b/mod.rs`) and its source
+/// outside `#[cfg(test)]`.
+fn modules(src: &Path) -> BTreeMap<String, String> {
+    let mut found = BTreeMap::new();
+    let mut dirs = vec![src.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let relative = path.strip_prefix(src).unwrap().with_extension("");
+            let mut parts: Vec<String> = relative
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect();
+            if matches!(
+                parts.last().map(String::as_str),
+                Some("mod" | "main" | "lib")
+            ) {
+                parts.pop();
+            }
+            let name = parts.join("::");
+            if name.is_empty() || name.starts_with("integration_tests") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let code = text.split("#[cfg(test)]").next().unwrap().to_string();
+            found.insert(name, code);
+        }
+    }
+    found
+}
+
+/// The modules each module names with `crate::…` or `super::…` (its own children and
+/// parents aside).
+fn edges(modules: &BTreeMap<String, String>) -> BTreeMap<String, BTreeSet<String>> {
+    let resolve = |from: &str, path: &str| -> Option<String> {
+        let segments: Vec<&str> = path.split("::").collect();
+        (1..=segments.len().min(2))
+            .rev()
+            .map(|n| segments[..n].join("::"))
+            .find(|candidate| modules.contains_key(candidate))
+            .filter(|to| {
+                to != from
+                    && !from.starts_with(&format!("{to}::"))
+                    && !to.starts_with(&format!("{from}::"))
+            })
+    };
+    let mut graph = BTreeMap::new();
+    for (name, code) in modules {
+        let parent = name.rsplit_once("::").map_or("", |(p, _)| p);
+        let mut targets = BTreeSet::new();
+        for (prefix, base) in [("crate::", String::new()), ("super::", parent.to_string())] {
+            for (at, _) in code.match_indices(prefix) {
+                let rest = &code[at + prefix.len()..];
+                let items: Vec<String> = if let Some(group) = rest.strip_prefix('{') {
+                    group[..group.find('}').unwrap_or(0)]
+                        .split(',')
+                        .map(|item| item.trim().to_string())
+                        .collect()
+                } else {
+                    let end = rest
+                        .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
+                        .unwrap_or(rest.len());
+                    vec![rest[..end].to_string()]
+                };
+                for item in items {
+                    let path = if base.is_empty() {
+                        item
+                    } else {
+                        format!("{base}::{item}")
+                    };
+                    if let Some(to) = resolve(name, path.trim_end_matches("::")) {
+                        targets.insert(to);
+                    }
+                }
+            }
+        }
+        graph.insert(name.clone(), targets);
+    }
+    graph
+}
+
+/// The circles of a graph, each as its sorted members.
+fn circles(graph: &BTreeMap<String, BTreeSet<String>>) -> BTreeSet<Vec<String>> {
+    fn walk(
+        graph: &BTreeMap<String, BTreeSet<String>>,
+        start: &str,
+        path: &mut Vec<String>,
+        found: &mut BTreeSet<Vec<String>>,
+    ) {
+        let last = path.last().unwrap().clone();
+        for next in graph.get(&last).into_iter().flatten() {
+            if next == start {
+                let mut circle = path.clone();
+                circle.sort();
+                found.insert(circle);
+            } else if next.as_str() > start && !path.contains(next) {
+                path.push(next.clone());
+                walk(graph, start, path, found);
+                path.pop();
+            }
+        }
+    }
+    let mut found = BTreeSet::new();
+    for start in graph.keys() {
+        walk(graph, start, &mut vec![start.clone()], &mut found);
+    }
+    found
+}
+
+#[test]
+fn the_circle_finder_finds_circles() {
+    let modules: BTreeMap<String, String> = [
+        ("a", "use crate::b::thing;"),
+        ("b", "use crate::{c, d::e};"),
+        ("c", "fn f() { crate::a::g() }"),
+        ("d", ""),
+        ("d::e", "use super::super::d;"),
+    ]
+    .into_iter()
+    .map(|(n, c)| (n.to_string(), c.to_string()))
+    .collect();
+    let graph = edges(&modules);
+    assert_eq!(
+        graph["b"],
+        BTreeSet::from(["c".to_string(), "d::e".to_string()])
+    );
+    let found = circles(&graph);
+    assert_eq!(
+        found,
+        BTreeSet::from([vec!["a".to_string(), "b".to_string(), "c".to_string()]])
+    );
+}
+
+#[test]
+fn neither_crate_has_an_import_circle() {
+    for krate in ["service/src", "xtask/src"] {
+        let graph = edges(&modules(&workspace_root().join(krate)));
+        assert!(
+            graph.len() > 10,
+            "{krate}: only {} modules found",
+            graph.len()
+        );
+        let found = circles(&graph);
+        assert!(found.is_empty(), "{krate} has import circles: {found:?}");
+    }
+}
+
+#[test]
+fn only_the_store_and_the_uploader_call_s3_in_the_service() {
+    let modules = modules(&workspace_root().join("service/src"));
+    for (name, code) in &modules {
+        let allowed = matches!(name.as_str(), "store" | "upload" | "aws" | "testing");
+        if !allowed {
+            assert!(
+                !code.contains("aws_sdk_s3"),
+                "service module `{name}` uses the S3 SDK; S3 calls belong in the store"
+            );
+        }
+    }
+}
