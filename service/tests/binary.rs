@@ -16,15 +16,7 @@ use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
 async fn open_uploads(resources: &Resources) -> usize {
-    let listed = resources
-        .clients
-        .s3
-        .list_multipart_uploads()
-        .bucket(&resources.initial)
-        .send()
-        .await
-        .unwrap();
-    listed.uploads().len()
+    common::open_uploads(&resources.clients, &resources.initial).await
 }
 
 #[tokio::test]

@@ -10,7 +10,6 @@ use common::binary::{Running, TOKEN, http, spawn};
 use common::faults::{FAULT_REQUEST_ID, Fault, FaultProxy, kms_decrypt, s3};
 use common::proxy::KmsProxy;
 use common::{MIB, Resources, random_bytes, resources, sha256_hex};
-use service::decrypt::{Decryptor, Settings};
 use service::testing::emulator_endpoint;
 use tokio::io::AsyncWriteExt;
 
@@ -30,36 +29,14 @@ async fn behind(resources: &Resources, proxy: &FaultProxy) -> Running {
     .await
 }
 
+/// Open multipart uploads in both buckets.
 async fn open_uploads(resources: &Resources) -> usize {
-    let mut open = 0;
-    for bucket in [&resources.initial, &resources.final_] {
-        let listed = resources
-            .clients
-            .s3
-            .list_multipart_uploads()
-            .bucket(bucket)
-            .send()
-            .await
-            .unwrap();
-        open += listed.uploads().len();
-    }
-    open
+    common::open_uploads(&resources.clients, &resources.initial).await
+        + common::open_uploads(&resources.clients, &resources.final_).await
 }
 
 async fn raw_keys(resources: &Resources) -> Vec<String> {
-    let listed = resources
-        .clients
-        .s3
-        .list_objects_v2()
-        .bucket(&resources.initial)
-        .send()
-        .await
-        .unwrap();
-    listed
-        .contents()
-        .iter()
-        .filter_map(|o| o.key().map(str::to_string))
-        .collect()
+    common::keys(&resources.clients, &resources.initial).await
 }
 
 /// Waits until `done` holds, up to `limit`.
@@ -198,13 +175,7 @@ async fn processing_survives_s3_and_kms_faults() {
     let resources = resources().await;
     let proxy = FaultProxy::start(&emulator_endpoint()).await;
     let running = behind(&resources, &proxy).await;
-    let producer = Decryptor::new(
-        resources.clients.kms.clone(),
-        &resources.key_arn,
-        Settings::defaults(16 << 20),
-    )
-    .await
-    .unwrap();
+    let producer = common::encryptor(&resources, &resources.key_arn).await;
     let mut files = Vec::new();
     for i in 0..6u64 {
         let plaintext = random_bytes(50_000 + i as usize, i);
@@ -318,13 +289,7 @@ async fn sigkill_mid_upload_and_mid_processing_loses_nothing_and_leaves_no_open_
         assert_eq!(code, 201, "{body}");
         acknowledged.push((name, data));
     }
-    let producer = Decryptor::new(
-        resources.clients.kms.clone(),
-        &resources.key_arn,
-        Settings::defaults(16 << 20),
-    )
-    .await
-    .unwrap();
+    let producer = common::encryptor(&resources, &resources.key_arn).await;
     let plaintext = random_bytes(50_000, 99);
     let message = producer.encrypt(plaintext.clone(), None).await.unwrap();
     let (code, body) = running.put(&http, "acked/sealed.enc", message).await;

@@ -10,19 +10,9 @@ use std::time::{Duration, Instant};
 
 use common::binary::{http, spawn};
 use common::proxy::KmsProxy;
-use common::{Resources, random_bytes, resources, sha256_hex};
-use service::decrypt::{DEFAULT_MAX_FRAMES, Decryptor, Limits, Settings, inspect};
+use common::{encryptor, random_bytes, resources, sha256_hex};
+use service::decrypt::{DEFAULT_MAX_FRAMES, Limits, Settings, inspect};
 use service::testing::emulator_endpoint;
-
-/// Encrypts as any ESDK producer would; its own limits are wide, so it can make messages
-/// the service must refuse.
-async fn encryptor(resources: &Resources, key_arn: &str) -> Decryptor {
-    let mut settings = Settings::defaults(64 << 20);
-    settings.limits.max_frames = 20_000;
-    Decryptor::new(resources.clients.kms.clone(), key_arn, settings)
-        .await
-        .unwrap()
-}
 
 fn limits() -> Limits {
     Settings::defaults(0).limits

@@ -95,25 +95,15 @@ async fn trickling_uploads_hold_no_part_buffer_and_are_cut_off() {
             "a trickling upload lasted {lasted:?}"
         );
     }
-    let keys = resources
-        .clients
-        .s3
-        .list_objects_v2()
-        .bucket(&resources.initial)
-        .send()
-        .await
-        .unwrap();
-    let keys: Vec<_> = keys.contents().iter().filter_map(|o| o.key()).collect();
-    assert_eq!(keys, ["raw/real.bin"], "only the real upload was stored");
-    let open = resources
-        .clients
-        .s3
-        .list_multipart_uploads()
-        .bucket(&resources.initial)
-        .send()
-        .await
-        .unwrap();
-    assert!(open.uploads().is_empty(), "{:?}", open.uploads());
+    assert_eq!(
+        common::keys(&resources.clients, &resources.initial).await,
+        ["raw/real.bin"],
+        "only the real upload was stored"
+    );
+    assert_eq!(
+        common::open_uploads(&resources.clients, &resources.initial).await,
+        0
+    );
 }
 
 /// With room for four connections: four clients that send their headers one byte at a

@@ -90,6 +90,42 @@ pub fn identifier(key: Option<&str>, version_id: Option<&str>) -> Result<ObjectI
         .expect("key is set"))
 }
 
+/// Deletes every object of an unversioned bucket (the benchmark's and the load test's), a
+/// page at a time. Listing versions instead would make moto copy every object at once.
+pub async fn empty_unversioned(s3: &S3, bucket: &str) -> Result<()> {
+    loop {
+        let page = s3
+            .list_objects_v2()
+            .bucket(bucket)
+            .max_keys(1000)
+            .send()
+            .await
+            .aws_context(format!("s3:ListObjectsV2 {bucket}"))?;
+        let objects = page
+            .contents()
+            .iter()
+            .map(|o| identifier(o.key(), None))
+            .collect::<Result<Vec<_>>>()?;
+        if objects.is_empty() {
+            return Ok(());
+        }
+        delete_objects(s3, bucket, &objects).await?;
+    }
+}
+
+/// Empties and deletes unversioned buckets.
+pub async fn remove_unversioned(s3: &S3, names: &[&str]) -> Result<()> {
+    for bucket in names {
+        empty_unversioned(s3, bucket).await?;
+        s3.delete_bucket()
+            .bucket(*bucket)
+            .send()
+            .await
+            .aws_context(format!("s3:DeleteBucket {bucket}"))?;
+    }
+    Ok(())
+}
+
 /// One protective setting of a bucket, with how to read it back (`inspect`) and how to put
 /// it (`put`) side by side: the state bucket and the data buckets share every rule here.
 pub enum BucketSetting<'a> {

@@ -178,7 +178,7 @@ fn run_case(
         let baseline = baseline(&clients.s3, &initial, count, body.clone(), duration).await;
         // The emulator keeps every byte (in memory, and spilled to disk): gone before the
         // service's side starts.
-        clear(&clients.s3, &initial).await?;
+        buckets::empty_unversioned(&clients.s3, &initial).await?;
         let sampling = Arc::new(AtomicBool::new(true));
         let fds = tokio::spawn(peak_open_fds(service.pid(), sampling.clone()));
         let (service_side, acknowledged, error_kinds) =
@@ -211,19 +211,10 @@ fn run_case(
     });
     let peak_rss = servers::peak_rss(service.pid());
     drop(service);
-    block_on(async {
-        for bucket in [&initial, &final_] {
-            clear(&clients.s3, bucket).await?;
-            clients
-                .s3
-                .delete_bucket()
-                .bucket(bucket)
-                .send()
-                .await
-                .aws_context(format!("s3:DeleteBucket {bucket}"))?;
-        }
-        Ok::<_, anyhow::Error>(())
-    })?;
+    block_on(buckets::remove_unversioned(
+        &clients.s3,
+        &[&initial, &final_],
+    ))?;
     let (baseline, service_side, acknowledged, processed, failed, open, peak_open_fds, error_kinds) =
         measured?;
     Ok(Case {
@@ -432,29 +423,6 @@ async fn list_keys(
 
 async fn count_keys(s3: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> Result<usize> {
     Ok(list_keys(s3, bucket, prefix).await?.len())
-}
-
-/// Deletes every object of an unversioned bucket, a page at a time. (Listing versions would
-/// make the emulator copy every object at once.)
-async fn clear(s3: &aws_sdk_s3::Client, bucket: &str) -> Result<()> {
-    loop {
-        let page = s3
-            .list_objects_v2()
-            .bucket(bucket)
-            .max_keys(1000)
-            .send()
-            .await
-            .aws_context(format!("s3:ListObjectsV2 {bucket}"))?;
-        let objects = page
-            .contents()
-            .iter()
-            .map(|o| buckets::identifier(o.key(), None))
-            .collect::<Result<Vec<_>>>()?;
-        if objects.is_empty() {
-            return Ok(());
-        }
-        buckets::delete_objects(s3, bucket, &objects).await?;
-    }
 }
 
 /// The most file descriptors the process had open while `sampling` was set.

@@ -169,44 +169,62 @@ impl Stack {
     }
 
     pub async fn keys(&self, bucket: &str) -> Vec<String> {
-        let listed = self
-            .clients
-            .s3
-            .list_objects_v2()
-            .bucket(bucket)
-            .send()
-            .await
-            .unwrap();
-        listed
-            .contents()
-            .iter()
-            .filter_map(|o| o.key().map(str::to_string))
-            .collect()
+        keys(&self.clients, bucket).await
     }
 
     /// Waits until no multipart upload is open in the initial bucket.
     pub async fn assert_no_multipart_uploads(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let open = self
-                .clients
-                .s3
-                .list_multipart_uploads()
-                .bucket(&self.initial)
-                .send()
-                .await
-                .unwrap();
-            if open.uploads().is_empty() {
+            let open = open_uploads(&self.clients, &self.initial).await;
+            if open == 0 {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "dangling multipart uploads: {:?}",
-                open.uploads()
+                "{open} dangling multipart uploads"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// The keys in a bucket (up to 1,000, which is all any test makes).
+pub async fn keys(clients: &AwsClients, bucket: &str) -> Vec<String> {
+    let listed = clients
+        .s3
+        .list_objects_v2()
+        .bucket(bucket)
+        .send()
+        .await
+        .unwrap();
+    listed
+        .contents()
+        .iter()
+        .filter_map(|o| o.key().map(str::to_string))
+        .collect()
+}
+
+/// The multipart uploads open in a bucket.
+pub async fn open_uploads(clients: &AwsClients, bucket: &str) -> usize {
+    let listed = clients
+        .s3
+        .list_multipart_uploads()
+        .bucket(bucket)
+        .send()
+        .await
+        .unwrap();
+    listed.uploads().len()
+}
+
+/// Encrypts as any Encryption SDK producer would, with the given key; its own limits are
+/// wide, so it can also make messages the service must refuse.
+pub async fn encryptor(resources: &Resources, key_arn: &str) -> service::decrypt::Decryptor {
+    let mut settings = service::decrypt::Settings::defaults(64 << 20);
+    settings.limits.max_frames = 20_000;
+    service::decrypt::Decryptor::new(resources.clients.kms.clone(), key_arn, settings)
+        .await
+        .unwrap()
 }
 
 /// Deterministic pseudo-random bytes.

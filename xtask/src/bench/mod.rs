@@ -160,21 +160,7 @@ impl Setup {
     /// disk holds one run at a time.
     pub async fn clear_buckets(&self) -> Result<()> {
         for bucket in [&self.initial, &self.final_] {
-            // s3s-fs lists no versions: these buckets are unversioned, so keys are enough.
-            let mut objects = Vec::new();
-            let mut pages = self
-                .s3
-                .list_objects_v2()
-                .bucket(bucket)
-                .into_paginator()
-                .send();
-            while let Some(page) = pages.next().await {
-                let page = page.aws_context(format!("s3:ListObjectsV2 {bucket}"))?;
-                for object in page.contents() {
-                    objects.push(buckets::identifier(object.key(), None)?);
-                }
-            }
-            buckets::delete_objects(&self.s3, bucket, &objects).await?;
+            buckets::empty_unversioned(&self.s3, bucket).await?;
         }
         Ok(())
     }
@@ -445,19 +431,10 @@ fn run_case(
     });
     let peak = servers::peak_rss(service.pid());
     drop(service);
-    block_on(async {
-        setup.clear_buckets().await?;
-        for bucket in [&initial, &final_] {
-            clients
-                .s3
-                .delete_bucket()
-                .bucket(bucket)
-                .send()
-                .await
-                .aws_context(format!("s3:DeleteBucket {bucket}"))?;
-        }
-        Ok::<_, anyhow::Error>(())
-    })?;
+    block_on(buckets::remove_unversioned(
+        &clients.s3,
+        &[&initial, &final_],
+    ))?;
     let (metrics, objects, object_bytes) = measured?;
     let peak = peak?;
     // The memory target is for 1 GiB uploads; report it where it applies.
