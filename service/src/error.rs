@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::aws::{Failure, aws_failure};
+use crate::aws::{Failure, aws_call, aws_failure};
 use crate::retrieval::RetrievalError;
 use crate::upload::UploadError;
 
@@ -84,7 +84,12 @@ impl From<anyhow::Error> for ApiError {
             code,
             "a storage or key service call failed; see the service log for this request id",
         )
-        .caused_by(format!("{err:#}"))
+        .caused_by(
+            match aws_call(&err).and_then(|call| call.request_id.as_deref()) {
+                Some(id) => format!("{err:#} (AWS request id {id})"),
+                None => format!("{err:#}"),
+            },
+        )
     }
 }
 
