@@ -11,16 +11,15 @@ pub mod status;
 
 use std::collections::{HashMap, HashSet};
 use std::io;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context as TaskContext, Poll};
+use std::task::Poll;
 use std::time::Instant;
 
 use anyhow::{Context as _, Result, anyhow};
 use futures_util::StreamExt;
 use futures_util::stream;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use crate::aws::Failure;
@@ -30,7 +29,7 @@ use crate::metrics::Metrics;
 use crate::names::{meta, metadata_text, metadata_value};
 use crate::store::{RawInfo, Record, Store, now_rfc3339};
 use crate::upload::{self, UploadError};
-use processors::{Processor, Reader, processor};
+use processors::{Processor, Reader, Tap, processor};
 pub use status::{FileStatus, State};
 
 /// `stream`, calling `done` once it has ended (not if it fails or is dropped first).
@@ -126,37 +125,6 @@ impl std::fmt::Display for DecryptionTimedOut {
 }
 
 impl std::error::Error for DecryptionTimedOut {}
-
-/// Hashes what passes through, into a hasher shared with whoever needs the digest later.
-struct Hashing<R> {
-    inner: R,
-    hasher: Arc<Mutex<Sha256>>,
-    /// Set when reading the source fails (S3 cut the body off): the run failed through no
-    /// fault of the file.
-    failed: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for Hashing<R> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        match &result {
-            Poll::Ready(Ok(())) => {
-                let new = &buf.filled()[before..];
-                self.hasher.lock().unwrap().update(new);
-            }
-            Poll::Ready(Err(_)) => self
-                .failed
-                .store(true, std::sync::atomic::Ordering::Relaxed),
-            Poll::Pending => {}
-        }
-        result
-    }
-}
 
 pub struct Pipeline {
     store: Arc<Store>,
@@ -375,10 +343,17 @@ impl Pipeline {
     ) -> Result<upload::Uploaded> {
         let source = self.store.open_raw(name, raw).await?;
         let hasher = Arc::new(Mutex::new(Sha256::new()));
-        let mut reader = Hashing {
+        // Hashes what is read, and marks a failed read (S3 cut the body off): such a run fails
+        // through no fault of the file.
+        let mut reader = Tap {
             inner: source,
-            hasher: hasher.clone(),
-            failed: source_failed.clone(),
+            observe: {
+                let (hasher, failed) = (hasher.clone(), source_failed.clone());
+                move |read: Option<&[u8]>| match read {
+                    Some(bytes) => hasher.lock().unwrap().update(bytes),
+                    None => failed.store(true, std::sync::atomic::Ordering::Relaxed),
+                }
+            },
         };
         let mut header = [0u8; decrypt::HEADER_LEN];
         let mut filled = 0;

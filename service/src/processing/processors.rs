@@ -51,13 +51,18 @@ pub struct Gunzip {
 /// Output below which the expansion ratio is not checked.
 const RATIO_FREE_OUTPUT: u64 = 16 * 1024 * 1024;
 
-/// Counts the bytes read through it.
-struct Counting<R> {
-    inner: R,
-    count: Arc<std::sync::atomic::AtomicU64>,
+/// Passes reads through and shows `observe` what each one gave: the bytes read, or `None`
+/// for an error.
+pub struct Tap<R, F> {
+    pub inner: R,
+    pub observe: F,
 }
 
-impl<R: AsyncRead + Unpin> AsyncRead for Counting<R> {
+impl<R, F> AsyncRead for Tap<R, F>
+where
+    R: AsyncRead + Unpin,
+    F: FnMut(Option<&[u8]>) + Unpin,
+{
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
@@ -65,9 +70,11 @@ impl<R: AsyncRead + Unpin> AsyncRead for Counting<R> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let read = (buf.filled().len() - before) as u64;
-        self.count
-            .fetch_add(read, std::sync::atomic::Ordering::Relaxed);
+        match &result {
+            Poll::Ready(Ok(())) => (self.observe)(Some(&buf.filled()[before..])),
+            Poll::Ready(Err(_)) => (self.observe)(None),
+            Poll::Pending => {}
+        }
         result
     }
 }
@@ -94,9 +101,13 @@ impl Processor for Gunzip {
     }
     fn process(&self, input: Reader, _stats: upload::LateMetadata) -> Output {
         let compressed = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let input = Counting {
+        let counted = compressed.clone();
+        let input = Tap {
             inner: input,
-            count: compressed.clone(),
+            observe: move |read: Option<&[u8]>| {
+                let read = read.map_or(0, <[u8]>::len) as u64;
+                counted.fetch_add(read, std::sync::atomic::Ordering::Relaxed);
+            },
         };
         let mut decoder = GzipDecoder::new(BufReader::new(input));
         decoder.multiple_members(true);
