@@ -121,3 +121,98 @@ pub fn start_service(processor: &str) -> Running {
         runtime,
     }
 }
+
+/// A bucket's protective settings as S3 reports them, read with the SDK directly (not with
+/// `buckets::inspect`, which is under test): what the bucket-hardening tests assert on.
+#[derive(Debug)]
+pub struct Hardening {
+    /// block_public_acls, ignore_public_acls, block_public_policy, restrict_public_buckets.
+    pub public_access_blocks: [Option<bool>; 4],
+    pub object_ownership: String,
+    pub versioning: Option<String>,
+    pub sse_algorithm: String,
+    pub kms_key: Option<String>,
+    pub bucket_key: Option<bool>,
+    /// Per enabled lifecycle rule that has them.
+    pub abort_multipart_days: Vec<i32>,
+    pub noncurrent_days: Vec<i32>,
+    pub current_expiry_days: Vec<i32>,
+    pub expired_delete_markers: Vec<bool>,
+    pub policy_attached: bool,
+}
+
+pub async fn hardening(s3: &aws_sdk_s3::Client, bucket: &str) -> Hardening {
+    let pab = s3
+        .get_public_access_block()
+        .bucket(bucket)
+        .send()
+        .await
+        .unwrap();
+    let pab = pab.public_access_block_configuration().unwrap();
+    let ownership = s3
+        .get_bucket_ownership_controls()
+        .bucket(bucket)
+        .send()
+        .await
+        .unwrap();
+    let versioning = s3
+        .get_bucket_versioning()
+        .bucket(bucket)
+        .send()
+        .await
+        .unwrap();
+    let encryption = s3
+        .get_bucket_encryption()
+        .bucket(bucket)
+        .send()
+        .await
+        .unwrap();
+    let rule = &encryption
+        .server_side_encryption_configuration()
+        .unwrap()
+        .rules()[0];
+    let default = rule.apply_server_side_encryption_by_default().unwrap();
+    let lifecycle = s3
+        .get_bucket_lifecycle_configuration()
+        .bucket(bucket)
+        .send()
+        .await
+        .unwrap();
+    let rules = lifecycle.rules();
+    Hardening {
+        public_access_blocks: [
+            pab.block_public_acls(),
+            pab.ignore_public_acls(),
+            pab.block_public_policy(),
+            pab.restrict_public_buckets(),
+        ],
+        object_ownership: ownership.ownership_controls().unwrap().rules()[0]
+            .object_ownership()
+            .as_str()
+            .to_string(),
+        versioning: versioning.status().map(|s| s.as_str().to_string()),
+        sse_algorithm: default.sse_algorithm().as_str().to_string(),
+        kms_key: default.kms_master_key_id().map(str::to_string),
+        bucket_key: rule.bucket_key_enabled(),
+        abort_multipart_days: rules
+            .iter()
+            .filter_map(|r| {
+                r.abort_incomplete_multipart_upload()?
+                    .days_after_initiation()
+            })
+            .collect(),
+        noncurrent_days: rules
+            .iter()
+            .filter_map(|r| r.noncurrent_version_expiration()?.noncurrent_days())
+            .collect(),
+        current_expiry_days: rules
+            .iter()
+            .filter_map(|r| r.expiration()?.days())
+            .collect(),
+        expired_delete_markers: rules
+            .iter()
+            .filter_map(|r| r.expiration()?.expired_object_delete_marker())
+            .collect(),
+        policy_attached: s3.get_bucket_policy().bucket(bucket).send().await.is_ok(),
+    }
+}

@@ -12,7 +12,7 @@ use aws_sdk_s3::types::{
 use serde_json::Value;
 use service::aws::AwsClients;
 
-use super::{copy_dir, isolated_local_context, require_tool, temp_dir};
+use super::{copy_dir, hardening, isolated_local_context, require_tool, temp_dir};
 use crate::bootstrap::{self, NONCURRENT_STATE_DAYS, Outcome};
 use crate::buckets::empty_bucket;
 use crate::context::{Context, block_on, workspace_root};
@@ -56,84 +56,16 @@ fn bootstrap_creates_a_private_versioned_encrypted_bucket_then_reports_and_fixes
             location.location_constraint().map(|c| c.as_str()),
             Some("eu-west-1")
         );
-        let pab = s3
-            .get_public_access_block()
-            .bucket(&bucket.name)
-            .send()
-            .await
-            .unwrap();
-        let pab = pab.public_access_block_configuration().unwrap();
-        assert_eq!(
-            [
-                pab.block_public_acls(),
-                pab.ignore_public_acls(),
-                pab.block_public_policy(),
-                pab.restrict_public_buckets()
-            ],
-            [Some(true); 4]
-        );
-        let ownership = s3
-            .get_bucket_ownership_controls()
-            .bucket(&bucket.name)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            ownership.ownership_controls().unwrap().rules()[0]
-                .object_ownership()
-                .as_str(),
-            "BucketOwnerEnforced"
-        );
-        let versioning = s3
-            .get_bucket_versioning()
-            .bucket(&bucket.name)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(versioning.status(), Some(&BucketVersioningStatus::Enabled));
-        let encryption = s3
-            .get_bucket_encryption()
-            .bucket(&bucket.name)
-            .send()
-            .await
-            .unwrap();
-        let rule = &encryption
-            .server_side_encryption_configuration()
-            .unwrap()
-            .rules()[0];
-        assert_eq!(
-            rule.apply_server_side_encryption_by_default()
-                .unwrap()
-                .sse_algorithm()
-                .as_str(),
-            "aws:kms"
-        );
-        assert_eq!(rule.bucket_key_enabled(), Some(true));
-        let lifecycle = s3
-            .get_bucket_lifecycle_configuration()
-            .bucket(&bucket.name)
-            .send()
-            .await
-            .unwrap();
-        let rule = &lifecycle.rules()[0];
-        assert_eq!(
-            rule.noncurrent_version_expiration()
-                .and_then(|e| e.noncurrent_days()),
-            Some(NONCURRENT_STATE_DAYS)
-        );
-        assert_eq!(
-            rule.abort_incomplete_multipart_upload()
-                .and_then(|a| a.days_after_initiation()),
-            Some(1)
-        );
+        let found = hardening(&s3, &bucket.name).await;
+        assert_eq!(found.public_access_blocks, [Some(true); 4]);
+        assert_eq!(found.object_ownership, "BucketOwnerEnforced");
+        assert_eq!(found.versioning.as_deref(), Some("Enabled"));
+        assert_eq!(found.sse_algorithm, "aws:kms");
+        assert_eq!(found.bucket_key, Some(true));
+        assert_eq!(found.noncurrent_days, [NONCURRENT_STATE_DAYS]);
+        assert_eq!(found.abort_multipart_days, [1]);
         // Locally the TLS-only policy is a checked document, not attached (see bootstrap.rs).
-        assert!(
-            s3.get_bucket_policy()
-                .bucket(&bucket.name)
-                .send()
-                .await
-                .is_err()
-        );
+        assert!(!found.policy_attached);
     });
     let policy: Value = serde_json::from_str(
         &std::fs::read_to_string(cx.state_dir().join("state-bucket-policy.json")).unwrap(),

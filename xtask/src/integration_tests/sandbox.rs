@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use serde_json::Value;
 use service::aws::AwsClients;
 
-use super::{isolated_local_context, require_tool};
+use super::{hardening, isolated_local_context, require_tool};
 use crate::context::{block_on, workspace_root};
 use crate::outputs::Outputs;
 use crate::sandbox;
@@ -103,36 +103,22 @@ fn sandbox_creates_what_the_hcl_declares() {
         for purpose in ["initial", "final"] {
             let bucket = outputs.string(&format!("{purpose}_bucket_name")).unwrap();
             let s3 = &clients.s3;
-            let pab = s3
-                .get_public_access_block()
-                .bucket(bucket)
-                .send()
-                .await
-                .unwrap();
-            let pab = pab.public_access_block_configuration().unwrap();
-            for (flag, value) in [
-                ("block_public_acls", pab.block_public_acls()),
-                ("block_public_policy", pab.block_public_policy()),
-                ("ignore_public_acls", pab.ignore_public_acls()),
-                ("restrict_public_buckets", pab.restrict_public_buckets()),
-            ] {
-                let declared = hcl_setting(&s3_hcl, "aws_s3_bucket_public_access_block", &[], flag);
-                assert_eq!(
-                    value.map(|v| v.to_string()),
-                    Some(declared),
-                    "{bucket} {flag}"
-                );
-            }
-            let ownership = s3
-                .get_bucket_ownership_controls()
-                .bucket(bucket)
-                .send()
-                .await
-                .unwrap();
+            let found = hardening(s3, bucket).await;
+            let pab_hcl = |flag| {
+                Some(hcl_setting(&s3_hcl, "aws_s3_bucket_public_access_block", &[], flag) == "true")
+            };
             assert_eq!(
-                ownership.ownership_controls().unwrap().rules()[0]
-                    .object_ownership()
-                    .as_str(),
+                found.public_access_blocks,
+                [
+                    pab_hcl("block_public_acls"),
+                    pab_hcl("ignore_public_acls"),
+                    pab_hcl("block_public_policy"),
+                    pab_hcl("restrict_public_buckets"),
+                ],
+                "{bucket}"
+            );
+            assert_eq!(
+                found.object_ownership,
                 hcl_setting(
                     &s3_hcl,
                     "aws_s3_bucket_ownership_controls",
@@ -140,38 +126,18 @@ fn sandbox_creates_what_the_hcl_declares() {
                     "object_ownership"
                 )
             );
-            let versioning = s3
-                .get_bucket_versioning()
-                .bucket(bucket)
-                .send()
-                .await
-                .unwrap();
             assert_eq!(
-                versioning.status().map(|s| s.as_str()),
-                Some(
-                    hcl_setting(
-                        &s3_hcl,
-                        "aws_s3_bucket_versioning",
-                        &["versioning_configuration"],
-                        "status"
-                    )
-                    .as_str()
-                )
+                found.versioning,
+                Some(hcl_setting(
+                    &s3_hcl,
+                    "aws_s3_bucket_versioning",
+                    &["versioning_configuration"],
+                    "status"
+                ))
             );
-            let encryption = s3
-                .get_bucket_encryption()
-                .bucket(bucket)
-                .send()
-                .await
-                .unwrap();
-            let rule = &encryption
-                .server_side_encryption_configuration()
-                .unwrap()
-                .rules()[0];
-            let default = rule.apply_server_side_encryption_by_default().unwrap();
             let sse = "aws_s3_bucket_server_side_encryption_configuration";
             assert_eq!(
-                default.sse_algorithm().as_str(),
+                found.sse_algorithm,
                 hcl_setting(
                     &s3_hcl,
                     sse,
@@ -179,65 +145,45 @@ fn sandbox_creates_what_the_hcl_declares() {
                     "sse_algorithm"
                 )
             );
-            assert_eq!(default.kms_master_key_id(), Some(key_arn.as_str()));
+            assert_eq!(found.kms_key.as_deref(), Some(key_arn.as_str()));
             assert_eq!(
-                rule.bucket_key_enabled().map(|v| v.to_string()),
+                found.bucket_key.map(|v| v.to_string()),
                 Some(hcl_setting(&s3_hcl, sse, &["rule"], "bucket_key_enabled"))
             );
-            let lifecycle = s3
-                .get_bucket_lifecycle_configuration()
-                .bucket(bucket)
-                .send()
-                .await
-                .unwrap();
-            let abort: Vec<String> = lifecycle
-                .rules()
-                .iter()
-                .filter_map(|r| {
-                    r.abort_incomplete_multipart_upload()?
-                        .days_after_initiation()
-                })
-                .map(|d| d.to_string())
-                .collect();
-            let declared_abort = hcl_setting(
-                &s3_hcl,
-                "aws_s3_bucket_lifecycle_configuration",
-                &["rule", "abort_incomplete_multipart_upload"],
-                "days_after_initiation",
-            );
-            assert_eq!(abort, [declared_abort]);
-            let noncurrent: Vec<i64> = lifecycle
-                .rules()
-                .iter()
-                .filter_map(|r| r.noncurrent_version_expiration()?.noncurrent_days())
-                .map(i64::from)
-                .collect();
+            let lifecycle = "aws_s3_bucket_lifecycle_configuration";
             assert_eq!(
-                noncurrent,
-                [vars["noncurrent_version_expiration_days"].as_i64().unwrap()]
+                found
+                    .abort_multipart_days
+                    .iter()
+                    .map(i32::to_string)
+                    .collect::<Vec<_>>(),
+                [hcl_setting(
+                    &s3_hcl,
+                    lifecycle,
+                    &["rule", "abort_incomplete_multipart_upload"],
+                    "days_after_initiation",
+                )]
+            );
+            assert_eq!(
+                found.noncurrent_days,
+                [vars["noncurrent_version_expiration_days"].as_i64().unwrap() as i32]
             );
             assert!(
-                lifecycle
-                    .rules()
-                    .iter()
-                    .all(|r| r.expiration().and_then(|e| e.days()).is_none()),
+                found.current_expiry_days.is_empty(),
                 "raw_object_expiration_days defaults to null: current objects never expire"
             );
-            let declared_markers = hcl_setting(
-                &s3_hcl,
-                "aws_s3_bucket_lifecycle_configuration",
-                &["rule", "expiration"],
-                "expired_object_delete_marker",
-            );
-            let markers: Vec<String> = lifecycle
-                .rules()
-                .iter()
-                .filter_map(|r| r.expiration()?.expired_object_delete_marker())
-                .map(|b| b.to_string())
-                .collect();
             assert_eq!(
-                markers,
-                [declared_markers],
+                found
+                    .expired_delete_markers
+                    .iter()
+                    .map(bool::to_string)
+                    .collect::<Vec<_>>(),
+                [hcl_setting(
+                    &s3_hcl,
+                    lifecycle,
+                    &["rule", "expiration"],
+                    "expired_object_delete_marker",
+                )],
                 "expired delete markers removed"
             );
 
@@ -271,10 +217,7 @@ fn sandbox_creates_what_the_hcl_declares() {
                 .collect(),
                 "no network statement without allowed networks"
             );
-            assert!(
-                s3.get_bucket_policy().bucket(bucket).send().await.is_err(),
-                "not attached in the emulator"
-            );
+            assert!(!found.policy_attached, "not attached in the emulator");
         }
 
         let rotation = clients
