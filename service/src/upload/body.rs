@@ -61,6 +61,8 @@ pub struct BodyReader<'a, S> {
     stream: std::pin::Pin<&'a mut S>,
     pending: Option<Bytes>,
     pace: Pace,
+    /// Time spent waiting since the last chunk.
+    silent: Duration,
     limits: BodyLimits,
     pub digests: Digests,
 }
@@ -83,6 +85,7 @@ where
             stream,
             pending: None,
             pace: Pace::default(),
+            silent: Duration::ZERO,
             limits,
             digests,
         }
@@ -118,48 +121,61 @@ where
         }
     }
 
-    /// The next chunk, counted, hashed and checked against the limits.
+    /// The next chunk, counted, hashed and checked against the limits. Every window of
+    /// waiting must deliver its quota (`min_rate` x `window`), so a body that sends a window's
+    /// quota at once and then stalls is cut off at the end of the next window.
     async fn next_chunk(&mut self) -> Result<Option<Bytes>, UploadError> {
         let limits = self.limits;
         let quota = limits
             .min_rate
             .saturating_mul(limits.window.as_millis() as u64)
             / 1000;
-        let behind = self.pace.bytes < quota;
-        let wait = if behind {
-            limits
-                .idle_timeout
-                .min(limits.window.saturating_sub(self.pace.waited))
-        } else {
-            limits.idle_timeout
-        };
-        let started = Instant::now();
-        let next = tokio::time::timeout(wait, self.stream.next()).await;
-        self.pace.waited += started.elapsed();
-        let chunk = match next {
-            Err(_) if behind && wait < limits.idle_timeout => return Err(self.too_slow()),
-            Err(_) => {
-                return Err(UploadError::TooSlow(format!(
-                    "no data for {} s; giving up",
-                    limits.idle_timeout.as_secs()
-                )));
+        loop {
+            let idle_left = limits.idle_timeout.saturating_sub(self.silent);
+            let wait = if limits.min_rate > 0 {
+                idle_left.min(limits.window.saturating_sub(self.pace.waited))
+            } else {
+                idle_left
+            };
+            let started = Instant::now();
+            let next = tokio::time::timeout(wait, self.stream.next()).await;
+            self.pace.waited += started.elapsed();
+            self.silent += started.elapsed();
+            let chunk = match next {
+                Err(_) if self.silent >= limits.idle_timeout => {
+                    return Err(UploadError::TooSlow(format!(
+                        "no data for {} s; giving up",
+                        limits.idle_timeout.as_secs()
+                    )));
+                }
+                // A window ended while waiting: it passes if it delivered its quota.
+                Err(_) => {
+                    self.end_window(quota)?;
+                    continue;
+                }
+                Ok(None) => return Ok(None),
+                Ok(Some(Err(err))) => return Err(UploadError::Body(err.to_string())),
+                Ok(Some(Ok(chunk))) => chunk,
+            };
+            self.silent = Duration::ZERO;
+            self.pace.bytes += chunk.len() as u64;
+            if self.pace.waited >= limits.window {
+                self.end_window(quota)?;
             }
-            Ok(None) => return Ok(None),
-            Ok(Some(Err(err))) => return Err(UploadError::Body(err.to_string())),
-            Ok(Some(Ok(chunk))) => chunk,
-        };
-        self.pace.bytes += chunk.len() as u64;
-        if self.pace.waited >= limits.window {
-            if self.pace.bytes < quota {
-                return Err(self.too_slow());
+            self.digests.update(&chunk);
+            if self.digests.size > limits.max_size {
+                return Err(UploadError::TooLarge(limits.max_size));
             }
-            self.pace = Pace::default();
+            return Ok(Some(chunk));
         }
-        self.digests.update(&chunk);
-        if self.digests.size > limits.max_size {
-            return Err(UploadError::TooLarge(limits.max_size));
+    }
+
+    fn end_window(&mut self, quota: u64) -> Result<(), UploadError> {
+        if self.pace.bytes < quota {
+            return Err(self.too_slow());
         }
-        Ok(Some(chunk))
+        self.pace = Pace::default();
+        Ok(())
     }
 
     fn too_slow(&self) -> UploadError {
@@ -316,6 +332,33 @@ mod tests {
         let mut buffer = BytesMut::new();
         assert!(!reader.fill(&mut buffer, 1 << 20).await.unwrap());
         assert_eq!(buffer.len(), 6000);
+    }
+
+    #[tokio::test]
+    async fn a_body_that_sends_a_windows_quota_at_once_and_stalls_is_cut_off_in_the_next() {
+        let limits = BodyLimits {
+            max_size: u64::MAX,
+            idle_timeout: Duration::from_secs(30),
+            min_rate: 1000,
+            window: Duration::from_millis(300),
+        };
+        // 400 bytes (more than a window's 300) at once, then nothing for 5 s.
+        let burst_then_stall =
+            futures_util::stream::once(async { Ok::<_, String>(Bytes::from(vec![1u8; 400])) })
+                .chain(paced(1, Duration::from_secs(5), 1));
+        let mut stream = std::pin::pin!(burst_then_stall);
+        let mut reader = BodyReader::new(stream.as_mut(), limits, Digests::new(false));
+        let started = Instant::now();
+        let err = reader
+            .fill(&mut BytesMut::new(), 1 << 20)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, UploadError::TooSlow(_)), "{err}");
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(550) && took < Duration::from_secs(2),
+            "cut off after {took:?}: the second window, not the first or the idle timeout"
+        );
     }
 
     #[tokio::test]
