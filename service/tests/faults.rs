@@ -216,15 +216,7 @@ async fn processing_survives_s3_and_kms_faults() {
     }
     let injected = proxy.injected();
     assert!(injected >= 10, "only {injected} faults were injected");
-    let metrics = http
-        .get(format!("{}/metrics", running.url))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = running.metrics(&http).await;
     eprintln!("{injected} faults injected; retries in /metrics:");
     for line in metrics.lines().filter(|l| l.contains("retr")) {
         eprintln!("  {line}");

@@ -509,14 +509,7 @@ async fn a_kms_outage_is_ridden_out() {
     proxy.refuse_decrypts(false);
     let status = running.settle(&http, "outage.enc").await;
     assert_eq!(status["state"], "processed", "{status}");
-    let metrics = http
-        .get(format!("{}/metrics", running.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = running.metrics(&http).await;
     let retries: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("filepipe_processing_retries_total "))

@@ -96,7 +96,7 @@ impl Context {
 
 /// The one tokio runtime of a command. Its AWS clients keep connection pools that belong to
 /// the runtime they were made in, so every async call of the command runs here.
-pub fn runtime() -> &'static tokio::runtime::Runtime {
+fn runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
     RUNTIME.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()

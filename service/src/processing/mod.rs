@@ -27,9 +27,9 @@ use crate::config::Config;
 use crate::decrypt::{self, Decryptor};
 use crate::metrics::Metrics;
 use crate::names::{meta, metadata_text, metadata_value};
-use crate::store::{RawInfo, Record, Store, now_rfc3339};
+use crate::store::{RawInfo, Reader, Record, Store, now_rfc3339};
 use crate::upload::{self, UploadError};
-use processors::{Processor, Reader, Tap, processor};
+use processors::{Processor, Tap, processor};
 pub use status::{FileStatus, State};
 
 /// `stream`, calling `done` once it has ended (not if it fails or is dropped first).

@@ -14,9 +14,9 @@ use tokio::io::{AsyncRead, BufReader, ReadBuf};
 use tokio_util::io::ReaderStream;
 
 use crate::config::{Config, ProcessorKind};
+use crate::store::Reader;
 use crate::upload;
 
-pub type Reader = Box<dyn AsyncRead + Send + Unpin>;
 /// Read size when streaming: the 4 KiB default costs a chunk (and a hash update and a
 /// buffer push) per page.
 pub const STREAM_CHUNK: usize = 64 * 1024;

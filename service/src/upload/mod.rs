@@ -27,7 +27,7 @@ use tokio::task::JoinSet;
 
 use crate::aws::{AwsResultExt, Failure, aws_failure};
 use crate::names::percent_encode_path;
-pub use body::RATE_WINDOW;
+use body::RATE_WINDOW;
 use body::{BodyLimits, BodyReader, Digests};
 
 /// What every upload shares: the client, the key, the part geometry, the idle timeout and

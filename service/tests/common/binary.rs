@@ -121,6 +121,17 @@ impl Running {
         }
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self, http: &reqwest::Client) -> String {
+        http.get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
