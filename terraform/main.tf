@@ -6,12 +6,35 @@ locals {
   partition           = data.aws_partition.current.partition
   initial_bucket_name = coalesce(var.initial_bucket_name, "${var.name_prefix}-initial-${local.account_id}")
   final_bucket_name   = coalesce(var.final_bucket_name, "${var.name_prefix}-final-${local.account_id}")
+  log_bucket_name     = coalesce(var.access_log_bucket_name, "${var.name_prefix}-access-logs-${local.account_id}")
 
   # Known before the buckets exist, so the policies do not wait for them.
   bucket_arns = {
     initial = "arn:${local.partition}:s3:::${local.initial_bucket_name}"
     final   = "arn:${local.partition}:s3:::${local.final_bucket_name}"
   }
+
+  # The host's Elastic IP (or its S3 gateway endpoint) joins the networks the bucket
+  # policies admit; the address is allocated before the instance, so there is no cycle.
+  allowed_cidrs            = distinct(concat(var.allowed_cidrs, flatten(module.host[*].bucket_access.cidrs)))
+  allowed_vpc_endpoint_ids = distinct(concat(var.allowed_vpc_endpoint_ids, flatten(module.host[*].bucket_access.vpc_endpoint_ids)))
+
+  service_port = tonumber(split(":", var.service_listen_address)[1])
+
+  # Content-addressed in the artifact bucket `cargo xtask deploy` uploads to.
+  artifact_key_prefix = var.service_artifact == null ? null : "service/${var.service_artifact.sha256}/"
+
+  user_data = templatefile("${path.module}/templates/user-data.sh.tpl", {
+    region                = var.region
+    initial_bucket        = module.initial_bucket.bucket_name
+    final_bucket          = module.final_bucket.bucket_name
+    kms_key_arn           = module.kms.key_arn
+    listen_address        = var.service_listen_address
+    processor             = var.service_processor
+    service_binary_s3_uri = var.service_artifact == null ? "" : "s3://${var.service_artifact.bucket}/${var.service_artifact.key}"
+    service_binary_url    = var.service_binary_url == null ? "" : var.service_binary_url
+    service_binary_sha256 = var.service_artifact == null ? var.service_binary_sha256 : var.service_artifact.sha256
+  })
 }
 
 # The documents that do not depend on the key: the key policy needs the role to exist first
@@ -35,10 +58,16 @@ module "access_policies" {
   service_role_arn         = module.iam.role_arn
   kms_key_arn              = module.kms.key_arn
   bucket_arns              = local.bucket_arns
-  allowed_cidrs            = var.allowed_cidrs
-  allowed_vpc_endpoint_ids = var.allowed_vpc_endpoint_ids
+  allowed_cidrs            = local.allowed_cidrs
+  allowed_vpc_endpoint_ids = local.allowed_vpc_endpoint_ids
   # Operators may reach objects from any network; the service role may not.
   exempt_principal_arns = var.admin_principal_arns
+  access_log_bucket_arn = "arn:${local.partition}:s3:::${local.log_bucket_name}"
+  service_artifact = var.service_artifact == null ? null : {
+    bucket_arn  = "arn:${local.partition}:s3:::${var.service_artifact.bucket}"
+    key_prefix  = local.artifact_key_prefix
+    kms_key_arn = var.service_artifact.kms_key_arn
+  }
 }
 
 module "iam" {
@@ -67,6 +96,7 @@ module "initial_bucket" {
   current_version_expiration_days    = var.raw_object_expiration_days
   policy_json                        = module.access_policies.bucket_policy_json["initial"]
   attach_policy                      = var.attach_bucket_policies
+  access_logs                        = { bucket = module.access_logs.bucket_name }
 }
 
 module "final_bucket" {
@@ -79,12 +109,40 @@ module "final_bucket" {
   current_version_expiration_days    = null
   policy_json                        = module.access_policies.bucket_policy_json["final"]
   attach_policy                      = var.attach_bucket_policies
+  access_logs                        = { bucket = module.access_logs.bucket_name }
+}
+
+module "access_logs" {
+  source = "./modules/access-logs"
+
+  bucket_name                        = local.log_bucket_name
+  retention_days                     = var.access_log_retention_days
+  noncurrent_version_expiration_days = var.noncurrent_version_expiration_days
+  force_destroy                      = var.force_destroy
+  policy_json                        = module.access_policies.access_log_bucket_policy_json
+}
+
+module "host" {
+  source = "./modules/host"
+  count  = var.enable_host ? 1 : 0
+
+  name_prefix                         = var.name_prefix
+  region                              = var.region
+  subnet_id                           = var.subnet_id
+  client_cidrs                        = var.client_cidrs
+  service_port                        = local.service_port
+  instance_type                       = var.instance_type
+  instance_profile_name               = module.iam.instance_profile_name
+  user_data                           = local.user_data
+  detailed_monitoring                 = var.detailed_monitoring
+  root_volume_size_gib                = var.root_volume_size_gib
+  s3_gateway_endpoint_route_table_ids = var.s3_gateway_endpoint_route_table_ids
 }
 
 check "bucket_access_is_network_restricted" {
   assert {
-    condition     = length(var.allowed_cidrs) + length(var.allowed_vpc_endpoint_ids) > 0
-    error_message = "Neither allowed_cidrs nor allowed_vpc_endpoint_ids is set: object access to both buckets is NOT restricted by source network (IAM, TLS and encryption rules still apply)."
+    condition     = length(local.allowed_cidrs) + length(local.allowed_vpc_endpoint_ids) > 0
+    error_message = "No host, and neither allowed_cidrs nor allowed_vpc_endpoint_ids is set: object access to both buckets is NOT restricted by source network (IAM, TLS and encryption rules still apply)."
   }
 }
 

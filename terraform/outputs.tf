@@ -59,14 +59,30 @@ output "final_bucket_policy_json" {
 
 output "user_data" {
   description = "EC2 user-data script installing and starting the service (templates/user-data.sh.tpl)."
-  value = templatefile("${path.module}/templates/user-data.sh.tpl", {
-    region                = var.region
-    initial_bucket        = module.initial_bucket.bucket_name
-    final_bucket          = module.final_bucket.bucket_name
-    kms_key_arn           = module.kms.key_arn
-    listen_address        = var.service_listen_address
-    processor             = var.service_processor
-    service_binary_url    = var.service_binary_url
-    service_binary_sha256 = var.service_binary_sha256
-  })
+  value       = local.user_data
+}
+
+output "access_log_bucket_name" {
+  description = "Bucket receiving the server access logs of the initial and final buckets."
+  value       = module.access_logs.bucket_name
+}
+
+output "access_log_bucket_policy_json" {
+  description = "Bucket policy of the access log bucket."
+  value       = module.access_logs.policy_json
+}
+
+output "service_url" {
+  description = "Base URL of the deployed service; null with enable_host = false."
+  value       = one(module.host[*].service_url)
+}
+
+output "instance_id" {
+  description = "EC2 instance running the service; null with enable_host = false."
+  value       = one(module.host[*].instance_id)
+}
+
+output "public_ip" {
+  description = "Elastic IP of the instance (admitted by the bucket policies); null with enable_host = false."
+  value       = one(module.host[*].public_ip)
 }

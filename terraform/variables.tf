@@ -134,23 +134,51 @@ variable "attach_bucket_policies" {
   default     = true
 }
 
-variable "service_binary_url" {
-  description = "HTTPS URL the instance downloads the service binary from (see templates/user-data.sh.tpl)."
-  type        = string
+variable "service_artifact" {
+  description = "The service binary in the artifact bucket, as `cargo xtask deploy` uploads it: bucket, key (service/<sha256>/filepipe-service), SHA-256, and the bucket's KMS key (null: the AWS-managed aws/s3 key). The instance role may read exactly that prefix."
+  type = object({
+    bucket      = string
+    key         = string
+    sha256      = string
+    kms_key_arn = optional(string)
+  })
+  default = null
 
   validation {
-    condition     = can(regex("^https://[A-Za-z0-9._~:/?#@!$&()*+,;=%-]+$", var.service_binary_url)) && !strcontains(var.service_binary_url, "'")
+    condition     = var.service_artifact == null || try(can(regex("^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", var.service_artifact.bucket)) && can(regex("^[0-9a-f]{64}$", var.service_artifact.sha256)) && var.service_artifact.key == "service/${var.service_artifact.sha256}/filepipe-service", false)
+    error_message = "service_artifact needs a bucket name, a 64-hex-digit sha256 and the key service/<sha256>/filepipe-service."
+  }
+
+  validation {
+    condition     = var.service_artifact == null || try(var.service_artifact.kms_key_arn == null || can(regex("^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/", var.service_artifact.kms_key_arn)), false)
+    error_message = "service_artifact.kms_key_arn must be null or a full KMS key ARN."
+  }
+
+  validation {
+    condition     = (var.service_artifact == null) != (var.service_binary_url == null)
+    error_message = "Set exactly one of service_artifact (what `cargo xtask deploy` uploads) and service_binary_url (a release published elsewhere)."
+  }
+}
+
+variable "service_binary_url" {
+  description = "Instead of service_artifact: an HTTPS URL of a service binary published elsewhere, pinned by service_binary_sha256 (see templates/user-data.sh.tpl)."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.service_binary_url == null || try(can(regex("^https://[A-Za-z0-9._~:/?#@!$&()*+,;=%-]+$", var.service_binary_url)) && !strcontains(var.service_binary_url, "'"), false)
     error_message = "service_binary_url must be an https:// URL without quotes or spaces."
   }
 }
 
 variable "service_binary_sha256" {
-  description = "SHA-256 (hex) the downloaded service binary must have; the instance refuses any other file."
+  description = "SHA-256 (hex) of the binary at service_binary_url; the instance refuses any other file."
   type        = string
+  default     = null
 
   validation {
-    condition     = can(regex("^[0-9a-f]{64}$", var.service_binary_sha256))
-    error_message = "service_binary_sha256 must be 64 lowercase hex characters."
+    condition     = var.service_binary_url == null || can(regex("^[0-9a-f]{64}$", var.service_binary_sha256))
+    error_message = "service_binary_sha256 must be 64 lowercase hex characters when service_binary_url is set."
   }
 }
 
@@ -180,4 +208,68 @@ variable "tags" {
   description = "Extra tags on every resource (merged into the provider's default_tags)."
   type        = map(string)
   default     = {}
+}
+
+variable "access_log_bucket_name" {
+  description = "Name of the bucket receiving the data buckets' server access logs; default <name_prefix>-access-logs-<account id>."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.access_log_bucket_name == null || can(regex("^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", var.access_log_bucket_name))
+    error_message = "access_log_bucket_name must be a valid S3 bucket name."
+  }
+}
+
+variable "access_log_retention_days" {
+  description = "Days the server access logs are kept."
+  type        = number
+  default     = 365
+
+  validation {
+    condition     = var.access_log_retention_days >= 1 && floor(var.access_log_retention_days) == var.access_log_retention_days
+    error_message = "access_log_retention_days must be a whole number of at least 1."
+  }
+}
+
+variable "enable_host" {
+  description = "Run the service on an EC2 instance of the stack (modules/host). False keeps the seed's shape: attach instance_profile_name to a server of your own, and pass it the user_data output."
+  type        = bool
+  default     = true
+}
+
+variable "client_cidrs" {
+  description = "CIDRs allowed to reach the service port on the instance. Required (at least one) with enable_host; /0 is refused. Validated by modules/host."
+  type        = list(string)
+  default     = []
+}
+
+variable "subnet_id" {
+  description = "Subnet of the instance, with a route to an internet gateway. Null: the first default subnet of the default VPC. Validated by modules/host."
+  type        = string
+  default     = null
+}
+
+variable "instance_type" {
+  description = "EC2 instance type of the host (x86_64). Validated by modules/host."
+  type        = string
+  default     = "t3.small"
+}
+
+variable "detailed_monitoring" {
+  description = "One-minute CloudWatch metrics for the instance (billed)."
+  type        = bool
+  default     = true
+}
+
+variable "root_volume_size_gib" {
+  description = "Size of the instance's encrypted gp3 root volume in GiB (8-1024). Validated by modules/host."
+  type        = number
+  default     = 16
+}
+
+variable "s3_gateway_endpoint_route_table_ids" {
+  description = "Route tables to attach a new S3 gateway VPC endpoint to. Set: the bucket policies admit that endpoint (aws:SourceVpce) instead of the Elastic IP. Empty: no endpoint. Validated by modules/host."
+  type        = list(string)
+  default     = []
 }

@@ -3,16 +3,24 @@
 # Rendered by Terraform's templatefile() (output `user_data`); every value below was validated
 # by a variable rule, so none can contain a quote.
 #
-# The binary comes from an HTTPS URL and must match a pinned SHA-256: the instance role needs
-# no access beyond the pipeline's buckets and key, and a tampered download is refused.
+# The binary comes from the stack's artifact bucket (downloaded with the instance role, which
+# may read exactly its content-addressed prefix) or from a pinned HTTPS URL, and must match a
+# pinned SHA-256: a tampered download is refused.
 set -euo pipefail
 umask 077
 
 readonly SERVICE_USER="filepipe"
+readonly BINARY_S3_URI='${service_binary_s3_uri}'
 readonly BINARY_URL='${service_binary_url}'
 readonly BINARY_SHA256='${service_binary_sha256}'
-readonly BINARY_PATH="/usr/local/bin/filepipe-service"
-readonly CONFIG_DIR="/etc/filepipe"
+# Both unset on EC2. `cargo xtask up` and the user-data test run this script in a throwaway
+# root (FILEPIPE_ROOT) with systemd, user management and the metadata service stood in for,
+# and give up on the first failed download.
+readonly ROOT="$${FILEPIPE_ROOT:-}"
+readonly DOWNLOAD_ATTEMPTS="$${FILEPIPE_DOWNLOAD_ATTEMPTS:-30}"
+readonly BINARY_PATH="$ROOT/usr/local/bin/filepipe-service"
+readonly CONFIG_DIR="$ROOT/etc/filepipe"
+readonly UNIT_DIR="$ROOT/etc/systemd/system"
 
 log() { echo "filepipe user-data: $*" | systemd-cat -t filepipe-user-data -p info || true; echo "filepipe user-data: $*"; }
 
@@ -35,12 +43,30 @@ fi
 
 download=$(mktemp)
 trap 'rm -f "$download"' EXIT
-curl -fsSL --proto '=https' --tlsv1.2 --retry 5 -o "$download" "$BINARY_URL"
+download_binary() {
+  if [ -n "$BINARY_S3_URI" ]; then
+    # The instance role's credentials, from IMDSv2 (AL2023 ships the AWS CLI v2).
+    aws s3 cp --only-show-errors --region '${region}' "$BINARY_S3_URI" "$download"
+  else
+    curl -fsSL --proto '=https' --tlsv1.2 --retry 5 -o "$download" "$BINARY_URL"
+  fi
+}
+# Right after boot the Elastic IP may not be associated yet: retry for a few minutes.
+attempt=1
+until download_binary; do
+  if [ "$attempt" -ge "$DOWNLOAD_ATTEMPTS" ]; then
+    log "could not download the service binary after $attempt attempts; refusing to start"
+    exit 1
+  fi
+  log "downloading the service binary failed (attempt $attempt); retrying in 10 s"
+  attempt=$((attempt + 1))
+  sleep 10
+done
 if ! echo "$BINARY_SHA256  $download" | sha256sum --check --status; then
   log "downloaded binary does not match the pinned SHA-256; refusing to install"
   exit 1
 fi
-install -o root -g root -m 0755 "$download" "$BINARY_PATH"
+install -D -o root -g root -m 0755 "$download" "$BINARY_PATH"
 
 install -d -o root -g "$SERVICE_USER" -m 0750 "$CONFIG_DIR"
 cat > "$CONFIG_DIR/service.env" <<ENV
@@ -54,7 +80,8 @@ ENV
 chown root:"$SERVICE_USER" "$CONFIG_DIR/service.env"
 chmod 0640 "$CONFIG_DIR/service.env"
 
-cat > /etc/systemd/system/filepipe.service <<'UNIT'
+install -d -o root -g root -m 0755 "$UNIT_DIR"
+cat > "$UNIT_DIR/filepipe.service" <<'UNIT'
 [Unit]
 Description=filepipe: encrypted file pipeline service
 Wants=network-online.target

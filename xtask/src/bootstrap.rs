@@ -1,9 +1,11 @@
-//! `cargo xtask bootstrap`: the Terraform state bucket, created with the AWS SDK because
-//! Terraform cannot create the bucket that holds its own state.
+//! `cargo xtask bootstrap`: the buckets that exist before Terraform runs, created with the AWS
+//! SDK: the Terraform state bucket (Terraform cannot create the bucket that holds its own
+//! state) and the artifact bucket `deploy` uploads the service binary to (the instance
+//! downloads it from there before the stack's own buckets are of any use).
 //!
-//! The bucket is private (public access block, ACLs disabled), versioned, encrypted with
-//! SSE-KMS, TLS-only and cleans up old state versions. Re-running checks every setting and
-//! reports drift; `--fix` repairs it.
+//! Both are private (public access block, ACLs disabled), versioned, encrypted with SSE-KMS,
+//! TLS-only and clean up old versions. Re-running checks every setting and reports drift;
+//! `--fix` repairs it.
 
 use anyhow::{Context as _, Result, bail};
 use aws_sdk_s3::Client as S3;
@@ -12,6 +14,8 @@ use service::aws::{AwsClients, AwsResultExt};
 
 use crate::buckets::{self, BucketSetting, check_tls_only_policy, tls_only_policy};
 use crate::context::{Context, block_on};
+pub use crate::private_buckets::backend_file;
+use crate::private_buckets::{PrivateBucket, resolve_buckets};
 
 /// Old state versions are kept this long, then expire.
 pub const NONCURRENT_STATE_DAYS: i32 = 90;
@@ -35,37 +39,30 @@ pub enum Outcome {
     },
 }
 
-/// The state bucket of an environment and how to reach it.
-#[derive(Debug, Clone)]
-pub struct StateBucket {
-    pub name: String,
-    pub account_id: String,
-    /// `None` means the AWS-managed `aws/s3` key.
-    pub kms_key_arn: Option<String>,
-}
-
 pub fn run(cx: &Context, args: Args) -> Result<()> {
-    let (bucket, outcome) = block_on(bootstrap(cx, &args))?;
-    match outcome {
-        Outcome::Created => println!("state bucket {} created", bucket.name),
-        Outcome::UpToDate => println!("state bucket {} is up to date", bucket.name),
-        Outcome::Drift {
-            settings,
-            fixed: true,
-        } => println!(
-            "state bucket {}: fixed drift in {}",
-            bucket.name,
-            settings.join(", ")
-        ),
-        Outcome::Drift {
-            settings,
-            fixed: false,
-        } => bail!(
-            "state bucket {} has drifted ({}); run `cargo xtask bootstrap --env {} --fix` to repair it",
-            bucket.name,
-            settings.join(", "),
+    let results = block_on(bootstrap(cx, &args))?;
+    let mut drifted = Vec::new();
+    for (bucket, outcome) in &results {
+        let what = format!("{} bucket {}", bucket.purpose.label(), bucket.name);
+        match outcome {
+            Outcome::Created => println!("{what} created"),
+            Outcome::UpToDate => println!("{what} is up to date"),
+            Outcome::Drift {
+                settings,
+                fixed: true,
+            } => println!("{what}: fixed drift in {}", settings.join(", ")),
+            Outcome::Drift {
+                settings,
+                fixed: false,
+            } => drifted.push(format!("{what} has drifted ({})", settings.join(", "))),
+        }
+    }
+    if !drifted.is_empty() {
+        bail!(
+            "{}; run `cargo xtask bootstrap --env {} --fix` to repair it",
+            drifted.join("; "),
             cx.env.name
-        ),
+        );
     }
     if !cx.dry_run {
         println!("backend settings written to {}", backend_file(cx).display());
@@ -73,102 +70,70 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
     Ok(())
 }
 
-pub async fn bootstrap(cx: &Context, args: &Args) -> Result<(StateBucket, Outcome)> {
+pub async fn bootstrap(cx: &Context, args: &Args) -> Result<Vec<(PrivateBucket, Outcome)>> {
     let clients = AwsClients::connect(&cx.env.aws).await;
-    let bucket = resolve_state_bucket(cx, &clients).await?;
-    let s3 = &clients.s3;
-    cx.step(format!("state bucket {}", bucket.name));
-
-    let exists = bucket_exists(s3, &bucket).await?;
-    let region = cx.env.region().to_string();
-    let settings = settings(&bucket, &region);
-    let outcome = if !exists {
-        create_bucket(cx, s3, &bucket).await?;
-        for setting in &settings {
-            apply(cx, s3, &bucket, setting).await?;
+    let buckets = resolve_buckets(cx, &clients).await?;
+    let mut results = Vec::new();
+    for bucket in [&buckets.state, &buckets.artifacts] {
+        let outcome = ensure_bucket(cx, &clients.s3, bucket, args.fix).await?;
+        if cx.env.is_local() {
+            write_local_policy(cx, bucket)?;
         }
-        Outcome::Created
-    } else {
-        let mut drifted = Vec::new();
-        for setting in settings.iter().filter(|s| attached_here(cx, s)) {
-            let found = buckets::inspect(s3, &bucket.name, &bucket.account_id, setting).await?;
-            if found.ok {
-                eprintln!("    ok     {}: {}", setting.name(), found.current);
-            } else {
-                eprintln!(
-                    "    DRIFT  {}: {} (want {})",
-                    setting.name(),
-                    found.current,
-                    setting.want()
-                );
-                drifted.push(setting);
-            }
-        }
-        if drifted.is_empty() {
-            Outcome::UpToDate
-        } else {
-            if args.fix {
-                for setting in &drifted {
-                    apply(cx, s3, &bucket, setting).await?;
-                }
-            }
-            Outcome::Drift {
-                settings: drifted.iter().map(|s| s.name().to_string()).collect(),
-                fixed: args.fix,
-            }
-        }
-    };
-    if cx.env.is_local() {
-        write_local_policy(cx, &bucket)?;
+        results.push((bucket.clone(), outcome));
     }
-    write_backend_file(cx, &bucket)?;
-    Ok((bucket, outcome))
+    write_backend_file(cx, &buckets.state)?;
+    Ok(results)
 }
 
-/// Account id (STS), bucket name, and the checked KMS key for default encryption.
-pub async fn resolve_state_bucket(cx: &Context, clients: &AwsClients) -> Result<StateBucket> {
-    let identity = clients
-        .sts
-        .get_caller_identity()
-        .send()
-        .await
-        .aws_context("sts:GetCallerIdentity (are AWS credentials configured?)")?;
-    let account_id = identity
-        .account()
-        .context("sts:GetCallerIdentity returned no account id")?
-        .to_string();
-    let kms_key_arn = match &cx.env.state_kms_key_id {
-        None => None,
-        Some(key_id) => {
-            let key = clients
-                .kms
-                .describe_key()
-                .key_id(key_id)
-                .send()
-                .await
-                .aws_context(format!("kms:DescribeKey {key_id}"))?;
-            let meta = key
-                .key_metadata()
-                .with_context(|| format!("kms:DescribeKey {key_id} returned no metadata"))?;
-            if !meta.enabled() {
-                bail!("KMS key {key_id} for the state bucket is disabled");
-            }
-            Some(
-                meta.arn()
-                    .with_context(|| format!("KMS key {key_id} has no ARN"))?
-                    .to_string(),
-            )
+/// Creates the bucket with every setting, or checks (and with `fix` repairs) an existing one.
+async fn ensure_bucket(
+    cx: &Context,
+    s3: &S3,
+    bucket: &PrivateBucket,
+    fix: bool,
+) -> Result<Outcome> {
+    cx.step(format!("{} bucket {}", bucket.purpose.label(), bucket.name));
+    let exists = bucket_exists(s3, bucket).await?;
+    let region = cx.env.region().to_string();
+    let settings = settings(bucket, &region);
+    if !exists {
+        create_bucket(cx, s3, bucket).await?;
+        for setting in &settings {
+            apply(cx, s3, bucket, setting).await?;
         }
-    };
-    Ok(StateBucket {
-        name: cx.env.state_bucket_name(&account_id),
-        account_id,
-        kms_key_arn,
+        return Ok(Outcome::Created);
+    }
+    let mut drifted = Vec::new();
+    for setting in settings.iter().filter(|s| attached_here(cx, s)) {
+        let found = buckets::inspect(s3, &bucket.name, &bucket.account_id, setting).await?;
+        if found.ok {
+            eprintln!("    ok     {}: {}", setting.name(), found.current);
+        } else {
+            eprintln!(
+                "    DRIFT  {}: {} (want {})",
+                setting.name(),
+                found.current,
+                setting.want()
+            );
+            drifted.push(setting);
+        }
+    }
+    if drifted.is_empty() {
+        return Ok(Outcome::UpToDate);
+    }
+    if fix {
+        for setting in &drifted {
+            apply(cx, s3, bucket, setting).await?;
+        }
+    }
+    Ok(Outcome::Drift {
+        settings: drifted.iter().map(|s| s.name().to_string()).collect(),
+        fixed: fix,
     })
 }
 
 /// True if the bucket exists and is ours; an error if it exists but is not.
-pub async fn bucket_exists(s3: &S3, bucket: &StateBucket) -> Result<bool> {
+pub async fn bucket_exists(s3: &S3, bucket: &PrivateBucket) -> Result<bool> {
     match s3
         .head_bucket()
         .bucket(&bucket.name)
@@ -180,18 +145,22 @@ pub async fn bucket_exists(s3: &S3, bucket: &StateBucket) -> Result<bool> {
         // check it, so ask the other way round too: is it among the caller's own buckets?
         Ok(_) => match owned_by_caller(s3, &bucket.name).await? {
             Some(false) => bail!(
-                "state bucket {} exists but belongs to another account; \
-                 choose another name with state_bucket in terraform/environments/<env>.xtask.hcl",
-                bucket.name
+                "{} bucket {} exists but belongs to another account; \
+                 choose another name with {} in terraform/environments/<env>.xtask.hcl",
+                bucket.purpose.label(),
+                bucket.name,
+                bucket.purpose.setting()
             ),
             _ => Ok(true),
         },
         Err(err) => match err.raw_response().map(|r| r.status().as_u16()) {
             Some(404) => Ok(false),
             Some(403) => bail!(
-                "state bucket {} exists but belongs to another account (or these credentials may not use it); \
-                 choose another name with state_bucket in terraform/environments/<env>.xtask.hcl",
-                bucket.name
+                "{} bucket {} exists but belongs to another account (or these credentials may not use it); \
+                 choose another name with {} in terraform/environments/<env>.xtask.hcl",
+                bucket.purpose.label(),
+                bucket.name,
+                bucket.purpose.setting()
             ),
             _ => Err(err).aws_context(format!("s3:HeadBucket {}", bucket.name)),
         },
@@ -224,7 +193,7 @@ async fn owned_by_caller(s3: &S3, name: &str) -> Result<Option<bool>> {
     }
 }
 
-async fn create_bucket(cx: &Context, s3: &S3, bucket: &StateBucket) -> Result<()> {
+async fn create_bucket(cx: &Context, s3: &S3, bucket: &PrivateBucket) -> Result<()> {
     let region = cx.env.region();
     if !cx.aws_call(format!(
         "s3:CreateBucket {} (LocationConstraint {region})",
@@ -232,14 +201,20 @@ async fn create_bucket(cx: &Context, s3: &S3, bucket: &StateBucket) -> Result<()
     )) {
         return Ok(());
     }
-    buckets::create(s3, &bucket.name, region).await.context(
-        "choose another state bucket name with state_bucket in terraform/environments/<env>.xtask.hcl",
-    )
+    buckets::create(s3, &bucket.name, region)
+        .await
+        .with_context(|| {
+            format!(
+                "choose another {} bucket name with {} in terraform/environments/<env>.xtask.hcl",
+                bucket.purpose.label(),
+                bucket.purpose.setting()
+            )
+        })
 }
 
-/// The state bucket's settings, in the order they are put: the public access block goes on
+/// The settings of both buckets, in the order they are put: the public access block goes on
 /// before the policy.
-fn settings<'a>(bucket: &'a StateBucket, region: &'a str) -> [BucketSetting<'a>; 6] {
+fn settings<'a>(bucket: &'a PrivateBucket, region: &'a str) -> [BucketSetting<'a>; 6] {
     [
         BucketSetting::PublicAccessBlock,
         BucketSetting::OwnerEnforced,
@@ -268,7 +243,7 @@ fn attached_here(cx: &Context, setting: &BucketSetting<'_>) -> bool {
 async fn apply(
     cx: &Context,
     s3: &S3,
-    bucket: &StateBucket,
+    bucket: &PrivateBucket,
     setting: &BucketSetting<'_>,
 ) -> Result<()> {
     if !attached_here(cx, setting) {
@@ -287,10 +262,12 @@ async fn apply(
 
 /// In the emulator the TLS-only policy would deny every (plain HTTP) request, and moto
 /// treats any conditioned Deny as deny-all: render it, check it, keep it, do not attach it.
-fn write_local_policy(cx: &Context, bucket: &StateBucket) -> Result<()> {
+fn write_local_policy(cx: &Context, bucket: &PrivateBucket) -> Result<()> {
     let policy = tls_only_policy(&bucket.name, cx.env.region());
     check_tls_only_policy(&policy, &bucket.name, cx.env.region())?;
-    let path = cx.state_dir().join("state-bucket-policy.json");
+    let path = cx
+        .state_dir()
+        .join(format!("{}-bucket-policy.json", bucket.purpose.label()));
     if !cx.dry_run {
         std::fs::create_dir_all(cx.state_dir())?;
         std::fs::write(&path, serde_json::to_string_pretty(&policy)?)
@@ -303,12 +280,8 @@ fn write_local_policy(cx: &Context, bucket: &StateBucket) -> Result<()> {
     Ok(())
 }
 
-pub fn backend_file(cx: &Context) -> std::path::PathBuf {
-    cx.state_dir().join("backend.hcl")
-}
-
 /// The S3 backend settings `deploy` passes to `terraform init -backend-config=`.
-pub fn backend_settings(cx: &Context, bucket: &StateBucket) -> String {
+pub fn backend_settings(cx: &Context, bucket: &PrivateBucket) -> String {
     let mut lines = vec![
         format!("bucket       = {:?}", bucket.name),
         format!(
@@ -338,7 +311,7 @@ pub fn backend_settings(cx: &Context, bucket: &StateBucket) -> String {
     lines.join("\n") + "\n"
 }
 
-fn write_backend_file(cx: &Context, bucket: &StateBucket) -> Result<()> {
+fn write_backend_file(cx: &Context, bucket: &PrivateBucket) -> Result<()> {
     let path = backend_file(cx);
     let text = backend_settings(cx, bucket);
     if cx.dry_run {

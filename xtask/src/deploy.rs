@@ -1,18 +1,20 @@
-//! `cargo xtask deploy`: terraform init, plan, (confirm), apply, save outputs, render user-data.
+//! `cargo xtask deploy`: deliver the service binary, terraform init, plan, (confirm), apply,
+//! save outputs, render user-data. `--plan FILE` applies a plan made (and reviewed) with
+//! `cargo xtask plan --out FILE` instead.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
-use serde_json::Value;
 
-use crate::bootstrap;
+use crate::artifact::Source;
 use crate::context::{Context, confirm};
 use crate::outputs::{Outputs, outputs_file};
+use crate::private_buckets;
 use crate::render_user_data;
 use crate::terraform::{
-    Output, Terraform, init, provider_unavailable, root_module, var_files, write_local_override,
+    self, BackendChange, Output, Prepared, Summary, Terraform, provider_unavailable, read_plan,
 };
 
 #[derive(clap::Args, Debug, Default, Clone)]
@@ -20,43 +22,65 @@ pub struct Args {
     /// Apply without asking; required when standard input is not a terminal.
     #[arg(long)]
     pub yes: bool,
+    /// Apply this saved plan (from `cargo xtask plan --out FILE`) instead of planning again.
+    #[arg(long, value_name = "FILE")]
+    pub plan: Option<PathBuf>,
+    #[command(flatten)]
+    pub shared: SharedArgs,
+}
+
+/// What `deploy` and `plan` both take.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct SharedArgs {
+    /// Ship this service binary instead of building it (`cargo build --release` for x86_64
+    /// Linux); it must start on Amazon Linux 2023 all the same.
+    #[arg(long, value_name = "PATH")]
+    pub binary: Option<PathBuf>,
+    /// Copy the state to the backend bootstrap now names (a renamed or moved state bucket).
+    #[arg(long)]
+    pub migrate_state: bool,
     /// Terraform binary: `terraform`, `tofu` or a path [env: XTASK_TERRAFORM].
     #[arg(long)]
     pub terraform: Option<String>,
-    /// Root module to deploy instead of terraform/ (the tests deploy a provider-free fixture).
+    /// Root module to deploy instead of terraform/ (the tests deploy a provider-free replica).
     #[arg(long, hide = true)]
     pub root_module: Option<PathBuf>,
 }
 
-/// What a deploy did.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Summary {
-    pub add: usize,
-    pub change: usize,
-    pub destroy: usize,
-    pub applied: bool,
-}
+impl SharedArgs {
+    pub fn source(&self, default: Source) -> Source {
+        self.binary.clone().map(Source::Given).unwrap_or(default)
+    }
 
-impl Summary {
-    pub fn has_changes(&self) -> bool {
-        self.add + self.change + self.destroy > 0
+    pub fn backend_change(&self) -> BackendChange {
+        if self.migrate_state {
+            BackendChange::Migrate
+        } else {
+            BackendChange::Refuse
+        }
     }
 }
 
-/// The generated override file that points the AWS provider at the emulator.
+/// What a deploy did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Deployed {
+    pub summary: Summary,
+    pub applied: bool,
+}
+
 pub fn run(cx: &Context, args: Args) -> Result<()> {
     let started = Instant::now();
-    let summary = deploy(cx, &args)?;
+    let deployed = deploy(cx, &args, Source::Release)?;
     if cx.dry_run {
         return Ok(());
     }
     println!(
         "deploy {}: {}; outputs in {}, user-data in {} ({:.0}s)",
         cx.env.name,
-        if summary.has_changes() {
+        if deployed.summary.has_changes() {
             format!(
                 "{} added, {} changed, {} destroyed",
-                summary.add, summary.change, summary.destroy
+                deployed.summary.add, deployed.summary.change, deployed.summary.destroy
             )
         } else {
             "no changes".to_string()
@@ -68,14 +92,65 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
     Ok(())
 }
 
-pub fn deploy(cx: &Context, args: &Args) -> Result<Summary> {
-    // Refuse before touching anything, not after a long plan.
+/// `build`: which binary to ship when `--binary` does not name one.
+pub fn deploy(cx: &Context, args: &Args, build: Source) -> Result<Deployed> {
+    // Refuse before touching anything, not after a long build and plan.
     if !args.yes && !cx.dry_run && !std::io::stdin().is_terminal() {
         bail!("refusing to apply without --yes: standard input is not a terminal");
     }
-    let root_module = root_module(cx, args.root_module.as_deref());
-    let tf = Terraform::find(cx, args.terraform.as_deref(), &root_module)?;
-    let backend = bootstrap::backend_file(cx);
+    if let Some(plan_file) = &args.plan {
+        return apply_saved_plan(cx, args, plan_file);
+    }
+    let Prepared {
+        tf,
+        backend,
+        var_files,
+    } = terraform::prepare(
+        cx,
+        args.shared.terraform.as_deref(),
+        args.shared.root_module.as_deref(),
+        &args.shared.source(build),
+    )?;
+
+    if cx.dry_run {
+        dry_run(cx, &tf, &var_files)?;
+        return Ok(Deployed::default());
+    }
+
+    terraform::init(cx, &tf, &backend, args.shared.backend_change())?;
+    let plan_file = cx.state_dir().join("deploy.tfplan");
+    let summary = terraform::plan(cx, &tf, &var_files, &plan_file)?;
+    let applied = if summary.has_changes() {
+        eprintln!("    plan: {}", summary.counts());
+        if !args.yes {
+            confirm(
+                &format!("Apply this plan to `{}`? Type yes: ", cx.env.name),
+                "yes",
+            )?;
+        }
+        apply(cx, &tf, &plan_file)?;
+        true
+    } else {
+        eprintln!("    no changes");
+        false
+    };
+    let _ = std::fs::remove_file(&plan_file);
+    finish(cx, &tf)?;
+    Ok(Deployed { summary, applied })
+}
+
+/// `deploy --plan FILE`: exactly the reviewed plan; Terraform refuses it if the state moved on.
+fn apply_saved_plan(cx: &Context, args: &Args, plan_file: &Path) -> Result<Deployed> {
+    if !plan_file.is_file() {
+        bail!(
+            "{} does not exist (make one with `cargo xtask plan --env {} --out FILE`)",
+            plan_file.display(),
+            cx.env.name
+        );
+    }
+    let root_module = terraform::root_module(cx, args.shared.root_module.as_deref());
+    let tf = Terraform::find(cx, args.shared.terraform.as_deref(), &root_module)?;
+    let backend = private_buckets::backend_file(cx);
     if !backend.is_file() {
         bail!(
             "{} does not exist: run `cargo xtask bootstrap --env {}` first",
@@ -83,68 +158,59 @@ pub fn deploy(cx: &Context, args: &Args) -> Result<Summary> {
             cx.env.name
         );
     }
-    write_local_override(cx, &root_module)?;
-    let var_files = var_files(cx)?;
-
+    terraform::write_local_override(cx, &root_module)?;
     if cx.dry_run {
-        dry_run(cx, &tf, &var_files)?;
-        return Ok(Summary::default());
-    }
-
-    init(cx, &tf, &backend)?;
-    let plan_file = cx.state_dir().join("deploy.tfplan");
-    let mut plan_args = vec![
-        "plan".to_string(),
-        "-input=false".into(),
-        "-detailed-exitcode".into(),
-        format!("-out={}", plan_file.display()),
-    ];
-    plan_args.extend(
-        var_files
-            .iter()
-            .map(|f| format!("-var-file={}", f.display())),
-    );
-    cx.step("terraform plan");
-    let plan = tf.run(cx, &plan_args, Output::Stream)?;
-    let mut summary = match plan.code {
-        0 => Summary::default(),
-        2 => plan_summary(cx, &tf, &plan_file)?,
-        _ => bail!("terraform plan failed (exit {})", plan.code),
-    };
-    if summary.has_changes() || plan.code == 2 {
         eprintln!(
-            "    plan: {} to add, {} to change, {} to destroy",
-            summary.add, summary.change, summary.destroy
+            "    (dry run) {}",
+            tf.display(&[
+                "apply".into(),
+                "-input=false".into(),
+                plan_file.display().to_string()
+            ])
         );
-        if !args.yes {
-            confirm(
-                &format!("Apply this plan to `{}`? Type yes: ", cx.env.name),
-                "yes",
-            )?;
-        }
-        cx.step("terraform apply");
-        let apply_args = vec![
-            "apply".to_string(),
-            "-input=false".into(),
-            plan_file.display().to_string(),
-        ];
-        let apply = tf.run(cx, &apply_args, Output::Stream)?;
-        if apply.code != 0 {
-            bail!("terraform apply failed (exit {})", apply.code);
-        }
-        summary.applied = true;
-    } else {
-        eprintln!("    no changes");
+        return Ok(Deployed::default());
     }
-    let _ = std::fs::remove_file(&plan_file);
+    terraform::init(cx, &tf, &backend, args.shared.backend_change())?;
+    let summary = read_plan(cx, &tf, plan_file)?;
+    eprintln!("    plan {}: {}", plan_file.display(), summary.counts());
+    if !args.yes {
+        confirm(
+            &format!("Apply this plan to `{}`? Type yes: ", cx.env.name),
+            "yes",
+        )?;
+    }
+    apply(cx, &tf, plan_file)?;
+    finish(cx, &tf)?;
+    Ok(Deployed {
+        applied: true,
+        summary,
+    })
+}
 
-    let outputs = save_outputs(cx, &tf)?;
+fn apply(cx: &Context, tf: &Terraform, plan_file: &Path) -> Result<()> {
+    cx.step("terraform apply");
+    let apply_args = vec![
+        "apply".to_string(),
+        "-input=false".into(),
+        plan_file.display().to_string(),
+    ];
+    let apply = tf.run(cx, &apply_args, Output::Stream)?;
+    if apply.code != 0 {
+        bail!("terraform apply failed (exit {})", apply.code);
+    }
+    Ok(())
+}
+
+/// Saves the outputs and renders the user-data from them.
+fn finish(cx: &Context, tf: &Terraform) -> Result<()> {
+    let outputs = save_outputs(cx, tf)?;
     render_user_data::write(cx, &outputs, None)?;
-    Ok(summary)
+    Ok(())
 }
 
 /// `--dry-run`: show the commands, and validate the configuration where the provider can be
-/// installed (init without a backend changes nothing remote).
+/// installed (init without a backend changes nothing remote); elsewhere check it against the
+/// provider's schema offline.
 fn dry_run(cx: &Context, tf: &Terraform, var_files: &[PathBuf]) -> Result<()> {
     let vars: Vec<String> = var_files
         .iter()
@@ -152,8 +218,8 @@ fn dry_run(cx: &Context, tf: &Terraform, var_files: &[PathBuf]) -> Result<()> {
         .collect();
     for step in [
         format!(
-            "init -input=false -reconfigure -backend-config={}",
-            bootstrap::backend_file(cx).display()
+            "init -input=false -backend-config={}",
+            private_buckets::backend_file(cx).display()
         ),
         format!(
             "plan -input=false -out={} {}",
@@ -181,9 +247,9 @@ fn dry_run(cx: &Context, tf: &Terraform, var_files: &[PathBuf]) -> Result<()> {
     if init.code != 0 {
         if provider_unavailable(&init.stderr) {
             eprintln!(
-                "    terraform validate skipped: the hashicorp/aws provider cannot be installed on this machine (no registry access)"
+                "    terraform validate cannot run: the hashicorp/aws provider cannot be installed on this machine (no registry access); checking against its schema offline instead"
             );
-            return Ok(());
+            return offline_validate(cx, &tf.root_module);
         }
         bail!(
             "terraform init -backend=false failed (exit {}):\n{}",
@@ -198,41 +264,26 @@ fn dry_run(cx: &Context, tf: &Terraform, var_files: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
-fn plan_summary(cx: &Context, tf: &Terraform, plan_file: &Path) -> Result<Summary> {
-    let show = tf.run(
-        cx,
-        &[
-            "show".into(),
-            "-json".into(),
-            plan_file.display().to_string(),
-        ],
-        Output::CaptureStdout,
-    )?;
-    if show.code != 0 {
-        bail!("terraform show -json failed (exit {})", show.code);
+/// What `terraform validate` would say about the AWS blocks, from the provider's schema.
+fn offline_validate(cx: &Context, root_module: &Path) -> Result<()> {
+    let schema = crate::provider_schema::load(&crate::provider_schema::ensure(cx)?)?;
+    let (checked, findings) = crate::terraform::schema_check::check_tree(root_module, &schema)?;
+    for finding in &findings {
+        eprintln!("    {finding}");
     }
-    let plan: Value = serde_json::from_str(&show.stdout).context("terraform show -json output")?;
-    let mut summary = Summary::default();
-    for change in plan["resource_changes"].as_array().into_iter().flatten() {
-        let actions: Vec<&str> = change["change"]["actions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
-        match actions.as_slice() {
-            ["create"] => summary.add += 1,
-            ["update"] => summary.change += 1,
-            ["delete"] => summary.destroy += 1,
-            [_, _] => {
-                // A replacement: delete+create or create+delete.
-                summary.add += 1;
-                summary.destroy += 1;
-            }
-            _ => {}
-        }
+    if !findings.is_empty() {
+        bail!(
+            "{} problem(s) in {} against the schema of hashicorp/aws {}",
+            findings.len(),
+            root_module.display(),
+            schema.provider_version
+        );
     }
-    Ok(summary)
+    eprintln!(
+        "    {checked} resources and data sources match the schema of hashicorp/aws {}",
+        schema.provider_version
+    );
+    Ok(())
 }
 
 fn save_outputs(cx: &Context, tf: &Terraform) -> Result<Outputs> {

@@ -13,6 +13,7 @@ use crate::bootstrap;
 use crate::buckets::empty_bucket;
 use crate::context::{Context, block_on, confirm};
 use crate::outputs::{Outputs, outputs_file};
+use crate::private_buckets;
 use crate::render_user_data;
 use crate::terraform::{self, Output, Terraform};
 
@@ -25,7 +26,8 @@ pub struct Args {
     /// so destroying them cannot fail on a non-empty bucket.
     #[arg(long)]
     pub empty_buckets: bool,
-    /// Also delete the Terraform state bucket (all versions), after everything else.
+    /// Also delete the artifact bucket and, last of all, the Terraform state bucket (all
+    /// versions of both).
     #[arg(long)]
     pub purge_state: bool,
     /// Terraform binary: `terraform`, `tofu` or a path [env: XTASK_TERRAFORM].
@@ -54,7 +56,7 @@ pub fn destroy(cx: &Context, args: &Args) -> Result<()> {
                 "This destroys environment `{0}`{1}. Type the environment name to go on: ",
                 cx.env.name,
                 if args.purge_state {
-                    " and its state bucket"
+                    " and its state and artifact buckets"
                 } else {
                     ""
                 }
@@ -96,7 +98,7 @@ pub fn destroy(cx: &Context, args: &Args) -> Result<()> {
     }
 
     terraform::write_local_override(cx, &root_module)?;
-    let var_files = terraform::var_files(cx)?;
+    let var_files = terraform::var_files(cx, crate::artifact::for_evaluation(cx).as_ref())?;
     let mut destroy_args = vec![
         "destroy".to_string(),
         "-input=false".into(),
@@ -110,7 +112,7 @@ pub fn destroy(cx: &Context, args: &Args) -> Result<()> {
     if cx.dry_run {
         eprintln!("    (dry run) {}", tf.display(&destroy_args));
     } else {
-        terraform::init(cx, &tf, &backend)?;
+        terraform::init(cx, &tf, &backend, terraform::BackendChange::Refuse)?;
         cx.step("terraform destroy");
         let destroyed = tf.run(cx, &destroy_args, Output::Stream)?;
         if destroyed.code != 0 {
@@ -125,18 +127,27 @@ pub fn destroy(cx: &Context, args: &Args) -> Result<()> {
     }
 
     if args.purge_state {
-        let bucket = block_on(bootstrap::resolve_state_bucket(cx, &clients))?;
-        cx.step(format!("delete state bucket {}", bucket.name));
-        if cx.aws_call(format!("empty and s3:DeleteBucket {}", bucket.name)) {
-            block_on(async {
-                empty_bucket(&clients.s3, &bucket.name).await?;
-                match clients.s3.delete_bucket().bucket(&bucket.name).send().await {
-                    Err(err) if err.code() == Some("NoSuchBucket") => Ok(()),
-                    other => other
-                        .map(drop)
-                        .aws_context(format!("s3:DeleteBucket {}", bucket.name)),
-                }
-            })?;
+        let buckets = block_on(private_buckets::resolve_buckets(cx, &clients))?;
+        // The artifact bucket first: the state bucket goes last of all.
+        for bucket in [&buckets.artifacts, &buckets.state] {
+            cx.step(format!(
+                "delete {} bucket {}",
+                bucket.purpose.label(),
+                bucket.name
+            ));
+            if cx.aws_call(format!("empty and s3:DeleteBucket {}", bucket.name)) {
+                block_on(async {
+                    empty_bucket(&clients.s3, &bucket.name).await?;
+                    match clients.s3.delete_bucket().bucket(&bucket.name).send().await {
+                        Err(err) if err.code() == Some("NoSuchBucket") => Ok(()),
+                        other => other
+                            .map(drop)
+                            .aws_context(format!("s3:DeleteBucket {}", bucket.name)),
+                    }
+                })?;
+            }
+        }
+        if !cx.dry_run {
             let _ = std::fs::remove_dir_all(cx.state_dir().join("terraform-data"));
             let _ = std::fs::remove_file(cx.state_dir().join("init.stamp"));
             let _ = std::fs::remove_file(&backend);

@@ -25,10 +25,16 @@ pub struct Environment {
     pub name_prefix: String,
     /// Explicit state bucket name; by default `<prefix>-tfstate-<account-id>-<region>`.
     pub state_bucket: Option<String>,
-    /// KMS key for the state bucket's default encryption; the AWS-managed `aws/s3` key if unset.
+    /// Explicit artifact bucket name; by default `<prefix>-artifacts-<account-id>-<region>`.
+    pub artifact_bucket: Option<String>,
+    /// KMS key for the state and artifact buckets' default encryption; the AWS-managed
+    /// `aws/s3` key if unset.
     pub state_kms_key_id: Option<String>,
     /// The Terraform var-file; `None` for `local`, whose variables the xtask generates.
     pub var_file: Option<PathBuf>,
+    /// `<env>.tfvars` sets `service_binary_url`: the binary is published elsewhere, and
+    /// `deploy` builds and uploads nothing.
+    pub binary_url: bool,
 }
 
 /// The Terraform variables the xtask itself reads from `<env>.tfvars`.
@@ -36,6 +42,7 @@ pub struct Environment {
 struct TfvarsHead {
     region: Option<String>,
     name_prefix: Option<String>,
+    service_binary_url: Option<String>,
 }
 
 /// `<env>.xtask.hcl`: settings Terraform does not need. All optional.
@@ -44,6 +51,7 @@ struct TfvarsHead {
 struct XtaskSettings {
     aws_profile: Option<String>,
     state_bucket: Option<String>,
+    artifact_bucket: Option<String>,
     state_kms_key_id: Option<String>,
 }
 
@@ -100,8 +108,10 @@ impl Environment {
             },
             name_prefix,
             state_bucket: settings.state_bucket,
+            artifact_bucket: settings.artifact_bucket,
             state_kms_key_id: settings.state_kms_key_id,
             var_file: Some(var_file),
+            binary_url: head.service_binary_url.is_some(),
         })
     }
 
@@ -113,8 +123,10 @@ impl Environment {
             aws,
             name_prefix: name_prefix.to_string(),
             state_bucket: None,
+            artifact_bucket: None,
             state_kms_key_id: None,
             var_file: None,
+            binary_url: false,
         }
     }
 
@@ -128,13 +140,25 @@ impl Environment {
 
     /// The state bucket's name; the default embeds account and region so it is globally unique.
     pub fn state_bucket_name(&self, account_id: &str) -> String {
-        self.state_bucket.clone().unwrap_or_else(|| {
-            format!(
-                "{}-tfstate-{account_id}-{}",
-                self.name_prefix,
-                self.region()
-            )
-        })
+        self.state_bucket
+            .clone()
+            .unwrap_or_else(|| self.account_bucket_name("tfstate", account_id))
+    }
+
+    /// The artifact bucket's name, made like the state bucket's.
+    pub fn artifact_bucket_name(&self, account_id: &str) -> String {
+        self.artifact_bucket
+            .clone()
+            .unwrap_or_else(|| self.account_bucket_name("artifacts", account_id))
+    }
+
+    /// `<prefix>-<purpose>-<account id>-<region>`: at most 20 + 10 + 12 + 14 + 3 = 59 characters.
+    fn account_bucket_name(&self, purpose: &str, account_id: &str) -> String {
+        format!(
+            "{}-{purpose}-{account_id}-{}",
+            self.name_prefix,
+            self.region()
+        )
     }
 }
 

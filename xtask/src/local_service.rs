@@ -1,6 +1,7 @@
-//! The service `up` runs on this machine: started from the rendered user-data's settings,
-//! recorded (pid and port) so `smoke` finds it and `down` stops it; and the one way any
-//! command (`up`, `bench`, `load`) starts a service binary.
+//! The service `up` runs on this machine: installed by the rendered user-data from the
+//! artifact bucket and started with the settings it wrote, recorded (pid and port) so
+//! `smoke` finds it and `down` stops it; and the one way any command (`up`, `bench`, `load`)
+//! starts a service binary.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -10,11 +11,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 use service::aws::{AwsSettings, subprocess_env};
-use xshell::cmd;
 
 use crate::context::Context;
 use crate::outputs::Outputs;
-use crate::{emulator, process};
+use crate::{emulator, first_boot, process};
 
 /// The local service started by `up`.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy)]
@@ -29,7 +29,8 @@ impl ServiceRecord {
     }
 }
 
-const SERVICE_PROGRAM: &str = "target/debug/service";
+/// What the service's command line contains: the binary the user-data installed.
+const SERVICE_PROGRAM: &str = crate::artifact::FILE_NAME;
 
 pub fn record_path(cx: &Context) -> PathBuf {
     cx.state_dir().join("service.json")
@@ -43,46 +44,36 @@ pub fn log_path(cx: &Context) -> PathBuf {
     cx.state_dir().join("service.log")
 }
 
-/// The `KEY=value` lines the user-data writes to /etc/filepipe/service.env.
-pub fn user_data_environment(user_data: &str) -> Result<Vec<(String, String)>> {
-    let start = user_data
-        .lines()
-        .position(|l| l.contains("service.env\" <<ENV"))
-        .context("the user-data writes no service.env")?;
-    let lines: Vec<(String, String)> = user_data
-        .lines()
-        .skip(start + 1)
-        .take_while(|l| *l != "ENV")
-        .filter_map(|l| {
-            l.split_once('=')
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-        })
-        .collect();
-    if lines.is_empty() {
-        bail!("the user-data's service.env is empty");
-    }
-    Ok(lines)
+/// Where the local stand-in for the instance keeps its root (`/usr/local/bin`, `/etc/filepipe`).
+pub fn host_root(cx: &Context) -> PathBuf {
+    cx.state_dir().join("host")
 }
 
-/// Builds the service and starts it configured from the rendered user-data, as the EC2
-/// instance runs it; records its pid and port for `down` and `smoke`.
+/// Runs the rendered user-data as the instance would at first boot (first_boot.rs), then
+/// starts the binary it downloaded and checked, with the settings it wrote, as the service
+/// role. Only the listen address differs (loopback, and the port asked for), and the
+/// emulator's endpoint is added. Records pid and port for `down` and `smoke`.
 pub fn start(cx: &Context, outputs: &Outputs, port: u16) -> Result<ServiceRecord> {
     stop(cx)?;
-    let sh = &cx.sh;
-    cx.run(
-        "cargo build -p service",
-        cmd!(sh, "cargo build --locked -p service --bin service"),
-    )?;
-    // Exactly what the EC2 instance gets, plus what only the emulator needs: its endpoint,
-    // and loopback instead of all interfaces. Its identity is the service role alone, assumed
-    // through the operator's profile as the instance profile would give it on EC2.
-    let mut env = user_data_environment(outputs.string("user_data")?)?;
-    env.retain(|(key, _)| key != "LISTEN_ADDR");
     emulator::write_aws_config(&cx.root, Some(outputs.string("service_role_arn")?))?;
+    let instance_role = emulator::local_settings(&cx.root, emulator::SERVICE_PROFILE);
+    let installed = first_boot::run(
+        cx,
+        outputs.string("user_data")?,
+        &host_root(cx),
+        &instance_role,
+        cx.env.region(),
+    )?;
+    eprintln!(
+        "    installed {} (downloaded with the service role, checksum verified)",
+        installed.binary.display()
+    );
+    let mut env = installed.environment;
+    env.retain(|(key, _)| key != "LISTEN_ADDR");
     let child = spawn_service(
-        &cx.root.join(SERVICE_PROGRAM),
+        &installed.binary,
         env,
-        &emulator::local_settings(&cx.root, emulator::SERVICE_PROFILE),
+        &instance_role,
         port,
         &log_path(cx),
         Detach::Yes,

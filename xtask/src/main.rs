@@ -1,5 +1,6 @@
 //! `cargo xtask`: the workflow tool of this repository. See README.md.
 
+mod artifact;
 mod bench;
 mod bootstrap;
 mod buckets;
@@ -7,15 +8,20 @@ mod context;
 mod deploy;
 mod destroy;
 mod down;
+mod elf;
 mod emulator;
 mod environment;
+mod first_boot;
 mod load;
 mod local;
 mod local_aws;
 mod local_service;
 mod outputs;
 mod paths;
+mod plan;
+mod private_buckets;
 mod process;
+mod provider_schema;
 mod render_user_data;
 mod sandbox;
 mod smoke;
@@ -62,8 +68,11 @@ struct Cli {
 enum Command {
     /// Create or check the private, encrypted Terraform state bucket of an environment.
     Bootstrap(bootstrap::Args),
-    /// Run Terraform init, plan and apply for an environment, then save outputs and user-data.
+    /// Build and upload the service binary, run Terraform init, plan and apply, then save
+    /// outputs and user-data (`--plan FILE` applies a reviewed plan instead).
     Deploy(deploy::Args),
+    /// What `deploy` would change, saved for `deploy --plan FILE` (exit 0 none, 2 changes, 1 error).
+    Plan(plan::Args),
     /// Write the EC2 user-data script from the environment's Terraform outputs.
     RenderUserData(render_user_data::Args),
     /// Upload and download through the deployed service and check every property.
@@ -89,7 +98,7 @@ fn main() -> ExitCode {
     forget_cargo_run_variables();
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
@@ -121,9 +130,13 @@ fn forget_cargo_run_variables() {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let cx = Context::new(&cli.env, cli.dry_run, cli.verbose)?;
+    if let Command::Plan(args) = cli.command {
+        return plan::run(&cx, args).map(ExitCode::from);
+    }
     match cli.command {
+        Command::Plan(_) => unreachable!("handled above"),
         Command::Bootstrap(args) => bootstrap::run(&cx, args),
         Command::Deploy(args) => deploy::run(&cx, args),
         Command::RenderUserData(args) => render_user_data::run(&cx, args),
@@ -136,4 +149,5 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(&cx, args),
         Command::Load(args) => load::run(&cx, args),
     }
+    .map(|()| ExitCode::SUCCESS)
 }

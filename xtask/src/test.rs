@@ -57,6 +57,9 @@ pub fn run(cx: &Context, _args: Args) -> Result<()> {
     ))
     .context("building PATH")?;
 
+    // Stands in for `terraform validate` (which needs the provider) in the schema test.
+    let provider_schema = crate::provider_schema::ensure(cx)?;
+
     cx.run(
         "cargo clippy",
         cmd!(
@@ -93,6 +96,7 @@ pub fn run(cx: &Context, _args: Args) -> Result<()> {
         cmd!(sh, "cargo test --workspace --locked")
             .env(ENDPOINT_VAR, &endpoint)
             .env(AWS_CONFIG_VAR, emulator::aws_config_path(&cx.root))
+            .env(crate::provider_schema::SCHEMA_VAR, &provider_schema)
             .env("PATH", &path),
     );
     if we_started {

@@ -1,13 +1,14 @@
 //! `cargo xtask up`: the whole pipeline on this machine with no AWS account — emulator, state
-//! bucket, the stack (Terraform where the AWS provider can be installed, the sandbox
-//! provisioner elsewhere), the service configured exactly as the EC2 user-data configures
-//! it, and a smoke test through it.
+//! and artifact buckets, the service binary uploaded as `deploy` uploads it, the stack
+//! (Terraform where the AWS provider can be installed, the sandbox provisioner elsewhere), the
+//! user-data installing the downloaded binary as it does on EC2, and a smoke test through it.
 
 use std::time::Instant;
 
 use anyhow::{Result, bail};
 use service::aws::AwsClients;
 
+use crate::artifact::{self, Artifact, Source};
 use crate::context::{Context, block_on};
 use crate::outputs::{Outputs, outputs_file};
 use crate::terraform::ProviderUnavailable;
@@ -53,7 +54,7 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
         bail!("`up` has no dry run; see `cargo xtask deploy --dry-run`");
     }
     let mut steps = Steps {
-        total: 5,
+        total: 6,
         done: 0,
         started: Instant::now(),
     };
@@ -74,10 +75,16 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
     steps.next(cx, "bootstrap the state bucket");
     block_on(bootstrap::bootstrap(cx, &bootstrap::Args { fix: true }))?;
 
-    steps.next(cx, "provision the stack");
-    let outputs = provision(cx, args.sandbox)?;
+    steps.next(cx, "build the service and upload it to the artifact bucket");
+    let artifact = artifact::deliver(cx, &Source::Debug)?;
 
-    steps.next(cx, "build and start the service");
+    steps.next(cx, "provision the stack");
+    let outputs = provision(cx, &artifact, args.sandbox)?;
+
+    steps.next(
+        cx,
+        "first boot: the user-data installs the service, which starts",
+    );
     let service = local_service::start(cx, &outputs, args.port)?;
 
     steps.next(cx, "smoke test through the service");
@@ -111,7 +118,7 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
 
 /// Terraform with the real modules when the AWS provider can be installed; otherwise the
 /// sandbox provisioner. Says which in one line.
-fn provision(cx: &Context, force_sandbox: bool) -> Result<Outputs> {
+fn provision(cx: &Context, artifact: &Artifact, force_sandbox: bool) -> Result<Outputs> {
     if !force_sandbox {
         match deploy::deploy(
             cx,
@@ -119,6 +126,7 @@ fn provision(cx: &Context, force_sandbox: bool) -> Result<Outputs> {
                 yes: true,
                 ..deploy::Args::default()
             },
+            Source::Debug,
         ) {
             Ok(_) => {
                 eprintln!("    provisioned with Terraform (the real modules in terraform/)");
@@ -128,7 +136,7 @@ fn provision(cx: &Context, force_sandbox: bool) -> Result<Outputs> {
             Err(err) => return Err(err),
         }
     }
-    let outputs = sandbox::provision(cx)?;
+    let outputs = sandbox::provision(cx, artifact)?;
     eprintln!(
         "    provisioned with the sandbox provisioner (the AWS provider {}): same resources, settings and policy documents, outputs in {}",
         if force_sandbox {

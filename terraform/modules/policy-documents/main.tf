@@ -66,7 +66,7 @@ locals {
   # and use the one key. No wildcard resources.
   service_role_policy = {
     Version = "2012-10-17"
-    Statement = [
+    Statement = concat([
       {
         Sid      = "ListPipelineBuckets"
         Effect   = "Allow"
@@ -96,6 +96,58 @@ locals {
           "kms:DescribeKey",
         ]
         Resource = [var.kms_key_arn]
+      },
+    ], local.artifact_statements)
+  }
+
+  # The user-data downloads the service binary with the instance role: exactly the
+  # content-addressed prefix of the deployed build, and its bucket's key through S3 only.
+  artifact_statements = var.service_artifact == null ? [] : concat([
+    {
+      Sid      = "ReadServiceArtifact"
+      Effect   = "Allow"
+      Action   = "s3:GetObject"
+      Resource = "${var.service_artifact.bucket_arn}/${var.service_artifact.key_prefix}*"
+    }],
+    var.service_artifact.kms_key_arn == null ? [] : [{
+      Sid       = "DecryptServiceArtifact"
+      Effect    = "Allow"
+      Action    = "kms:Decrypt"
+      Resource  = var.service_artifact.kms_key_arn
+      Condition = { StringEquals = { "kms:ViaService" = "s3.${var.region}.amazonaws.com" } }
+    }]
+  )
+
+  # S3's log delivery writes the data buckets' access logs, for this account's buckets only.
+  access_log_bucket_policy = var.access_log_bucket_arn == null ? null : {
+    Version = "2012-10-17"
+    Statement = [
+      {
+        Sid       = "AllowServerAccessLogDelivery"
+        Effect    = "Allow"
+        Principal = { Service = "logging.s3.amazonaws.com" }
+        Action    = "s3:PutObject"
+        Resource  = "${var.access_log_bucket_arn}/*"
+        Condition = {
+          StringEquals = { "aws:SourceAccount" = var.account_id }
+          ArnLike      = { "aws:SourceArn" = values(var.bucket_arns) }
+        }
+      },
+      {
+        Sid       = "DenyInsecureTransport"
+        Effect    = "Deny"
+        Principal = "*"
+        Action    = "s3:*"
+        Resource  = [var.access_log_bucket_arn, "${var.access_log_bucket_arn}/*"]
+        Condition = { Bool = { "aws:SecureTransport" = "false" } }
+      },
+      {
+        Sid       = "DenyOutdatedTls"
+        Effect    = "Deny"
+        Principal = "*"
+        Action    = "s3:*"
+        Resource  = [var.access_log_bucket_arn, "${var.access_log_bucket_arn}/*"]
+        Condition = { NumericLessThan = { "s3:TlsVersion" = "1.2" } }
       },
     ]
   }

@@ -17,3 +17,8 @@ output "bucket_policy_json" {
   description = "Bucket policy by purpose; empty without kms_key_arn."
   value       = var.kms_key_arn == null ? {} : { for purpose, policy in local.bucket_policies : purpose => jsonencode(policy) }
 }
+
+output "access_log_bucket_policy_json" {
+  description = "Bucket policy of the access log bucket; null without access_log_bucket_arn."
+  value       = local.access_log_bucket_policy == null ? null : jsonencode(local.access_log_bucket_policy)
+}

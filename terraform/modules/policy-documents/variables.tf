@@ -82,3 +82,29 @@ variable "exempt_principal_arns" {
     error_message = "exempt_principal_arns must be IAM role or user ARNs; an assumed-role ARN (arn:aws:sts::...:assumed-role/...) never matches aws:PrincipalArn."
   }
 }
+
+variable "service_artifact" {
+  description = "Where the instance downloads the service binary with its role: bucket ARN, key prefix (service/<sha256>/) and the bucket's KMS key (null: the AWS-managed aws/s3 key). Null: the binary comes from elsewhere."
+  type = object({
+    bucket_arn  = string
+    key_prefix  = string
+    kms_key_arn = optional(string)
+  })
+  default = null
+
+  validation {
+    condition     = var.service_artifact == null || try(can(regex("^arn:aws[a-z-]*:s3:::[a-z0-9][a-z0-9.-]+$", var.service_artifact.bucket_arn)) && can(regex("^service/[0-9a-f]{64}/$", var.service_artifact.key_prefix)), false)
+    error_message = "service_artifact needs a bucket ARN and a key prefix service/<sha256>/."
+  }
+}
+
+variable "access_log_bucket_arn" {
+  description = "The bucket receiving the data buckets' server access logs; null renders no log bucket policy."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.access_log_bucket_arn == null || can(regex("^arn:aws[a-z-]*:s3:::[a-z0-9][a-z0-9.-]+$", var.access_log_bucket_arn))
+    error_message = "access_log_bucket_arn must be a bucket ARN."
+  }
+}

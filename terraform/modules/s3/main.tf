@@ -97,3 +97,18 @@ resource "aws_s3_bucket_policy" "this" {
     aws_s3_bucket_ownership_controls.this,
   ]
 }
+
+# Server access logs of every request, under <bucket name>/ in the stack's log bucket.
+resource "aws_s3_bucket_logging" "this" {
+  count = var.access_logs == null ? 0 : 1
+
+  bucket        = aws_s3_bucket.this.id
+  target_bucket = var.access_logs.bucket
+  target_prefix = "${var.bucket_name}/"
+
+  target_object_key_format {
+    partitioned_prefix {
+      partition_date_source = "EventTime"
+    }
+  }
+}

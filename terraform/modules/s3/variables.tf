@@ -61,3 +61,11 @@ variable "attach_policy" {
   type        = bool
   default     = true
 }
+
+variable "access_logs" {
+  description = "Where this bucket's server access logs go: { bucket = <name> } of modules/access-logs; null: no access logging. An object, so whether logging is on is known while the name is not."
+  type = object({
+    bucket = string
+  })
+  default = null
+}

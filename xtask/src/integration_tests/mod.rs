@@ -7,6 +7,8 @@ mod emulator_iam;
 mod layers;
 mod orchestration;
 mod policy_documents;
+mod provider_schema;
+mod replica;
 mod sandbox;
 mod smoke;
 mod terraform_static;

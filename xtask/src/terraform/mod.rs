@@ -1,6 +1,8 @@
 //! The one Terraform wrapper: finds `terraform` or `tofu`, checks its version, and builds
 //! non-interactive commands against a root module.
 
+pub mod references;
+pub mod schema_check;
 mod workflow;
 
 pub use workflow::*;

@@ -1,17 +1,69 @@
 //! The Terraform workflow every command shares: the root module, `init` (again only when
-//! its inputs changed), the variable files, the local provider override, and telling an
-//! unreachable provider registry from other failures.
+//! its inputs changed, and never silently onto a new backend), the variable files, planning
+//! and reading a plan, the local provider override, and telling an unreachable provider
+//! registry from other failures.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::{Output, Terraform};
-use crate::context::Context;
+use crate::artifact::{self, Artifact};
+use crate::context::{Context, confirm};
+use crate::private_buckets;
 
 pub const LOCAL_OVERRIDE_FILE: &str = "xtask_local_override.tf";
+
+/// What a plan needs, ready: Terraform found, the backend bootstrapped, the service binary
+/// delivered (unless the environment names its own URL), the variable files written.
+pub struct Prepared {
+    pub tf: Terraform,
+    pub backend: PathBuf,
+    pub var_files: Vec<PathBuf>,
+}
+
+/// The checks that cost nothing come first, so a long build never precedes a refusal.
+pub fn prepare(
+    cx: &Context,
+    terraform: Option<&str>,
+    chosen_root: Option<&Path>,
+    binary: &artifact::Source,
+) -> Result<Prepared> {
+    let root_module = root_module(cx, chosen_root);
+    let tf = Terraform::find(cx, terraform, &root_module)?;
+    let backend = private_buckets::backend_file(cx);
+    if !backend.is_file() {
+        bail!(
+            "{} does not exist: run `cargo xtask bootstrap --env {}` first",
+            backend.display(),
+            cx.env.name
+        );
+    }
+    write_local_override(cx, &root_module)?;
+    let artifact = if cx.env.binary_url {
+        eprintln!(
+            "    the service binary comes from service_binary_url in {}: nothing to build or upload",
+            cx.env
+                .var_file
+                .as_deref()
+                .map(Path::display)
+                .map(|d| d.to_string())
+                .unwrap_or_default()
+        );
+        None
+    } else {
+        Some(artifact::deliver(cx, binary)?)
+    };
+    let var_files = var_files(cx, artifact.as_ref())?;
+    Ok(Prepared {
+        tf,
+        backend,
+        var_files,
+    })
+}
 
 pub fn root_module(cx: &Context, chosen: Option<&Path>) -> PathBuf {
     chosen
@@ -19,9 +71,26 @@ pub fn root_module(cx: &Context, chosen: Option<&Path>) -> PathBuf {
         .unwrap_or_else(|| cx.root.join("terraform"))
 }
 
+/// What `init` may do when the backend settings differ from the ones the state was last
+/// initialised with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendChange {
+    /// Refuse, naming the flag that migrates (asks first on a terminal).
+    #[default]
+    Refuse,
+    /// `--migrate-state`: copy the state to the new backend.
+    Migrate,
+}
+
 /// Runs `terraform init` when the backend settings, override or module changed since the
 /// last successful init of this environment.
-pub fn init(cx: &Context, tf: &Terraform, backend: &Path) -> Result<()> {
+///
+/// A changed backend (another bucket, key or region) is never reconfigured silently: that
+/// would start from an empty state, and the next apply would try to create everything again.
+/// The state is migrated after confirmation (or `--migrate-state`), or init refuses and says
+/// what to run. The emulator is the exception: its state lives and dies with the emulator, so
+/// `local` reconfigures.
+pub fn init(cx: &Context, tf: &Terraform, backend: &Path, change: BackendChange) -> Result<()> {
     let stamp_file = cx.state_dir().join("init.stamp");
     let stamp = init_fingerprint(tf, backend)?;
     let data_dir = &tf.data_dir;
@@ -31,16 +100,47 @@ pub fn init(cx: &Context, tf: &Terraform, backend: &Path) -> Result<()> {
         }
         return Ok(());
     }
-    cx.step("terraform init");
-    let args = vec![
+    let mut args = vec![
         "init".to_string(),
         "-input=false".into(),
-        // The backend settings are ours, not state to migrate: a changed bucket is a new start.
-        "-reconfigure".into(),
         format!("-backend-config={}", backend.display()),
     ];
+    if cx.env.is_local() {
+        args.push("-reconfigure".into());
+    }
+    cx.step("terraform init");
     // Quiet: an offline machine would print a screenful about the registry.
-    let init = tf.run(cx, &args, Output::Quiet)?;
+    let mut init = tf.run(cx, &args, Output::Quiet)?;
+    if init.code != 0 && backend_changed(&init.stderr) {
+        let migrate = match change {
+            BackendChange::Migrate => true,
+            BackendChange::Refuse if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
+                eprintln!(
+                    "    the backend settings in {} differ from the ones this environment's state was initialised with",
+                    backend.display()
+                );
+                confirm(
+                    "Copy the existing state to the new backend? Type yes: ",
+                    "yes",
+                )?;
+                true
+            }
+            BackendChange::Refuse => false,
+        };
+        if !migrate {
+            bail!(
+                "the backend settings of `{env}` changed since the last init ({}): starting over there would forget every resource. \
+                 Run `cargo xtask deploy --env {env} --migrate-state` to copy the state to the new backend, \
+                 or delete {} if an empty state is really what you want",
+                backend.display(),
+                tf.data_dir.display(),
+                env = cx.env.name
+            );
+        }
+        cx.step("terraform init -migrate-state");
+        args.extend(["-migrate-state".into(), "-force-copy".into()]);
+        init = tf.run(cx, &args, Output::Quiet)?;
+    }
     if init.code != 0 {
         if provider_unavailable(&init.stderr) {
             return Err(ProviderUnavailable.into());
@@ -56,6 +156,11 @@ pub fn init(cx: &Context, tf: &Terraform, backend: &Path) -> Result<()> {
         eprint!("{}", init.stdout);
     }
     std::fs::write(&stamp_file, stamp).with_context(|| format!("writing {}", stamp_file.display()))
+}
+
+/// Terraform's words when the backend configuration differs from the initialised one.
+fn backend_changed(stderr: &str) -> bool {
+    stderr.contains("Backend configuration changed")
 }
 
 fn init_fingerprint(tf: &Terraform, backend: &Path) -> Result<String> {
@@ -100,14 +205,14 @@ pub fn provider_unavailable(stderr: &str) -> bool {
 }
 
 /// `-var-file`s: the environment's own (real AWS) and the variables the xtask sets itself.
-pub fn var_files(cx: &Context) -> Result<Vec<PathBuf>> {
+pub fn var_files(cx: &Context, artifact: Option<&Artifact>) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     if let Some(file) = &cx.env.var_file {
         files.push(file.clone());
     }
     let generated = cx.state_dir().join("xtask.tfvars.json");
     let text = serde_json::to_string_pretty(&Value::Object(
-        xtask_variables(cx)
+        xtask_variables(cx, artifact)
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect(),
@@ -122,10 +227,14 @@ pub fn var_files(cx: &Context) -> Result<Vec<PathBuf>> {
 }
 
 /// Variables the xtask passes to the root module. Every name must be declared in
-/// terraform/variables.tf (checked by a test). For real environments only `environment`:
-/// everything else comes from `<env>.tfvars`, so each value lives in one place.
-pub fn xtask_variables(cx: &Context) -> BTreeMap<&'static str, Value> {
+/// terraform/variables.tf (checked by a test). For real environments `environment` and the
+/// artifact the xtask uploaded: everything else comes from `<env>.tfvars`, so each value
+/// lives in one place.
+pub fn xtask_variables(cx: &Context, artifact: Option<&Artifact>) -> BTreeMap<&'static str, Value> {
     let mut vars = BTreeMap::from([("environment", json!(cx.env.name))]);
+    if let Some(artifact) = artifact {
+        vars.insert("service_artifact", artifact.variable());
+    }
     if cx.env.is_local() {
         vars.extend([
             ("region", json!(cx.env.region())),
@@ -134,15 +243,106 @@ pub fn xtask_variables(cx: &Context) -> BTreeMap<&'static str, Value> {
             ("attach_bucket_policies", json!(false)),
             ("force_destroy", json!(true)),
             ("kms_deletion_window_days", json!(7)),
-            // No EC2 instance runs locally; the user-data is rendered for inspection only.
-            (
-                "service_binary_url",
-                json!("https://artifacts.invalid/filepipe-service"),
-            ),
-            ("service_binary_sha256", json!("0".repeat(64))),
+            // The local service listens on loopback; so does the emulator's stand-in host.
+            ("client_cidrs", json!(["127.0.0.1/32"])),
         ]);
     }
     vars
+}
+
+/// What a plan would do.
+#[derive(Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub add: usize,
+    pub change: usize,
+    pub destroy: usize,
+    /// Every resource the plan touches, with its actions (`create`, `update`, `delete`, ...).
+    pub resources: Vec<(String, Vec<String>)>,
+}
+
+impl Summary {
+    pub fn has_changes(&self) -> bool {
+        self.add + self.change + self.destroy > 0
+    }
+
+    pub fn counts(&self) -> String {
+        format!(
+            "{} to add, {} to change, {} to destroy",
+            self.add, self.change, self.destroy
+        )
+    }
+}
+
+/// `terraform plan -out=<file>` with the var files; the summary when there are changes.
+pub fn plan(cx: &Context, tf: &Terraform, var_files: &[PathBuf], out: &Path) -> Result<Summary> {
+    let mut args = vec![
+        "plan".to_string(),
+        "-input=false".into(),
+        "-detailed-exitcode".into(),
+        format!("-out={}", out.display()),
+    ];
+    args.extend(
+        var_files
+            .iter()
+            .map(|f| format!("-var-file={}", f.display())),
+    );
+    cx.step("terraform plan");
+    let plan = tf.run(cx, &args, Output::Stream)?;
+    match plan.code {
+        0 => Ok(Summary::default()),
+        2 => read_plan(cx, tf, out),
+        code => bail!("terraform plan failed (exit {code})"),
+    }
+}
+
+/// What a saved plan file would do (`terraform show -json`).
+pub fn read_plan(cx: &Context, tf: &Terraform, plan_file: &Path) -> Result<Summary> {
+    let show = tf.run(
+        cx,
+        &[
+            "show".into(),
+            "-json".into(),
+            plan_file.display().to_string(),
+        ],
+        Output::CaptureStdout,
+    )?;
+    if show.code != 0 {
+        bail!(
+            "terraform show -json {} failed (exit {})",
+            plan_file.display(),
+            show.code
+        );
+    }
+    let plan: Value = serde_json::from_str(&show.stdout).context("terraform show -json output")?;
+    let mut summary = Summary::default();
+    for change in plan["resource_changes"].as_array().into_iter().flatten() {
+        let actions: Vec<String> = change["change"]["actions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect();
+        match actions
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice()
+        {
+            ["create"] => summary.add += 1,
+            ["update"] => summary.change += 1,
+            ["delete"] => summary.destroy += 1,
+            [_, _] => {
+                // A replacement: delete+create or create+delete.
+                summary.add += 1;
+                summary.destroy += 1;
+            }
+            _ => continue,
+        }
+        let address = change["address"].as_str().unwrap_or("?").to_string();
+        summary.resources.push((address, actions));
+    }
+    Ok(summary)
 }
 
 /// For `local`: a provider override (tflocal-style) sending every AWS service the stack uses

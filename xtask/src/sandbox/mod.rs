@@ -1,5 +1,7 @@
 //! The sandbox provisioner: on machines that cannot install the AWS provider, `cargo xtask up`
-//! creates the stack's resources in the emulator with the AWS SDK instead of Terraform.
+//! creates the stack's resources in the emulator with the AWS SDK instead of Terraform: the
+//! key, the role and its instance profile, the data buckets and their access log bucket, and
+//! the host (host.rs).
 //!
 //! Nothing is written twice. The policy documents and the user-data are rendered by the
 //! terraform binary from the same HCL (`modules/policy-documents`, `templates/user-data.sh.tpl`,
@@ -16,6 +18,9 @@ use aws_sdk_iam::error::ProvideErrorMetadata as _;
 use serde_json::{Map, Value, json};
 use service::aws::{AwsClients, AwsResultExt, partition};
 
+mod host;
+
+use crate::artifact::Artifact;
 use crate::buckets::{self, BucketSetting};
 use crate::context::{Context, block_on};
 use crate::outputs::Outputs;
@@ -26,17 +31,20 @@ use crate::terraform::{Output, Terraform};
 /// Marks outputs.json as made by this module rather than Terraform.
 pub const PROVISIONED_BY: &str = "sandbox";
 
-/// Provisions (or brings up to date) the local stack; returns its outputs.
-pub fn provision(cx: &Context) -> Result<Outputs> {
+/// Provisions (or brings up to date) the local stack, the instance running `artifact`;
+/// returns its outputs.
+pub fn provision(cx: &Context, artifact: &Artifact) -> Result<Outputs> {
     if !cx.env.is_local() {
         bail!(
             "the sandbox provisioner only targets the local emulator, not `{}`",
             cx.env.name
         );
     }
-    let vars = variables(cx)?;
+    let vars = variables(cx, Some(artifact))?;
     let clients = block_on(AwsClients::connect(&cx.env.aws));
     let iam = aws_sdk_iam::Client::new(&clients.sdk_config);
+    let ec2 = aws_sdk_ec2::Client::new(&clients.sdk_config);
+    let ssm = aws_sdk_ssm::Client::new(&clients.sdk_config);
     let identity =
         block_on(clients.sts.get_caller_identity().send()).aws_context("sts:GetCallerIdentity")?;
     let account = identity.account().context("no account id")?.to_string();
@@ -45,18 +53,15 @@ pub fn provision(cx: &Context) -> Result<Outputs> {
     let prefix = &cx.env.name_prefix;
     let role_name = format!("{prefix}-service");
     let alias = format!("alias/{prefix}-data");
+    let log_bucket = format!("{prefix}-access-logs-{account}");
     let bucket_names = BTreeMap::from([
         ("initial", format!("{prefix}-initial-{account}")),
         ("final", format!("{prefix}-final-{account}")),
     ]);
+    let arn_of = |bucket: &str| format!("arn:{partition}:s3:::{bucket}");
     let bucket_arns: Map<String, Value> = bucket_names
         .iter()
-        .map(|(purpose, name)| {
-            (
-                purpose.to_string(),
-                json!(format!("arn:{partition}:s3:::{name}")),
-            )
-        })
+        .map(|(purpose, name)| (purpose.to_string(), json!(arn_of(name))))
         .collect();
 
     cx.step("sandbox: IAM role");
@@ -85,16 +90,41 @@ pub fn provision(cx: &Context) -> Result<Outputs> {
         str_field(&first, "key_policy_json")?,
     ))?;
 
+    // Allocated first, as in the HCL: the bucket policies admit its address.
+    cx.step("sandbox: Elastic IP");
+    let host_vars = module_defaults(cx, "modules/host")?;
+    let host_settings = host::HostSettings::from_variables(
+        &vars,
+        prefix,
+        &role_name,
+        host_vars["ami_ssm_parameter"]
+            .as_str()
+            .context("ami_ssm_parameter has no default")?
+            .to_string(),
+    )?;
+    let (allocation_id, public_ip) = block_on(host::elastic_ip(&ec2, &host_settings))?;
+    let mut allowed_cidrs: Vec<Value> = vars["allowed_cidrs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    allowed_cidrs.push(json!(format!("{public_ip}/32")));
+
     let access_inputs = json!({
         "partition": partition,
         "account_id": account,
         "service_role_arn": role_arn,
         "kms_key_arn": key_arn,
         "bucket_arns": bucket_arns,
-        "allowed_cidrs": vars["allowed_cidrs"],
+        "allowed_cidrs": allowed_cidrs,
         "allowed_vpc_endpoint_ids": vars["allowed_vpc_endpoint_ids"],
         "region": region,
         "exempt_principal_arns": vars["admin_principal_arns"],
+        "access_log_bucket_arn": arn_of(&log_bucket),
+        "service_artifact": {
+            "bucket_arn": arn_of(&artifact.bucket),
+            "key_prefix": format!("service/{}/", artifact.sha256),
+            "kms_key_arn": artifact.kms_key_arn,
+        },
     });
     let user_data_vars = json!({
         "region": region,
@@ -103,11 +133,50 @@ pub fn provision(cx: &Context) -> Result<Outputs> {
         "kms_key_arn": key_arn,
         "listen_address": vars["service_listen_address"],
         "processor": vars["service_processor"],
-        "service_binary_url": vars["service_binary_url"],
-        "service_binary_sha256": vars["service_binary_sha256"],
+        "service_binary_s3_uri": format!("s3://{}/{}", artifact.bucket, artifact.key),
+        "service_binary_url": "",
+        "service_binary_sha256": artifact.sha256,
     });
     let second = render(cx, access_inputs, Some(user_data_vars))?;
     let documents = &second["documents"];
+    let noncurrent_days = vars["noncurrent_version_expiration_days"]
+        .as_i64()
+        .context("noncurrent_version_expiration_days has no default")?
+        as i32;
+
+    cx.step(format!("sandbox: access log bucket {log_bucket}"));
+    let log_policy = str_field(documents, "access_log_bucket_policy_json")?;
+    let retention_days = vars["access_log_retention_days"]
+        .as_i64()
+        .context("access_log_retention_days has no default")? as i32;
+    block_on(async {
+        buckets::create(&clients.s3, &log_bucket, &region).await?;
+        for desired in [
+            BucketSetting::PublicAccessBlock,
+            BucketSetting::OwnerEnforced,
+            BucketSetting::Versioning,
+            BucketSetting::SseS3,
+            BucketSetting::Lifecycle {
+                noncurrent_days,
+                current_days: Some(retention_days),
+            },
+        ] {
+            buckets::put(&clients.s3, &log_bucket, &account, &desired).await?;
+        }
+        // Attached here too: nothing the local stack does touches log objects, so its
+        // conditioned Deny statements block nothing, and the emulator checks it admits log
+        // delivery before it accepts the data buckets' logging rules.
+        clients
+            .s3
+            .put_bucket_policy()
+            .bucket(&log_bucket)
+            .expected_bucket_owner(&account)
+            .policy(log_policy)
+            .send()
+            .await
+            .aws_context(format!("s3:PutBucketPolicy {log_bucket}"))?;
+        anyhow::Ok(())
+    })?;
 
     for (purpose, name) in &bucket_names {
         cx.step(format!("sandbox: bucket {name}"));
@@ -121,10 +190,6 @@ pub fn provision(cx: &Context) -> Result<Outputs> {
         } else {
             None
         };
-        let noncurrent_days = vars["noncurrent_version_expiration_days"]
-            .as_i64()
-            .context("noncurrent_version_expiration_days has no default")?
-            as i32;
         block_on(async {
             buckets::create(&clients.s3, name, &region).await?;
             for desired in [
@@ -137,6 +202,9 @@ pub fn provision(cx: &Context) -> Result<Outputs> {
                 BucketSetting::Lifecycle {
                     noncurrent_days,
                     current_days,
+                },
+                BucketSetting::AccessLogging {
+                    target: &log_bucket,
                 },
             ] {
                 buckets::put(&clients.s3, name, &account, &desired).await?;
@@ -151,7 +219,7 @@ pub fn provision(cx: &Context) -> Result<Outputs> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     eprintln!(
-        "    note: bucket policies are rendered and checked, not attached: the emulator speaks plain HTTP and ignores policy conditions"
+        "    note: the data buckets' policies are rendered and checked, not attached: the emulator speaks plain HTTP and ignores policy conditions"
     );
 
     cx.step("sandbox: role policy and instance profile");
@@ -159,6 +227,18 @@ pub fn provision(cx: &Context) -> Result<Outputs> {
         &iam,
         &role_name,
         str_field(documents, "service_role_policy_json")?,
+    ))?;
+
+    cx.step("sandbox: host (security group, instance, Elastic IP association)");
+    let user_data = second["user_data"]
+        .as_str()
+        .context("no rendered user-data")?;
+    let host = block_on(host::provision(
+        &ec2,
+        &ssm,
+        &host_settings,
+        user_data,
+        &allocation_id,
     ))?;
 
     let mut outputs = Map::new();
@@ -184,7 +264,16 @@ pub fn provision(cx: &Context) -> Result<Outputs> {
     put("kms_key_alias", json!(alias));
     put("service_role_arn", json!(role_arn));
     put("instance_profile_name", json!(role_name));
-    put("user_data", second["user_data"].clone());
+    put("user_data", json!(user_data));
+    put("access_log_bucket_name", json!(log_bucket));
+    put("access_log_bucket_policy_json", json!(log_policy));
+    put(
+        "service_url",
+        json!(format!("http://{public_ip}:{}", host_settings.service_port)),
+    );
+    put("instance_id", json!(host.instance_id));
+    put("public_ip", json!(public_ip));
+    put("security_group_id", json!(host.security_group_id));
     put("provisioned_by", json!(PROVISIONED_BY));
     let text = serde_json::to_string_pretty(&Value::Object(outputs))?;
     let parsed = Outputs::parse(&text)?;
@@ -207,8 +296,17 @@ fn pretty(json_text: &str) -> Result<String> {
 
 /// Root-module variables as Terraform would see them for `local`: the defaults in
 /// terraform/variables.tf, overridden by what the xtask passes.
-pub fn variables(cx: &Context) -> Result<Map<String, Value>> {
-    let path = cx.root.join("terraform/variables.tf");
+pub fn variables(cx: &Context, artifact: Option<&Artifact>) -> Result<Map<String, Value>> {
+    let mut vars = module_defaults(cx, "")?;
+    for (name, value) in xtask_variables(cx, artifact) {
+        vars.insert(name.to_string(), value);
+    }
+    Ok(vars)
+}
+
+/// The defaults of a module's variables (`terraform/<dir>/variables.tf`).
+pub fn module_defaults(cx: &Context, dir: &str) -> Result<Map<String, Value>> {
+    let path = cx.root.join("terraform").join(dir).join("variables.tf");
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let body = hcl::parse(&text).with_context(|| format!("parsing {}", path.display()))?;
@@ -219,9 +317,6 @@ pub fn variables(cx: &Context) -> Result<Map<String, Value>> {
             let value: hcl::Value = default.expr().clone().into();
             vars.insert(name, serde_json::to_value(value)?);
         }
-    }
-    for (name, value) in xtask_variables(cx) {
-        vars.insert(name.to_string(), value);
     }
     Ok(vars)
 }
