@@ -28,7 +28,7 @@ pub struct Args {
 }
 
 /// What bootstrap found and did.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Created,
     UpToDate,

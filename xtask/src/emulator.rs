@@ -110,6 +110,11 @@ pub fn operator_key(root: &Path) -> Result<(String, String)> {
 /// (Re)writes the local AWS config file: the operator, and the service role assumed through
 /// the operator once the stack exists.
 pub fn write_aws_config(root: &Path, service_role_arn: Option<&str>) -> Result<()> {
+    write_aws_config_at(root, &aws_config_path(root), service_role_arn)
+}
+
+/// The same identities in a config file at `path` (tests keep their own service role there).
+pub fn write_aws_config_at(root: &Path, path: &Path, service_role_arn: Option<&str>) -> Result<()> {
     let [operator, outsider] = read_keys(root)?;
     let mut text =
         "# Written by `cargo xtask local start` and `up`: identities of the local emulator.\n"
@@ -140,7 +145,7 @@ pub fn write_aws_config(root: &Path, service_role_arn: Option<&str>) -> Result<(
              endpoint_url = {endpoint}\n"
         ));
     }
-    write_private(&aws_config_path(root), &text)
+    write_private(path, &text)
 }
 
 /// Makes the operator with the emulator's free requests, then (with `record.iam`) turns

@@ -188,7 +188,7 @@ fn write_stand_ins(bin: &Path, stand_ins: &Path, region: &str) -> Result<()> {
                  \x20 *) exec {} \"$@\" ;;\n\
                  esac\n\
                  {record}\n\
-                 url=\"${{!#}}\"\n\
+                 for arg in \"$@\"; do case \"$arg\" in http://169.254.169.254/*) url=\"$arg\" ;; esac; done\n\
                  case \"$url\" in\n\
                  \x20 */latest/api/token) [[ \"$*\" == *\"-X PUT\"* ]] && echo {IMDS_TOKEN} && exit 0 ;;\n\
                  esac\n\

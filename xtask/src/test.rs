@@ -38,10 +38,7 @@ pub fn run(cx: &Context, _args: Args) -> Result<()> {
     )?;
     cx.run(
         "terraform fmt -check",
-        cmd!(
-            sh,
-            "{terraform} fmt -check -recursive terraform xtask/tests/fixtures"
-        ),
+        cmd!(sh, "{terraform} fmt -check -recursive terraform"),
     )?;
     let checkov = CHECKOV.ensure(cx)?;
     cx.run(

@@ -28,6 +28,7 @@ fn help_lists_every_subcommand_with_a_description() {
     for command in [
         "bootstrap",
         "deploy",
+        "plan",
         "render-user-data",
         "smoke",
         "destroy",

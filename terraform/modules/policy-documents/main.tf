@@ -101,21 +101,23 @@ locals {
   }
 
   # The user-data downloads the service binary with the instance role: exactly the
-  # content-addressed prefix of the deployed build, and its bucket's key through S3 only.
-  artifact_statements = var.service_artifact == null ? [] : concat([
-    {
+  # content-addressed prefix of the deployed build, and its bucket's key through S3 only (the
+  # AWS-managed aws/s3 key needs no grant). One-element lists filtered, as the network
+  # statement below is: a conditional between [] and these would not type-check.
+  artifact_statements = concat(
+    [for statement in [{
       Sid      = "ReadServiceArtifact"
       Effect   = "Allow"
       Action   = "s3:GetObject"
-      Resource = "${var.service_artifact.bucket_arn}/${var.service_artifact.key_prefix}*"
-    }],
-    var.service_artifact.kms_key_arn == null ? [] : [{
+      Resource = "${try(var.service_artifact.bucket_arn, "")}/${try(var.service_artifact.key_prefix, "")}*"
+    }] : statement if var.service_artifact != null],
+    [for statement in [{
       Sid       = "DecryptServiceArtifact"
       Effect    = "Allow"
       Action    = "kms:Decrypt"
-      Resource  = var.service_artifact.kms_key_arn
+      Resource  = try(var.service_artifact.kms_key_arn, "")
       Condition = { StringEquals = { "kms:ViaService" = "s3.${var.region}.amazonaws.com" } }
-    }]
+    }] : statement if try(var.service_artifact.kms_key_arn, null) != null],
   )
 
   # S3's log delivery writes the data buckets' access logs, for this account's buckets only.

@@ -323,13 +323,15 @@ fn only_roles_that_trust_ec2_are_assumed_for_the_local_instance() {
 
 /// The stack's own role, as the sandbox makes it from the real policy documents, holds
 /// exactly what the service does: every call the service makes is allowed, and a bucket or
-/// key outside the stack, version deletes and kms:Encrypt are refused.
+/// key outside the stack, version deletes and kms:Encrypt are refused. It reads its own
+/// build from the artifact bucket, and no other object there.
 #[test]
 fn the_stack_role_allows_the_service_calls_and_refuses_the_rest() {
     super::require_tool("terraform", "the sandbox renders the policy documents");
     let cx = super::isolated_local_context("stack-role");
     std::fs::create_dir_all(cx.state_dir()).unwrap();
-    let outputs = crate::sandbox::provision(&cx).expect("provision");
+    let artifact = super::delivered_artifact(&cx);
+    let outputs = crate::sandbox::provision(&cx, &artifact).expect("provision");
     let role_arn = outputs.string("service_role_arn").unwrap().to_string();
     let key = outputs.string("kms_key_arn").unwrap().to_string();
     let initial = outputs.string("initial_bucket_name").unwrap().to_string();
@@ -430,5 +432,39 @@ fn the_stack_role_allows_the_service_calls_and_refuses_the_rest() {
             .send()
             .await
             .unwrap();
+
+        s3.get_object()
+            .bucket(&artifact.bucket)
+            .key(&artifact.key)
+            .send()
+            .await
+            .expect("the instance role reads the deployed build");
+        let other_build = format!("service/{}/filepipe-service", "1".repeat(64));
+        operator
+            .s3
+            .put_object()
+            .bucket(&artifact.bucket)
+            .key(&other_build)
+            .body(ByteStream::from_static(b"another build"))
+            .send()
+            .await
+            .unwrap();
+        denied(
+            s3.get_object()
+                .bucket(&artifact.bucket)
+                .key(&other_build)
+                .send()
+                .await,
+            "another build in the artifact bucket",
+        );
+        denied(
+            s3.put_object()
+                .bucket(&artifact.bucket)
+                .key(&artifact.key)
+                .body(ByteStream::from_static(b"tampered"))
+                .send()
+                .await,
+            "overwriting the deployed build",
+        );
     });
 }

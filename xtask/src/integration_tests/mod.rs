@@ -4,6 +4,7 @@
 
 mod bench;
 mod emulator_iam;
+mod first_boot;
 mod layers;
 mod orchestration;
 mod policy_documents;
@@ -73,6 +74,19 @@ pub fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), target).unwrap();
         }
     }
+}
+
+/// Bootstraps `cx` (state and artifact buckets) and delivers a small system binary as the
+/// service artifact, through the real delivery path (check, digest, upload): for tests where
+/// nothing runs the binary.
+pub fn delivered_artifact(cx: &Context) -> crate::artifact::Artifact {
+    crate::context::block_on(crate::bootstrap::bootstrap(
+        cx,
+        &crate::bootstrap::Args { fix: false },
+    ))
+    .expect("bootstrap");
+    crate::artifact::deliver(cx, &crate::artifact::Source::Given("/bin/true".into()))
+        .expect("deliver")
 }
 
 /// The service, in this process, on fresh buckets configured like Terraform's.

@@ -1,6 +1,7 @@
-//! bootstrap, deploy, render-user-data and destroy against the emulator with the machine's
-//! real terraform, deploying the provider-free fixture through the same code path as the
-//! real modules.
+//! bootstrap, deploy, plan, render-user-data and destroy against the emulator with the
+//! machine's real terraform, deploying the provider-free replica of terraform/ (replica.rs)
+//! through the same code path as the real modules: artifact upload, S3 backend, lock, plan,
+//! apply, outputs.
 
 use std::os::unix::fs::PermissionsExt;
 
@@ -13,6 +14,7 @@ use serde_json::Value;
 use service::aws::AwsClients;
 
 use super::{copy_dir, hardening, isolated_local_context, require_tool, temp_dir};
+use crate::artifact::{FILE_NAME, Source};
 use crate::bootstrap::{self, NONCURRENT_STATE_DAYS, Outcome};
 use crate::buckets::empty_bucket;
 use crate::context::{Context, block_on, workspace_root};
@@ -20,6 +22,7 @@ use crate::deploy;
 use crate::destroy;
 use crate::outputs::Outputs;
 use crate::outputs::outputs_file;
+use crate::private_buckets::{PrivateBucket, Purpose};
 use crate::render_user_data;
 use crate::terraform::Terraform;
 
@@ -27,15 +30,22 @@ fn clients(cx: &Context) -> AwsClients {
     block_on(AwsClients::connect(&cx.env.aws))
 }
 
-fn bootstrap(cx: &Context, fix: bool) -> (bootstrap::StateBucket, Outcome) {
-    block_on(bootstrap::bootstrap(cx, &bootstrap::Args { fix })).expect("bootstrap")
+/// The state bucket and the outcomes of both buckets (state first).
+fn bootstrap(cx: &Context, fix: bool) -> (PrivateBucket, Vec<Outcome>) {
+    let results = block_on(bootstrap::bootstrap(cx, &bootstrap::Args { fix })).expect("bootstrap");
+    assert_eq!(
+        results.iter().map(|(b, _)| b.purpose).collect::<Vec<_>>(),
+        [Purpose::State, Purpose::Artifacts]
+    );
+    let state = results[0].0.clone();
+    (state, results.into_iter().map(|(_, o)| o).collect())
 }
 
 #[test]
-fn bootstrap_creates_a_private_versioned_encrypted_bucket_then_reports_and_fixes_drift() {
+fn bootstrap_creates_private_versioned_encrypted_buckets_then_reports_and_fixes_drift() {
     let cx = isolated_local_context("bootstrap");
-    let (bucket, outcome) = bootstrap(&cx, false);
-    assert_eq!(outcome, Outcome::Created);
+    let (bucket, outcomes) = bootstrap(&cx, false);
+    assert_eq!(outcomes, [Outcome::Created, Outcome::Created]);
     assert_eq!(
         bucket.name,
         format!(
@@ -43,35 +53,39 @@ fn bootstrap_creates_a_private_versioned_encrypted_bucket_then_reports_and_fixes
             cx.env.name_prefix, bucket.account_id
         )
     );
+    let artifacts = format!(
+        "{}-artifacts-{}-eu-west-1",
+        cx.env.name_prefix, bucket.account_id
+    );
 
     let s3 = clients(&cx).s3;
     block_on(async {
-        let location = s3
-            .get_bucket_location()
-            .bucket(&bucket.name)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            location.location_constraint().map(|c| c.as_str()),
-            Some("eu-west-1")
-        );
-        let found = hardening(&s3, &bucket.name).await;
-        assert_eq!(found.public_access_blocks, [Some(true); 4]);
-        assert_eq!(found.object_ownership, "BucketOwnerEnforced");
-        assert_eq!(found.versioning.as_deref(), Some("Enabled"));
-        assert_eq!(found.sse_algorithm, "aws:kms");
-        assert_eq!(found.bucket_key, Some(true));
-        assert_eq!(found.noncurrent_days, [NONCURRENT_STATE_DAYS]);
-        assert_eq!(found.abort_multipart_days, [1]);
-        // Locally the TLS-only policy is a checked document, not attached (see bootstrap.rs).
-        assert!(!found.policy_attached);
+        for name in [&bucket.name, &artifacts] {
+            let location = s3.get_bucket_location().bucket(name).send().await.unwrap();
+            assert_eq!(
+                location.location_constraint().map(|c| c.as_str()),
+                Some("eu-west-1")
+            );
+            let found = hardening(&s3, name).await;
+            assert_eq!(found.public_access_blocks, [Some(true); 4], "{name}");
+            assert_eq!(found.object_ownership, "BucketOwnerEnforced");
+            assert_eq!(found.versioning.as_deref(), Some("Enabled"));
+            assert_eq!(found.sse_algorithm, "aws:kms");
+            assert_eq!(found.bucket_key, Some(true));
+            assert_eq!(found.noncurrent_days, [NONCURRENT_STATE_DAYS]);
+            assert_eq!(found.abort_multipart_days, [1]);
+            // Locally the TLS-only policy is a checked document, not attached (see bootstrap.rs).
+            assert!(!found.policy_attached);
+        }
     });
-    let policy: Value = serde_json::from_str(
-        &std::fs::read_to_string(cx.state_dir().join("state-bucket-policy.json")).unwrap(),
-    )
-    .unwrap();
-    crate::buckets::check_tls_only_policy(&policy, &bucket.name, "eu-west-1").unwrap();
+    for (purpose, name) in [("state", &bucket.name), ("artifact", &artifacts)] {
+        let policy: Value = serde_json::from_str(
+            &std::fs::read_to_string(cx.state_dir().join(format!("{purpose}-bucket-policy.json")))
+                .unwrap(),
+        )
+        .unwrap();
+        crate::buckets::check_tls_only_policy(&policy, name, "eu-west-1").unwrap();
+    }
     let backend = std::fs::read_to_string(bootstrap::backend_file(&cx)).unwrap();
     assert!(backend.contains("use_lockfile = true"), "{backend}");
     assert!(
@@ -79,40 +93,44 @@ fn bootstrap_creates_a_private_versioned_encrypted_bucket_then_reports_and_fixes
         "{backend}"
     );
 
-    assert_eq!(bootstrap(&cx, false).1, Outcome::UpToDate);
-
-    block_on(
-        s3.put_bucket_versioning()
-            .bucket(&bucket.name)
-            .versioning_configuration(
-                VersioningConfiguration::builder()
-                    .status(BucketVersioningStatus::Suspended)
-                    .build(),
-            )
-            .send(),
-    )
-    .unwrap();
     assert_eq!(
         bootstrap(&cx, false).1,
-        Outcome::Drift {
-            settings: vec!["versioning".into()],
-            fixed: false
-        }
+        [Outcome::UpToDate, Outcome::UpToDate]
     );
-    let still_suspended = block_on(s3.get_bucket_versioning().bucket(&bucket.name).send()).unwrap();
+
+    for name in [&bucket.name, &artifacts] {
+        block_on(
+            s3.put_bucket_versioning()
+                .bucket(name)
+                .versioning_configuration(
+                    VersioningConfiguration::builder()
+                        .status(BucketVersioningStatus::Suspended)
+                        .build(),
+                )
+                .send(),
+        )
+        .unwrap();
+    }
+    let drift = Outcome::Drift {
+        settings: vec!["versioning".into()],
+        fixed: false,
+    };
+    assert_eq!(bootstrap(&cx, false).1, [drift.clone(), drift]);
+    let still_suspended = block_on(s3.get_bucket_versioning().bucket(&artifacts).send()).unwrap();
     assert_eq!(
         still_suspended.status(),
         Some(&BucketVersioningStatus::Suspended),
         "no --fix, no change"
     );
+    let fixed = Outcome::Drift {
+        settings: vec!["versioning".into()],
+        fixed: true,
+    };
+    assert_eq!(bootstrap(&cx, true).1, [fixed.clone(), fixed]);
     assert_eq!(
-        bootstrap(&cx, true).1,
-        Outcome::Drift {
-            settings: vec!["versioning".into()],
-            fixed: true
-        }
+        bootstrap(&cx, false).1,
+        [Outcome::UpToDate, Outcome::UpToDate]
     );
-    assert_eq!(bootstrap(&cx, false).1, Outcome::UpToDate);
 }
 
 #[test]
@@ -153,17 +171,29 @@ fn bootstrap_refuses_a_state_bucket_owned_by_another_account() {
     assert!(!bootstrap::backend_file(&cx).exists(), "nothing written");
 }
 
-fn fixture_root() -> std::path::PathBuf {
-    let dir = temp_dir("fixture-root");
-    copy_dir(
-        &workspace_root().join("xtask/tests/fixtures/provider-free"),
-        &dir,
-    );
-    copy_dir(
-        &workspace_root().join("terraform/templates"),
-        &dir.join("templates"),
-    );
+/// The provider-free replica of terraform/, in a directory of its own.
+fn replica_root() -> std::path::PathBuf {
+    let dir = temp_dir("replica-root");
+    super::replica::write(&workspace_root().join("terraform"), &dir).unwrap();
     dir
+}
+
+/// Deploy arguments for the replica, shipping a small system binary as the service: the
+/// replica runs nothing, and the delivery path (check, upload, variables) is the same.
+fn replica_args(root: &std::path::Path) -> deploy::Args {
+    deploy::Args {
+        yes: true,
+        plan: None,
+        shared: deploy::SharedArgs {
+            binary: Some(stand_in_binary()),
+            root_module: Some(root.to_path_buf()),
+            ..deploy::SharedArgs::default()
+        },
+    }
+}
+
+fn stand_in_binary() -> std::path::PathBuf {
+    std::path::PathBuf::from("/bin/true")
 }
 
 fn state_object(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Value {
@@ -192,23 +222,20 @@ fn keys(s3: &aws_sdk_s3::Client, bucket: &str) -> Vec<String> {
 }
 
 #[test]
-fn fixture_deploys_redeploys_and_destroys_through_the_real_code_path() {
+fn the_replica_deploys_redeploys_and_destroys_through_the_real_code_path() {
     require_tool(
         "terraform",
-        "it deploys the provider-free fixture with the S3 backend",
+        "it deploys the provider-free replica with the S3 backend",
     );
     let cx = isolated_local_context("deploy");
     let (bucket, _) = bootstrap(&cx, false);
-    let root = fixture_root();
-    let args = deploy::Args {
-        yes: true,
-        terraform: None,
-        root_module: Some(root.clone()),
-    };
+    let root = replica_root();
+    let args = replica_args(&root);
 
-    let first = deploy::deploy(&cx, &args).expect("first deploy");
+    let first = deploy::deploy(&cx, &args, Source::Debug).expect("first deploy");
     assert!(first.applied);
-    assert_eq!((first.add, first.change, first.destroy), (4, 0, 0));
+    assert!(first.summary.add >= 30, "{first:?}");
+    assert_eq!((first.summary.change, first.summary.destroy), (0, 0));
 
     let s3 = clients(&cx).s3;
     let objects = keys(&s3, &bucket.name);
@@ -221,7 +248,25 @@ fn fixture_deploys_redeploys_and_destroys_through_the_real_code_path() {
         "lock released: {objects:?}"
     );
     let state = state_object(&s3, &bucket.name, "local/terraform.tfstate");
-    assert_eq!(state["resources"].as_array().unwrap().len(), 4);
+    let instances: usize = state["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["instances"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(instances, first.summary.add);
+
+    // The binary went to the artifact bucket under its digest, and Terraform was told so.
+    let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        std::fs::read(stand_in_binary()).unwrap(),
+    ));
+    let artifacts = format!("{}-artifacts-123456789012-eu-west-1", cx.env.name_prefix);
+    let key = format!("service/{sha256}/{FILE_NAME}");
+    assert!(
+        keys(&s3, &artifacts).contains(&key),
+        "{:?}",
+        keys(&s3, &artifacts)
+    );
 
     let outputs = Outputs::load(&outputs_file(&cx)).unwrap();
     let prefix = &cx.env.name_prefix;
@@ -234,11 +279,18 @@ fn fixture_deploys_redeploys_and_destroys_through_the_real_code_path() {
         outputs.string("kms_key_alias").unwrap(),
         format!("alias/{prefix}-data")
     );
+    assert_eq!(
+        outputs.string("service_url").unwrap(),
+        "http://198.51.100.10:8080",
+        "the replica's stand-in Elastic IP"
+    );
 
     let user_data = render_user_data::default_path(&cx);
     let script = std::fs::read_to_string(&user_data).unwrap();
     assert!(script.starts_with("#!/bin/bash"));
     assert!(script.contains(&format!("INITIAL_BUCKET={prefix}-initial-123456789012")));
+    assert!(script.contains(&format!("BINARY_S3_URI='s3://{artifacts}/{key}'")));
+    assert!(script.contains(&format!("BINARY_SHA256='{sha256}'")));
     assert_eq!(
         std::fs::metadata(&user_data).unwrap().permissions().mode() & 0o777,
         0o755
@@ -248,8 +300,11 @@ fn fixture_deploys_redeploys_and_destroys_through_the_real_code_path() {
         "no provider, no override"
     );
 
-    let second = deploy::deploy(&cx, &args).expect("second deploy");
-    assert!(!second.has_changes() && !second.applied, "{second:?}");
+    let second = deploy::deploy(&cx, &args, Source::Debug).expect("second deploy");
+    assert!(
+        !second.summary.has_changes() && !second.applied,
+        "{second:?}"
+    );
 
     let destroy_args = destroy::Args {
         yes: true,
@@ -272,7 +327,7 @@ fn fixture_deploys_redeploys_and_destroys_through_the_real_code_path() {
             .any(|k| k.ends_with(".tflock"))
     );
 
-    // Safe to re-run, and --purge-state removes the state bucket last.
+    // Safe to re-run, and --purge-state removes the artifact bucket, then the state bucket.
     destroy::destroy(
         &cx,
         &destroy::Args {
@@ -281,37 +336,138 @@ fn fixture_deploys_redeploys_and_destroys_through_the_real_code_path() {
         },
     )
     .expect("destroy again");
-    let gone = block_on(s3.head_bucket().bucket(&bucket.name).send());
-    assert!(gone.is_err(), "state bucket deleted");
+    for name in [&bucket.name, &artifacts] {
+        let gone = block_on(s3.head_bucket().bucket(name).send());
+        assert!(gone.is_err(), "{name} deleted");
+    }
+}
+
+#[test]
+fn a_reviewed_plan_is_applied_as_saved_and_a_moved_backend_is_never_reconfigured_silently() {
+    require_tool("terraform", "it plans and applies the replica");
+    let cx = isolated_local_context("plan");
+    let (bucket, _) = bootstrap(&cx, false);
+    let root = replica_root();
+    let args = replica_args(&root);
+    let plan_file = cx.state_dir().join("reviewed.tfplan");
+    let plan_args = crate::plan::Args {
+        out: Some(plan_file.clone()),
+        json: true,
+        shared: args.shared.clone(),
+    };
+    assert_eq!(
+        crate::plan::run(&cx, plan_args.clone()).unwrap(),
+        2,
+        "changes"
+    );
+    assert!(!outputs_file(&cx).exists(), "a plan applies nothing");
+    let applied = deploy::deploy(
+        &cx,
+        &deploy::Args {
+            plan: Some(plan_file.clone()),
+            ..args.clone()
+        },
+        Source::Debug,
+    )
+    .expect("apply the saved plan");
+    assert!(applied.applied && applied.summary.add >= 30, "{applied:?}");
+    assert!(outputs_file(&cx).exists());
+    // Applied once; Terraform refuses the same plan again, the state having moved on.
+    let again = deploy::deploy(
+        &cx,
+        &deploy::Args {
+            plan: Some(plan_file),
+            ..args.clone()
+        },
+        Source::Debug,
+    );
+    assert!(again.is_err());
+    assert_eq!(crate::plan::run(&cx, plan_args).unwrap(), 0, "no changes");
+
+    // The state bucket renamed (state_bucket in <env>.xtask.hcl) and bootstrapped: the next
+    // deploy must refuse rather than start from an empty state. Bootstrapped as `local` (the
+    // emulator cannot take the TLS-only policy a real environment attaches), then run as a
+    // real environment, `staging`, with its Terraform directory as initialised before and the
+    // variables `local` gets in a var-file: `local` itself reconfigures, its state living in
+    // the emulator.
+    let mut moved = Context::for_test(cx.env.clone(), &cx.state_root);
+    moved.env.state_bucket = Some(service::testing::unique_bucket_name("moved-state"));
+    bootstrap(&moved, false);
+    let vars: serde_json::Map<String, Value> = crate::terraform::xtask_variables(&cx, None)
+        .into_iter()
+        .filter(|(name, _)| *name != "environment")
+        .map(|(name, value)| (name.to_string(), value))
+        .collect();
+    let var_file = temp_dir("staging-vars").join("staging.tfvars.json");
+    std::fs::write(&var_file, Value::Object(vars).to_string()).unwrap();
+    moved.env.var_file = Some(var_file);
+    moved.env.name = "staging".into();
+    copy_dir(&cx.state_dir(), &moved.state_dir());
+    let err = format!(
+        "{:#}",
+        deploy::deploy(&moved, &args, Source::Debug).unwrap_err()
+    );
+    assert!(
+        err.contains("backend settings of `staging` changed") && err.contains("--migrate-state"),
+        "{err}"
+    );
+    let migrated = deploy::deploy(
+        &moved,
+        &deploy::Args {
+            shared: deploy::SharedArgs {
+                migrate_state: true,
+                ..args.shared.clone()
+            },
+            ..args.clone()
+        },
+        Source::Debug,
+    )
+    .expect("deploy with --migrate-state");
+    assert!(
+        !migrated.summary.has_changes(),
+        "the state came along: {migrated:?}"
+    );
+    let s3 = clients(&cx).s3;
+    let new_bucket = moved.env.state_bucket.clone().unwrap();
+    assert!(
+        keys(&s3, &new_bucket).contains(&"local/terraform.tfstate".to_string()),
+        "{:?} (old: {})",
+        keys(&s3, &new_bucket),
+        bucket.name
+    );
 }
 
 #[test]
 fn deploy_refuses_missing_or_old_terraform_and_changes_nothing() {
     let cx = isolated_local_context("bad-terraform");
     bootstrap(&cx, false);
-    let root = fixture_root();
+    let root = replica_root();
     let before: Vec<_> = std::fs::read_dir(cx.state_dir())
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
 
-    let missing = deploy::Args {
-        yes: true,
-        terraform: Some("/nonexistent/terraform".into()),
-        root_module: Some(root.clone()),
+    let with_terraform = |terraform: &str| {
+        let mut args = replica_args(&root);
+        args.shared.terraform = Some(terraform.into());
+        args
     };
-    let err = format!("{:#}", deploy::deploy(&cx, &missing).unwrap_err());
+    let missing = with_terraform("/nonexistent/terraform");
+    let err = format!(
+        "{:#}",
+        deploy::deploy(&cx, &missing, Source::Debug).unwrap_err()
+    );
     assert!(
         err.contains("/nonexistent/terraform") && err.contains("does not exist"),
         "{err}"
     );
     assert!(!err.contains('\n'));
 
-    let not_on_path = deploy::Args {
-        terraform: Some("terraform-that-is-not-installed".into()),
-        ..missing.clone()
-    };
-    let err = format!("{:#}", deploy::deploy(&cx, &not_on_path).unwrap_err());
+    let not_on_path = with_terraform("terraform-that-is-not-installed");
+    let err = format!(
+        "{:#}",
+        deploy::deploy(&cx, &not_on_path, Source::Debug).unwrap_err()
+    );
     assert!(err.contains("is not on PATH"), "{err}");
 
     let old = temp_dir("old-terraform").join("terraform");
@@ -321,11 +477,11 @@ fn deploy_refuses_missing_or_old_terraform_and_changes_nothing() {
     )
     .unwrap();
     std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let too_old = deploy::Args {
-        terraform: Some(old.display().to_string()),
-        ..missing.clone()
-    };
-    let err = format!("{:#}", deploy::deploy(&cx, &too_old).unwrap_err());
+    let too_old = with_terraform(&old.display().to_string());
+    let err = format!(
+        "{:#}",
+        deploy::deploy(&cx, &too_old, Source::Debug).unwrap_err()
+    );
     assert!(
         err.contains("1.9.8 is too old") && err.contains("use_lockfile"),
         "{err}"
@@ -344,12 +500,11 @@ fn deploy_refuses_missing_or_old_terraform_and_changes_nothing() {
 fn deploy_without_bootstrap_says_so() {
     require_tool("terraform", "deploy looks for it before anything else");
     let cx = isolated_local_context("no-bootstrap");
-    let args = deploy::Args {
-        yes: true,
-        terraform: None,
-        root_module: Some(fixture_root()),
-    };
-    let err = format!("{:#}", deploy::deploy(&cx, &args).unwrap_err());
+    let args = replica_args(&replica_root());
+    let err = format!(
+        "{:#}",
+        deploy::deploy(&cx, &args, Source::Debug).unwrap_err()
+    );
     assert!(
         err.contains("run `cargo xtask bootstrap --env local` first"),
         "{err}"
@@ -374,7 +529,12 @@ fn the_real_modules_fail_in_one_sentence_when_the_provider_cannot_be_installed()
         root_module: copy,
         ..tf
     };
-    match crate::terraform::init(&cx, &tf, &bootstrap::backend_file(&cx)) {
+    match crate::terraform::init(
+        &cx,
+        &tf,
+        &bootstrap::backend_file(&cx),
+        crate::terraform::BackendChange::Refuse,
+    ) {
         // An online machine installs the provider: then there is nothing to assert here.
         Ok(()) => eprintln!("note: the AWS provider could be installed on this machine"),
         Err(err) => {

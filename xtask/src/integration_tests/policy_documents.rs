@@ -157,3 +157,85 @@ fn an_assumed_role_arn_is_refused_as_an_exempt_principal() {
     let err = format!("{:#}", render(&cx, inputs, None).unwrap_err());
     assert!(err.contains("never matches aws:PrincipalArn"), "{err}");
 }
+
+const SHA: &str = "ab12000000000000000000000000000000000000000000000000000000000000";
+
+#[test]
+fn the_role_reads_exactly_the_deployed_artifact_prefix_and_its_key_only_through_s3() {
+    let cx = isolated_local_context("artifact-policy");
+    let mut with_artifact = inputs();
+    with_artifact["service_artifact"] = json!({
+        "bucket_arn": "arn:aws:s3:::files-artifacts",
+        "key_prefix": format!("service/{SHA}/"),
+        "kms_key_arn": "arn:aws:kms:eu-west-1:123456789012:key/00000000-1111-2222-3333-444444444444",
+    });
+    let rendered = render(&cx, with_artifact, None).unwrap();
+    let policy = document(&rendered, "service_role_policy_json");
+    let read = statement(&policy, "ReadServiceArtifact");
+    assert_eq!(read["Action"], "s3:GetObject");
+    assert_eq!(
+        read["Resource"],
+        format!("arn:aws:s3:::files-artifacts/service/{SHA}/*")
+    );
+    let decrypt = statement(&policy, "DecryptServiceArtifact");
+    assert_eq!(decrypt["Action"], "kms:Decrypt");
+    assert_eq!(
+        decrypt["Condition"]["StringEquals"]["kms:ViaService"],
+        "s3.eu-west-1.amazonaws.com"
+    );
+
+    // The AWS-managed aws/s3 key needs no grant; no artifact, no artifact statements.
+    let mut managed_key = inputs();
+    managed_key["service_artifact"] = json!({
+        "bucket_arn": "arn:aws:s3:::files-artifacts",
+        "key_prefix": format!("service/{SHA}/"),
+    });
+    let policy = document(
+        &render(&cx, managed_key, None).unwrap(),
+        "service_role_policy_json",
+    );
+    let sids: Vec<&str> = policy["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["Sid"].as_str().unwrap())
+        .collect();
+    assert!(sids.contains(&"ReadServiceArtifact") && !sids.contains(&"DecryptServiceArtifact"));
+    let policy = document(
+        &render(&cx, inputs(), None).unwrap(),
+        "service_role_policy_json",
+    );
+    assert!(!policy.to_string().contains("Artifact"), "{policy}");
+
+    let mut bad = inputs();
+    bad["service_artifact"] =
+        json!({"bucket_arn": "arn:aws:s3:::files-artifacts", "key_prefix": "service/"});
+    let err = format!("{:#}", render(&cx, bad, None).unwrap_err());
+    assert!(err.contains("service/<sha256>/"), "{err}");
+}
+
+#[test]
+fn the_log_bucket_admits_only_log_delivery_for_the_data_buckets_and_only_tls() {
+    let cx = isolated_local_context("log-policy");
+    let mut with_logs = inputs();
+    with_logs["access_log_bucket_arn"] = json!("arn:aws:s3:::files-access-logs");
+    let rendered = render(&cx, with_logs, None).unwrap();
+    let policy = document(&rendered, "access_log_bucket_policy_json");
+    let delivery = statement(&policy, "AllowServerAccessLogDelivery");
+    assert_eq!(delivery["Principal"]["Service"], "logging.s3.amazonaws.com");
+    assert_eq!(delivery["Action"], "s3:PutObject");
+    assert_eq!(delivery["Resource"], "arn:aws:s3:::files-access-logs/*");
+    assert_eq!(
+        delivery["Condition"]["StringEquals"]["aws:SourceAccount"],
+        ACCOUNT
+    );
+    assert_eq!(
+        delivery["Condition"]["ArnLike"]["aws:SourceArn"],
+        json!(["arn:aws:s3:::files-final", "arn:aws:s3:::files-initial"])
+    );
+    let tls = statement(&policy, "DenyInsecureTransport");
+    assert_eq!(tls["Condition"]["Bool"]["aws:SecureTransport"], "false");
+    statement(&policy, "DenyOutdatedTls");
+    assert!(rendered["access_log_bucket_policy_json"].is_string());
+    assert!(render(&cx, inputs(), None).unwrap()["access_log_bucket_policy_json"].is_null());
+}

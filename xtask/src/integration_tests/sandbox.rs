@@ -79,13 +79,21 @@ fn sandbox_creates_what_the_hcl_declares() {
     );
     let cx = isolated_local_context("sandbox");
     std::fs::create_dir_all(cx.state_dir()).unwrap();
-    let outputs = sandbox::provision(&cx).expect("provision");
-    let again = sandbox::provision(&cx).expect("provisioning twice is fine");
-    assert_eq!(
-        outputs.string("kms_key_arn").unwrap(),
-        again.string("kms_key_arn").unwrap(),
-        "the key is reused"
-    );
+    let artifact = super::delivered_artifact(&cx);
+    let outputs = sandbox::provision(&cx, &artifact).expect("provision");
+    let again = sandbox::provision(&cx, &artifact).expect("provisioning twice is fine");
+    for reused in [
+        "kms_key_arn",
+        "instance_id",
+        "public_ip",
+        "security_group_id",
+    ] {
+        assert_eq!(
+            outputs.string(reused).unwrap(),
+            again.string(reused).unwrap(),
+            "{reused} is reused"
+        );
+    }
     let saved: Value =
         serde_json::from_str(&std::fs::read_to_string(crate::outputs::outputs_file(&cx)).unwrap())
             .unwrap();
@@ -94,7 +102,8 @@ fn sandbox_creates_what_the_hcl_declares() {
 
     let s3_hcl = hcl_body("modules/s3/main.tf");
     let kms_hcl = hcl_body("modules/kms/main.tf");
-    let vars = sandbox::variables(&cx).unwrap();
+    let vars = sandbox::variables(&cx, Some(&artifact)).unwrap();
+    let public_ip = outputs.string("public_ip").unwrap().to_string();
     let key_arn = outputs.string("kms_key_arn").unwrap().to_string();
     let clients = block_on(AwsClients::connect(&cx.env.aws));
     let iam = aws_sdk_iam::Client::new(&clients.sdk_config);
@@ -210,15 +219,75 @@ fn sandbox_creates_what_the_hcl_declares() {
                     "DenyIncorrectKmsKey",
                     "DenyInsecureTransport",
                     "DenyKmsWithoutKeyId",
+                    "DenyObjectAccessOutsideAllowedNetworks",
                     "DenyOutdatedTls"
                 ]
                 .into_iter()
                 .map(String::from)
                 .collect(),
-                "no network statement without allowed networks"
+            );
+            // No allowed_cidrs locally: the host's Elastic IP is the one network admitted.
+            let network = kept["Statement"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["Sid"] == "DenyObjectAccessOutsideAllowedNetworks")
+                .unwrap();
+            assert_eq!(
+                network["Condition"]["NotIpAddress"]["aws:SourceIp"],
+                serde_json::json!([format!("{public_ip}/32")])
             );
             assert!(!found.policy_attached, "not attached in the emulator");
+            let logging = s3.get_bucket_logging().bucket(bucket).send().await.unwrap();
+            let logging = logging.logging_enabled().expect("access logging on");
+            assert_eq!(
+                logging.target_bucket(),
+                outputs.string("access_log_bucket_name").unwrap()
+            );
+            assert_eq!(logging.target_prefix(), format!("{bucket}/"));
+            assert_eq!(
+                hcl_setting(&s3_hcl, "aws_s3_bucket_logging", &[], "target_prefix"),
+                "${var.bucket_name}/"
+            );
         }
+
+        // The log bucket: private, versioned, SSE-S3 (what log delivery writes to), logs
+        // expiring after the retention, and a policy admitting log delivery, attached.
+        let logs_hcl = hcl_body("modules/access-logs/main.tf");
+        let log_bucket = outputs.string("access_log_bucket_name").unwrap();
+        let found = hardening(&clients.s3, log_bucket).await;
+        assert_eq!(found.public_access_blocks, [Some(true); 4]);
+        assert_eq!(found.object_ownership, "BucketOwnerEnforced");
+        assert_eq!(found.versioning.as_deref(), Some("Enabled"));
+        assert_eq!(
+            found.sse_algorithm,
+            hcl_setting(
+                &logs_hcl,
+                "aws_s3_bucket_server_side_encryption_configuration",
+                &["rule", "apply_server_side_encryption_by_default"],
+                "sse_algorithm"
+            )
+        );
+        assert_eq!(
+            found.current_expiry_days,
+            [vars["access_log_retention_days"].as_i64().unwrap() as i32]
+        );
+        assert_eq!(found.abort_multipart_days, [1]);
+        assert!(found.policy_attached);
+        let attached = clients
+            .s3
+            .get_bucket_policy()
+            .bucket(log_bucket)
+            .send()
+            .await
+            .unwrap();
+        let attached: Value = serde_json::from_str(attached.policy().unwrap()).unwrap();
+        assert_eq!(
+            attached,
+            serde_json::from_str::<Value>(outputs.string("access_log_bucket_policy_json").unwrap())
+                .unwrap()
+        );
+        assert!(sids(&attached).contains("AllowServerAccessLogDelivery"));
 
         let rotation = clients
             .kms
@@ -285,6 +354,7 @@ fn sandbox_creates_what_the_hcl_declares() {
             sids(&policy),
             [
                 "ListPipelineBuckets",
+                "ReadServiceArtifact",
                 "ReadWritePipelineObjects",
                 "UsePipelineKey"
             ]
@@ -303,7 +373,183 @@ fn sandbox_creates_what_the_hcl_declares() {
             profile.instance_profile().unwrap().roles()[0].role_name(),
             role_name
         );
+
+        check_host(&clients, &outputs, &vars, role_name).await;
     });
+}
+
+/// The instance, its security group and Elastic IP, read back from the emulator's EC2,
+/// against modules/host.
+async fn check_host(
+    clients: &AwsClients,
+    outputs: &Outputs,
+    vars: &serde_json::Map<String, Value>,
+    profile_name: &str,
+) {
+    let host_hcl = hcl_body("modules/host/main.tf");
+    let ec2 = aws_sdk_ec2::Client::new(&clients.sdk_config);
+    let instance_id = outputs.string("instance_id").unwrap();
+    let described = ec2
+        .describe_instances()
+        .instance_ids(instance_id)
+        .send()
+        .await
+        .unwrap();
+    let instance = &described.reservations()[0].instances()[0];
+    assert_eq!(
+        instance.instance_type().unwrap().as_str(),
+        vars["instance_type"].as_str().unwrap()
+    );
+    let ami = aws_sdk_ssm::Client::new(&clients.sdk_config)
+        .get_parameter()
+        .name("/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(instance.image_id(), ami.parameter().unwrap().value());
+    let metadata = instance.metadata_options().unwrap();
+    let metadata_hcl =
+        |attribute| hcl_setting(&host_hcl, "aws_instance", &["metadata_options"], attribute);
+    assert_eq!(
+        metadata.http_tokens().unwrap().as_str(),
+        metadata_hcl("http_tokens")
+    );
+    assert_eq!(
+        metadata.http_put_response_hop_limit().unwrap().to_string(),
+        metadata_hcl("http_put_response_hop_limit")
+    );
+    assert_eq!(
+        metadata.http_endpoint().unwrap().as_str(),
+        metadata_hcl("http_endpoint")
+    );
+    assert!(
+        instance
+            .iam_instance_profile()
+            .unwrap()
+            .arn()
+            .unwrap()
+            .ends_with(&format!("instance-profile/{profile_name}")),
+        "{:?}",
+        instance.iam_instance_profile()
+    );
+    assert_eq!(instance.ebs_optimized(), Some(true));
+    assert_eq!(
+        instance.monitoring().unwrap().state().unwrap().as_str(),
+        "enabled",
+        "detailed_monitoring defaults to true"
+    );
+    let user_data = ec2
+        .describe_instance_attribute()
+        .instance_id(instance_id)
+        .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+        .send()
+        .await
+        .unwrap();
+    use base64::Engine as _;
+    let user_data = base64::engine::general_purpose::STANDARD
+        .decode(user_data.user_data().unwrap().value().unwrap())
+        .unwrap();
+    assert_eq!(user_data, outputs.string("user_data").unwrap().as_bytes());
+    let root = instance.block_device_mappings()[0]
+        .ebs()
+        .and_then(|e| e.volume_id())
+        .unwrap();
+    let volume = ec2
+        .describe_volumes()
+        .volume_ids(root)
+        .send()
+        .await
+        .unwrap();
+    let volume = &volume.volumes()[0];
+    let root_hcl =
+        |attribute| hcl_setting(&host_hcl, "aws_instance", &["root_block_device"], attribute);
+    assert_eq!(
+        volume.encrypted().unwrap().to_string(),
+        root_hcl("encrypted")
+    );
+    assert_eq!(
+        volume.volume_type().unwrap().as_str(),
+        root_hcl("volume_type")
+    );
+    assert_eq!(
+        volume.size(),
+        Some(vars["root_volume_size_gib"].as_i64().unwrap() as i32)
+    );
+
+    let group = ec2
+        .describe_security_groups()
+        .group_ids(outputs.string("security_group_id").unwrap())
+        .send()
+        .await
+        .unwrap();
+    let group = &group.security_groups()[0];
+    assert_eq!(
+        group.description().unwrap(),
+        hcl_setting(&host_hcl, "aws_security_group", &[], "description")
+    );
+    assert_eq!(
+        instance.security_groups()[0].group_id(),
+        group.group_id(),
+        "the instance is in the group"
+    );
+    let rules = |permissions: &[aws_sdk_ec2::types::IpPermission]| -> Vec<String> {
+        permissions
+            .iter()
+            .flat_map(|p| {
+                p.ip_ranges().iter().map(move |r| {
+                    format!(
+                        "{} {}-{} {}",
+                        p.ip_protocol().unwrap_or("?"),
+                        p.from_port().unwrap_or(-1),
+                        p.to_port().unwrap_or(-1),
+                        r.cidr_ip().unwrap_or("?")
+                    )
+                })
+            })
+            .collect()
+    };
+    let port = vars["service_listen_address"]
+        .as_str()
+        .unwrap()
+        .rsplit_once(':')
+        .unwrap()
+        .1;
+    assert_eq!(
+        rules(group.ip_permissions()),
+        vars["client_cidrs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| format!("tcp {port}-{port} {}", c.as_str().unwrap()))
+            .collect::<Vec<_>>(),
+        "only the service port, only from the client CIDRs"
+    );
+    assert_eq!(
+        hcl_setting(
+            &host_hcl,
+            "aws_vpc_security_group_egress_rule",
+            &[],
+            "from_port"
+        ),
+        "443"
+    );
+    assert_eq!(
+        rules(group.ip_permissions_egress()),
+        ["tcp 443-443 0.0.0.0/0"],
+        "only HTTPS out"
+    );
+
+    let address = ec2
+        .describe_addresses()
+        .public_ips(outputs.string("public_ip").unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(address.addresses()[0].instance_id(), Some(instance_id));
+    assert_eq!(
+        hcl_setting(&host_hcl, "aws_eip", &[], "domain"),
+        address.addresses()[0].domain().unwrap().as_str()
+    );
 }
 
 /// The sandbox names resources as terraform/ does; this keeps the two patterns together.
@@ -312,7 +558,7 @@ fn sandbox_names_resources_like_the_hcl() {
     let main = std::fs::read_to_string(workspace_root().join("terraform/main.tf")).unwrap();
     let kms =
         std::fs::read_to_string(workspace_root().join("terraform/modules/kms/main.tf")).unwrap();
-    let sandbox = include_str!("../sandbox.rs");
+    let sandbox = include_str!("../sandbox/mod.rs");
     for (hcl, rust, file) in [
         (
             "\"${var.name_prefix}-initial-${local.account_id}\"",
@@ -333,6 +579,11 @@ fn sandbox_names_resources_like_the_hcl() {
             "\"alias/${var.name_prefix}-data\"",
             "\"alias/{prefix}-data\"",
             &kms,
+        ),
+        (
+            "\"${var.name_prefix}-access-logs-${local.account_id}\"",
+            "\"{prefix}-access-logs-{account}\"",
+            &main,
         ),
     ] {
         assert!(

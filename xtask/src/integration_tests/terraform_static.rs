@@ -18,10 +18,6 @@ fn terraform_dir() -> PathBuf {
     workspace_root().join("terraform")
 }
 
-fn fixture_dir() -> PathBuf {
-    workspace_root().join("xtask/tests/fixtures/provider-free")
-}
-
 fn parse(path: &Path) -> Body {
     let text =
         std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
@@ -98,24 +94,23 @@ fn strings(expr: &Expression) -> Vec<String> {
 }
 
 #[test]
-fn every_contract_output_is_defined_by_the_root_and_the_fixture() {
-    for dir in [terraform_dir(), fixture_dir()] {
-        let outputs = block_labels(&parse_module(&dir), "output");
-        for name in REQUIRED_OUTPUTS {
-            assert!(
-                outputs.contains(*name),
-                "{}: output `{name}` is missing",
-                dir.display()
-            );
-        }
+fn every_contract_output_is_defined_by_the_root_module() {
+    let outputs = block_labels(&parse_module(&terraform_dir()), "output");
+    for name in REQUIRED_OUTPUTS {
+        assert!(outputs.contains(*name), "output `{name}` is missing");
     }
 }
 
 #[test]
 fn every_variable_the_xtask_passes_is_declared() {
     let declared = block_labels(&parse_module(&terraform_dir()), "variable");
-    let fixture_declared = block_labels(&parse_module(&fixture_dir()), "variable");
     let root = workspace_root();
+    let artifact = crate::artifact::Artifact {
+        bucket: "abc-artifacts".into(),
+        key: format!("service/{}/filepipe-service", "0".repeat(64)),
+        sha256: "0".repeat(64),
+        kms_key_arn: None,
+    };
     let local = Context::for_test(
         Environment::local(
             service::aws::AwsSettings::emulator("http://127.0.0.1:1", "eu-west-1"),
@@ -128,18 +123,14 @@ fn every_variable_the_xtask_passes_is_declared() {
         &temp_dir("vars"),
     );
     for cx in [&local, &example] {
-        for name in xtask_variables(cx).keys() {
+        let passed = xtask_variables(cx, Some(&artifact));
+        assert!(passed.contains_key("service_artifact"));
+        for name in passed.keys() {
             assert!(
                 declared.contains(*name),
                 "the xtask passes `{name}`, terraform/variables.tf does not declare it"
             );
         }
-    }
-    for name in xtask_variables(&local).keys() {
-        assert!(
-            fixture_declared.contains(*name),
-            "the fixture does not declare `{name}`"
-        );
     }
     // Every value in the committed example environment is a declared variable too.
     let tfvars = parse(&root.join("terraform/environments/example.tfvars"));
@@ -152,17 +143,36 @@ fn every_variable_the_xtask_passes_is_declared() {
     }
 }
 
+/// The root and every directory under modules/.
+fn module_dirs() -> Vec<PathBuf> {
+    let mut dirs = vec![terraform_dir()];
+    let mut modules: Vec<PathBuf> = std::fs::read_dir(terraform_dir().join("modules"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    modules.sort();
+    dirs.extend(modules);
+    dirs
+}
+
 #[test]
-fn every_variable_is_typed_and_described() {
-    let dirs = [
-        "",
-        "modules/iam",
-        "modules/kms",
-        "modules/s3",
-        "modules/policy-documents",
-    ];
-    for dir in dirs {
-        let body = parse(&terraform_dir().join(dir).join("variables.tf"));
+fn every_module_has_the_standard_files_and_every_variable_is_typed_and_described() {
+    let dirs = module_dirs();
+    assert!(dirs.len() >= 7, "{dirs:?}");
+    for dir in &dirs {
+        for file in ["main.tf", "variables.tf", "outputs.tf", "versions.tf"] {
+            assert!(dir.join(file).is_file(), "{} has no {file}", dir.display());
+        }
+        if dir != &terraform_dir() {
+            assert!(
+                dir.join("README.md").is_file(),
+                "{} has no README.md",
+                dir.display()
+            );
+        }
+        let dir = dir.display();
+        let body = parse(&PathBuf::from(format!("{dir}/variables.tf")));
         for variable in blocks(&body, "variable") {
             let name = labels(variable)[0];
             let keys: BTreeSet<&str> = variable.body().attributes().map(|a| a.key()).collect();
@@ -566,17 +576,38 @@ fn every_skipped_checkov_check_has_a_reason() {
             "skipped check without a reason: {line}"
         );
     }
+    // Skips on one resource: `#checkov:skip=<id>:<reason>`.
+    let mut inline = 0;
+    for dir in module_dirs() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|x| x != "tf") {
+                continue;
+            }
+            for line in std::fs::read_to_string(&path).unwrap().lines() {
+                let Some(skip) = line.trim().strip_prefix("#checkov:skip=") else {
+                    continue;
+                };
+                inline += 1;
+                let (id, reason) = skip.split_once(':').unwrap_or((skip, ""));
+                assert!(id.starts_with("CKV"), "{}: {line}", path.display());
+                assert!(
+                    reason.trim().len() > 20,
+                    "{}: skipped check without a reason: {line}",
+                    path.display()
+                );
+            }
+        }
+    }
+    assert!(inline >= 2, "the log bucket's two skips");
 }
 
 /// The keys main.tf passes to templatefile() for the user-data, so the rendering below uses
 /// exactly those.
 fn user_data_template_keys() -> Vec<String> {
-    let outputs = parse(&terraform_dir().join("outputs.tf"));
-    let user_data = blocks(&outputs, "output")
-        .find(|b| labels(b) == ["user_data"])
-        .expect("output user_data");
-    let Expression::FuncCall(call) = attr(user_data.body(), "value") else {
-        panic!("user_data is not a templatefile() call");
+    let main = parse(&terraform_dir().join("main.tf"));
+    let Expression::FuncCall(call) = local_expr(&main, "user_data") else {
+        panic!("local.user_data is not a templatefile() call");
     };
     assert_eq!(call.name.to_string(), "templatefile");
     let Expression::Object(vars) = &call.args[1] else {
@@ -603,9 +634,10 @@ fn user_data_renders_through_terraform_to_clean_bash() {
         ("listen_address", "0.0.0.0:8080"),
         ("processor", "jsonl"),
         (
-            "service_binary_url",
-            "https://artifacts.example.com/filepipe/service",
+            "service_binary_s3_uri",
+            "s3://acme-artifacts-111122223333-eu-west-1/service/ab12000000000000000000000000000000000000000000000000000000000000/filepipe-service",
         ),
+        ("service_binary_url", ""),
         (
             "service_binary_sha256",
             "ab12000000000000000000000000000000000000000000000000000000000000",
@@ -682,6 +714,7 @@ fn user_data_renders_through_terraform_to_clean_bash() {
         "LISTEN_ADDR=0.0.0.0:8080",
         "PROCESSOR=jsonl",
         "X-aws-ec2-metadata-token",
+        "aws s3 cp --only-show-errors --region 'eu-west-1' \"$BINARY_S3_URI\"",
         "sha256sum --check",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",

@@ -1,0 +1,143 @@
+//! The rendered user-data, executed: in a throwaway root against the emulator, as the stack's
+//! instance role, with only systemd, user management and the metadata service stood in for
+//! (first_boot.rs). It downloads the deployed build from the artifact bucket, checks its
+//! digest, installs it and its configuration, and enables the unit; a tampered build or one
+//! outside the role's prefix is refused and nothing is installed.
+
+use std::os::unix::fs::PermissionsExt;
+
+use aws_sdk_s3::primitives::ByteStream;
+use service::aws::{AwsSettings, CredentialsSource};
+
+use super::{delivered_artifact, isolated_local_context, require_tool, temp_dir};
+use crate::context::{block_on, workspace_root};
+use crate::first_boot::{self, STAND_INS_DIR};
+
+#[test]
+fn the_user_data_installs_the_deployed_build_as_the_instance_role_and_refuses_any_other() {
+    require_tool("terraform", "the sandbox renders the user-data with it");
+    let cx = isolated_local_context("first-boot");
+    std::fs::create_dir_all(cx.state_dir()).unwrap();
+    let artifact = delivered_artifact(&cx);
+    let outputs = crate::sandbox::provision(&cx, &artifact).expect("provision");
+    let user_data = outputs.string("user_data").unwrap();
+
+    // The instance role, assumed through the operator as the instance profile gives it.
+    let config = cx.state_dir().join("aws-config");
+    crate::emulator::write_aws_config_at(
+        &workspace_root(),
+        &config,
+        Some(outputs.string("service_role_arn").unwrap()),
+    )
+    .unwrap();
+    let instance_role = AwsSettings {
+        credentials: CredentialsSource::ProfileFile {
+            config_file: config,
+            profile: crate::emulator::SERVICE_PROFILE.into(),
+        },
+        ..cx.env.aws.clone()
+    };
+
+    let root = temp_dir("instance-root");
+    let installed = first_boot::run(&cx, user_data, &root, &instance_role, "eu-west-1")
+        .expect("the user-data runs");
+    assert_eq!(
+        std::fs::read(&installed.binary).unwrap(),
+        std::fs::read("/bin/true").unwrap(),
+        "the deployed build, byte for byte"
+    );
+    assert_eq!(
+        std::fs::metadata(&installed.binary)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o755
+    );
+    let env: std::collections::BTreeMap<_, _> = installed.environment.iter().cloned().collect();
+    for (key, output) in [
+        ("INITIAL_BUCKET", "initial_bucket_name"),
+        ("FINAL_BUCKET", "final_bucket_name"),
+        ("KMS_KEY_ARN", "kms_key_arn"),
+        ("AWS_REGION", "region"),
+    ] {
+        assert_eq!(env[key], outputs.string(output).unwrap(), "{key}");
+    }
+    assert_eq!(env["LISTEN_ADDR"], "0.0.0.0:8080");
+    let env_file = root.join("etc/filepipe/service.env");
+    assert_eq!(
+        std::fs::metadata(&env_file).unwrap().permissions().mode() & 0o777,
+        0o640,
+        "readable by root and the service's group only"
+    );
+    let unit = std::fs::read_to_string(root.join("etc/systemd/system/filepipe.service")).unwrap();
+    assert!(unit.contains("ExecStart=/usr/local/bin/filepipe-service"));
+    assert!(unit.contains("EnvironmentFile=/etc/filepipe/service.env"));
+    assert!(unit.contains("User=filepipe") && unit.contains("NoNewPrivileges=yes"));
+
+    let calls = std::fs::read_to_string(root.join(STAND_INS_DIR).join("calls.log")).unwrap();
+    for expected in [
+        // IMDSv2: a token first, then every read with it (the stand-in refuses reads without).
+        "curl -fsS --retry 5 -X PUT http://169.254.169.254/latest/api/token",
+        "useradd --system --no-create-home --home-dir /nonexistent --shell /sbin/nologin filepipe",
+        "install -D -o root -g root -m 0755",
+        &format!("chown root:filepipe {}", env_file.display()),
+        "systemctl daemon-reload",
+        "systemctl enable --now filepipe.service",
+    ] {
+        assert!(calls.contains(expected), "`{expected}` not in:\n{calls}");
+    }
+    assert!(
+        !calls.contains("meta-data/iam"),
+        "the script reads no credentials itself"
+    );
+
+    // A build whose bytes differ from the pinned digest: refused, nothing installed.
+    block_on(async {
+        let operator = service::testing::emulator_clients().await;
+        operator
+            .s3
+            .put_object()
+            .bucket(&artifact.bucket)
+            .key(&artifact.key)
+            .body(ByteStream::from_static(b"#!/bin/sh\necho tampered\n"))
+            .send()
+            .await
+            .unwrap();
+    });
+    let tampered = temp_dir("instance-root-tampered");
+    let err = format!(
+        "{:#}",
+        first_boot::run(&cx, user_data, &tampered, &instance_role, "eu-west-1").unwrap_err()
+    );
+    assert!(
+        err.contains("does not match the pinned SHA-256; refusing to install"),
+        "{err}"
+    );
+    assert!(!tampered.join("usr/local/bin/filepipe-service").exists());
+
+    // A build outside the prefix the role may read: the download itself is denied.
+    let elsewhere = user_data.replace(
+        &format!("/service/{}/", artifact.sha256),
+        &format!("/service/{}/", "2".repeat(64)),
+    );
+    assert_ne!(elsewhere, user_data);
+    let denied = temp_dir("instance-root-denied");
+    let err = format!(
+        "{:#}",
+        first_boot::run(&cx, &elsewhere, &denied, &instance_role, "eu-west-1").unwrap_err()
+    );
+    assert!(
+        err.contains("could not download the service binary after 1 attempts"),
+        "{err}"
+    );
+    assert!(err.contains("AccessDenied") || err.contains("403"), "{err}");
+
+    // An instance in another region than the stack's refuses to start.
+    let wrong_region = temp_dir("instance-root-region");
+    let err = format!(
+        "{:#}",
+        first_boot::run(&cx, user_data, &wrong_region, &instance_role, "us-east-2").unwrap_err()
+    );
+    assert!(err.contains("instance runs in us-east-2"), "{err}");
+}
