@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::context::{Context, block_on};
 use crate::outputs::Outputs;
 use crate::outputs::outputs_file;
-use service::aws::AwsClients;
+use service::aws::{AwsClients, AwsResultExt};
 use service::decrypt::{Decryptor, Settings};
 
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -33,6 +33,10 @@ pub struct Args {
     /// Seconds to wait for each file to be processed.
     #[arg(long, default_value_t = 120)]
     pub timeout_secs: u64,
+    /// Seconds to wait for /readyz first: a freshly booted instance downloads and starts the
+    /// service before it answers.
+    #[arg(long, default_value_t = 600)]
+    pub ready_timeout_secs: u64,
 }
 
 impl Args {
@@ -89,11 +93,14 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
     let deployed_key = outputs
         .as_ref()
         .and_then(|o| o.string("kms_key_arn").ok().map(str::to_string));
-    let aws = cx
-        .env
-        .is_local()
-        .then(|| block_on(AwsClients::connect(&cx.env.aws)));
-    let report = block_on(smoke(&url, &args, deployed_key.as_deref(), aws.as_ref()))?;
+    block_on(wait_until_ready(
+        &url,
+        Duration::from_secs(args.ready_timeout_secs),
+    ))?;
+    // The operator's credentials: the S3 checks read the objects themselves, and the
+    // Encryption SDK case encrypts with the deployed key.
+    let aws = block_on(AwsClients::connect(&cx.env.aws));
+    let report = block_on(smoke(&url, &args, deployed_key.as_deref(), Some(&aws)))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -107,6 +114,44 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Polls `/readyz` until it answers 200, printing progress; a freshly booted instance first
+/// installs and starts the service (user-data), then checks its buckets and key.
+pub async fn wait_until_ready(url: &str, timeout: Duration) -> Result<()> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .context("building an HTTP client")?;
+    let started = Instant::now();
+    let mut reported = Instant::now();
+    loop {
+        let last = match http.get(format!("{url}/readyz")).send().await {
+            Ok(response) if response.status().as_u16() == 200 => return Ok(()),
+            Ok(response) => format!(
+                "HTTP {}: {}",
+                response.status().as_u16(),
+                response.text().await.unwrap_or_default().trim()
+            ),
+            Err(err) => format!("{err:#}"),
+        };
+        let waited = started.elapsed();
+        if waited >= timeout {
+            bail!(
+                "{url}/readyz did not answer 200 within {} s (last: {last}); on the instance, `journalctl -u filepipe` and /var/log/cloud-init-output.log tell why",
+                timeout.as_secs()
+            );
+        }
+        if reported.elapsed() >= Duration::from_secs(30) || waited < Duration::from_secs(1) {
+            eprintln!(
+                "    waiting for {url}/readyz ({:.0} s of {} s; last: {last})",
+                waited.as_secs_f64(),
+                timeout.as_secs()
+            );
+            reported = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
 }
 
 pub fn print_table(report: &Report) {
@@ -276,7 +321,7 @@ async fn sealed_case(cases: &[Case], key_arn: &str, kms: &aws_sdk_kms::Client) -
 }
 
 /// `aws`: the operator's clients, for the checks of the S3 objects themselves and for the
-/// Encryption SDK case (which needs the key).
+/// Encryption SDK case (which needs the key); every environment passes them.
 pub async fn smoke(
     url: &str,
     args: &Args,
@@ -517,13 +562,22 @@ async fn check_case(
                 format!("processed/{name}"),
             ),
         ] {
-            let head = s3
-                .head_object()
-                .bucket(bucket)
-                .key(&key)
-                .send()
-                .await
-                .with_context(|| format!("s3:HeadObject {bucket}/{key}"))?;
+            let head = match s3.head_object().bucket(bucket).key(&key).send().await {
+                Ok(head) => head,
+                Err(err) => {
+                    let denied = err
+                        .raw_response()
+                        .is_some_and(|r| r.status().as_u16() == 403);
+                    return Err(err).aws_context(format!(
+                        "s3:HeadObject {bucket}/{key}{}",
+                        if denied {
+                            " (denied: the bucket policy admits only the allowed networks and admin_principal_arns; add the role you run the xtask as there, or smoke from an allowed network)"
+                        } else {
+                            ""
+                        }
+                    ));
+                }
+            };
             if head.server_side_encryption().map(|s| s.as_str()) != Some("aws:kms") {
                 bail!("{bucket}/{key} is not SSE-KMS encrypted");
             }
