@@ -52,11 +52,14 @@ pub enum Source {
     Debug,
     /// A binary built elsewhere (`deploy --binary`).
     Given(PathBuf),
+    /// Already delivered by this command (`up` uploads before it knows how it provisions).
+    Delivered(Artifact),
 }
 
 /// Builds (or takes) the binary, checks it will start on the instance, and uploads it.
 pub fn deliver(cx: &Context, source: &Source) -> Result<Artifact> {
     let binary = match source {
+        Source::Delivered(artifact) => return Ok(artifact.clone()),
         Source::Given(path) => path.clone(),
         Source::Release => build(cx, true)?,
         Source::Debug => build(cx, false)?,

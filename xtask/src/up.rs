@@ -120,14 +120,11 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
 /// sandbox provisioner. Says which in one line.
 fn provision(cx: &Context, artifact: &Artifact, force_sandbox: bool) -> Result<Outputs> {
     if !force_sandbox {
-        match deploy::deploy(
-            cx,
-            &deploy::Args {
-                yes: true,
-                ..deploy::Args::default()
-            },
-            Source::Debug,
-        ) {
+        let args = deploy::Args {
+            yes: true,
+            ..deploy::Args::default()
+        };
+        match deploy::deploy(cx, &args, Source::Delivered(artifact.clone())) {
             Ok(_) => {
                 eprintln!("    provisioned with Terraform (the real modules in terraform/)");
                 return Outputs::load(&outputs_file(cx));
