@@ -125,6 +125,7 @@ pub async fn wait_until_ready(url: &str, timeout: Duration) -> Result<()> {
         .context("building an HTTP client")?;
     let started = Instant::now();
     let mut reported = Instant::now();
+    let interval = (timeout / 20).clamp(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         let last = match http.get(format!("{url}/readyz")).send().await {
             Ok(response) if response.status().as_u16() == 200 => return Ok(()),
@@ -150,7 +151,7 @@ pub async fn wait_until_ready(url: &str, timeout: Duration) -> Result<()> {
             );
             reported = Instant::now();
         }
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        tokio::time::sleep(interval).await;
     }
 }
 

@@ -69,3 +69,61 @@ fn smoke_names_a_service_that_encrypts_with_the_wrong_key() {
         round_trip.detail
     );
 }
+
+#[test]
+fn smoke_waits_for_a_booting_service_and_gives_up_on_one_that_never_gets_ready() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
+
+    use axum::http::StatusCode;
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let asked = Arc::new(AtomicU32::new(0));
+    let url = runtime.block_on(async {
+        let counter = asked.clone();
+        // Not ready for its first three checks, as an instance still installing the service.
+        let app = axum::Router::new().route(
+            "/readyz",
+            axum::routing::get(move || {
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n < 3 {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    } else {
+                        StatusCode::OK
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        url
+    });
+    runtime
+        .block_on(crate::smoke::wait_until_ready(
+            &url,
+            Duration::from_secs(20),
+        ))
+        .expect("ready after three 503s");
+    assert_eq!(asked.load(Ordering::SeqCst), 4);
+
+    // Nothing listens there: bounded, and the error names the URL and the last answer.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let started = std::time::Instant::now();
+    let err = runtime
+        .block_on(crate::smoke::wait_until_ready(
+            &nowhere,
+            Duration::from_secs(2),
+        ))
+        .unwrap_err()
+        .to_string();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(
+        err.contains(&format!("{nowhere}/readyz did not answer 200 within 2 s")),
+        "{err}"
+    );
+}
