@@ -116,14 +116,14 @@ fn build(cx: &Context, release: bool) -> Result<PathBuf> {
     }
     let mut args: Vec<String> = vec!["build".into(), "--locked".into()];
     if release {
-        args.push("--release".into());
+        args.extend(["--release".into(), "-p".into(), "service".into()]);
+    } else {
+        // The debug build with the workspace's feature set, as `cargo test --workspace`
+        // builds it: after the tests nothing is rebuilt (`-p service` alone unifies features
+        // differently and rebuilt 40 crates: 1 min 50 s on 2 cores, measured).
+        args.push("--workspace".into());
     }
-    args.extend([
-        "-p".into(),
-        "service".into(),
-        "--bin".into(),
-        "service".into(),
-    ]);
+    args.extend(["--bin".into(), "service".into()]);
     let mut dir = cx.root.join("target");
     if musl {
         args.extend(["--target".into(), MUSL_TARGET.into()]);
@@ -132,7 +132,7 @@ fn build(cx: &Context, release: bool) -> Result<PathBuf> {
     dir.push(if release { "release" } else { "debug" });
     cx.run(
         &format!(
-            "cargo build{} -p service ({})",
+            "cargo build{} --bin service ({})",
             if release { " --release" } else { "" },
             if musl {
                 MUSL_TARGET

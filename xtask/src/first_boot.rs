@@ -61,6 +61,7 @@ pub fn run(
     let bin = stand_ins.join("bin");
     std::fs::create_dir_all(&bin).with_context(|| format!("creating {}", bin.display()))?;
     std::fs::create_dir_all(root.join("tmp"))?;
+    std::fs::create_dir_all(root.join("root"))?;
     write_stand_ins(&bin, &stand_ins, region)?;
     let script = stand_ins.join("user-data.sh");
     std::fs::write(&script, user_data)?;
@@ -98,6 +99,9 @@ pub fn run(
         // One try: locally the network is there from the start, and a failure should show now.
         .env("FILEPIPE_DOWNLOAD_ATTEMPTS", "1")
         .env("TMPDIR", root.join("tmp"))
+        // The root's own home: the AWS CLI caches assumed-role credentials under ~/.aws,
+        // and a cache from an earlier emulator holds keys the current one never issued.
+        .env("HOME", root.join("root"))
         .env("STAND_INS", &stand_ins)
         .stdin(Stdio::null());
     if let Some(endpoint) = &instance_role.endpoint_url {

@@ -72,7 +72,7 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
         record.endpoint_url()
     );
 
-    steps.next(cx, "bootstrap the state bucket");
+    steps.next(cx, "bootstrap the state and artifact buckets");
     block_on(bootstrap::bootstrap(cx, &bootstrap::Args { fix: true }))?;
 
     steps.next(cx, "build the service and upload it to the artifact bucket");

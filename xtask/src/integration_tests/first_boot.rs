@@ -91,6 +91,10 @@ fn the_user_data_installs_the_deployed_build_as_the_instance_role_and_refuses_an
         !calls.contains("meta-data/iam"),
         "the script reads no credentials itself"
     );
+    assert!(
+        root.join("root/.aws/cli/cache").is_dir(),
+        "the AWS CLI's credential cache is the root's own, not this machine's"
+    );
 
     // A build whose bytes differ from the pinned digest: refused, nothing installed.
     block_on(async {
