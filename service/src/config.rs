@@ -6,9 +6,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Parser, ValueEnum};
 
+use crate::auth::Tokens;
 use crate::aws::{AwsSettings, CredentialsSource};
 use crate::decrypt;
 
@@ -44,6 +45,8 @@ pub struct Config {
     /// Endpoint of an S3-compatible server used for S3 only (KMS stays on AWS_ENDPOINT_URL).
     #[arg(long, env = "AWS_ENDPOINT_URL_S3")]
     pub aws_endpoint_url_s3: Option<String>,
+    /// Where to listen. Anything but loopback needs TLS_CERT_FILE and TLS_KEY_FILE (plain
+    /// HTTP is served on loopback only) and a bearer token (unless --insecure-no-auth).
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
     pub listen_addr: SocketAddr,
     /// What happens between the initial and the final bucket.
@@ -159,12 +162,30 @@ pub struct Config {
     #[arg(long, env = "UPSTREAM_TIMEOUT_SECS", default_value_t = 300)]
     pub upstream_timeout_secs: u64,
 
-    /// File holding the bearer token every /v1 route requires (preferred over AUTH_TOKEN).
+    /// File holding the bearer token every /v1 route and /metrics require (preferred over
+    /// AUTH_TOKEN); read again on SIGHUP and every RELOAD_INTERVAL_SECS.
     #[arg(long, env = "AUTH_TOKEN_FILE")]
     pub auth_token_file: Option<PathBuf>,
-    /// Bearer token every /v1 route requires.
+    /// Bearer token every /v1 route and /metrics require (fixed for the process's life).
     #[arg(long, env = "AUTH_TOKEN", hide_env_values = true)]
     pub auth_token: Option<String>,
+    /// Seconds a token replaced in AUTH_TOKEN_FILE is still accepted, so clients switch
+    /// over without a failed request.
+    #[arg(long, env = "AUTH_TOKEN_OVERLAP_SECS", default_value_t = 300)]
+    pub auth_token_overlap_secs: u64,
+    /// Serve without a bearer token on a non-loopback address. Anyone who reaches the port
+    /// can then read, write and delete files.
+    #[arg(long, env = "INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+    /// PEM certificate (chain) for HTTPS, with TLS_KEY_FILE.
+    #[arg(long, env = "TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of TLS_CERT_FILE.
+    #[arg(long, env = "TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+    /// Seconds between re-reads of AUTH_TOKEN_FILE and the TLS files (SIGHUP reads them at once).
+    #[arg(long, env = "RELOAD_INTERVAL_SECS", default_value_t = 30)]
+    pub reload_interval_secs: u64,
 
     /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 30)]
@@ -189,8 +210,8 @@ impl ProcessorKind {
 }
 
 impl Config {
-    /// Checks what clap cannot; returns the bearer token, if any.
-    pub fn validate(&self) -> Result<Option<String>> {
+    /// Checks what clap cannot; returns the bearer tokens, if any.
+    pub fn validate(&self) -> Result<Option<Tokens>> {
         if self.part_size < MIN_PART_SIZE {
             bail!("PART_SIZE must be at least 5 MiB (S3's minimum part size)");
         }
@@ -206,22 +227,26 @@ impl Config {
         if !self.kms_key_arn.starts_with("arn:") || !self.kms_key_arn.contains(":key/") {
             bail!("KMS_KEY_ARN must be a full key ARN (arn:aws:kms:<region>:<account>:key/<id>)");
         }
-        let token = match (&self.auth_token_file, &self.auth_token) {
-            (Some(path), _) => Some(
-                std::fs::read_to_string(path)
-                    .with_context(|| format!("reading AUTH_TOKEN_FILE {}", path.display()))?
-                    .trim()
-                    .to_string(),
-            ),
-            (None, Some(token)) => Some(token.trim().to_string()),
-            (None, None) => None,
-        };
-        if let Some(token) = &token
-            && token.len() < 16
-        {
-            bail!("the bearer token must be at least 16 characters");
+        let tokens = Tokens::load(
+            self.auth_token_file.clone(),
+            self.auth_token.as_deref(),
+            Duration::from_secs(self.auth_token_overlap_secs),
+        )?;
+        if !self.listen_addr.ip().is_loopback() {
+            if self.tls_cert_file.is_none() {
+                bail!(
+                    "LISTEN_ADDR {} is not a loopback address, and plain HTTP is served on loopback only: set TLS_CERT_FILE and TLS_KEY_FILE",
+                    self.listen_addr
+                );
+            }
+            if tokens.is_none() && !self.insecure_no_auth {
+                bail!(
+                    "LISTEN_ADDR {} is not a loopback address and no bearer token is set: set AUTH_TOKEN_FILE, or pass --insecure-no-auth to let anyone who reaches the port read, write and delete files",
+                    self.listen_addr
+                );
+            }
         }
-        Ok(token)
+        Ok(tokens)
     }
 
     pub fn aws_settings(&self) -> AwsSettings {

@@ -1,5 +1,6 @@
 //! The file-pipeline service: library half (also used by the xtask and the tests).
 
+pub mod auth;
 pub mod aws;
 pub mod config;
 pub mod decrypt;
@@ -13,4 +14,5 @@ pub mod retrieval;
 pub mod serve;
 pub mod store;
 pub mod testing;
+pub mod tls;
 pub mod upload;

@@ -1,5 +1,7 @@
-//! Serving the router: connections accepted up to a cap, each with a deadline for its
-//! request headers (which also closes idle keep-alive connections), and a graceful shutdown.
+//! Serving the router: connections accepted up to a cap, over TLS where configured, each
+//! with a deadline for its handshake and request headers (which also closes idle keep-alive
+//! connections); the token and certificate read again on SIGHUP and on a timer; and a
+//! graceful shutdown.
 //!
 //! axum::serve sets no header timeout and accepts without limit: idle or half-sent
 //! connections would pile up until the process runs out of file descriptors.
@@ -15,6 +17,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::http::{AppState, router};
+use crate::tls::Tls;
 
 /// The parser's buffer per connection: request headers must fit (they do by far), and a
 /// body is read at most this much at a time.
@@ -22,7 +25,7 @@ const READ_BUFFER: usize = 64 * 1024;
 
 /// Serves until SIGTERM/SIGINT, then lets in-flight requests finish for the grace period and
 /// aborts whatever multipart uploads are still open.
-pub async fn serve(state: AppState, listener: TcpListener) -> Result<()> {
+pub async fn serve(state: AppState, listener: TcpListener, tls: Option<Arc<Tls>>) -> Result<()> {
     let grace = Duration::from_secs(state.config.shutdown_grace_secs);
     let header_timeout = Duration::from_secs(state.config.header_read_timeout_secs);
     let connections = Arc::new(Semaphore::new(state.config.max_connections as usize));
@@ -30,6 +33,7 @@ pub async fn serve(state: AppState, listener: TcpListener) -> Result<()> {
     // Flipped once at shutdown: every connection finishes its request and closes.
     let (closing, closing_rx) = watch::channel(false);
     let mut served = JoinSet::new();
+    let reloading = tokio::spawn(reload(state.clone(), tls.clone()));
     let mut signal = std::pin::pin!(shutdown_signal());
     loop {
         let accepted = tokio::select! {
@@ -38,34 +42,30 @@ pub async fn serve(state: AppState, listener: TcpListener) -> Result<()> {
         };
         let (stream, permit) = accepted;
         let service = TowerToHyperService::new(app.clone());
-        let mut closing_rx = closing_rx.clone();
+        let closing_rx = closing_rx.clone();
+        let acceptor = tls.as_ref().map(|tls| tls.acceptor());
         served.spawn(async move {
             let _permit = permit;
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                // Reads (and so body chunks) of at most 64 KiB: what a connection holds while
-                // it waits for a part buffer stays small, however many connections wait.
-                .max_buf_size(READ_BUFFER);
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            let mut connection = std::pin::pin!(connection);
-            tokio::select! {
-                result = connection.as_mut() => {
-                    if let Err(err) = result {
-                        tracing::debug!(error = %err, "connection ended with an error");
+            match acceptor {
+                None => serve_connection(stream, service, header_timeout, closing_rx).await,
+                Some(acceptor) => {
+                    // The handshake gets the headers' deadline: a client that opens a
+                    // connection and sends nothing holds it no longer than that.
+                    match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            serve_connection(stream, service, header_timeout, closing_rx).await
+                        }
+                        Ok(Err(err)) => tracing::debug!(error = %err, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
                     }
-                    return;
                 }
-                _ = closing_rx.wait_for(|closing| *closing) => {}
             }
-            connection.as_mut().graceful_shutdown();
-            let _ = connection.await;
         });
         // Reap finished connections so the set does not grow with every one served.
         while served.try_join_next().is_some() {}
     }
     tracing::info!("shutting down: no new connections, finishing in-flight requests");
+    reloading.abort();
     drop(listener);
     let _ = closing.send(true);
     if tokio::time::timeout(grace, async { while served.join_next().await.is_some() {} })
@@ -88,6 +88,96 @@ pub async fn serve(state: AppState, listener: TcpListener) -> Result<()> {
     state.in_flight().abort_all().await;
     drop(served);
     Ok(())
+}
+
+/// One connection's requests, until it closes or the shutdown asks it to.
+async fn serve_connection<Io, S>(
+    io: Io,
+    service: S,
+    header_timeout: Duration,
+    mut closing: watch::Receiver<bool>,
+) where
+    Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        // Reads (and so body chunks) of at most 64 KiB: what a connection holds while it
+        // waits for a part buffer stays small, however many connections wait.
+        .max_buf_size(READ_BUFFER);
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(err) = result {
+                tracing::debug!(error = %err, "connection ended with an error");
+            }
+            return;
+        }
+        _ = closing.wait_for(|closing| *closing) => {}
+    }
+    connection.as_mut().graceful_shutdown();
+    let _ = connection.await;
+}
+
+/// Reads the token file and the TLS files again on SIGHUP and every RELOAD_INTERVAL_SECS.
+/// What changed is logged, never what it is; a file that cannot be used is reported and the
+/// current token or certificate stays in service.
+async fn reload(state: AppState, tls: Option<Arc<Tls>>) {
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => Some(signal),
+        Err(err) => {
+            tracing::warn!(error = %err, "no SIGHUP handler; reloading on the timer only");
+            None
+        }
+    };
+    let mut timer = tokio::time::interval(Duration::from_secs(
+        state.config.reload_interval_secs.max(1),
+    ));
+    timer.tick().await;
+    loop {
+        let asked = tokio::select! {
+            _ = timer.tick() => false,
+            Some(()) = async {
+                match hangup.as_mut() {
+                    Some(signal) => signal.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => true,
+        };
+        if let Some(tokens) = &state.tokens {
+            match tokens.reload() {
+                Ok(true) => tracing::info!(
+                    overlap_secs = state.config.auth_token_overlap_secs,
+                    "bearer token replaced; the previous one is accepted for the overlap"
+                ),
+                Ok(false) => {}
+                Err(err) => {
+                    tracing::error!(error = %format!("{err:#}"), "bearer token not reloaded; the current one stays")
+                }
+            }
+        }
+        if let Some(tls) = &tls {
+            match tls.reload() {
+                Ok(true) => tracing::info!("TLS certificate replaced for new connections"),
+                Ok(false) => {}
+                Err(err) => {
+                    tracing::error!(error = %format!("{err:#}"), "TLS certificate not reloaded; the current one stays")
+                }
+            }
+        }
+        if asked {
+            tracing::info!("reloaded on SIGHUP");
+        }
+    }
 }
 
 /// The next connection, once fewer than MAX_CONNECTIONS are open. Until then, new

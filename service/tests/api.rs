@@ -543,18 +543,21 @@ async fn auth_on_and_off() {
         .unwrap();
     assert_eq!(put.status().as_u16(), 401);
     assert!(guarded.keys(&guarded.initial).await.is_empty());
-    // Probes stay open for load balancers.
-    assert_eq!(
-        guarded
-            .http
-            .get(format!("{}/healthz", guarded.url))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16(),
-        200
-    );
+    // Probes stay open for load balancers; metrics are behind the token.
+    for (path, want) in [("/healthz", 200), ("/readyz", 200), ("/metrics", 401)] {
+        assert_eq!(
+            guarded
+                .http
+                .get(format!("{}{path}", guarded.url))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+            want,
+            "{path}"
+        );
+    }
 }
 
 #[tokio::test]

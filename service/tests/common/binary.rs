@@ -121,9 +121,10 @@ impl Running {
         }
     }
 
-    /// The Prometheus text of `/metrics`.
+    /// The Prometheus text of `/metrics` (behind the token, as /v1 is).
     pub async fn metrics(&self, http: &reqwest::Client) -> String {
         http.get(format!("{}/metrics", self.url))
+            .bearer_auth(TOKEN)
             .send()
             .await
             .unwrap()
