@@ -21,6 +21,20 @@ locals {
 
   service_port = tonumber(split(":", var.service_listen_address)[1])
 
+  # SSM parameters of the service's doors. The token is a SecureString under the stack's key
+  # that `cargo xtask deploy` creates with the SDK (never in Terraform's state or plans);
+  # the certificate is published by the instance, which made its key (never leaves it); a
+  # new value of the rotation parameter asks the instance for a new key and certificate.
+  parameter_names = {
+    auth_token      = "/${var.name_prefix}/auth-token"
+    tls_certificate = "/${var.name_prefix}/tls-certificate"
+    tls_rotation    = "/${var.name_prefix}/tls-rotation"
+  }
+  parameter_arns = {
+    for purpose, name in local.parameter_names :
+    purpose => "arn:${local.partition}:ssm:${var.region}:${local.account_id}:parameter${name}"
+  }
+
   # Content-addressed in the artifact bucket `cargo xtask deploy` uploads to.
   artifact_key_prefix = var.service_artifact == null ? null : "service/${var.service_artifact.sha256}/"
 
@@ -34,6 +48,11 @@ locals {
     service_binary_s3_uri = var.service_artifact == null ? "" : "s3://${var.service_artifact.bucket}/${var.service_artifact.key}"
     service_binary_url    = var.service_binary_url == null ? "" : var.service_binary_url
     service_binary_sha256 = var.service_artifact == null ? var.service_binary_sha256 : var.service_artifact.sha256
+    token_parameter       = local.parameter_names.auth_token
+    certificate_parameter = local.parameter_names.tls_certificate
+    rotation_parameter    = local.parameter_names.tls_rotation
+    # The address the certificate names; without a host, the server's own (from IMDS).
+    tls_ip = try(module.host[0].public_ip, "")
   })
 }
 
@@ -47,6 +66,7 @@ module "key_policies" {
   account_id       = local.account_id
   service_role_arn = module.iam.role_arn
   bucket_arns      = local.bucket_arns
+  parameter_arns   = local.parameter_arns
 }
 
 module "access_policies" {
@@ -63,6 +83,7 @@ module "access_policies" {
   # Operators may reach objects from any network; the service role may not.
   exempt_principal_arns = var.admin_principal_arns
   access_log_bucket_arn = "arn:${local.partition}:s3:::${local.log_bucket_name}"
+  parameter_arns        = local.parameter_arns
   service_artifact = var.service_artifact == null ? null : {
     bucket_arn  = "arn:${local.partition}:s3:::${var.service_artifact.bucket}"
     key_prefix  = local.artifact_key_prefix

@@ -73,7 +73,7 @@ output "access_log_bucket_policy_json" {
 }
 
 output "service_url" {
-  description = "Base URL of the deployed service; null with enable_host = false."
+  description = "Base URL of the deployed service (HTTPS, with the certificate of tls_certificate_parameter); null with enable_host = false."
   value       = one(module.host[*].service_url)
 }
 
@@ -85,4 +85,19 @@ output "instance_id" {
 output "public_ip" {
   description = "Elastic IP of the instance (admitted by the bucket policies); null with enable_host = false."
   value       = one(module.host[*].public_ip)
+}
+
+output "auth_token_parameter" {
+  description = "SSM SecureString holding the bearer token (created and rotated by `cargo xtask`, never by Terraform)."
+  value       = local.parameter_names.auth_token
+}
+
+output "tls_certificate_parameter" {
+  description = "SSM parameter where the instance publishes its self-signed certificate, for clients to pin."
+  value       = local.parameter_names.tls_certificate
+}
+
+output "tls_rotation_parameter" {
+  description = "SSM parameter whose new value asks the instance for a new key and certificate (`cargo xtask rotate-cert`)."
+  value       = local.parameter_names.tls_rotation
 }

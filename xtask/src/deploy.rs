@@ -7,9 +7,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
+use service::aws::AwsClients;
 
 use crate::artifact::Source;
-use crate::context::{Context, confirm};
+use crate::context::{Context, block_on, confirm};
+use crate::doors::Doors;
 use crate::outputs::{Outputs, outputs_file};
 use crate::private_buckets;
 use crate::render_user_data;
@@ -201,10 +203,20 @@ fn apply(cx: &Context, tf: &Terraform, plan_file: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Saves the outputs and renders the user-data from them.
+/// Saves the outputs and renders the user-data from them; makes the bearer token at the
+/// first deploy (the instance waits for it), with the SDK so that no Terraform state or plan
+/// ever holds it.
 fn finish(cx: &Context, tf: &Terraform) -> Result<()> {
     let outputs = save_outputs(cx, tf)?;
     render_user_data::write(cx, &outputs, None)?;
+    let operator = block_on(AwsClients::connect(&cx.env.aws));
+    let doors = Doors::new(&outputs, &operator)?;
+    if block_on(doors.ensure_token(cx))? {
+        eprintln!(
+            "    bearer token made: SSM SecureString {} under the stack's key",
+            doors.token_parameter
+        );
+    }
     Ok(())
 }
 

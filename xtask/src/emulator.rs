@@ -29,7 +29,7 @@ pub use crate::local_aws::{
     OPERATOR_PROFILE, OUTSIDER_PROFILE, PORT_ENV, Record, SERVICE_PROFILE, aws_config_path,
     configured_port, endpoint_for_port, endpoint_url, local_settings,
 };
-use crate::paths::state_dir;
+use crate::paths::{state_dir, write_private};
 use crate::process;
 use crate::tools::PythonTool;
 
@@ -73,23 +73,6 @@ pub enum Status {
 
 fn operator_key_path(root: &Path) -> PathBuf {
     state_dir(root, LOCAL).join("operator.json")
-}
-
-/// Writes a file only its owner can read.
-fn write_private(path: &Path, text: &str) -> Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    std::fs::create_dir_all(path.parent().unwrap())
-        .with_context(|| format!("creating {}", path.parent().unwrap().display()))?;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    file.write_all(text.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn read_keys(root: &Path) -> Result<[OperatorKey; 2]> {

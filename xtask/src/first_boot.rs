@@ -44,6 +44,77 @@ pub struct Installed {
     pub environment: Vec<(String, String)>,
 }
 
+/// `bash <script>` as the instance runs it: the stand-ins and the AWS CLI first on PATH, the
+/// instance role's identity and nothing of the caller's, the throwaway root.
+fn instance_command(
+    aws: &Path,
+    root: &Path,
+    instance_role: &AwsSettings,
+    script: &Path,
+) -> Result<Command> {
+    let stand_ins = root.join(STAND_INS_DIR);
+    let path = std::env::join_paths(
+        [
+            stand_ins.join("bin"),
+            aws.parent()
+                .context("the AWS CLI's directory")?
+                .to_path_buf(),
+        ]
+        .into_iter()
+        .chain(std::env::split_paths(
+            &std::env::var_os("PATH").unwrap_or_default(),
+        )),
+    )?;
+    let mut command = Command::new("bash");
+    command.arg(script);
+    for inherited in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_CONFIG_FILE",
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+    ] {
+        command.env_remove(inherited);
+    }
+    command
+        .envs(subprocess_env(instance_role))
+        .env("PATH", path)
+        .env("FILEPIPE_ROOT", root)
+        .env("TMPDIR", root.join("tmp"))
+        // The root's own home: the AWS CLI caches assumed-role credentials under ~/.aws,
+        // and a cache from an earlier emulator holds keys the current one never issued.
+        .env("HOME", root.join("root"))
+        .env("STAND_INS", &stand_ins)
+        .stdin(Stdio::null());
+    if let Some(endpoint) = &instance_role.endpoint_url {
+        command.env("AWS_ENDPOINT_URL", endpoint);
+    }
+    Ok(command)
+}
+
+/// The instance's refresh (what filepipe-refresh.timer runs every minute on EC2), in a root
+/// the user-data already ran in.
+pub fn refresh(cx: &Context, root: &Path, instance_role: &AwsSettings) -> Result<()> {
+    let aws = AWS_CLI.ensure(cx)?;
+    let refresher = root.join("usr/local/libexec/filepipe-refresh");
+    cx.step(format!("refresh: {}", refresher.display()));
+    let output = instance_command(&aws, root, instance_role, &refresher)?
+        .output()
+        .context("running the refresh with bash")?;
+    if !output.status.success() {
+        bail!(
+            "the refresh failed ({}):\n{}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr).trim_end()
+        );
+    }
+    Ok(())
+}
+
 /// Runs `user_data` in a fresh `root` with the identity `instance_role` and the region the
 /// metadata stand-in reports.
 pub fn run(
@@ -66,47 +137,9 @@ pub fn run(
     let script = stand_ins.join("user-data.sh");
     std::fs::write(&script, user_data)?;
 
-    let path = std::env::join_paths(
-        [
-            bin.clone(),
-            aws.parent()
-                .context("the AWS CLI's directory")?
-                .to_path_buf(),
-        ]
-        .into_iter()
-        .chain(std::env::split_paths(
-            &std::env::var_os("PATH").unwrap_or_default(),
-        )),
-    )?;
-    let mut command = Command::new("bash");
-    command.arg(&script);
-    for inherited in [
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN",
-        "AWS_PROFILE",
-        "AWS_CONFIG_FILE",
-        "AWS_SHARED_CREDENTIALS_FILE",
-        "AWS_ENDPOINT_URL",
-        "AWS_ENDPOINT_URL_S3",
-    ] {
-        command.env_remove(inherited);
-    }
-    command
-        .envs(subprocess_env(instance_role))
-        .env("PATH", path)
-        .env("FILEPIPE_ROOT", root)
-        // One try: locally the network is there from the start, and a failure should show now.
-        .env("FILEPIPE_DOWNLOAD_ATTEMPTS", "1")
-        .env("TMPDIR", root.join("tmp"))
-        // The root's own home: the AWS CLI caches assumed-role credentials under ~/.aws,
-        // and a cache from an earlier emulator holds keys the current one never issued.
-        .env("HOME", root.join("root"))
-        .env("STAND_INS", &stand_ins)
-        .stdin(Stdio::null());
-    if let Some(endpoint) = &instance_role.endpoint_url {
-        command.env("AWS_ENDPOINT_URL", endpoint);
-    }
+    let mut command = instance_command(&aws, root, instance_role, &script)?;
+    // One try: locally the network is there from the start, and a failure should show now.
+    command.env("FILEPIPE_DOWNLOAD_ATTEMPTS", "1");
     cx.step(format!("first boot: the user-data in {}", root.display()));
     let output = command
         .output()

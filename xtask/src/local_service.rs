@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
-use service::aws::{AwsSettings, subprocess_env};
+use service::aws::{AwsClients, AwsSettings, subprocess_env};
 
-use crate::context::Context;
+use crate::context::{Context, block_on};
+use crate::doors::{self, Doors};
 use crate::outputs::Outputs;
 use crate::{emulator, first_boot, process};
 
@@ -21,11 +22,27 @@ use crate::{emulator, first_boot, process};
 pub struct ServiceRecord {
     pub pid: u32,
     pub port: u16,
+    /// Serves HTTPS (with the certificate the user-data made), as on the instance.
+    #[serde(default)]
+    pub tls: bool,
 }
 
 impl ServiceRecord {
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// Asks the service to read its token and certificate again, as `systemctl reload`
+    /// does on the instance.
+    pub fn reload(&self) -> Result<()> {
+        if !process::runs(self.pid, SERVICE_PROGRAM) {
+            bail!(
+                "the local service (pid {}) is not running: `cargo xtask up` starts it",
+                self.pid
+            );
+        }
+        process::signal(self.pid, SERVICE_PROGRAM, "HUP")
     }
 }
 
@@ -50,9 +67,10 @@ pub fn host_root(cx: &Context) -> PathBuf {
 }
 
 /// Runs the rendered user-data as the instance would at first boot (first_boot.rs), then
-/// starts the binary it downloaded and checked, with the settings it wrote, as the service
-/// role. Only the listen address differs (loopback, and the port asked for), and the
-/// emulator's endpoint is added. Records pid and port for `down` and `smoke`.
+/// starts the binary it downloaded and checked, with the settings it wrote (HTTPS with the
+/// key it made, the token it fetched), as the service role. Only the listen address differs
+/// (loopback, and the port asked for), and the emulator's endpoint is added. Records pid and
+/// port for `down` and `smoke`; writes the pinned certificate and the curl header file.
 pub fn start(cx: &Context, outputs: &Outputs, port: u16) -> Result<ServiceRecord> {
     stop(cx)?;
     emulator::write_aws_config(&cx.root, Some(outputs.string("service_role_arn")?))?;
@@ -68,6 +86,13 @@ pub fn start(cx: &Context, outputs: &Outputs, port: u16) -> Result<ServiceRecord
         "    installed {} (downloaded with the service role, checksum verified)",
         installed.binary.display()
     );
+    // What a client holds: the certificate the instance published, and the token, both read
+    // over the operator's channel.
+    let operator = block_on(AwsClients::connect(&cx.env.aws));
+    let doors = Doors::new(outputs, &operator)?;
+    let cert = block_on(doors.certificate())?.context("the user-data published no certificate")?;
+    doors::write_pin(cx, &cert)?;
+    doors::write_header(cx, &block_on(doors.token())?)?;
     let mut env = installed.environment;
     env.retain(|(key, _)| key != "LISTEN_ADDR");
     let child = spawn_service(
@@ -77,14 +102,25 @@ pub fn start(cx: &Context, outputs: &Outputs, port: u16) -> Result<ServiceRecord
         port,
         &log_path(cx),
         Detach::Yes,
+        Some(&cert),
     )?;
     let record = ServiceRecord {
         pid: child.id(),
         port,
+        tls: true,
     };
     std::fs::write(record_path(cx), serde_json::to_string(&record)?)?;
     eprintln!("    service ready at {} (pid {})", record.url(), record.pid);
     Ok(record)
+}
+
+/// The instance's refresh (filepipe-refresh.timer on EC2), run once in the local root: the
+/// token and certificate as SSM now holds them or asks for; then the service reloads.
+pub fn refresh(cx: &Context) -> Result<()> {
+    let record = read_record(cx).context("no local service runs: `cargo xtask up` starts it")?;
+    let instance_role = emulator::local_settings(&cx.root, emulator::SERVICE_PROFILE);
+    first_boot::refresh(cx, &host_root(cx), &instance_role)?;
+    record.reload()
 }
 
 /// Whether a started service outlives the xtask (and a Ctrl-C meant for it).
@@ -104,6 +140,7 @@ pub fn spawn_service(
     port: u16,
     log: &Path,
     detach: Detach,
+    tls_pin: Option<&str>,
 ) -> Result<Child> {
     if let Err(err) = TcpListener::bind(("127.0.0.1", port)) {
         bail!("port {port} on 127.0.0.1 is in use ({err}); pick another with --port");
@@ -152,8 +189,21 @@ pub fn spawn_service(
         .spawn()
         .with_context(|| format!("starting {}", program.display()))?;
     let deadline = Instant::now() + Duration::from_secs(60);
+    let pinned = tls_pin
+        .map(|cert| doors::pinned_client(cert, Duration::from_secs(5)))
+        .transpose()?;
+    let ready = || match &pinned {
+        Some(client) => block_on(async {
+            client
+                .get(format!("https://127.0.0.1:{port}/readyz"))
+                .send()
+                .await
+        })
+        .is_ok_and(|r| r.status().as_u16() == 200),
+        None => matches!(emulator::http_status(port, "GET", "/readyz"), Ok(200)),
+    };
     loop {
-        if matches!(emulator::http_status(port, "GET", "/readyz"), Ok(200)) {
+        if ready() {
             return Ok(child);
         }
         let exited = child.try_wait()?.is_some();

@@ -7,6 +7,7 @@ mod buckets;
 mod context;
 mod deploy;
 mod destroy;
+mod doors;
 mod down;
 mod elf;
 mod emulator;
@@ -23,6 +24,8 @@ mod private_buckets;
 mod process;
 mod provider_schema;
 mod render_user_data;
+mod rotate_cert;
+mod rotate_token;
 mod sandbox;
 mod smoke;
 mod terraform;
@@ -77,6 +80,10 @@ enum Command {
     RenderUserData(render_user_data::Args),
     /// Upload and download through the deployed service and check every property.
     Smoke(smoke::Args),
+    /// A new bearer token (SSM SecureString); waits until the service accepts it.
+    RotateToken(rotate_token::Args),
+    /// A new TLS key and certificate, made on the instance; waits for it and pins it.
+    RotateCert(rotate_cert::Args),
     /// Destroy an environment's infrastructure (and optionally its state bucket).
     Destroy(destroy::Args),
     /// Start, stop, inspect or reset the local AWS emulator (moto server).
@@ -141,6 +148,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Deploy(args) => deploy::run(&cx, args),
         Command::RenderUserData(args) => render_user_data::run(&cx, args),
         Command::Smoke(args) => smoke::run(&cx, args),
+        Command::RotateToken(args) => rotate_token::run(&cx, args),
+        Command::RotateCert(args) => rotate_cert::run(&cx, args),
         Command::Destroy(args) => destroy::run(&cx, args),
         Command::Local(args) => local::run(&cx, args),
         Command::Test(args) => test::run(&cx, args),

@@ -19,6 +19,7 @@ from moto.kms import utils as kms_utils
 from moto.moto_server import werkzeug_app
 from moto.s3 import responses as s3
 from moto.s3.exceptions import S3AccessDeniedError
+from moto.ssm import responses as ssm
 
 # Signature checks: a signed request's canonical URI and query string are URI-encoded ("the
 # URI-encoded version of the absolute path", "URI-encode each parameter name and value", see
@@ -87,6 +88,21 @@ def _kms_key_arn(self):
 
 
 kms.KmsResponse._determine_resource = _kms_key_arn
+
+# SSM authorizes GetParameter, PutParameter and the like against the parameter's ARN
+# (`arn:aws:ssm:<region>:<account>:parameter/<name without its leading slash>`; the Resource
+# types column of https://docs.aws.amazon.com/service-authorization/latest/reference/list_awssystemsmanager.html),
+# so an identity policy names the parameter. moto checks every SSM action against "*".
+def _ssm_parameter_arn(self):
+    name = self._get_param("Name")
+    if not name:
+        return "*"
+    if name.startswith("arn:"):
+        return name
+    return f"arn:aws:ssm:{self.region}:{self.current_account}:parameter/{name.lstrip('/')}"
+
+
+ssm.SimpleSystemManagerResponse._determine_resource = _ssm_parameter_arn
 
 # Anonymous requests: AWS refuses a request without a signature with 403 AccessDenied (see
 # "Authenticating requests", https://docs.aws.amazon.com/AmazonS3/latest/API/sig-v4-authenticating-requests.html).

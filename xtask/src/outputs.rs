@@ -21,6 +21,9 @@ pub const REQUIRED_OUTPUTS: &[&str] = &[
     "service_role_arn",
     "instance_profile_name",
     "user_data",
+    "auth_token_parameter",
+    "tls_certificate_parameter",
+    "tls_rotation_parameter",
 ];
 
 /// One entry of `terraform output -json`.

@@ -37,7 +37,8 @@ pub fn terminate(pid: u32, program: &str) -> Result<()> {
     Ok(())
 }
 
-fn signal(pid: u32, program: &str, name: &str) -> Result<()> {
+/// Sends SIG`name` to `pid` if it still runs `program`.
+pub fn signal(pid: u32, program: &str, name: &str) -> Result<()> {
     let status = Command::new("kill")
         .args([format!("-{name}"), pid.to_string()])
         .status()

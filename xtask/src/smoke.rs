@@ -11,6 +11,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::context::{Context, block_on};
+use crate::doors::Doors;
 use crate::outputs::Outputs;
 use crate::outputs::outputs_file;
 use service::aws::{AwsClients, AwsResultExt};
@@ -93,14 +94,39 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
     let deployed_key = outputs
         .as_ref()
         .and_then(|o| o.string("kms_key_arn").ok().map(str::to_string));
+    // The operator's credentials: the S3 checks read the objects themselves, the Encryption
+    // SDK case encrypts with the deployed key, and the token and the certificate to pin come
+    // from SSM.
+    let aws = block_on(AwsClients::connect(&cx.env.aws));
+    let mut args = args;
+    let mut pin = None;
+    if let Some(outputs) = &outputs
+        && outputs.string("auth_token_parameter").is_ok()
+    {
+        let doors = Doors::new(outputs, &aws)?;
+        if url.starts_with("https://") {
+            // A new instance publishes its certificate only once it has booted.
+            pin = Some(block_on(doors.wait_for_certificate(
+                None,
+                Duration::from_secs(args.ready_timeout_secs),
+            ))?);
+        }
+        if args.token.is_none() {
+            args.token = Some(block_on(doors.token())?);
+        }
+    }
     block_on(wait_until_ready(
         &url,
+        pin.as_deref(),
         Duration::from_secs(args.ready_timeout_secs),
     ))?;
-    // The operator's credentials: the S3 checks read the objects themselves, and the
-    // Encryption SDK case encrypts with the deployed key.
-    let aws = block_on(AwsClients::connect(&cx.env.aws));
-    let report = block_on(smoke(&url, &args, deployed_key.as_deref(), Some(&aws)))?;
+    let report = block_on(smoke(
+        &url,
+        &args,
+        deployed_key.as_deref(),
+        Some(&aws),
+        pin.as_deref(),
+    ))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -118,11 +144,8 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
 
 /// Polls `/readyz` until it answers 200, printing progress; a freshly booted instance first
 /// installs and starts the service (user-data), then checks its buckets and key.
-pub async fn wait_until_ready(url: &str, timeout: Duration) -> Result<()> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .context("building an HTTP client")?;
+pub async fn wait_until_ready(url: &str, pin: Option<&str>, timeout: Duration) -> Result<()> {
+    let http = http_client(pin, Duration::from_secs(10))?;
     let started = Instant::now();
     let mut reported = Instant::now();
     let interval = (timeout / 20).clamp(Duration::from_millis(100), Duration::from_secs(5));
@@ -323,18 +346,17 @@ async fn sealed_case(cases: &[Case], key_arn: &str, kms: &aws_sdk_kms::Client) -
 
 /// `aws`: the operator's clients, for the checks of the S3 objects themselves and for the
 /// Encryption SDK case (which needs the key); every environment passes them.
+/// `pin`: the only certificate an HTTPS service may present.
 pub async fn smoke(
     url: &str,
     args: &Args,
     deployed_key: Option<&str>,
     aws: Option<&AwsClients>,
+    pin: Option<&str>,
 ) -> Result<Report> {
     let s3 = aws.map(|aws| &aws.s3);
     let client = Client {
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(600))
-            .build()
-            .context("building an HTTP client")?,
+        http: http_client(pin, Duration::from_secs(600))?,
         url: url.to_string(),
         token: args.token.clone(),
     };
@@ -431,6 +453,8 @@ pub async fn smoke(
         });
     }
 
+    checks.extend(door_checks(&client, pin).await);
+
     if !args.keep {
         let started = Instant::now();
         let mut failures = Vec::new();
@@ -466,6 +490,77 @@ pub async fn smoke(
         failed,
         checks,
     })
+}
+
+/// Whoever lacks the certificate or the token is refused: an unpinned client cannot finish
+/// the handshake; no token and a wrong one get 401.
+async fn door_checks(client: &Client, pin: Option<&str>) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let mut check = |name: &str, result: std::result::Result<String, String>, started: Instant| {
+        checks.push(Check {
+            name: name.into(),
+            passed: result.is_ok(),
+            detail: result.unwrap_or_else(|e| e),
+            seconds: started.elapsed().as_secs_f64(),
+            bytes: 0,
+        })
+    };
+    if pin.is_some() {
+        let started = Instant::now();
+        let unpinned = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| e.to_string());
+        let result = match unpinned {
+            Ok(http) => match http.get(format!("{}/healthz", client.url)).send().await {
+                Ok(response) => Err(format!(
+                    "a client without the pinned certificate got HTTP {}",
+                    response.status()
+                )),
+                Err(_) => Ok("refused at the TLS handshake".to_string()),
+            },
+            Err(err) => Err(err),
+        };
+        check(
+            "a client without the certificate is refused",
+            result,
+            started,
+        );
+    }
+    if client.token.is_some() {
+        for (name, token) in [
+            ("no token is refused", None),
+            (
+                "a wrong token is refused",
+                Some("not-the-token-of-this-service"),
+            ),
+        ] {
+            let started = Instant::now();
+            let request = client.http.get(format!("{}/v1/info", client.url));
+            let request = match token {
+                Some(token) => request.bearer_auth(token),
+                None => request,
+            };
+            let result = match request.send().await {
+                Ok(response) if response.status().as_u16() == 401 => Ok("HTTP 401".to_string()),
+                Ok(response) => Err(format!("HTTP {} (want 401)", response.status())),
+                Err(err) => Err(err.to_string()),
+            };
+            check(name, result, started);
+        }
+    }
+    checks
+}
+
+/// A client trusting exactly `pin` when given (HTTPS), the machine's roots otherwise.
+fn http_client(pin: Option<&str>, timeout: Duration) -> Result<reqwest::Client> {
+    match pin {
+        Some(cert) => crate::doors::pinned_client(cert, timeout),
+        None => reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .context("building an HTTP client"),
+    }
 }
 
 async fn check_case(

@@ -10,6 +10,7 @@ use service::aws::AwsClients;
 
 use crate::artifact::{self, Artifact, Source};
 use crate::context::{Context, block_on};
+use crate::doors::{self, Doors};
 use crate::outputs::{Outputs, outputs_file};
 use crate::terraform::ProviderUnavailable;
 use crate::{bootstrap, deploy, emulator, local_service, sandbox, smoke};
@@ -81,6 +82,12 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
     steps.next(cx, "provision the stack");
     let outputs = provision(cx, &artifact, args.sandbox)?;
 
+    // As `deploy` does after Terraform's apply: the token exists before the instance boots
+    // far enough to fetch it.
+    let operator = block_on(AwsClients::connect(&cx.env.aws));
+    let doors = Doors::new(&outputs, &operator)?;
+    block_on(doors.ensure_token(cx))?;
+
     steps.next(
         cx,
         "first boot: the user-data installs the service, which starts",
@@ -88,15 +95,17 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
     let service = local_service::start(cx, &outputs, args.port)?;
 
     steps.next(cx, "smoke test through the service");
-    let operator = block_on(AwsClients::connect(&cx.env.aws));
+    let pin = std::fs::read_to_string(doors::pin_file(cx))?;
     let report = block_on(smoke::smoke(
         &service.url(),
         &smoke::Args {
             timeout_secs: 120,
+            token: Some(block_on(doors.token())?),
             ..smoke::Args::default()
         },
         Some(outputs.string("kms_key_arn")?),
         Some(&operator),
+        Some(&pin),
     ))?;
     smoke::print_table(&report);
     if report.failed > 0 {
@@ -108,8 +117,14 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
     }
 
     let url = service.url();
+    // The certificate pinned, the token from a 0600 file: never on the command line.
+    let curl = format!(
+        "curl --cacert {} -H @{}",
+        doors::pin_file(cx).display(),
+        doors::header_file(cx).display()
+    );
     println!(
-        "\nfilepipe is up in {:.0}s: {url} (log: {})\n\n  curl -T ./report.csv {url}/v1/files/report.csv\n  curl {url}/v1/files/report.csv/status\n  curl -o report.out {url}/v1/files/report.csv\n\nStop it with `cargo xtask down`.",
+        "\nfilepipe is up in {:.0}s: {url} (log: {})\n\n  {curl} -T ./report.csv {url}/v1/files/report.csv\n  {curl} {url}/v1/files/report.csv/status\n  {curl} -o report.out {url}/v1/files/report.csv\n\nStop it with `cargo xtask down`.",
         steps.started.elapsed().as_secs_f64(),
         local_service::log_path(cx).display()
     );

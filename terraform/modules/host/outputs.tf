@@ -10,7 +10,7 @@ output "public_ip" {
 
 output "service_url" {
   description = "Base URL of the service."
-  value       = "http://${aws_eip.service.public_ip}:${var.service_port}"
+  value       = "https://${aws_eip.service.public_ip}:${var.service_port}"
 }
 
 output "security_group_id" {

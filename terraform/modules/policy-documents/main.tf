@@ -8,7 +8,7 @@ locals {
   # In a key policy "Resource": "*" means this key and nothing else.
   key_policy = {
     Version = "2012-10-17"
-    Statement = [
+    Statement = concat([
       {
         # Keeps the key manageable through IAM: without it the key could be locked out for good.
         Sid       = "AccountRootFullAccess"
@@ -48,7 +48,23 @@ locals {
         Action    = "kms:DescribeKey"
         Resource  = "*"
       },
-    ]
+      ], [
+      # The bearer token is a SecureString under this key: SSM decrypts it for the role,
+      # for that one parameter only.
+      for statement in [{
+        Sid       = "ServiceRoleDecryptAuthTokenThroughSsm"
+        Effect    = "Allow"
+        Principal = { AWS = var.service_role_arn }
+        Action    = "kms:Decrypt"
+        Resource  = "*"
+        Condition = {
+          StringEquals = {
+            "kms:ViaService"                      = "ssm.${var.region}.amazonaws.com"
+            "kms:EncryptionContext:PARAMETER_ARN" = lookup(var.parameter_arns, "auth_token", "")
+          }
+        }
+      }] : statement if contains(keys(var.parameter_arns), "auth_token")
+    ])
   }
 
   assume_role_policy = {
@@ -118,6 +134,19 @@ locals {
       Resource  = try(var.service_artifact.kms_key_arn, "")
       Condition = { StringEquals = { "kms:ViaService" = "s3.${var.region}.amazonaws.com" } }
     }] : statement if try(var.service_artifact.kms_key_arn, null) != null],
+    # The doors: the token and the rotation request read, the certificate published.
+    [for statement in [{
+      Sid      = "ReadServiceSecrets"
+      Effect   = "Allow"
+      Action   = "ssm:GetParameter"
+      Resource = [for purpose in ["auth_token", "tls_rotation"] : var.parameter_arns[purpose] if contains(keys(var.parameter_arns), purpose)]
+    }] : statement if length(setintersection(keys(var.parameter_arns), ["auth_token", "tls_rotation"])) > 0],
+    [for statement in [{
+      Sid      = "PublishCertificate"
+      Effect   = "Allow"
+      Action   = "ssm:PutParameter"
+      Resource = lookup(var.parameter_arns, "tls_certificate", "")
+    }] : statement if contains(keys(var.parameter_arns), "tls_certificate")],
   )
 
   # S3's log delivery writes the data buckets' access logs, for this account's buckets only.

@@ -108,3 +108,14 @@ variable "access_log_bucket_arn" {
     error_message = "access_log_bucket_arn must be a bucket ARN."
   }
 }
+
+variable "parameter_arns" {
+  description = "SSM parameters of the service's doors by purpose: auth_token (SecureString under the stack key, read by the role), tls_certificate (written by the role), tls_rotation (read by the role). Empty: no grants."
+  type        = map(string)
+  default     = {}
+
+  validation {
+    condition     = alltrue([for arn in values(var.parameter_arns) : can(regex("^arn:aws[a-z-]*:ssm:[a-z0-9-]+:[0-9]{12}:parameter/", arn))]) && alltrue([for purpose in keys(var.parameter_arns) : contains(["auth_token", "tls_certificate", "tls_rotation"], purpose)])
+    error_message = "parameter_arns maps auth_token, tls_certificate and tls_rotation to SSM parameter ARNs."
+  }
+}

@@ -129,6 +129,7 @@ pub fn start_service(
         port,
         log,
         Detach::No,
+        None,
     )?;
     Ok((Owned { child }, format!("http://127.0.0.1:{port}")))
 }

@@ -15,6 +15,7 @@ fn smoke_passes_against_a_healthy_stack_for_each_processor() {
             &Args::default_for_tests(),
             Some(&running.key_arn),
             Some(&running.clients),
+            None,
         ))
         .unwrap();
         let failed: Vec<_> = report.checks.iter().filter(|c| !c.passed).collect();
@@ -49,6 +50,7 @@ fn smoke_names_a_service_that_encrypts_with_the_wrong_key() {
         &Args::default_for_tests(),
         Some(deployed),
         Some(&running.clients),
+        None,
     ))
     .unwrap();
     assert!(report.failed >= 3, "{report:#?}");
@@ -104,6 +106,7 @@ fn smoke_waits_for_a_booting_service_and_gives_up_on_one_that_never_gets_ready()
     runtime
         .block_on(crate::smoke::wait_until_ready(
             &url,
+            None,
             Duration::from_secs(20),
         ))
         .expect("ready after three 503s");
@@ -117,6 +120,7 @@ fn smoke_waits_for_a_booting_service_and_gives_up_on_one_that_never_gets_ready()
     let err = runtime
         .block_on(crate::smoke::wait_until_ready(
             &nowhere,
+            None,
             Duration::from_secs(2),
         ))
         .unwrap_err()

@@ -59,6 +59,18 @@ pub fn provision(cx: &Context, artifact: &Artifact) -> Result<Outputs> {
         ("final", format!("{prefix}-final-{account}")),
     ]);
     let arn_of = |bucket: &str| format!("arn:{partition}:s3:::{bucket}");
+    let parameter_names = parameter_names(prefix);
+    let parameter_arns: Map<String, Value> = parameter_names
+        .iter()
+        .map(|(purpose, name)| {
+            (
+                purpose.to_string(),
+                json!(format!(
+                    "arn:{partition}:ssm:{region}:{account}:parameter{name}"
+                )),
+            )
+        })
+        .collect();
     let bucket_arns: Map<String, Value> = bucket_names
         .iter()
         .map(|(purpose, name)| (purpose.to_string(), json!(arn_of(name))))
@@ -74,6 +86,7 @@ pub fn provision(cx: &Context, artifact: &Artifact) -> Result<Outputs> {
             "account_id": account,
             "service_role_arn": role_arn,
             "bucket_arns": bucket_arns,
+            "parameter_arns": parameter_arns,
         }),
         None,
     )?;
@@ -120,6 +133,7 @@ pub fn provision(cx: &Context, artifact: &Artifact) -> Result<Outputs> {
         "region": region,
         "exempt_principal_arns": vars["admin_principal_arns"],
         "access_log_bucket_arn": arn_of(&log_bucket),
+        "parameter_arns": parameter_arns,
         "service_artifact": {
             "bucket_arn": arn_of(&artifact.bucket),
             "key_prefix": format!("service/{}/", artifact.sha256),
@@ -136,6 +150,10 @@ pub fn provision(cx: &Context, artifact: &Artifact) -> Result<Outputs> {
         "service_binary_s3_uri": format!("s3://{}/{}", artifact.bucket, artifact.key),
         "service_binary_url": "",
         "service_binary_sha256": artifact.sha256,
+        "token_parameter": parameter_names["auth_token"],
+        "certificate_parameter": parameter_names["tls_certificate"],
+        "rotation_parameter": parameter_names["tls_rotation"],
+        "tls_ip": public_ip,
     });
     let second = render(cx, access_inputs, Some(user_data_vars))?;
     let documents = &second["documents"];
@@ -269,17 +287,38 @@ pub fn provision(cx: &Context, artifact: &Artifact) -> Result<Outputs> {
     put("access_log_bucket_policy_json", json!(log_policy));
     put(
         "service_url",
-        json!(format!("http://{public_ip}:{}", host_settings.service_port)),
+        json!(format!(
+            "https://{public_ip}:{}",
+            host_settings.service_port
+        )),
     );
     put("instance_id", json!(host.instance_id));
     put("public_ip", json!(public_ip));
     put("security_group_id", json!(host.security_group_id));
+    put("auth_token_parameter", json!(parameter_names["auth_token"]));
+    put(
+        "tls_certificate_parameter",
+        json!(parameter_names["tls_certificate"]),
+    );
+    put(
+        "tls_rotation_parameter",
+        json!(parameter_names["tls_rotation"]),
+    );
     put("provisioned_by", json!(PROVISIONED_BY));
     let text = serde_json::to_string_pretty(&Value::Object(outputs))?;
     let parsed = Outputs::parse(&text)?;
     let path = outputs_file(cx);
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     Ok(parsed)
+}
+
+/// The SSM parameters of the service's doors, named as terraform/main.tf names them.
+fn parameter_names(prefix: &str) -> BTreeMap<&'static str, String> {
+    BTreeMap::from([
+        ("auth_token", format!("/{prefix}/auth-token")),
+        ("tls_certificate", format!("/{prefix}/tls-certificate")),
+        ("tls_rotation", format!("/{prefix}/tls-rotation")),
+    ])
 }
 
 fn str_field<'a>(value: &'a Value, name: &str) -> Result<&'a str> {
