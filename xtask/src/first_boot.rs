@@ -186,7 +186,17 @@ fn write_stand_ins(bin: &Path, stand_ins: &Path, region: &str) -> Result<()> {
     let install = real("install")?;
     let record = r#"printf '%s\n' "$(basename "$0") $*" >> "$STAND_INS/calls.log""#;
     let scripts = [
-        ("systemctl", format!("{record}\n")),
+        (
+            "systemctl",
+            // Active once enabled with --now, as systemd has it.
+            format!(
+                "{record}\n\
+                 case \"$1\" in\n\
+                 \x20 enable) [[ \"$*\" == *--now* ]] && touch \"$STAND_INS/active\" ;;\n\
+                 \x20 is-active) [ -e \"$STAND_INS/active\" ] ;;\n\
+                 esac\n"
+            ),
+        ),
         (
             "systemd-cat",
             format!("{record}\ncat >> \"$STAND_INS/journal.log\"\n"),

@@ -468,3 +468,63 @@ fn the_stack_role_allows_the_service_calls_and_refuses_the_rest() {
         );
     });
 }
+
+/// SSM authorizes against the parameter's ARN, as AWS does (moto_server_fidelity.py): a role
+/// granted one parameter reads and writes that one, and no other.
+#[test]
+fn ssm_parameters_are_authorized_by_their_arn() {
+    block_on(async {
+        let operator = emulator_clients().await;
+        let ssm = aws_sdk_ssm::Client::new(&operator.sdk_config);
+        let (mine, other) = (
+            format!("/{}/granted", unique_bucket_name("ssm")),
+            format!("/{}/other", unique_bucket_name("ssm")),
+        );
+        for name in [&mine, &other] {
+            ssm.put_parameter()
+                .name(name)
+                .value("value")
+                .r#type(aws_sdk_ssm::types::ParameterType::String)
+                .send()
+                .await
+                .unwrap();
+        }
+        let arn = |name: &str| format!("arn:aws:ssm:eu-west-1:123456789012:parameter{name}");
+        let role_arn = role(
+            &operator,
+            "ec2.amazonaws.com",
+            &["ssm:GetParameter", "ssm:PutParameter"],
+            &[arn(&mine)],
+        )
+        .await;
+        let service = as_role(&role_arn).await;
+        let ssm = aws_sdk_ssm::Client::new(&service.sdk_config);
+        ssm.get_parameter()
+            .name(&mine)
+            .send()
+            .await
+            .expect("granted");
+        ssm.put_parameter()
+            .name(&mine)
+            .value("new")
+            .r#type(aws_sdk_ssm::types::ParameterType::String)
+            .overwrite(true)
+            .send()
+            .await
+            .expect("granted");
+        denied(
+            ssm.get_parameter().name(&other).send().await,
+            "ssm:GetParameter on another parameter",
+        );
+        denied(
+            ssm.put_parameter()
+                .name(&other)
+                .value("x")
+                .r#type(aws_sdk_ssm::types::ParameterType::String)
+                .overwrite(true)
+                .send()
+                .await,
+            "ssm:PutParameter on another parameter",
+        );
+    });
+}

@@ -9,8 +9,9 @@ use std::os::unix::fs::PermissionsExt;
 use aws_sdk_s3::primitives::ByteStream;
 use service::aws::{AwsSettings, CredentialsSource};
 
-use super::{delivered_artifact, isolated_local_context, require_tool, temp_dir};
+use super::{delivered, isolated_local_context, require_tool, service_binary, temp_dir};
 use crate::context::{block_on, workspace_root};
+use crate::doors::Doors;
 use crate::first_boot::{self, STAND_INS_DIR};
 
 #[test]
@@ -18,9 +19,17 @@ fn the_user_data_installs_the_deployed_build_as_the_instance_role_and_refuses_an
     require_tool("terraform", "the sandbox renders the user-data with it");
     let cx = isolated_local_context("first-boot");
     std::fs::create_dir_all(cx.state_dir()).unwrap();
-    let artifact = delivered_artifact(&cx);
+    // The real service: the user-data runs its `gen-cert`.
+    let binary = service_binary();
+    let artifact = delivered(&cx, &binary);
     let outputs = crate::sandbox::provision(&cx, &artifact).expect("provision");
     let user_data = outputs.string("user_data").unwrap();
+    // As `deploy` does after the apply: the token the instance fetches.
+    let operator = block_on(service::aws::AwsClients::connect(&cx.env.aws));
+    let doors = Doors::new(&outputs, &operator).unwrap();
+    assert!(block_on(doors.ensure_token(&cx)).unwrap(), "made");
+    assert!(!block_on(doors.ensure_token(&cx)).unwrap(), "kept");
+    let token = block_on(doors.token()).unwrap();
 
     // The instance role, assumed through the operator as the instance profile gives it.
     let config = cx.state_dir().join("aws-config");
@@ -43,7 +52,7 @@ fn the_user_data_installs_the_deployed_build_as_the_instance_role_and_refuses_an
         .expect("the user-data runs");
     assert_eq!(
         std::fs::read(&installed.binary).unwrap(),
-        std::fs::read("/bin/true").unwrap(),
+        std::fs::read(&binary).unwrap(),
         "the deployed build, byte for byte"
     );
     assert_eq!(
@@ -96,6 +105,75 @@ fn the_user_data_installs_the_deployed_build_as_the_instance_role_and_refuses_an
         "the AWS CLI's credential cache is the root's own, not this machine's"
     );
 
+    // The doors: the token from SSM in a file only root and the service's group read; a key
+    // made here and its certificate published, the key nowhere else.
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let token_file = root.join("etc/filepipe/auth-token");
+    assert_eq!(std::fs::read_to_string(&token_file).unwrap().trim(), token);
+    assert_eq!(mode(&token_file), 0o440);
+    assert_eq!(env["AUTH_TOKEN_FILE"], token_file.display().to_string());
+    let key_file = root.join("etc/filepipe/tls/key.pem");
+    assert_eq!(mode(&key_file), 0o440);
+    let cert = std::fs::read_to_string(root.join("etc/filepipe/tls/cert.pem")).unwrap();
+    assert_eq!(
+        block_on(doors.certificate())
+            .unwrap()
+            .as_deref()
+            .map(str::trim),
+        Some(cert.trim()),
+        "published for clients to pin"
+    );
+    let key = std::fs::read_to_string(&key_file).unwrap();
+    let key_body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
+    assert!(key_body.len() > 40);
+    for (what, text) in leak_candidates(&cx, &root, user_data) {
+        assert!(!text.contains(&token), "the token is in {what}");
+        assert!(
+            !text.replace('\n', "").contains(&key_body),
+            "the private key is in {what}"
+        );
+    }
+
+    // Rotation, as the instance's timer runs it: the new token taken, the service reloaded.
+    block_on(doors.rotate_token()).unwrap();
+    let rotated = block_on(doors.token()).unwrap();
+    assert_ne!(rotated, token);
+    first_boot::refresh(&cx, &root, &instance_role).expect("refresh");
+    assert_eq!(
+        std::fs::read_to_string(&token_file).unwrap().trim(),
+        rotated
+    );
+    let calls = std::fs::read_to_string(root.join(STAND_INS_DIR).join("calls.log")).unwrap();
+    assert!(
+        calls.contains("systemctl reload filepipe.service"),
+        "{calls}"
+    );
+    first_boot::refresh(&cx, &root, &instance_role).expect("refresh again");
+    let calls_after = std::fs::read_to_string(root.join(STAND_INS_DIR).join("calls.log")).unwrap();
+    assert_eq!(
+        calls_after.matches("systemctl reload").count(),
+        1,
+        "no reload when nothing changed"
+    );
+    // A new key and certificate when asked.
+    block_on(doors.request_new_certificate()).unwrap();
+    first_boot::refresh(&cx, &root, &instance_role).expect("refresh after a rotation request");
+    assert_ne!(
+        std::fs::read_to_string(&key_file).unwrap(),
+        key,
+        "a new key"
+    );
+    let new_cert = std::fs::read_to_string(root.join("etc/filepipe/tls/cert.pem")).unwrap();
+    assert_ne!(new_cert, cert);
+    assert_eq!(
+        block_on(doors.certificate())
+            .unwrap()
+            .as_deref()
+            .map(str::trim),
+        Some(new_cert.trim())
+    );
+
     // A build whose bytes differ from the pinned digest: refused, nothing installed.
     block_on(async {
         let operator = service::testing::emulator_clients().await;
@@ -144,4 +222,38 @@ fn the_user_data_installs_the_deployed_build_as_the_instance_role_and_refuses_an
         first_boot::run(&cx, user_data, &wrong_region, &instance_role, "us-east-2").unwrap_err()
     );
     assert!(err.contains("instance runs in us-east-2"), "{err}");
+}
+
+/// Everything the xtask or the instance wrote that someone might read: the outputs, the
+/// rendered user-data, and everything under the stand-ins (the script's output, the journal,
+/// every command line it ran).
+fn leak_candidates(
+    cx: &crate::context::Context,
+    root: &std::path::Path,
+    user_data: &str,
+) -> Vec<(String, String)> {
+    let mut found = vec![
+        ("the user-data".to_string(), user_data.to_string()),
+        (
+            "outputs.json".to_string(),
+            std::fs::read_to_string(crate::outputs::outputs_file(cx)).unwrap(),
+        ),
+    ];
+    for entry in std::fs::read_dir(root.join(STAND_INS_DIR)).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            found.push((
+                path.display().to_string(),
+                std::fs::read_to_string(&path).unwrap_or_default(),
+            ));
+        }
+    }
+    for config in ["service.env", "refresh.env"] {
+        let path = root.join("etc/filepipe").join(config);
+        found.push((
+            path.display().to_string(),
+            std::fs::read_to_string(&path).unwrap(),
+        ));
+    }
+    found
 }

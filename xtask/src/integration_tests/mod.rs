@@ -76,17 +76,33 @@ pub fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// Bootstraps `cx` (state and artifact buckets) and delivers a small system binary as the
-/// service artifact, through the real delivery path (check, digest, upload): for tests where
-/// nothing runs the binary.
-pub fn delivered_artifact(cx: &Context) -> crate::artifact::Artifact {
+/// Bootstraps `cx` (state and artifact buckets) and delivers `binary` as the service
+/// artifact, through the real delivery path (check, digest, upload).
+pub fn delivered(cx: &Context, binary: &Path) -> crate::artifact::Artifact {
     crate::context::block_on(crate::bootstrap::bootstrap(
         cx,
         &crate::bootstrap::Args { fix: false },
     ))
     .expect("bootstrap");
-    crate::artifact::deliver(cx, &crate::artifact::Source::Given("/bin/true".into()))
+    crate::artifact::deliver(cx, &crate::artifact::Source::Given(binary.to_path_buf()))
         .expect("deliver")
+}
+
+/// A small system binary as the artifact, for tests where nothing runs it.
+pub fn delivered_artifact(cx: &Context) -> crate::artifact::Artifact {
+    delivered(cx, Path::new("/bin/true"))
+}
+
+/// The debug service binary, which `cargo test --workspace` builds before any test runs
+/// (the service's own tests run it).
+pub fn service_binary() -> PathBuf {
+    let binary = workspace_root().join("target/debug/service");
+    assert!(
+        binary.is_file(),
+        "{} does not exist: run the tests with `cargo xtask test` (or `cargo build --bin service` first)",
+        binary.display()
+    );
+    binary
 }
 
 /// The service, in this process, on fresh buckets configured like Terraform's.

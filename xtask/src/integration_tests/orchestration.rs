@@ -281,7 +281,7 @@ fn the_replica_deploys_redeploys_and_destroys_through_the_real_code_path() {
     );
     assert_eq!(
         outputs.string("service_url").unwrap(),
-        "http://198.51.100.10:8080",
+        "https://198.51.100.10:8080",
         "the replica's stand-in Elastic IP"
     );
 
@@ -372,6 +372,42 @@ fn a_reviewed_plan_is_applied_as_saved_and_a_moved_backend_is_never_reconfigured
     .expect("apply the saved plan");
     assert!(applied.applied && applied.summary.add >= 30, "{applied:?}");
     assert!(outputs_file(&cx).exists());
+
+    // The token deploy made after the apply is in SSM, and in nothing Terraform keeps: not the
+    // state, not the plan, not the outputs, not the user-data.
+    let outputs = Outputs::load(&outputs_file(&cx)).unwrap();
+    let operator = clients(&cx);
+    let doors = crate::doors::Doors::new(&outputs, &operator).unwrap();
+    let token = block_on(doors.token()).expect("deploy made the token");
+    assert!(token.len() >= 32);
+    let tf = Terraform::find(&cx, None, &root).unwrap();
+    let shown = tf
+        .run(
+            &cx,
+            &[
+                "show".into(),
+                "-json".into(),
+                plan_file.display().to_string(),
+            ],
+            crate::terraform::Output::CaptureStdout,
+        )
+        .unwrap();
+    assert_eq!(shown.code, 0, "{}", shown.stderr);
+    let state = state_object(&clients(&cx).s3, &bucket.name, "local/terraform.tfstate");
+    for (what, text) in [
+        ("the plan", shown.stdout),
+        ("the state", state.to_string()),
+        (
+            "outputs.json",
+            std::fs::read_to_string(outputs_file(&cx)).unwrap(),
+        ),
+        (
+            "the user-data",
+            std::fs::read_to_string(render_user_data::default_path(&cx)).unwrap(),
+        ),
+    ] {
+        assert!(!text.contains(&token), "the token is in {what}");
+    }
     // Applied once; Terraform refuses the same plan again, the state having moved on.
     let again = deploy::deploy(
         &cx,

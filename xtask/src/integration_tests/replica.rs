@@ -438,7 +438,17 @@ mod tests {
                 "output `{name}` is not computed: {outputs:#}"
             );
         }
-        assert_eq!(output(&outputs, "service_url"), "http://198.51.100.10:8080");
+        assert_eq!(
+            output(&outputs, "service_url"),
+            "https://198.51.100.10:8080"
+        );
+        // The certificate names the Elastic IP, which the template gets before the instance.
+        assert!(
+            output(&outputs, "user_data")
+                .as_str()
+                .unwrap()
+                .contains("readonly TLS_IP='198.51.100.10'")
+        );
         // The host's address is admitted without anyone editing allowed_cidrs.
         assert_eq!(
             network_statement(&outputs)["Condition"]["NotIpAddress"]["aws:SourceIp"],

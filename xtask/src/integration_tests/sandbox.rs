@@ -322,6 +322,7 @@ fn sandbox_creates_what_the_hcl_declares() {
             sids(&key_policy),
             [
                 "AccountRootFullAccess",
+                "ServiceRoleDecryptAuthTokenThroughSsm",
                 "ServiceRoleDecryptEnvelopes",
                 "ServiceRoleDescribeKey",
                 "ServiceRoleUseThroughS3"
@@ -354,7 +355,9 @@ fn sandbox_creates_what_the_hcl_declares() {
             sids(&policy),
             [
                 "ListPipelineBuckets",
+                "PublishCertificate",
                 "ReadServiceArtifact",
+                "ReadServiceSecrets",
                 "ReadWritePipelineObjects",
                 "UsePipelineKey"
             ]
@@ -583,6 +586,21 @@ fn sandbox_names_resources_like_the_hcl() {
         (
             "\"${var.name_prefix}-access-logs-${local.account_id}\"",
             "\"{prefix}-access-logs-{account}\"",
+            &main,
+        ),
+        (
+            "\"/${var.name_prefix}/auth-token\"",
+            "\"/{prefix}/auth-token\"",
+            &main,
+        ),
+        (
+            "\"/${var.name_prefix}/tls-certificate\"",
+            "\"/{prefix}/tls-certificate\"",
+            &main,
+        ),
+        (
+            "\"/${var.name_prefix}/tls-rotation\"",
+            "\"/{prefix}/tls-rotation\"",
             &main,
         ),
     ] {

@@ -537,6 +537,7 @@ fn kms_key_rotates_and_keeps_the_lockout_check() {
         statements.keys().collect::<Vec<_>>(),
         [
             "AccountRootFullAccess",
+            "ServiceRoleDecryptAuthTokenThroughSsm",
             "ServiceRoleDecryptEnvelopes",
             "ServiceRoleDescribeKey",
             "ServiceRoleUseThroughS3"
@@ -638,6 +639,10 @@ fn user_data_renders_through_terraform_to_clean_bash() {
             "s3://acme-artifacts-111122223333-eu-west-1/service/ab12000000000000000000000000000000000000000000000000000000000000/filepipe-service",
         ),
         ("service_binary_url", ""),
+        ("token_parameter", "/acme/auth-token"),
+        ("certificate_parameter", "/acme/tls-certificate"),
+        ("rotation_parameter", "/acme/tls-rotation"),
+        ("tls_ip", "198.51.100.10"),
         (
             "service_binary_sha256",
             "ab12000000000000000000000000000000000000000000000000000000000000",
@@ -705,6 +710,29 @@ fn user_data_renders_through_terraform_to_clean_bash() {
         String::from_utf8_lossy(&lint.stdout)
     );
 
+    // The refresh script the user-data writes for the timer, linted on its own.
+    let refresh = script
+        .split("<<'REFRESH'\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\nREFRESH\n").next())
+        .expect("the user-data writes the refresh script");
+    let refresh_path = dir.join("filepipe-refresh");
+    std::fs::write(&refresh_path, refresh).unwrap();
+    for (tool, args) in [("bash", vec!["-n"]), (shellcheck.to_str().unwrap(), vec![])] {
+        let out = Command::new(tool)
+            .args(args)
+            .arg(&refresh_path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{tool} on the refresh script:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(refresh.contains("--with-decryption") && refresh.contains("gen-cert"));
+
     assert!(script.starts_with("#!/bin/bash\n"));
     for expected in [
         "INITIAL_BUCKET=acme-initial-111122223333",
@@ -716,6 +744,11 @@ fn user_data_renders_through_terraform_to_clean_bash() {
         "X-aws-ec2-metadata-token",
         "aws s3 cp --only-show-errors --region 'eu-west-1' \"$BINARY_S3_URI\"",
         "sha256sum --check",
+        "TOKEN_PARAMETER=/acme/auth-token",
+        "AUTH_TOKEN_FILE=$CONFIG_DIR/auth-token",
+        "TLS_CERT_FILE=$CONFIG_DIR/tls/cert.pem",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "systemctl enable --now filepipe.service filepipe-refresh.timer",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
         "Restart=on-failure",
