@@ -10,9 +10,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use service::aws::subprocess_env;
-use service::testing::{TEST_REGION, emulator_endpoint, emulator_settings};
-
 use common::{Resources, resources};
 
 const FIRST: &str = "first-token-for-the-https-test";
@@ -75,17 +72,8 @@ fn free_port() -> u16 {
 }
 
 fn command(resources: &Resources, listen: &str, env: &[(&str, &Path)]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_service"));
+    let mut command = common::binary::command(resources, listen);
     command
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("INITIAL_BUCKET", &resources.initial)
-        .env("FINAL_BUCKET", &resources.final_)
-        .env("KMS_KEY_ARN", &resources.key_arn)
-        .env("AWS_REGION", TEST_REGION)
-        .env("LISTEN_ADDR", listen)
-        .env("AWS_ENDPOINT_URL", emulator_endpoint())
-        .envs(subprocess_env(&emulator_settings()))
         .envs(env.iter().map(|(k, v)| (*k, v.as_os_str())))
         .stdin(Stdio::null());
     command

@@ -514,6 +514,41 @@ async fn put_once(
     }
 }
 
+/// A bucket's default encryption, as S3 reports its first rule.
+struct DefaultEncryption {
+    algorithm: String,
+    key: Option<String>,
+    bucket_key: bool,
+}
+
+async fn default_encryption(s3: &S3, name: &str, owner: &str) -> Result<Option<DefaultEncryption>> {
+    let result = s3
+        .get_bucket_encryption()
+        .bucket(name)
+        .expected_bucket_owner(owner)
+        .send()
+        .await;
+    let encryption = match result {
+        Err(err) if err.code() == Some("ServerSideEncryptionConfigurationNotFoundError") => {
+            return Ok(None);
+        }
+        other => other.aws_context(format!("s3:GetBucketEncryption {name}"))?,
+    };
+    let rule = encryption
+        .server_side_encryption_configuration()
+        .and_then(|c| c.rules().first());
+    let default = rule.and_then(|r| r.apply_server_side_encryption_by_default());
+    Ok(Some(DefaultEncryption {
+        algorithm: default
+            .map(|d| d.sse_algorithm().as_str().to_string())
+            .unwrap_or_else(|| "none".into()),
+        key: default
+            .and_then(|d| d.kms_master_key_id())
+            .map(str::to_string),
+        bucket_key: rule.and_then(|r| r.bucket_key_enabled()) == Some(true),
+    }))
+}
+
 /// Reads the setting back from the bucket `name` of `owner`.
 pub async fn inspect(
     s3: &S3,
@@ -597,47 +632,28 @@ pub async fn inspect(
                 current: status,
             }
         }
-        BucketSetting::SseKms { kms_key_arn } => {
-            let result = s3
-                .get_bucket_encryption()
-                .bucket(name)
-                .expected_bucket_owner(owner)
-                .send()
-                .await;
-            match result {
-                Err(err)
-                    if err.code() == Some("ServerSideEncryptionConfigurationNotFoundError") =>
-                {
-                    Found::missing()
-                }
-                other => {
-                    let encryption = other.aws_context(format!("s3:GetBucketEncryption {name}"))?;
-                    let rule = encryption
-                        .server_side_encryption_configuration()
-                        .and_then(|c| c.rules().first());
-                    let default = rule.and_then(|r| r.apply_server_side_encryption_by_default());
-                    let algorithm = default.map(|d| d.sse_algorithm().as_str().to_string());
-                    let key = default
-                        .and_then(|d| d.kms_master_key_id())
-                        .map(str::to_string);
-                    let bucket_key = rule.and_then(|r| r.bucket_key_enabled()) == Some(true);
-                    let key_ok = match kms_key_arn {
-                        Some(want) => key.as_deref() == Some(*want),
-                        // The AWS-managed key: no key id, or the aws/s3 alias.
-                        None => key.as_deref().is_none_or(|k| k.ends_with("alias/aws/s3")),
-                    };
-                    Found {
-                        ok: algorithm.as_deref() == Some("aws:kms") && key_ok && bucket_key,
-                        current: format!(
-                            "{} with {}, bucket key {}",
-                            algorithm.as_deref().unwrap_or("none"),
-                            key.as_deref().unwrap_or("the AWS-managed key"),
-                            if bucket_key { "on" } else { "off" }
-                        ),
-                    }
+        BucketSetting::SseKms { kms_key_arn } => match default_encryption(s3, name, owner).await? {
+            None => Found::missing(),
+            Some(found) => {
+                let key_ok = match kms_key_arn {
+                    Some(want) => found.key.as_deref() == Some(*want),
+                    // The AWS-managed key: no key id, or the aws/s3 alias.
+                    None => found
+                        .key
+                        .as_deref()
+                        .is_none_or(|k| k.ends_with("alias/aws/s3")),
+                };
+                Found {
+                    ok: found.algorithm == "aws:kms" && key_ok && found.bucket_key,
+                    current: format!(
+                        "{} with {}, bucket key {}",
+                        found.algorithm,
+                        found.key.as_deref().unwrap_or("the AWS-managed key"),
+                        if found.bucket_key { "on" } else { "off" }
+                    ),
                 }
             }
-        }
+        },
         BucketSetting::Lifecycle {
             noncurrent_days,
             current_days,
@@ -715,25 +731,13 @@ pub async fn inspect(
                 }
             }
         }
-        BucketSetting::SseS3 => {
-            let encryption = s3
-                .get_bucket_encryption()
-                .bucket(name)
-                .expected_bucket_owner(owner)
-                .send()
-                .await
-                .aws_context(format!("s3:GetBucketEncryption {name}"))?;
-            let algorithm = encryption
-                .server_side_encryption_configuration()
-                .and_then(|c| c.rules().first())
-                .and_then(|r| r.apply_server_side_encryption_by_default())
-                .map(|d| d.sse_algorithm().as_str().to_string())
-                .unwrap_or_else(|| "none".into());
-            Found {
-                ok: algorithm == ServerSideEncryption::Aes256.as_str(),
-                current: algorithm,
-            }
-        }
+        BucketSetting::SseS3 => match default_encryption(s3, name, owner).await? {
+            None => Found::missing(),
+            Some(found) => Found {
+                ok: found.algorithm == ServerSideEncryption::Aes256.as_str(),
+                current: found.algorithm,
+            },
+        },
         BucketSetting::AccessLogging { target } => {
             let logging = s3
                 .get_bucket_logging()

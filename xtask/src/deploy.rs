@@ -50,8 +50,18 @@ pub struct SharedArgs {
 }
 
 impl SharedArgs {
-    pub fn source(&self, default: Source) -> Source {
+    fn source(&self, default: Source) -> Source {
         self.binary.clone().map(Source::Given).unwrap_or(default)
+    }
+
+    /// Terraform found, the backend bootstrapped, the binary delivered, the var files written.
+    pub fn prepare(&self, cx: &Context, build: Source) -> Result<Prepared> {
+        terraform::prepare(
+            cx,
+            self.terraform.as_deref(),
+            self.root_module.as_deref(),
+            &self.source(build),
+        )
     }
 
     pub fn backend_change(&self) -> BackendChange {
@@ -107,12 +117,7 @@ pub fn deploy(cx: &Context, args: &Args, build: Source) -> Result<Deployed> {
         tf,
         backend,
         var_files,
-    } = terraform::prepare(
-        cx,
-        args.shared.terraform.as_deref(),
-        args.shared.root_module.as_deref(),
-        &args.shared.source(build),
-    )?;
+    } = args.shared.prepare(cx, build)?;
 
     if cx.dry_run {
         dry_run(cx, &tf, &var_files)?;
@@ -152,14 +157,7 @@ fn apply_saved_plan(cx: &Context, args: &Args, plan_file: &Path) -> Result<Deplo
     }
     let root_module = terraform::root_module(cx, args.shared.root_module.as_deref());
     let tf = Terraform::find(cx, args.shared.terraform.as_deref(), &root_module)?;
-    let backend = private_buckets::backend_file(cx);
-    if !backend.is_file() {
-        bail!(
-            "{} does not exist: run `cargo xtask bootstrap --env {}` first",
-            backend.display(),
-            cx.env.name
-        );
-    }
+    let backend = private_buckets::require_backend_file(cx)?;
     terraform::write_local_override(cx, &root_module)?;
     if cx.dry_run {
         eprintln!(

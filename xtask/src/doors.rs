@@ -4,6 +4,7 @@
 //! for itself and published, which clients pin. Both are read over the operator's
 //! authenticated AWS channel; files written for curl are 0600 and hold no more than needed.
 
+use std::collections::BTreeMap;
 use std::io::Read as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -16,6 +17,33 @@ use service::aws::{AwsClients, AwsResultExt};
 use crate::context::Context;
 use crate::outputs::Outputs;
 use crate::paths::write_private;
+
+/// The SSM parameters of the service's doors by purpose, named as terraform/main.tf names
+/// them (the sandbox and `destroy` need them without Terraform's outputs).
+pub fn parameter_names(prefix: &str) -> BTreeMap<&'static str, String> {
+    BTreeMap::from([
+        ("auth_token", format!("/{prefix}/auth-token")),
+        ("tls_certificate", format!("/{prefix}/tls-certificate")),
+        ("tls_rotation", format!("/{prefix}/tls-rotation")),
+    ])
+}
+
+/// Deletes the parameters Terraform does not manage (the token, the published certificate,
+/// the rotation request); ones already gone are fine.
+pub async fn delete_parameters(cx: &Context, operator: &AwsClients) -> Result<()> {
+    let ssm = aws_sdk_ssm::Client::new(&operator.sdk_config);
+    for name in parameter_names(&cx.env.name_prefix).values() {
+        if !cx.aws_call(format!("ssm:DeleteParameter {name}")) {
+            continue;
+        }
+        match ssm.delete_parameter().name(name).send().await {
+            Ok(_) => {}
+            Err(err) if err.code() == Some("ParameterNotFound") => {}
+            Err(err) => return Err(err).aws_context(format!("ssm:DeleteParameter {name}")),
+        }
+    }
+    Ok(())
+}
 
 /// The parameters of one environment, from its outputs.
 pub struct Doors {

@@ -67,16 +67,7 @@ fn instance_command(
     )?;
     let mut command = Command::new("bash");
     command.arg(script);
-    for inherited in [
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN",
-        "AWS_PROFILE",
-        "AWS_CONFIG_FILE",
-        "AWS_SHARED_CREDENTIALS_FILE",
-        "AWS_ENDPOINT_URL",
-        "AWS_ENDPOINT_URL_S3",
-    ] {
+    for inherited in crate::local_aws::CALLER_AWS_VARIABLES {
         command.env_remove(inherited);
     }
     command

@@ -22,6 +22,25 @@ pub const SERVICE_PROFILE: &str = "service";
 /// An administrator of another account (for tests of what crosses accounts).
 pub const OUTSIDER_PROFILE: &str = "outsider";
 
+/// What a process given its own identity and endpoints (the local service, the local
+/// instance's user-data) must not take from the caller's shell: credentials, a profile, a
+/// config file, endpoints. aws-config and the AWS CLI would read them before what they are
+/// given.
+pub const CALLER_AWS_VARIABLES: [&str; 12] = [
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ENDPOINT_URL_KMS",
+    "AWS_ENDPOINT_URL_STS",
+    "AWS_ENDPOINT_URL_SSM",
+    "AWS_ENDPOINT_URL_IAM",
+];
+
 /// The running emulator, as `local start` recorded it.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Record {

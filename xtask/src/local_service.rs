@@ -160,20 +160,8 @@ pub fn spawn_service(
     let log_file =
         std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let mut command = Command::new(program);
-    // Per-service endpoints in the caller's shell would take precedence over the endpoint the
-    // xtask passes (aws-config reads them itself); the service talks where `aws` says.
-    // Nor may credentials or a profile from the shell stand in for the identity it is given.
-    for inherited in [
-        "AWS_ENDPOINT_URL_S3",
-        "AWS_ENDPOINT_URL_KMS",
-        "AWS_ENDPOINT_URL_STS",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN",
-        "AWS_PROFILE",
-        "AWS_CONFIG_FILE",
-        "AWS_SHARED_CREDENTIALS_FILE",
-    ] {
+    // The service talks where `aws` says, as the identity it is given (set again below).
+    for inherited in crate::local_aws::CALLER_AWS_VARIABLES {
         command.env_remove(inherited);
     }
     command

@@ -24,8 +24,7 @@ mod private_buckets;
 mod process;
 mod provider_schema;
 mod render_user_data;
-mod rotate_cert;
-mod rotate_token;
+mod rotate;
 mod sandbox;
 mod smoke;
 mod terraform;
@@ -81,9 +80,9 @@ enum Command {
     /// Upload and download through the deployed service and check every property.
     Smoke(smoke::Args),
     /// A new bearer token (SSM SecureString); waits until the service accepts it.
-    RotateToken(rotate_token::Args),
+    RotateToken(rotate::Args),
     /// A new TLS key and certificate, made on the instance; waits for it and pins it.
-    RotateCert(rotate_cert::Args),
+    RotateCert(rotate::Args),
     /// Destroy an environment's infrastructure (and optionally its state bucket).
     Destroy(destroy::Args),
     /// Start, stop, inspect or reset the local AWS emulator (moto server).
@@ -148,8 +147,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Deploy(args) => deploy::run(&cx, args),
         Command::RenderUserData(args) => render_user_data::run(&cx, args),
         Command::Smoke(args) => smoke::run(&cx, args),
-        Command::RotateToken(args) => rotate_token::run(&cx, args),
-        Command::RotateCert(args) => rotate_cert::run(&cx, args),
+        Command::RotateToken(args) => rotate::token(&cx, args),
+        Command::RotateCert(args) => rotate::cert(&cx, args),
         Command::Destroy(args) => destroy::run(&cx, args),
         Command::Local(args) => local::run(&cx, args),
         Command::Test(args) => test::run(&cx, args),

@@ -39,12 +39,7 @@ pub fn run(cx: &Context, args: Args) -> Result<u8> {
         tf,
         backend,
         var_files,
-    } = terraform::prepare(
-        cx,
-        args.shared.terraform.as_deref(),
-        args.shared.root_module.as_deref(),
-        &args.shared.source(Source::Release),
-    )?;
+    } = args.shared.prepare(cx, Source::Release)?;
     let out = args
         .out
         .clone()

@@ -98,3 +98,16 @@ pub async fn resolve_buckets(cx: &Context, clients: &AwsClients) -> Result<Bucke
 pub fn backend_file(cx: &Context) -> std::path::PathBuf {
     cx.state_dir().join("backend.hcl")
 }
+
+/// The backend settings bootstrap wrote, or the one sentence that says to bootstrap first.
+pub fn require_backend_file(cx: &Context) -> Result<std::path::PathBuf> {
+    let backend = backend_file(cx);
+    if !backend.is_file() {
+        bail!(
+            "{} does not exist: run `cargo xtask bootstrap --env {}` first",
+            backend.display(),
+            cx.env.name
+        );
+    }
+    Ok(backend)
+}

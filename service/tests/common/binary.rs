@@ -25,13 +25,9 @@ impl Drop for Running {
     }
 }
 
-pub async fn spawn(resources: &Resources, extra: &[(&str, &str)]) -> Running {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let log = std::env::temp_dir().join(format!("service-{}-{port}.log", std::process::id()));
+/// The binary with exactly the settings the user-data writes for these resources (and the
+/// emulator), listening on `listen`, and nothing of the caller's environment but PATH.
+pub fn command(resources: &Resources, listen: &str) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_service"));
     command
         .env_clear()
@@ -40,10 +36,22 @@ pub async fn spawn(resources: &Resources, extra: &[(&str, &str)]) -> Running {
         .env("FINAL_BUCKET", &resources.final_)
         .env("KMS_KEY_ARN", &resources.key_arn)
         .env("AWS_REGION", TEST_REGION)
-        .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
-        .env("PROCESSOR", "identity")
+        .env("LISTEN_ADDR", listen)
         .env("AWS_ENDPOINT_URL", emulator_endpoint())
-        .envs(subprocess_env(&emulator_settings()))
+        .envs(subprocess_env(&emulator_settings()));
+    command
+}
+
+pub async fn spawn(resources: &Resources, extra: &[(&str, &str)]) -> Running {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = std::env::temp_dir().join(format!("service-{}-{port}.log", std::process::id()));
+    let mut command = command(resources, &format!("127.0.0.1:{port}"));
+    command
+        .env("PROCESSOR", "identity")
         .env("AUTH_TOKEN", TOKEN)
         .envs(extra.iter().copied())
         .stdin(Stdio::null())

@@ -35,6 +35,30 @@ pub fn require_tool(name: &str, why: &str) -> PathBuf {
     })
 }
 
+/// `terraform -chdir=<dir> <args>` with the machine's terraform, non-interactively; a
+/// failure fails the test with Terraform's output. Returns standard output.
+pub fn terraform_in(dir: &Path, why: &str) -> impl Fn(&[&str]) -> String {
+    let terraform = require_tool("terraform", why);
+    let dir = dir.to_path_buf();
+    move |args: &[&str]| {
+        let out = std::process::Command::new(&terraform)
+            .arg(format!("-chdir={}", dir.display()))
+            .args(args)
+            .env("TF_IN_AUTOMATION", "1")
+            .env("CHECKPOINT_DISABLE", "1")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "terraform {args:?} in {}:\n{}{}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
 /// A fresh temporary directory under target/ (kept after the run for inspection).
 pub fn temp_dir(label: &str) -> PathBuf {
     let dir = workspace_root()

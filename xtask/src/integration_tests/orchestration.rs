@@ -300,7 +300,13 @@ fn the_replica_deploys_redeploys_and_destroys_through_the_real_code_path() {
         "no provider, no override"
     );
 
+    // The first deploy made the bearer token; a second deploy keeps it.
+    let operator = clients(&cx);
+    let doors = crate::doors::Doors::new(&outputs, &operator).unwrap();
+    let token = block_on(doors.token()).expect("deploy made the token");
+
     let second = deploy::deploy(&cx, &args, Source::Debug).expect("second deploy");
+    assert_eq!(block_on(doors.token()).unwrap(), token, "kept");
     assert!(
         !second.summary.has_changes() && !second.applied,
         "{second:?}"
@@ -325,6 +331,10 @@ fn the_replica_deploys_redeploys_and_destroys_through_the_real_code_path() {
         !keys(&s3, &bucket.name)
             .iter()
             .any(|k| k.ends_with(".tflock"))
+    );
+    assert!(
+        block_on(doors.token()).is_err(),
+        "destroy deleted the token Terraform does not manage"
     );
 
     // Safe to re-run, and --purge-state removes the artifact bucket, then the state bucket.

@@ -332,13 +332,11 @@ fn rewrite_references(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::process::Command;
-
     use serde_json::{Value, json};
 
     use super::*;
     use crate::context::workspace_root;
-    use crate::integration_tests::{require_tool, temp_dir};
+    use crate::integration_tests::{temp_dir, terraform_in};
     use crate::outputs::REQUIRED_OUTPUTS;
 
     const SHA: &str = "ab12000000000000000000000000000000000000000000000000000000000000";
@@ -346,7 +344,6 @@ mod tests {
     /// A fresh replica, applied with `vars` on local state; returns `terraform output -json`
     /// and `terraform state list`.
     fn apply(label: &str, vars: Value) -> (Value, Vec<String>) {
-        let terraform = require_tool("terraform", "it applies the provider-free replica");
         let dir = temp_dir(label);
         write(&workspace_root().join("terraform"), &dir).unwrap();
         // The replica keeps the S3 backend; these runs keep their state in the directory.
@@ -360,24 +357,7 @@ mod tests {
             serde_json::to_string_pretty(&vars).unwrap(),
         )
         .unwrap();
-        let run = |args: &[&str]| {
-            let out = Command::new(&terraform)
-                .arg(format!("-chdir={}", dir.display()))
-                .args(args)
-                .env("TF_IN_AUTOMATION", "1")
-                .env("CHECKPOINT_DISABLE", "1")
-                .env("TF_DATA_DIR", dir.join(".terraform"))
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "terraform {args:?} in {}:\n{}{}",
-                dir.display(),
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8(out.stdout).unwrap()
-        };
+        let run = terraform_in(&dir, "it applies the provider-free replica");
         run(&["init", "-input=false", "-no-color"]);
         run(&["apply", "-auto-approve", "-input=false", "-no-color"]);
         let outputs: Value = serde_json::from_str(&run(&["output", "-json"])).unwrap();

@@ -562,6 +562,7 @@ fn sandbox_names_resources_like_the_hcl() {
     let kms =
         std::fs::read_to_string(workspace_root().join("terraform/modules/kms/main.tf")).unwrap();
     let sandbox = include_str!("../sandbox/mod.rs");
+    let doors = include_str!("../doors.rs");
     for (hcl, rust, file) in [
         (
             "\"${var.name_prefix}-initial-${local.account_id}\"",
@@ -588,21 +589,6 @@ fn sandbox_names_resources_like_the_hcl() {
             "\"{prefix}-access-logs-{account}\"",
             &main,
         ),
-        (
-            "\"/${var.name_prefix}/auth-token\"",
-            "\"/{prefix}/auth-token\"",
-            &main,
-        ),
-        (
-            "\"/${var.name_prefix}/tls-certificate\"",
-            "\"/{prefix}/tls-certificate\"",
-            &main,
-        ),
-        (
-            "\"/${var.name_prefix}/tls-rotation\"",
-            "\"/{prefix}/tls-rotation\"",
-            &main,
-        ),
     ] {
         assert!(
             file.contains(hcl),
@@ -612,5 +598,26 @@ fn sandbox_names_resources_like_the_hcl() {
             sandbox.contains(rust),
             "sandbox.rs no longer names a resource {rust}"
         );
+    }
+    // The parameters Terraform names and the xtask makes, reads and deletes (doors.rs).
+    for (hcl, rust) in [
+        (
+            "\"/${var.name_prefix}/auth-token\"",
+            "\"/{prefix}/auth-token\"",
+        ),
+        (
+            "\"/${var.name_prefix}/tls-certificate\"",
+            "\"/{prefix}/tls-certificate\"",
+        ),
+        (
+            "\"/${var.name_prefix}/tls-rotation\"",
+            "\"/{prefix}/tls-rotation\"",
+        ),
+    ] {
+        assert!(
+            main.contains(hcl),
+            "terraform/main.tf no longer names {hcl}"
+        );
+        assert!(doors.contains(rust), "doors.rs no longer names {rust}");
     }
 }

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use hcl::{Block, Body, Expression};
 
-use super::{require_tool, temp_dir};
+use super::{require_tool, temp_dir, terraform_in};
 use crate::context::{Context, workspace_root};
 use crate::environment::Environment;
 use crate::outputs::REQUIRED_OUTPUTS;
@@ -619,10 +619,6 @@ fn user_data_template_keys() -> Vec<String> {
 
 #[test]
 fn user_data_renders_through_terraform_to_clean_bash() {
-    let terraform = require_tool(
-        "terraform",
-        "it renders the user-data template with templatefile()",
-    );
     let shellcheck = require_tool("shellcheck", "it lints the rendered user-data");
     let samples = BTreeMap::from([
         ("region", "eu-west-1"),
@@ -669,21 +665,10 @@ fn user_data_renders_through_terraform_to_clean_bash() {
         ),
     )
     .unwrap();
-    let run = |args: &[&str]| {
-        let out = Command::new(&terraform)
-            .arg(format!("-chdir={}", dir.display()))
-            .args(args)
-            .env("TF_IN_AUTOMATION", "1")
-            .env("CHECKPOINT_DISABLE", "1")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "terraform {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let run = terraform_in(
+        &dir,
+        "it renders the user-data template with templatefile()",
+    );
     run(&["init", "-input=false", "-no-color"]);
     run(&["apply", "-auto-approve", "-input=false", "-no-color"]);
     let script = run(&["output", "-raw", "user_data"]);

@@ -59,7 +59,7 @@ pub fn provision(cx: &Context, artifact: &Artifact) -> Result<Outputs> {
         ("final", format!("{prefix}-final-{account}")),
     ]);
     let arn_of = |bucket: &str| format!("arn:{partition}:s3:::{bucket}");
-    let parameter_names = parameter_names(prefix);
+    let parameter_names = crate::doors::parameter_names(prefix);
     let parameter_arns: Map<String, Value> = parameter_names
         .iter()
         .map(|(purpose, name)| {
@@ -310,15 +310,6 @@ pub fn provision(cx: &Context, artifact: &Artifact) -> Result<Outputs> {
     let path = outputs_file(cx);
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     Ok(parsed)
-}
-
-/// The SSM parameters of the service's doors, named as terraform/main.tf names them.
-fn parameter_names(prefix: &str) -> BTreeMap<&'static str, String> {
-    BTreeMap::from([
-        ("auth_token", format!("/{prefix}/auth-token")),
-        ("tls_certificate", format!("/{prefix}/tls-certificate")),
-        ("tls_rotation", format!("/{prefix}/tls-rotation")),
-    ])
 }
 
 fn str_field<'a>(value: &'a Value, name: &str) -> Result<&'a str> {

@@ -34,14 +34,7 @@ pub fn prepare(
 ) -> Result<Prepared> {
     let root_module = root_module(cx, chosen_root);
     let tf = Terraform::find(cx, terraform, &root_module)?;
-    let backend = private_buckets::backend_file(cx);
-    if !backend.is_file() {
-        bail!(
-            "{} does not exist: run `cargo xtask bootstrap --env {}` first",
-            backend.display(),
-            cx.env.name
-        );
-    }
+    let backend = private_buckets::require_backend_file(cx)?;
     write_local_override(cx, &root_module)?;
     let artifact = if cx.env.binary_url {
         eprintln!(
