@@ -307,6 +307,26 @@ fn the_replica_deploys_redeploys_and_destroys_through_the_real_code_path() {
 
     let second = deploy::deploy(&cx, &args, Source::Debug).expect("second deploy");
     assert_eq!(block_on(doors.token()).unwrap(), token, "kept");
+
+    // A plan that changes only an output (a new one, as an upgrade adds) is applied too, or
+    // outputs.json would miss it.
+    let mut outputs_tf = std::fs::read_to_string(root.join("outputs.tf")).unwrap();
+    outputs_tf.push_str("\noutput \"added_later\" {\n  value = \"later\"\n}\n");
+    std::fs::write(root.join("outputs.tf"), outputs_tf).unwrap();
+    let third = deploy::deploy(&cx, &args, Source::Debug).expect("third deploy");
+    assert!(third.applied, "{third:?}");
+    assert_eq!(
+        (
+            third.summary.add,
+            third.summary.change,
+            third.summary.destroy,
+            third.summary.outputs
+        ),
+        (0, 0, 0, 1)
+    );
+    let saved: Value =
+        serde_json::from_str(&std::fs::read_to_string(outputs_file(&cx)).unwrap()).unwrap();
+    assert_eq!(saved["added_later"]["value"], "later");
     assert!(
         !second.summary.has_changes() && !second.applied,
         "{second:?}"

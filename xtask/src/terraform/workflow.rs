@@ -249,19 +249,22 @@ pub struct Summary {
     pub add: usize,
     pub change: usize,
     pub destroy: usize,
+    /// Outputs the plan changes: a plan with only these still has to be applied, or the
+    /// state (and so outputs.json) keeps the old ones.
+    pub outputs: usize,
     /// Every resource the plan touches, with its actions (`create`, `update`, `delete`, ...).
     pub resources: Vec<(String, Vec<String>)>,
 }
 
 impl Summary {
     pub fn has_changes(&self) -> bool {
-        self.add + self.change + self.destroy > 0
+        self.add + self.change + self.destroy + self.outputs > 0
     }
 
     pub fn counts(&self) -> String {
         format!(
-            "{} to add, {} to change, {} to destroy",
-            self.add, self.change, self.destroy
+            "{} to add, {} to change, {} to destroy, {} output(s) changed",
+            self.add, self.change, self.destroy, self.outputs
         )
     }
 }
@@ -335,6 +338,12 @@ pub fn read_plan(cx: &Context, tf: &Terraform, plan_file: &Path) -> Result<Summa
         let address = change["address"].as_str().unwrap_or("?").to_string();
         summary.resources.push((address, actions));
     }
+    summary.outputs = plan["output_changes"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, change)| change["actions"] != serde_json::json!(["no-op"]))
+        .count();
     Ok(summary)
 }
 
