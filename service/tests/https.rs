@@ -290,6 +290,23 @@ async fn only_a_pinned_client_with_the_token_gets_in_and_rotations_fail_no_reque
             .unwrap(),
         200
     );
+    let metrics = client
+        .get(format!("{url}/metrics"))
+        .bearer_auth(SECOND)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("filepipe_http_requests_total"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains(FIRST) && !metrics.contains(SECOND),
+        "no token in the metrics"
+    );
 
     // A renewed certificate: new connections get it on SIGHUP, pinned to the new one.
     let renewed = temp_dir("renewed");

@@ -29,6 +29,8 @@ fn help_lists_every_subcommand_with_a_description() {
         "bootstrap",
         "deploy",
         "plan",
+        "rotate-token",
+        "rotate-cert",
         "render-user-data",
         "smoke",
         "destroy",
