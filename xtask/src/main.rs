@@ -68,7 +68,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Create or check the private, encrypted Terraform state bucket of an environment.
+    /// Create or check the private, encrypted state and artifact buckets of an environment.
     Bootstrap(bootstrap::Args),
     /// Build and upload the service binary, run Terraform init, plan and apply, then save
     /// outputs and user-data (`--plan FILE` applies a reviewed plan instead).
@@ -83,7 +83,7 @@ enum Command {
     RotateToken(rotate::Args),
     /// A new TLS key and certificate, made on the instance; waits for it and pins it.
     RotateCert(rotate::Args),
-    /// Destroy an environment's infrastructure (and optionally its state bucket).
+    /// Destroy an environment's infrastructure (and optionally its state and artifact buckets).
     Destroy(destroy::Args),
     /// Start, stop, inspect or reset the local AWS emulator (moto server).
     Local(local::Args),
