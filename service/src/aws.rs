@@ -71,6 +71,7 @@ pub struct AwsClients {
     pub s3: aws_sdk_s3::Client,
     pub kms: aws_sdk_kms::Client,
     pub sts: aws_sdk_sts::Client,
+    pub sqs: aws_sdk_sqs::Client,
 }
 
 impl AwsClients {
@@ -81,6 +82,7 @@ impl AwsClients {
             s3: aws_sdk_s3::Client::from_conf(s3_config(&shared, settings, S3_ATTEMPT_TIMEOUT)),
             kms: aws_sdk_kms::Client::from_conf(kms_config(&shared)),
             sts: aws_sdk_sts::Client::new(&shared),
+            sqs: aws_sdk_sqs::Client::new(&shared),
             sdk_config: shared,
         }
     }

@@ -149,6 +149,29 @@ pub struct Config {
     #[arg(long, env = "RECONCILE_INTERVAL_SECS", default_value_t = 300)]
     pub reconcile_interval_secs: u64,
 
+    /// URL of the SQS queue that receives the initial bucket's `raw/` object-created events.
+    /// Set, this instance takes its work from the queue, as any number of others may; unset,
+    /// from its own uploads and the scans, which suits one instance only.
+    #[arg(long, env = "QUEUE_URL")]
+    pub queue_url: Option<String>,
+    /// Seconds a failed file's message stays hidden before its next delivery; doubled per
+    /// delivery, up to 15 minutes. After the queue's maxReceiveCount deliveries the message
+    /// goes to the dead-letter queue.
+    #[arg(long, env = "QUEUE_RETRY_BACKOFF_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=900))]
+    pub queue_retry_backoff_secs: u64,
+    /// With a queue: seconds a raw file waits for its output before a scan sends its message
+    /// itself (its event was lost). Scans send only while the queue is empty, so they never
+    /// add a message for a file the queue still carries.
+    #[arg(long, env = "RECONCILE_GRACE_SECS", default_value_t = 600)]
+    pub reconcile_grace_secs: u64,
+    /// With a queue: seconds after which an open multipart upload counts as orphaned (its
+    /// writer died) and is aborted by a scan; younger ones may be another instance's.
+    #[arg(long, env = "ORPHAN_UPLOAD_AGE_SECS", default_value_t = 6 * 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub orphan_upload_age_secs: u64,
+    /// Name of this instance in metrics and logs (the EC2 instance id on AWS).
+    #[arg(long, env = "INSTANCE_ID", default_value = "")]
+    pub instance_id: String,
+
     /// Hosts the service may retrieve from (comma-separated, `host` or `host:port`).
     #[arg(long, env = "UPSTREAM_ALLOWED_HOSTS", value_delimiter = ',')]
     pub upstream_allowed_hosts: Vec<String>,
@@ -288,6 +311,22 @@ impl Config {
 
     pub fn body_idle_timeout(&self) -> Duration {
         Duration::from_secs(self.body_idle_timeout_secs.max(1))
+    }
+
+    /// How long a failed file's message stays hidden after its `receives`-th delivery.
+    pub fn queue_retry_backoff(&self, receives: u32) -> Duration {
+        let pause = self
+            .queue_retry_backoff_secs
+            .saturating_mul(1 << receives.saturating_sub(1).min(10));
+        Duration::from_secs(pause.min(900))
+    }
+
+    /// With a queue, the age at which an open multipart upload is an orphan; without, every
+    /// open upload is one (this instance is the only writer).
+    pub fn orphan_upload_age(&self) -> Option<Duration> {
+        self.queue_url
+            .as_ref()
+            .map(|_| Duration::from_secs(self.orphan_upload_age_secs))
     }
 
     pub fn reconcile_interval(&self) -> Duration {

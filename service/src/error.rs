@@ -109,6 +109,8 @@ impl From<UploadError> for ApiError {
                 ApiError::new(StatusCode::BAD_REQUEST, "integrity_mismatch", why)
             }
             UploadError::Aws(err) => err.into(),
+            // Raw uploads carry no precondition; only outputs do.
+            UploadError::Conflict(why) => ApiError::new(StatusCode::CONFLICT, "conflict", why),
         }
     }
 }

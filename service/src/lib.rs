@@ -9,6 +9,7 @@ pub mod http;
 pub mod metrics;
 pub mod names;
 pub mod processing;
+pub mod queue;
 pub mod request_id;
 pub mod retrieval;
 pub mod serve;

@@ -10,16 +10,36 @@ const BUCKETS: [f64; 12] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-#[derive(Default)]
+/// Event to output: seconds to an hour.
+const LAG_BUCKETS: [f64; 12] = [
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
+
 struct Histogram {
-    counts: [u64; BUCKETS.len()],
+    bounds: &'static [f64],
+    counts: Vec<u64>,
     count: u64,
     sum: f64,
 }
 
+impl Default for Histogram {
+    fn default() -> Histogram {
+        Histogram::with_bounds(&BUCKETS)
+    }
+}
+
 impl Histogram {
+    fn with_bounds(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            counts: vec![0; bounds.len()],
+            count: 0,
+            sum: 0.0,
+        }
+    }
+
     fn observe(&mut self, seconds: f64) {
-        for (i, bound) in BUCKETS.iter().enumerate() {
+        for (i, bound) in self.bounds.iter().enumerate() {
             if seconds <= *bound {
                 self.counts[i] += 1;
             }
@@ -30,7 +50,7 @@ impl Histogram {
 
     fn render(&self, out: &mut String, name: &str, labels: &str) {
         let sep = if labels.is_empty() { "" } else { "," };
-        for (i, bound) in BUCKETS.iter().enumerate() {
+        for (i, bound) in self.bounds.iter().enumerate() {
             let _ = writeln!(
                 out,
                 "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {}",
@@ -52,8 +72,47 @@ impl Histogram {
     }
 }
 
-#[derive(Default)]
+/// What became of the queue messages this instance received.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub enum MessageOutcome {
+    /// Received (every delivery).
+    Received,
+    /// Received again after an earlier delivery (its ApproximateReceiveCount > 1).
+    Redelivered,
+    /// Deleted: its file version is processed, superseded or gone.
+    Deleted,
+    /// Deleted without work: the version's output was already there (a duplicate event, or
+    /// another instance won the race).
+    Duplicate,
+    /// Deleted without work: the raw object has a newer version, whose own event counts.
+    Superseded,
+    /// Left for a later delivery (failed, or lost a conditional write), and counted by the
+    /// queue towards its dead-letter limit.
+    Released,
+    /// Its visibility was extended while a long file was processed.
+    Extended,
+}
+
+impl MessageOutcome {
+    fn label(self) -> &'static str {
+        match self {
+            MessageOutcome::Received => "received",
+            MessageOutcome::Redelivered => "redelivered",
+            MessageOutcome::Deleted => "deleted",
+            MessageOutcome::Duplicate => "duplicate",
+            MessageOutcome::Superseded => "superseded",
+            MessageOutcome::Released => "released",
+            MessageOutcome::Extended => "visibility_extended",
+        }
+    }
+}
+
 pub struct Metrics {
+    instance: String,
+    messages: Mutex<BTreeMap<MessageOutcome, u64>>,
+    /// Messages the queue held (visible and in flight) when this instance last asked.
+    queue_seen: Mutex<Option<(u64, u64)>>,
+    lag: Mutex<Histogram>,
     requests: Mutex<BTreeMap<(String, String, u16), u64>>,
     latency: Mutex<BTreeMap<String, Histogram>>,
     bytes_in: AtomicU64,
@@ -66,7 +125,47 @@ pub struct Metrics {
     queue_depth: AtomicI64,
 }
 
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new("")
+    }
+}
+
 impl Metrics {
+    /// Metrics of the instance named `instance` (the EC2 instance id; empty: unnamed).
+    pub fn new(instance: &str) -> Metrics {
+        Metrics {
+            instance: instance.to_string(),
+            messages: Mutex::default(),
+            queue_seen: Mutex::default(),
+            lag: Mutex::new(Histogram::with_bounds(&LAG_BUCKETS)),
+            requests: Mutex::default(),
+            latency: Mutex::default(),
+            bytes_in: AtomicU64::default(),
+            bytes_out: AtomicU64::default(),
+            processed: AtomicU64::default(),
+            failed: AtomicU64::default(),
+            processing: Mutex::default(),
+            retries: AtomicU64::default(),
+            failures: Mutex::default(),
+            queue_depth: AtomicI64::default(),
+        }
+    }
+
+    pub fn message(&self, outcome: MessageOutcome) {
+        *self.messages.lock().unwrap().entry(outcome).or_default() += 1;
+    }
+
+    /// The queue's approximate counts: visible messages, and those in flight.
+    pub fn queue_seen(&self, visible: u64, in_flight: u64) {
+        *self.queue_seen.lock().unwrap() = Some((visible, in_flight));
+    }
+
+    /// From the event that announced a file version to its output being written.
+    pub fn lag(&self, lag: Duration) {
+        self.lag.lock().unwrap().observe(lag.as_secs_f64());
+    }
+
     pub fn request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
         *self
             .requests
@@ -171,6 +270,34 @@ impl Metrics {
             "# HELP filepipe_queue_depth Files waiting for a processing worker.\n# TYPE filepipe_queue_depth gauge\nfilepipe_queue_depth {}",
             self.queue_depth.load(Ordering::Relaxed)
         );
+        let _ = writeln!(
+            out,
+            "# HELP filepipe_instance_info The instance these metrics are of.\n# TYPE filepipe_instance_info gauge\nfilepipe_instance_info{{instance=\"{}\"}} 1",
+            self.instance
+        );
+        let messages = self.messages.lock().unwrap();
+        if !messages.is_empty() {
+            out.push_str("# HELP filepipe_queue_messages_total Queue messages this instance received, and what became of them.\n# TYPE filepipe_queue_messages_total counter\n");
+            for (outcome, n) in messages.iter() {
+                let _ = writeln!(
+                    out,
+                    "filepipe_queue_messages_total{{outcome=\"{}\"}} {n}",
+                    outcome.label()
+                );
+            }
+        }
+        drop(messages);
+        if let Some((visible, in_flight)) = *self.queue_seen.lock().unwrap() {
+            let _ = writeln!(
+                out,
+                "# HELP filepipe_queue_messages The queue's messages when this instance last asked (approximate, as SQS counts them).\n# TYPE filepipe_queue_messages gauge\nfilepipe_queue_messages{{state=\"visible\"}} {visible}\nfilepipe_queue_messages{{state=\"in_flight\"}} {in_flight}"
+            );
+        }
+        out.push_str("# HELP filepipe_processing_lag_seconds From a file version's event to its output, for outputs this instance wrote.\n# TYPE filepipe_processing_lag_seconds histogram\n");
+        self.lag
+            .lock()
+            .unwrap()
+            .render(&mut out, "filepipe_processing_lag_seconds", "");
         if let Some(rss) = resident_bytes() {
             let _ = writeln!(
                 out,

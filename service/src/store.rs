@@ -19,7 +19,8 @@ use crate::config::Config;
 use crate::names::{self, failed_key, meta, metadata_text, metadata_value, processed_key, raw_key};
 use crate::retrieval::Validators;
 use crate::upload::{
-    Destination, Expected, InFlight, LateMetadata, SseKms as _, UploadError, Uploaded, Uploader,
+    Destination, Expected, InFlight, LateMetadata, Precondition, SseKms as _, UploadError,
+    Uploaded, Uploader,
 };
 
 /// A stream of bytes being read from the store.
@@ -103,6 +104,12 @@ pub struct Record {
     /// process died, or the decryption timed out).
     #[serde(default)]
     pub attempts: u32,
+    /// Deliveries of the file's queue message so far, when it came from the queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receives: Option<u32>,
+    /// Deliveries after which the queue moves the message to its dead-letter queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_receives: Option<u32>,
 }
 
 impl Record {
@@ -119,6 +126,12 @@ pub struct RawUpload {
     /// Where an upstream retrieval came from, and its validators.
     pub source_url: Option<String>,
     pub upstream: Validators,
+}
+
+/// A raw file as a bucket listing names it.
+pub struct RawName {
+    pub name: String,
+    pub last_modified: Option<std::time::SystemTime>,
 }
 
 /// One page of raw files.
@@ -254,14 +267,26 @@ impl Store {
 
     /// The output, if it was made from exactly this raw version.
     pub async fn head_processed(&self, name: &str, raw: &RawInfo) -> Result<Option<ProcessedInfo>> {
+        Ok(self.output_state(name, raw).await?.0)
+    }
+
+    /// The output if it was made from exactly this raw version, and what a new output must
+    /// find under the key to replace whatever is there now (another version's output, or
+    /// one whose metadata is not written yet).
+    pub async fn output_state(
+        &self,
+        name: &str,
+        raw: &RawInfo,
+    ) -> Result<(Option<ProcessedInfo>, Precondition)> {
         let Some(head) = self.head(self.final_(), &processed_key(name)).await? else {
-            return Ok(None);
+            return Ok((None, Precondition::Absent));
         };
+        let now = Precondition::Etag(trim_etag(head.e_tag()));
         if !raw.made(head.metadata()) {
-            return Ok(None);
+            return Ok((None, now));
         }
         let metadata = head.metadata().cloned().unwrap_or_default();
-        Ok(Some(ProcessedInfo {
+        let processed = Some(ProcessedInfo {
             size: head.content_length().unwrap_or_default(),
             etag: trim_etag(head.e_tag()),
             sha256: metadata.get(meta::SHA256).cloned(),
@@ -273,7 +298,8 @@ impl Store {
                 .map(|s| s.as_str().to_string()),
             kms_key_id: head.ssekms_key_id().map(str::to_string),
             content_type: head.content_type().map(str::to_string),
-        }))
+        });
+        Ok((processed, now))
     }
 
     /// The upstream validators kept with a retrieved raw object (none if there is none).
@@ -339,16 +365,20 @@ impl Store {
             late_metadata: None,
             max_size: self.config.max_object_size,
             min_body_rate: self.config.min_body_rate,
+            precondition: None,
         };
         self.uploader.upload(&to, body, &raw.expected).await
     }
 
     /// Streams a processor's output into `processed/<name>`, recording the raw version it
-    /// was made from; `late` is filled in while the output is made.
+    /// was made from; `late` is filled in while the output is made. Written only if the key
+    /// still holds what `precondition` says (see [`Store::output_state`]).
+    #[allow(clippy::too_many_arguments)]
     pub async fn put_output<S>(
         &self,
         name: &str,
         raw: &RawInfo,
+        precondition: Precondition,
         processor: &str,
         content_type: Option<String>,
         late: LateMetadata,
@@ -375,6 +405,7 @@ impl Store {
             // The output comes as fast as the raw object is read; a stall there is the
             // idle timeout's.
             min_body_rate: 0,
+            precondition: Some(precondition),
         };
         self.uploader
             .upload(&to, output, &Expected::default())
@@ -483,9 +514,12 @@ impl Store {
         })
     }
 
-    /// The names of all raw files, a page at a time: the page after `cursor`, and the
-    /// cursor of the next one.
-    pub async fn raw_names(&self, cursor: Option<String>) -> Result<(Vec<String>, Option<String>)> {
+    /// The names of all raw files with their last modification, a page at a time: the page
+    /// after `cursor`, and the cursor of the next one.
+    pub async fn raw_names(
+        &self,
+        cursor: Option<String>,
+    ) -> Result<(Vec<RawName>, Option<String>)> {
         let page = self
             .s3
             .list_objects_v2()
@@ -498,7 +532,14 @@ impl Store {
         let names = page
             .contents()
             .iter()
-            .filter_map(|o| o.key()?.strip_prefix(names::RAW_PREFIX).map(str::to_string))
+            .filter_map(|o| {
+                Some(RawName {
+                    name: o.key()?.strip_prefix(names::RAW_PREFIX)?.to_string(),
+                    last_modified: o
+                        .last_modified()
+                        .and_then(|t| std::time::SystemTime::try_from(*t).ok()),
+                })
+            })
             .collect();
         Ok((names, page.next_continuation_token().map(str::to_string)))
     }
@@ -575,16 +616,18 @@ impl Store {
         Ok(())
     }
 
-    /// Multipart uploads left open by a run that was killed are aborted before this run
-    /// opens any (they would otherwise be billed until the buckets' one-day lifecycle rule).
-    /// A failure here is logged, not fatal: the lifecycle rule remains.
-    pub async fn abort_orphaned_uploads(&self) {
+    /// Multipart uploads left open by a run that was killed are aborted (they would
+    /// otherwise be billed until the buckets' one-day lifecycle rule): all of them before
+    /// this run opens any when it is the only writer, those older than `older_than` when
+    /// other instances write too (see [`crate::upload::abort_orphans`]). A failure here is
+    /// logged, not fatal: the lifecycle rule remains.
+    pub async fn abort_orphaned_uploads(&self, older_than: Option<std::time::Duration>) {
         let places = [
             (self.initial(), names::RAW_PREFIX),
             (self.final_(), names::PROCESSED_PREFIX),
         ];
         for (bucket, prefix) in places {
-            match crate::upload::abort_orphans(&self.s3, bucket, prefix).await {
+            match crate::upload::abort_orphans(&self.s3, bucket, prefix, older_than).await {
                 Ok(0) => {}
                 Ok(aborted) => {
                     tracing::warn!(

@@ -146,3 +146,104 @@ pub async fn configure_like_terraform(s3: &aws_sdk_s3::Client, bucket: &str, key
         .await
         .expect("default encryption");
 }
+
+/// The processing queue as Terraform's `queue` module makes it: a dead-letter queue, the
+/// queue (SSE with `key_arn`, `visibility_secs`, redriven after `max_receives`
+/// deliveries, with `policy` attached when given), and the initial bucket's notification
+/// of `raw/` object creations to it. The sandbox provisioner makes the local stack's with
+/// it too. Returns the queue's and the dead-letter queue's URLs.
+pub async fn create_work_queue(
+    clients: &AwsClients,
+    name: &str,
+    initial_bucket: &str,
+    key_arn: &str,
+    visibility_secs: u32,
+    max_receives: u32,
+    policy: Option<&str>,
+) -> (String, String) {
+    use aws_sdk_s3::types::{
+        Event, FilterRule, FilterRuleName, NotificationConfiguration,
+        NotificationConfigurationFilter, QueueConfiguration, S3KeyFilter,
+    };
+    use aws_sdk_sqs::types::QueueAttributeName as Attr;
+    let sqs = &clients.sqs;
+    let create = |queue: String, attributes: Vec<(Attr, String)>| async move {
+        let mut request = sqs.create_queue().queue_name(&queue);
+        for (name, value) in attributes {
+            request = request.attributes(name, value);
+        }
+        let url = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("create queue {queue}: {e:?}"))
+            .queue_url()
+            .expect("queue url")
+            .to_string();
+        let arn = sqs
+            .get_queue_attributes()
+            .queue_url(&url)
+            .attribute_names(Attr::QueueArn)
+            .send()
+            .await
+            .expect("queue arn")
+            .attributes()
+            .and_then(|a| a.get(&Attr::QueueArn).cloned())
+            .expect("queue arn");
+        (url, arn)
+    };
+    let sse = (Attr::KmsMasterKeyId, key_arn.to_string());
+    let (dlq_url, dlq_arn) = create(
+        format!("{name}-dead-letter"),
+        vec![
+            sse.clone(),
+            (Attr::MessageRetentionPeriod, "1209600".into()),
+        ],
+    )
+    .await;
+    let mut attributes = vec![
+        sse,
+        (Attr::VisibilityTimeout, visibility_secs.to_string()),
+        (
+            Attr::RedrivePolicy,
+            serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receives})
+                .to_string(),
+        ),
+    ];
+    if let Some(policy) = policy {
+        attributes.push((Attr::Policy, policy.to_string()));
+    }
+    let (url, arn) = create(name.to_string(), attributes).await;
+    clients
+        .s3
+        .put_bucket_notification_configuration()
+        .bucket(initial_bucket)
+        .notification_configuration(
+            NotificationConfiguration::builder()
+                .queue_configurations(
+                    QueueConfiguration::builder()
+                        .queue_arn(arn)
+                        .events(Event::from("s3:ObjectCreated:*"))
+                        .filter(
+                            NotificationConfigurationFilter::builder()
+                                .key(
+                                    S3KeyFilter::builder()
+                                        .filter_rules(
+                                            FilterRule::builder()
+                                                .name(FilterRuleName::Prefix)
+                                                .value(crate::names::RAW_PREFIX)
+                                                .build(),
+                                        )
+                                        .build(),
+                                )
+                                .build(),
+                        )
+                        .build()
+                        .expect("queue configuration"),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("notification of {initial_bucket}: {e:?}"));
+    (url, dlq_url)
+}

@@ -17,6 +17,8 @@ from moto.iam import access_control
 from moto.kms import responses as kms
 from moto.kms import utils as kms_utils
 from moto.moto_server import werkzeug_app
+from moto.s3 import exceptions as s3_exceptions
+from moto.s3 import models as s3_models
 from moto.s3 import responses as s3
 from moto.s3.exceptions import S3AccessDeniedError
 from moto.ssm import responses as ssm
@@ -168,6 +170,51 @@ def _check_trust_or_instance_profile(self, role_arn):
 
 
 access_control.IAMRequestBase._check_role_trust_relationship = _check_trust_or_instance_profile
+
+# Conditional writes: CompleteMultipartUpload takes If-Match and If-None-Match, and so does
+# CopyObject for its destination key ("How to prevent object overwrites with conditional
+# writes", https://docs.aws.amazon.com/AmazonS3/latest/userguide/conditional-writes.html; the
+# request headers of https://docs.aws.amazon.com/AmazonS3/latest/API/API_CompleteMultipartUpload.html
+# and https://docs.aws.amazon.com/AmazonS3/latest/API/API_CopyObject.html): 412
+# PreconditionFailed when they do not hold, 404 NoSuchKey for If-Match on a missing key. moto
+# checks them on PutObject only (and If-None-Match on a completion), so of two writers racing
+# on one key the later would silently overwrite. Checked after authorization, as AWS does.
+def _check_write_conditions(backend, bucket_name, key_name):
+    if_match = request.headers.get("If-Match")
+    if_none_match = request.headers.get("If-None-Match")
+    if not if_match and not if_none_match:
+        return
+    current = backend.get_object(bucket_name, key_name)
+    if if_match:
+        if current is None:
+            raise s3_exceptions.MissingKey(key=key_name)
+        if if_match.replace('"', "") != current.etag.replace('"', ""):
+            raise s3_exceptions.PreconditionFailed("If-Match")
+    if if_none_match == "*" and current is not None:
+        raise s3_exceptions.PreconditionFailed("If-None-Match")
+
+
+_complete_multipart_upload = s3_models.S3Backend.complete_multipart_upload
+
+
+def _complete_multipart_upload_if(self, bucket_name, multipart_id, body):
+    multipart = self.get_bucket(bucket_name).multiparts.get(multipart_id)
+    if multipart is not None:
+        _check_write_conditions(self, bucket_name, multipart.key_name)
+    return _complete_multipart_upload(self, bucket_name, multipart_id, body)
+
+
+s3_models.S3Backend.complete_multipart_upload = _complete_multipart_upload_if
+
+_copy_object = s3.S3Response.copy_object
+
+
+def _copy_object_if(self):
+    _check_write_conditions(self.backend, self.bucket_name, self.parse_key_name())
+    return _copy_object(self)
+
+
+s3.S3Response.copy_object = _copy_object_if
 
 from moto.server import main  # noqa: E402  (after the corrections, before any request)
 

@@ -82,7 +82,7 @@ where
     let metrics = state.metrics.clone();
     let body = body.inspect_ok(move |chunk| metrics.bytes_in(chunk.len() as u64));
     let uploaded = state.store.put_raw(name, body, raw).await?;
-    state.pipeline.enqueue(name);
+    state.pipeline.accepted(name);
     Ok(uploaded)
 }
 

@@ -9,7 +9,7 @@ mod retrievals;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::decrypt::Decryptor;
 use crate::metrics::Metrics;
 use crate::processing::Pipeline;
+use crate::queue::WorkQueue;
 use crate::retrieval::Upstream;
 use crate::store::Store;
 use crate::upload::InFlight;
@@ -54,7 +55,7 @@ impl AppState {
     pub async fn start(config: Config, clients: &AwsClients) -> Result<AppState> {
         let tokens = config.validate()?.map(Arc::new);
         let config = Arc::new(config);
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Arc::new(Metrics::new(&config.instance_id));
         let decryptor = Decryptor::new(
             clients.kms.clone(),
             &config.kms_key_arn,
@@ -66,8 +67,24 @@ impl AppState {
             config.clone(),
             InFlight::new(config.max_buffered_parts),
         ));
-        store.abort_orphaned_uploads().await;
-        let pipeline = Pipeline::start(store.clone(), config.clone(), decryptor, metrics.clone());
+        store
+            .abort_orphaned_uploads(config.orphan_upload_age())
+            .await;
+        let shared = match &config.queue_url {
+            Some(url) => Some(Arc::new(
+                WorkQueue::connect(clients.sqs.clone(), url)
+                    .await
+                    .context("QUEUE_URL")?,
+            )),
+            None => None,
+        };
+        let pipeline = Pipeline::start(
+            store.clone(),
+            config.clone(),
+            decryptor,
+            metrics.clone(),
+            shared,
+        );
         let upstream = Upstream::new(
             &config.upstream_allowed_hosts,
             Duration::from_secs(config.upstream_timeout_secs),

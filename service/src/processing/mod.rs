@@ -6,6 +6,7 @@
 //! restart or a full queue left behind. Everything is streamed except Encryption SDK
 //! messages, which the SDK decrypts in memory (bounded by MAX_ENCRYPTED_SIZE).
 
+mod consumer;
 pub mod processors;
 pub mod status;
 
@@ -27,8 +28,9 @@ use crate::config::Config;
 use crate::decrypt::{self, Decryptor};
 use crate::metrics::Metrics;
 use crate::names::{meta, metadata_text, metadata_value};
+use crate::queue::WorkQueue;
 use crate::store::{RawInfo, Reader, Record, Store, now_rfc3339};
-use crate::upload::{self, UploadError};
+use crate::upload::{self, Precondition, UploadError};
 use processors::{Processor, Tap, processor};
 pub use status::{FileStatus, State};
 
@@ -103,6 +105,28 @@ struct Failed {
     tries: u32,
 }
 
+/// The queue delivery a run is for: its count goes into a failure record.
+#[derive(Clone, Copy, Default)]
+pub struct Delivered {
+    pub receives: u32,
+    pub max_receives: Option<u32>,
+}
+
+/// How a processing run ended, when it did not fail.
+pub enum Ran {
+    /// This run wrote the output.
+    Processed(upload::Uploaded),
+    /// Nothing to do: no raw object, or an output of this version.
+    Done,
+    /// The raw object's current version is not the one asked for (a newer one replaced it).
+    Superseded,
+    /// A failure of the file's own is recorded for this version: it is not tried again.
+    FailedBefore(Record),
+    /// Another writer changed the output while this run made its own (a conditional write
+    /// failed): nothing of this run was kept.
+    LostRace,
+}
+
 /// Decryptions started for the version being processed, before this run and by it.
 struct Attempts {
     before: u32,
@@ -126,7 +150,21 @@ impl std::fmt::Display for DecryptionTimedOut {
 
 impl std::error::Error for DecryptionTimedOut {}
 
+/// A conditional write of the output failed: another writer got there first.
+#[derive(Debug)]
+struct LostRace(String);
+
+impl std::fmt::Display for LostRace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: another writer changed the output first", self.0)
+    }
+}
+
+impl std::error::Error for LostRace {}
+
 pub struct Pipeline {
+    /// The shared queue, when this instance takes its work from one (QUEUE_URL).
+    shared: Option<Arc<WorkQueue>>,
     store: Arc<Store>,
     config: Arc<Config>,
     processor: Arc<dyn Processor>,
@@ -144,15 +182,18 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Starts the workers and the periodic reconciliation scan.
+    /// Starts the workers (or, with a shared queue, its consumer) and the periodic
+    /// reconciliation scan.
     pub fn start(
         store: Arc<Store>,
         config: Arc<Config>,
         decryptor: Decryptor,
         metrics: Arc<Metrics>,
+        shared: Option<Arc<WorkQueue>>,
     ) -> Arc<Pipeline> {
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         let pipeline = Arc::new(Pipeline {
+            shared: shared.clone(),
             store,
             processor: processor(&config),
             config: config.clone(),
@@ -165,7 +206,15 @@ impl Pipeline {
             finished: tokio::sync::broadcast::channel(1024).0,
         });
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
-        for _ in 0..config.processing_concurrency {
+        let workers = if shared.is_some() {
+            0
+        } else {
+            config.processing_concurrency
+        };
+        if let Some(queue) = shared {
+            tokio::spawn(consumer::consume(pipeline.clone(), queue));
+        }
+        for _ in 0..workers {
             let pipeline = pipeline.clone();
             let rx = rx.clone();
             tokio::spawn(async move {
@@ -196,9 +245,19 @@ impl Pipeline {
     }
 
     /// Whether an upload may be accepted: its file would be queued at once. Uploads are
-    /// refused (503) rather than acknowledged and left to a scan minutes later.
+    /// refused (503) rather than acknowledged and left to a scan minutes later. A shared
+    /// queue always has room.
     pub fn has_room(&self) -> bool {
-        self.queue.capacity() > 0 && self.overflow.lock().unwrap().is_empty()
+        self.shared.is_some()
+            || (self.queue.capacity() > 0 && self.overflow.lock().unwrap().is_empty())
+    }
+
+    /// A raw file was stored: queued here, or, with a shared queue, left to the event S3
+    /// sends it (whichever instance receives it processes the file).
+    pub fn accepted(&self, name: &str) {
+        if self.shared.is_none() {
+            self.enqueue(name);
+        }
     }
 
     /// Queues an accepted file: in the queue, or (if it just filled) in the overflow that
@@ -263,22 +322,45 @@ impl Pipeline {
     /// Processes one file if its current raw version has no output yet. `Ok(None)`: nothing
     /// to do. A processing failure is recorded in the final bucket and also returned.
     pub async fn process(&self, name: &str) -> Result<Option<upload::Uploaded>> {
+        Ok(match self.process_delivered(name, None, None).await? {
+            Ran::Processed(uploaded) => Some(uploaded),
+            _ => None,
+        })
+    }
+
+    /// [`Pipeline::process`], for a queue delivery when `delivered` is set, and for raw
+    /// version `version` when one is named.
+    async fn process_delivered(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        delivered: Option<Delivered>,
+    ) -> Result<Ran> {
         let Some(raw) = self.store.head_raw(name).await? else {
-            return Ok(None);
+            return Ok(Ran::Done);
         };
-        if self.store.head_processed(name, &raw).await?.is_some() {
-            return Ok(None);
+        if let (Some(wanted), Some(current)) = (version, raw.version_id.as_deref())
+            && wanted != current
+        {
+            return Ok(Ran::Superseded);
+        }
+        let (processed, precondition) = self.store.output_state(name, &raw).await?;
+        if processed.is_some() {
+            return Ok(Ran::Done);
         }
         let record = self.store.record(name).await?;
-        let before = match &record {
+        let before = match record {
             Some(record) if record.is_for(&raw) => {
-                if record.error.is_some() && !retryable(record) {
-                    return Ok(None);
+                if record.error.is_some() && !retryable(&record) {
+                    return Ok(Ran::FailedBefore(record));
                 }
-                record.attempts
+                Some(record.attempts)
             }
-            _ => 0,
+            Some(_) => Some(0),
+            None => None,
         };
+        let had_record = before.is_some();
+        let before = before.unwrap_or(0);
         let mut attempts = Attempts {
             before,
             recorded: false,
@@ -288,23 +370,28 @@ impl Pipeline {
             tries += 1;
             let source_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let err = match self
-                .transform(name, &raw, &mut attempts, &source_failed)
+                .transform(name, &raw, &precondition, &mut attempts, &source_failed)
                 .await
             {
                 Ok(uploaded) => {
                     // An attempt record, or an earlier failure, is stale now; with no record
                     // there is nothing to delete (saves a request per file).
-                    if record.is_some() || attempts.recorded {
+                    if had_record || attempts.recorded {
                         self.store.clear_record(name).await?;
                     }
-                    return Ok(Some(uploaded));
+                    return Ok(Ran::Processed(uploaded));
                 }
                 Err(err) => err,
             };
+            if err.is::<LostRace>() {
+                return Ok(Ran::LostRace);
+            }
             if err.is::<DecryptionTimedOut>() {
                 // The attempt stays counted; the next run quarantines the file once they
-                // are used up.
-                self.enqueue(name);
+                // are used up. A queue delivers the message again by itself.
+                if self.shared.is_none() {
+                    self.enqueue(name);
+                }
                 return Err(err);
             }
             let source_failed = source_failed.load(std::sync::atomic::Ordering::Relaxed);
@@ -329,7 +416,7 @@ impl Pipeline {
                 attempts: attempts.before + u32::from(attempts.recorded),
                 tries,
             };
-            self.record_failure(name, &raw, failed).await?;
+            self.record_failure(name, &raw, failed, delivered).await?;
             return Err(err);
         }
     }
@@ -338,6 +425,7 @@ impl Pipeline {
         &self,
         name: &str,
         raw: &RawInfo,
+        precondition: &Precondition,
         attempts: &mut Attempts,
         source_failed: &Arc<std::sync::atomic::AtomicBool>,
     ) -> Result<upload::Uploaded> {
@@ -421,6 +509,7 @@ impl Pipeline {
             .put_output(
                 name,
                 raw,
+                precondition.clone(),
                 self.processor.name(),
                 self.processor.content_type(raw.content_type.as_deref()),
                 late,
@@ -437,6 +526,7 @@ impl Pipeline {
                     anyhow!("reading the raw object stalled: {message}")
                 }
                 UploadError::Aws(err) => err,
+                UploadError::Conflict(call) => LostRace(call).into(),
                 other => anyhow!("{other}"),
             })
     }
@@ -465,17 +555,35 @@ impl Pipeline {
     /// Forgets the record of `name` (its failure, its quarantine) and queues it again.
     /// `false` if there is no such file.
     pub async fn reprocess(&self, name: &str) -> Result<bool> {
-        if self.store.head_raw(name).await?.is_none() {
+        let Some(raw) = self.store.head_raw(name).await? else {
             return Ok(false);
-        }
+        };
         if self.store.record(name).await?.is_some() {
             self.store.clear_record(name).await?;
         }
-        self.enqueue(name);
+        match &self.shared {
+            Some(queue) => {
+                queue
+                    .send(
+                        &self.config.initial_bucket,
+                        name,
+                        raw.version_id.as_deref(),
+                        std::time::SystemTime::now(),
+                    )
+                    .await?
+            }
+            None => self.enqueue(name),
+        }
         Ok(true)
     }
 
-    async fn record_failure(&self, name: &str, raw: &RawInfo, failed: Failed) -> Result<()> {
+    async fn record_failure(
+        &self,
+        name: &str,
+        raw: &RawInfo,
+        failed: Failed,
+        delivered: Option<Delivered>,
+    ) -> Result<()> {
         self.metrics.failed_with(failed.code);
         self.store
             .put_record(
@@ -486,6 +594,8 @@ impl Pipeline {
                     code: Some(failed.code.to_string()),
                     tries: failed.tries,
                     request_id: failed.request_id,
+                    receives: delivered.map(|d| d.receives),
+                    max_receives: delivered.and_then(|d| d.max_receives),
                     ..self.new_record(name, raw, failed.attempts)
                 },
             )
@@ -511,6 +621,8 @@ impl Pipeline {
             tries: 0,
             request_id: None,
             attempts,
+            receives: None,
+            max_receives: None,
         }
     }
 
@@ -530,6 +642,14 @@ impl Pipeline {
             (State::Pending, None)
         };
         let tries = failure.as_ref().map(|record| record.tries);
+        let (receives, max_receives) = failure
+            .as_ref()
+            .map(|record| (record.receives, record.max_receives))
+            .unwrap_or_default();
+        let dead_lettered = match (receives, max_receives) {
+            (Some(receives), Some(max)) => Some(receives >= max),
+            _ => None,
+        };
         let (error, error_code, request_id) = failure
             .map(|record| (record.error, record.code, record.request_id))
             .unwrap_or_default();
@@ -542,6 +662,9 @@ impl Pipeline {
             error_code,
             tries,
             request_id,
+            receives,
+            max_receives,
+            dead_lettered,
         }))
     }
 
@@ -596,20 +719,57 @@ impl Pipeline {
     }
 
     /// Queues every raw object without a matching output; returns how many were queued.
+    /// With a shared queue, a file is sent to it only once it has waited RECONCILE_GRACE_SECS
+    /// for its output, and only while the queue is empty: a message for it could then still
+    /// be on its way or in flight, and two deliveries of one file would be double work.
     pub async fn reconcile(&self) -> Result<usize> {
+        let now = std::time::SystemTime::now();
+        let cutoff = now - std::time::Duration::from_secs(self.config.reconcile_grace_secs);
+        if let Some(queue) = &self.shared {
+            self.store
+                .abort_orphaned_uploads(self.config.orphan_upload_age())
+                .await;
+            if !queue.depth().await?.is_empty() {
+                return Ok(0);
+            }
+        }
         let mut queued = 0;
         let mut cursor = None;
         loop {
             let (names, next) = self.store.raw_names(cursor).await?;
-            for name in &names {
+            for listed in &names {
+                let name = &listed.name;
                 if self.is_queued_or_running(name) {
+                    continue;
+                }
+                let young = listed.last_modified.is_some_and(|t| t > cutoff);
+                if self.shared.is_some() && young {
                     continue;
                 }
                 let Some(raw) = self.store.head_raw(name).await? else {
                     continue;
                 };
-                if !self.output_matches(name, &raw).await? && self.enqueue_if_room(name) {
-                    queued += 1;
+                if self.output_matches(name, &raw).await? {
+                    continue;
+                }
+                match &self.shared {
+                    Some(queue) => {
+                        let created = listed.last_modified.unwrap_or(now);
+                        queue
+                            .send(
+                                &self.config.initial_bucket,
+                                name,
+                                raw.version_id.as_deref(),
+                                created,
+                            )
+                            .await?;
+                        queued += 1;
+                    }
+                    None => {
+                        if self.enqueue_if_room(name) {
+                            queued += 1;
+                        }
+                    }
                 }
             }
             match next {

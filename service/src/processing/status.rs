@@ -32,4 +32,15 @@ pub struct FileStatus {
     /// The AWS request id of the call that failed it, if AWS answered.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// Deliveries of the file's queue message when it last failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receives: Option<u32>,
+    /// Deliveries after which the message goes to the dead-letter queue.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_receives: Option<u32>,
+    /// Whether the message has used its deliveries and is (or is being) moved to the
+    /// dead-letter queue: nothing processes the file until it is uploaded again or
+    /// reprocessed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_lettered: Option<bool>,
 }

@@ -58,6 +58,55 @@ pub struct Destination {
     /// waiting for it (0: no minimum). A trickling client is cut off instead of holding a
     /// part buffer for as long as it likes.
     pub min_body_rate: u64,
+    /// What the key must hold for the write to take effect.
+    pub precondition: Option<Precondition>,
+}
+
+/// What a key must hold for a write to take effect (S3 conditional writes: `If-None-Match:
+/// *`, `If-Match: <etag>`, on PutObject, CompleteMultipartUpload and CopyObject). Writers
+/// racing on one key then cannot overwrite what another wrote after they looked: the loser
+/// gets [`UploadError::Conflict`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Precondition {
+    /// No object under the key.
+    Absent,
+    /// The current object has this ETag (with or without quotes).
+    Etag(String),
+}
+
+impl Precondition {
+    fn if_match(&self) -> Option<String> {
+        match self {
+            Precondition::Etag(etag) => Some(format!("\"{}\"", etag.trim_matches('"'))),
+            Precondition::Absent => None,
+        }
+    }
+
+    fn if_none_match(&self) -> Option<String> {
+        (*self == Precondition::Absent).then(|| "*".to_string())
+    }
+}
+
+/// An SDK result, with a failed precondition (412, or 409 for a concurrent conditional
+/// write) told apart from other failures.
+fn conditional<T, E>(
+    result: Result<T, aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>>,
+    call: String,
+) -> Result<T, UploadError>
+where
+    E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match result {
+        Err(err)
+            if matches!(
+                err.raw_response().map(|r| r.status().as_u16()),
+                Some(409 | 412)
+            ) =>
+        {
+            Err(UploadError::Conflict(call))
+        }
+        other => other.aws_context(call).map_err(UploadError::Aws),
+    }
 }
 
 /// What a body is read into before it takes a part buffer from the shared budget: a body
@@ -121,6 +170,9 @@ pub enum UploadError {
     TooSlow(String),
     Integrity(String),
     Aws(anyhow::Error),
+    /// The write's [`Precondition`] no longer held: another writer changed the key since the
+    /// caller looked. Nothing of this write was committed.
+    Conflict(String),
 }
 
 impl std::fmt::Display for UploadError {
@@ -131,6 +183,12 @@ impl std::fmt::Display for UploadError {
             UploadError::TooSlow(e) => write!(f, "{e}"),
             UploadError::Integrity(e) => write!(f, "integrity check failed: {e}"),
             UploadError::Aws(e) => write!(f, "{e:#}"),
+            UploadError::Conflict(call) => {
+                write!(
+                    f,
+                    "{call}: the key changed since it was read (precondition failed)"
+                )
+            }
         }
     }
 }
@@ -247,9 +305,17 @@ async fn abort(s3: &S3, bucket: &str, key: &str, upload_id: &str) {
 }
 
 /// Aborts the multipart uploads under `prefix` of `bucket` that a previous run left open
-/// (it was killed mid-upload). Called at start-up, before this run opens any: one instance
-/// writes these keys, so every open upload is an orphan. Returns how many were aborted.
-pub async fn abort_orphans(s3: &S3, bucket: &str, prefix: &str) -> anyhow::Result<usize> {
+/// (it was killed mid-upload); returns how many were aborted. With one writer (called at
+/// start-up, before this run opens any) every open upload is an orphan: `older_than` is
+/// `None`. Where several instances write, only uploads started at least `older_than` ago
+/// are taken for orphans, since a younger one may be another instance's, still going.
+pub async fn abort_orphans(
+    s3: &S3,
+    bucket: &str,
+    prefix: &str,
+    older_than: Option<Duration>,
+) -> anyhow::Result<usize> {
+    let cutoff = older_than.map(|age| std::time::SystemTime::now() - age);
     let mut aborted = 0;
     let (mut key_marker, mut upload_id_marker) = (None, None);
     loop {
@@ -263,6 +329,14 @@ pub async fn abort_orphans(s3: &S3, bucket: &str, prefix: &str) -> anyhow::Resul
             .await
             .aws_context(format!("s3:ListMultipartUploads {bucket}/{prefix}"))?;
         for upload in listed.uploads() {
+            let started = upload
+                .initiated()
+                .and_then(|t| std::time::SystemTime::try_from(*t).ok());
+            if let (Some(cutoff), Some(started)) = (cutoff, started)
+                && started > cutoff
+            {
+                continue;
+            }
             if let (Some(key), Some(upload_id)) = (upload.key(), upload.upload_id()) {
                 abort(s3, bucket, key, upload_id).await;
                 aborted += 1;
@@ -393,10 +467,15 @@ impl Uploader {
                 .sse_kms(&self.kms_key_arn)
                 .set_content_type(to.content_type.clone())
                 .set_metadata(Some(final_metadata(to, &body.digests)))
+                .set_if_match(to.precondition.as_ref().and_then(Precondition::if_match))
+                .set_if_none_match(
+                    to.precondition
+                        .as_ref()
+                        .and_then(Precondition::if_none_match),
+                )
                 .send()
-                .await
-                .aws_context(format!("s3:PutObject {}/{}", to.bucket, to.key))
-                .map_err(UploadError::Aws)?;
+                .await;
+            let output = conditional(output, format!("s3:PutObject {}/{}", to.bucket, to.key))?;
             drop(permit);
             return Ok(Uploaded::new(
                 &body.digests,
@@ -462,13 +541,18 @@ impl Uploader {
                     .set_parts(Some(parts.clone()))
                     .build(),
             )
+            .set_if_match(to.precondition.as_ref().and_then(Precondition::if_match))
+            .set_if_none_match(
+                to.precondition
+                    .as_ref()
+                    .and_then(Precondition::if_none_match),
+            )
             .send()
-            .await
-            .aws_context(format!(
-                "s3:CompleteMultipartUpload {}/{}",
-                to.bucket, to.key
-            ))
-            .map_err(UploadError::Aws)?;
+            .await;
+        let output = conditional(
+            output,
+            format!("s3:CompleteMultipartUpload {}/{}", to.bucket, to.key),
+        )?;
         guard.disarm();
         let mut uploaded = Uploaded::new(
             &body.digests,
@@ -508,6 +592,14 @@ impl Uploader {
             .set_content_type(to.content_type.clone())
             .set_metadata(Some(final_metadata(to, digests)))
             .sse_kms(&self.kms_key_arn)
+            // Only onto the object just completed: a writer that replaced it since keeps its
+            // object, and this one loses.
+            .set_if_match(
+                to.precondition
+                    .is_some()
+                    .then(|| Precondition::Etag(uploaded.etag.clone()).if_match())
+                    .flatten(),
+            )
             .customize()
             .config_override(
                 aws_sdk_s3::config::Builder::default().timeout_config(
@@ -518,9 +610,11 @@ impl Uploader {
                 ),
             )
             .send()
-            .await
-            .aws_context(format!("s3:CopyObject {}/{} (metadata)", to.bucket, to.key))
-            .map_err(UploadError::Aws)?;
+            .await;
+        let copied = conditional(
+            copied,
+            format!("s3:CopyObject {}/{} (metadata)", to.bucket, to.key),
+        )?;
         if let Some(result) = copied.copy_object_result() {
             uploaded.etag = result.e_tag().unwrap_or_default().to_string();
         }
