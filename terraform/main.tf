@@ -21,6 +21,13 @@ locals {
 
   service_port = tonumber(split(":", var.service_listen_address)[1])
 
+  # Known before the queues exist, so the key policy does not wait for them.
+  queue_name = "${var.name_prefix}-work"
+  queue_arns = {
+    work        = "arn:${local.partition}:sqs:${var.region}:${local.account_id}:${local.queue_name}"
+    dead_letter = "arn:${local.partition}:sqs:${var.region}:${local.account_id}:${local.queue_name}-dead-letter"
+  }
+
   # SSM parameters of the service's doors. The token is a SecureString under the stack's key
   # that `cargo xtask deploy` creates with the SDK (never in Terraform's state or plans);
   # the certificate is published by the instance, which made its key (never leaves it); a
@@ -45,6 +52,7 @@ locals {
     kms_key_arn           = module.kms.key_arn
     listen_address        = var.service_listen_address
     processor             = var.service_processor
+    queue_url             = module.queue.queue_url
     service_binary_s3_uri = var.service_artifact == null ? "" : "s3://${var.service_artifact.bucket}/${var.service_artifact.key}"
     service_binary_url    = var.service_binary_url == null ? "" : var.service_binary_url
     service_binary_sha256 = var.service_artifact == null ? var.service_binary_sha256 : var.service_artifact.sha256
@@ -67,6 +75,7 @@ module "key_policies" {
   service_role_arn = module.iam.role_arn
   bucket_arns      = local.bucket_arns
   parameter_arns   = local.parameter_arns
+  queue_arns       = local.queue_arns
 }
 
 module "access_policies" {
@@ -84,6 +93,7 @@ module "access_policies" {
   exempt_principal_arns = var.admin_principal_arns
   access_log_bucket_arn = "arn:${local.partition}:s3:::${local.log_bucket_name}"
   parameter_arns        = local.parameter_arns
+  queue_arns            = local.queue_arns
   service_artifact = var.service_artifact == null ? null : {
     bucket_arn  = "arn:${local.partition}:s3:::${var.service_artifact.bucket}"
     key_prefix  = local.artifact_key_prefix
@@ -131,6 +141,17 @@ module "final_bucket" {
   policy_json                        = module.access_policies.bucket_policy_json["final"]
   attach_policy                      = var.attach_bucket_policies
   access_logs                        = { bucket = module.access_logs.bucket_name }
+}
+
+module "queue" {
+  source = "./modules/queue"
+
+  name                       = local.queue_name
+  kms_key_arn                = module.kms.key_arn
+  bucket_name                = module.initial_bucket.bucket_name
+  visibility_timeout_seconds = var.queue_visibility_timeout_seconds
+  max_receive_count          = var.queue_max_receive_count
+  policy_json                = module.access_policies.queue_policy_json
 }
 
 module "access_logs" {

@@ -101,3 +101,13 @@ output "tls_rotation_parameter" {
   description = "SSM parameter whose new value asks the instance for a new key and certificate (`cargo xtask rotate-cert`)."
   value       = local.parameter_names.tls_rotation
 }
+
+output "queue_url" {
+  description = "The work queue: the initial bucket's raw/ events, consumed by every instance."
+  value       = module.queue.queue_url
+}
+
+output "dead_letter_queue_url" {
+  description = "Where messages of files that kept failing end (after queue_max_receive_count deliveries)."
+  value       = module.queue.dead_letter_queue_url
+}

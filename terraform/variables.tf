@@ -273,3 +273,15 @@ variable "s3_gateway_endpoint_route_table_ids" {
   type        = list(string)
   default     = []
 }
+
+variable "queue_visibility_timeout_seconds" {
+  description = "Seconds a received queue message stays hidden (the service extends it while a file is processed): how soon a file of an instance that died is processed by another. Validated by modules/queue."
+  type        = number
+  default     = 120
+}
+
+variable "queue_max_receive_count" {
+  description = "Deliveries of a file's message before it goes to the dead-letter queue (the retry budget of a file that keeps failing). Validated by modules/queue."
+  type        = number
+  default     = 5
+}

@@ -149,9 +149,8 @@ pub async fn configure_like_terraform(s3: &aws_sdk_s3::Client, bucket: &str, key
 
 /// The processing queue as Terraform's `queue` module makes it: a dead-letter queue, the
 /// queue (SSE with `key_arn`, `visibility_secs`, redriven after `max_receives`
-/// deliveries, with `policy` attached when given), and the initial bucket's notification
-/// of `raw/` object creations to it. The sandbox provisioner makes the local stack's with
-/// it too. Returns the queue's and the dead-letter queue's URLs.
+/// deliveries), and the initial bucket's notification of `raw/` object creations to it.
+/// Returns the queue's and the dead-letter queue's URLs.
 pub async fn create_work_queue(
     clients: &AwsClients,
     name: &str,
@@ -159,12 +158,34 @@ pub async fn create_work_queue(
     key_arn: &str,
     visibility_secs: u32,
     max_receives: u32,
-    policy: Option<&str>,
 ) -> (String, String) {
-    use aws_sdk_s3::types::{
-        Event, FilterRule, FilterRuleName, NotificationConfiguration,
-        NotificationConfigurationFilter, QueueConfiguration, S3KeyFilter,
-    };
+    let queues = create_queues(clients, name, key_arn, visibility_secs, max_receives)
+        .await
+        .expect("create the queues");
+    notify_queue(clients, initial_bucket, &queues.work_arn)
+        .await
+        .expect("the bucket's notification");
+    (queues.work_url, queues.dead_letter_url)
+}
+
+/// A work queue and its dead-letter queue.
+pub struct Queues {
+    pub work_url: String,
+    pub work_arn: String,
+    pub dead_letter_url: String,
+}
+
+/// The two queues of [`create_work_queue`], without the notification (the sandbox
+/// provisioner makes its buckets later).
+pub async fn create_queues(
+    clients: &AwsClients,
+    name: &str,
+    key_arn: &str,
+    visibility_secs: u32,
+    max_receives: u32,
+) -> anyhow::Result<Queues> {
+    use crate::aws::AwsResultExt as _;
+    use anyhow::Context as _;
     use aws_sdk_sqs::types::QueueAttributeName as Attr;
     let sqs = &clients.sqs;
     let create = |queue: String, attributes: Vec<(Attr, String)>| async move {
@@ -175,9 +196,9 @@ pub async fn create_work_queue(
         let url = request
             .send()
             .await
-            .unwrap_or_else(|e| panic!("create queue {queue}: {e:?}"))
+            .aws_context(format!("sqs:CreateQueue {queue}"))?
             .queue_url()
-            .expect("queue url")
+            .context("CreateQueue returned no URL")?
             .to_string();
         let arn = sqs
             .get_queue_attributes()
@@ -185,22 +206,22 @@ pub async fn create_work_queue(
             .attribute_names(Attr::QueueArn)
             .send()
             .await
-            .expect("queue arn")
+            .aws_context(format!("sqs:GetQueueAttributes {queue}"))?
             .attributes()
             .and_then(|a| a.get(&Attr::QueueArn).cloned())
-            .expect("queue arn");
-        (url, arn)
+            .context("no QueueArn")?;
+        anyhow::Ok((url, arn))
     };
     let sse = (Attr::KmsMasterKeyId, key_arn.to_string());
-    let (dlq_url, dlq_arn) = create(
+    let (dead_letter_url, dlq_arn) = create(
         format!("{name}-dead-letter"),
         vec![
             sse.clone(),
             (Attr::MessageRetentionPeriod, "1209600".into()),
         ],
     )
-    .await;
-    let mut attributes = vec![
+    .await?;
+    let attributes = vec![
         sse,
         (Attr::VisibilityTimeout, visibility_secs.to_string()),
         (
@@ -209,41 +230,49 @@ pub async fn create_work_queue(
                 .to_string(),
         ),
     ];
-    if let Some(policy) = policy {
-        attributes.push((Attr::Policy, policy.to_string()));
-    }
-    let (url, arn) = create(name.to_string(), attributes).await;
+    let (work_url, work_arn) = create(name.to_string(), attributes).await?;
+    Ok(Queues {
+        work_url,
+        work_arn,
+        dead_letter_url,
+    })
+}
+
+/// The bucket's notification of `raw/` object creations to the queue.
+pub async fn notify_queue(
+    clients: &AwsClients,
+    bucket: &str,
+    queue_arn: &str,
+) -> anyhow::Result<()> {
+    use crate::aws::AwsResultExt as _;
+    use aws_sdk_s3::types::{
+        Event, FilterRule, FilterRuleName, NotificationConfiguration,
+        NotificationConfigurationFilter, QueueConfiguration, S3KeyFilter,
+    };
+    let prefix = FilterRule::builder()
+        .name(FilterRuleName::Prefix)
+        .value(crate::names::RAW_PREFIX)
+        .build();
+    let queue = QueueConfiguration::builder()
+        .queue_arn(queue_arn)
+        .events(Event::from("s3:ObjectCreated:*"))
+        .filter(
+            NotificationConfigurationFilter::builder()
+                .key(S3KeyFilter::builder().filter_rules(prefix).build())
+                .build(),
+        )
+        .build()?;
     clients
         .s3
         .put_bucket_notification_configuration()
-        .bucket(initial_bucket)
+        .bucket(bucket)
         .notification_configuration(
             NotificationConfiguration::builder()
-                .queue_configurations(
-                    QueueConfiguration::builder()
-                        .queue_arn(arn)
-                        .events(Event::from("s3:ObjectCreated:*"))
-                        .filter(
-                            NotificationConfigurationFilter::builder()
-                                .key(
-                                    S3KeyFilter::builder()
-                                        .filter_rules(
-                                            FilterRule::builder()
-                                                .name(FilterRuleName::Prefix)
-                                                .value(crate::names::RAW_PREFIX)
-                                                .build(),
-                                        )
-                                        .build(),
-                                )
-                                .build(),
-                        )
-                        .build()
-                        .expect("queue configuration"),
-                )
+                .queue_configurations(queue)
                 .build(),
         )
         .send()
         .await
-        .unwrap_or_else(|e| panic!("notification of {initial_bucket}: {e:?}"));
-    (url, dlq_url)
+        .aws_context(format!("s3:PutBucketNotificationConfiguration {bucket}"))?;
+    Ok(())
 }

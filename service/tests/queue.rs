@@ -32,7 +32,6 @@ async fn shared(visibility_secs: u32, max_receives: u32) -> Shared {
         &resources.key_arn,
         visibility_secs,
         max_receives,
-        None,
     )
     .await;
     Shared {
@@ -469,4 +468,76 @@ async fn a_poison_file_ends_failed_and_in_the_dead_letter_queue_without_blocking
     shared.drained(Duration::from_secs(30)).await;
     let outputs = shared.output_versions().await;
     assert_eq!(outputs.len(), good.len(), "no output of the poison file");
+}
+
+/// Two writers of one output: the one that looked before the other wrote loses, for a
+/// single-request output and a multipart one, so an old version's run never overwrites a
+/// newer version's output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_writer_cannot_overwrite_a_newer_output() {
+    use service::upload::{Precondition, UploadError};
+    let stack = common::Stack::start(&[]).await;
+    let store = &stack.state.store;
+    let (code, _) = stack.put("race.bin", b"version one".to_vec()).await;
+    assert_eq!(code, 201);
+    stack.settle("race.bin").await;
+    let v1 = store.head_raw("race.bin").await.unwrap().unwrap();
+    // What a run of version one saw before it wrote.
+    let (_, seen) = store.output_state("race.bin", &v1).await.unwrap();
+    assert!(matches!(seen, Precondition::Etag(_)), "{seen:?}");
+
+    let (code, _) = stack.put("race.bin", b"version two".to_vec()).await;
+    assert_eq!(code, 201);
+    stack.settle("race.bin").await;
+    let v2 = store.head_raw("race.bin").await.unwrap().unwrap();
+    let newer = store
+        .head_processed("race.bin", &v2)
+        .await
+        .unwrap()
+        .unwrap();
+
+    for (size, precondition) in [
+        (100, seen.clone()),
+        (12 * MIB, seen.clone()),
+        (100, Precondition::Absent),
+        (12 * MIB, Precondition::Absent),
+    ] {
+        let late = std::sync::Arc::new(std::sync::Mutex::new(HashMap::new()));
+        let body = futures_util::stream::iter(
+            random_bytes(size, 3)
+                .chunks(MIB)
+                .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+                .collect::<Vec<std::io::Result<bytes::Bytes>>>(),
+        );
+        let written = store
+            .put_output(
+                "race.bin",
+                &v1,
+                precondition.clone(),
+                "identity",
+                None,
+                late,
+                body,
+            )
+            .await;
+        assert!(
+            matches!(written, Err(UploadError::Conflict(_))),
+            "{size} bytes under {precondition:?}: {:?}",
+            written.map(|u| u.etag)
+        );
+        let current = store.head_processed("race.bin", &v2).await.unwrap();
+        assert_eq!(
+            current.map(|c| c.etag),
+            Some(newer.etag.clone()),
+            "the newer output stays"
+        );
+    }
+    let (code, body) = stack.get("race.bin").await;
+    assert_eq!((code, body), (200, b"version two".to_vec()));
+    stack.assert_no_multipart_uploads().await;
+    assert_eq!(
+        common::open_uploads(&stack.clients, &stack.final_).await,
+        0,
+        "the losers' uploads are aborted"
+    );
 }

@@ -38,7 +38,8 @@ if [ "$instance_region" != '${region}' ]; then
   log "instance runs in $instance_region but the stack is in ${region}; refusing to start"
   exit 1
 fi
-log "configuring instance $(imds instance-id)"
+instance_id=$(imds instance-id)
+log "configuring instance $instance_id"
 # The address the certificate names: the Elastic IP, or (a server of your own) its own.
 tls_ip="$TLS_IP"
 if [ -z "$tls_ip" ]; then
@@ -84,6 +85,8 @@ FINAL_BUCKET=${final_bucket}
 KMS_KEY_ARN=${kms_key_arn}
 LISTEN_ADDR=${listen_address}
 PROCESSOR=${processor}
+QUEUE_URL=${queue_url}
+INSTANCE_ID=$instance_id
 AUTH_TOKEN_FILE=$CONFIG_DIR/auth-token
 TLS_CERT_FILE=$CONFIG_DIR/tls/cert.pem
 TLS_KEY_FILE=$CONFIG_DIR/tls/key.pem

@@ -53,12 +53,33 @@ pub fn record_path(cx: &Context) -> PathBuf {
     cx.state_dir().join("service.json")
 }
 
+/// The first of the local instances, if `up` started any.
 pub fn read_record(cx: &Context) -> Option<ServiceRecord> {
-    serde_json::from_str(&std::fs::read_to_string(record_path(cx)).ok()?).ok()
+    read_records(cx).into_iter().next()
 }
 
+/// Every local instance `up` started (`--instances`), in port order.
+pub fn read_records(cx: &Context) -> Vec<ServiceRecord> {
+    let Ok(text) = std::fs::read_to_string(record_path(cx)) else {
+        return Vec::new();
+    };
+    serde_json::from_str::<Vec<ServiceRecord>>(&text)
+        // Written by a checkout from before --instances: one record.
+        .or_else(|_| serde_json::from_str::<ServiceRecord>(&text).map(|r| vec![r]))
+        .unwrap_or_default()
+}
+
+/// The log of the first instance.
 pub fn log_path(cx: &Context) -> PathBuf {
-    cx.state_dir().join("service.log")
+    instance_log_path(cx, 1)
+}
+
+/// The log of the `n`-th instance (from 1).
+pub fn instance_log_path(cx: &Context, n: usize) -> PathBuf {
+    match n {
+        1 => cx.state_dir().join("service.log"),
+        n => cx.state_dir().join(format!("service-{n}.log")),
+    }
 }
 
 /// Where the local stand-in for the instance keeps its root (`/usr/local/bin`, `/etc/filepipe`).
@@ -68,10 +89,17 @@ pub fn host_root(cx: &Context) -> PathBuf {
 
 /// Runs the rendered user-data as the instance would at first boot (first_boot.rs), then
 /// starts the binary it downloaded and checked, with the settings it wrote (HTTPS with the
-/// key it made, the token it fetched), as the service role. Only the listen address differs
-/// (loopback, and the port asked for), and the emulator's endpoint is added. Records pid and
-/// port for `down` and `smoke`; writes the pinned certificate and the curl header file.
-pub fn start(cx: &Context, outputs: &Outputs, port: u16) -> Result<ServiceRecord> {
+/// key it made, the token it fetched), as the service role: `instances` processes on ports
+/// from `port` up, which share the stack's queue as a fleet of instances does. Only the
+/// listen address and the instance id differ (loopback, and the port asked for), and the
+/// emulator's endpoint is added. Records pids and ports for `down` and `smoke`; writes the
+/// pinned certificate and the curl header file.
+pub fn start(
+    cx: &Context,
+    outputs: &Outputs,
+    port: u16,
+    instances: usize,
+) -> Result<Vec<ServiceRecord>> {
     stop(cx)?;
     emulator::write_aws_config(&cx.root, Some(outputs.string("service_role_arn")?))?;
     let instance_role = emulator::local_settings(&cx.root, emulator::SERVICE_PROFILE);
@@ -95,32 +123,62 @@ pub fn start(cx: &Context, outputs: &Outputs, port: u16) -> Result<ServiceRecord
     doors::write_header(cx, &block_on(doors.token())?)?;
     let mut env = installed.environment;
     env.retain(|(key, _)| key != "LISTEN_ADDR");
-    let child = spawn_service(
-        &installed.binary,
-        env,
-        &instance_role,
-        port,
-        &log_path(cx),
-        Detach::Yes,
-        Some(&cert),
-    )?;
-    let record = ServiceRecord {
-        pid: child.id(),
-        port,
-        tls: true,
-    };
-    std::fs::write(record_path(cx), serde_json::to_string(&record)?)?;
-    eprintln!("    service ready at {} (pid {})", record.url(), record.pid);
-    Ok(record)
+    let instance_id = env
+        .iter()
+        .find(|(key, _)| key == "INSTANCE_ID")
+        .map(|(_, id)| id.clone())
+        .unwrap_or_default();
+    let mut records = Vec::new();
+    for n in 1..=instances.max(1) {
+        let mut env = env.clone();
+        if n > 1 {
+            env.retain(|(key, _)| key != "INSTANCE_ID");
+            env.push(("INSTANCE_ID".into(), format!("{instance_id}-{n}")));
+        }
+        let port = port
+            .checked_add(n as u16 - 1)
+            .context("--port leaves no room for the instances")?;
+        let started = spawn_service(
+            &installed.binary,
+            env,
+            &instance_role,
+            port,
+            &instance_log_path(cx, n),
+            Detach::Yes,
+            Some(&cert),
+        );
+        let child = match started {
+            Ok(child) => child,
+            Err(err) => {
+                for record in &records {
+                    stop_one(record)?;
+                }
+                return Err(err);
+            }
+        };
+        let record = ServiceRecord {
+            pid: child.id(),
+            port,
+            tls: true,
+        };
+        records.push(record);
+        // Written as each starts, so `down` finds every one that did.
+        std::fs::write(record_path(cx), serde_json::to_string(&records)?)?;
+        eprintln!("    service ready at {} (pid {})", record.url(), record.pid);
+    }
+    Ok(records)
 }
 
 /// The instance's refresh (filepipe-refresh.timer on EC2), run once in the local root: the
 /// token and certificate as SSM now holds them or asks for; then the service reloads.
 pub fn refresh(cx: &Context) -> Result<()> {
-    let record = read_record(cx).context("no local service runs: `cargo xtask up` starts it")?;
+    let records = read_records(cx);
+    if records.is_empty() {
+        bail!("no local service runs: `cargo xtask up` starts it");
+    }
     let instance_role = emulator::local_settings(&cx.root, emulator::SERVICE_PROFILE);
     first_boot::refresh(cx, &host_root(cx), &instance_role)?;
-    record.reload()
+    records.iter().try_for_each(ServiceRecord::reload)
 }
 
 /// Whether a started service outlives the xtask (and a Ctrl-C meant for it).
@@ -208,15 +266,20 @@ pub fn spawn_service(
     }
 }
 
-/// Stops the service `up` started, if it still runs. Returns whether it did.
+/// Stops the services `up` started, if they still run. Returns whether any did.
 pub fn stop(cx: &Context) -> Result<bool> {
-    let Some(record) = read_record(cx) else {
-        return Ok(false);
-    };
+    let mut any = false;
+    for record in read_records(cx) {
+        any |= stop_one(&record)?;
+    }
+    let _ = std::fs::remove_file(record_path(cx));
+    Ok(any)
+}
+
+fn stop_one(record: &ServiceRecord) -> Result<bool> {
     let running = process::runs(record.pid, SERVICE_PROGRAM);
     if running {
         process::terminate(record.pid, SERVICE_PROGRAM)?;
     }
-    let _ = std::fs::remove_file(record_path(cx));
     Ok(running)
 }

@@ -179,6 +179,7 @@ access_control.IAMRequestBase._check_role_trust_relationship = _check_trust_or_i
 # PreconditionFailed when they do not hold, 404 NoSuchKey for If-Match on a missing key. moto
 # checks them on PutObject only (and If-None-Match on a completion), so of two writers racing
 # on one key the later would silently overwrite. Checked after authorization, as AWS does.
+# Tested by a_stale_writer_cannot_overwrite_a_newer_output (service/tests/queue.rs).
 def _check_write_conditions(backend, bucket_name, key_name):
     if_match = request.headers.get("If-Match")
     if_none_match = request.headers.get("If-None-Match")

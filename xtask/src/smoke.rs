@@ -71,16 +71,17 @@ pub struct Report {
 
 pub fn run(cx: &Context, args: Args) -> Result<()> {
     let outputs = Outputs::load(&outputs_file(cx)).ok();
-    let local_service = cx
-        .env
-        .is_local()
-        .then(|| crate::local_service::read_record(cx))
-        .flatten();
-    let url = match (&args.url, &outputs) {
-        (Some(url), _) => url.trim_end_matches('/').to_string(),
-        (None, _) if local_service.is_some() => local_service.expect("checked").url(),
+    let local_services = if cx.env.is_local() {
+        crate::local_service::read_records(cx)
+    } else {
+        Vec::new()
+    };
+    // Through every local instance `up` started; elsewhere through the stack's URL.
+    let urls: Vec<String> = match (&args.url, &outputs) {
+        (Some(url), _) => vec![url.trim_end_matches('/').to_string()],
+        (None, _) if !local_services.is_empty() => local_services.iter().map(|s| s.url()).collect(),
         (None, Some(outputs)) => match outputs.string("service_url") {
-            Ok(url) => url.trim_end_matches('/').to_string(),
+            Ok(url) => vec![url.trim_end_matches('/').to_string()],
             Err(_) => bail!(
                 "no service URL: the `{}` outputs have no `service_url` (no host is deployed); pass --url",
                 cx.env.name
@@ -104,7 +105,7 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
         && outputs.string("auth_token_parameter").is_ok()
     {
         let doors = Doors::new(outputs, &aws)?;
-        if url.starts_with("https://") {
+        if urls.iter().any(|url| url.starts_with("https://")) {
             // A new instance publishes its certificate only once it has booted.
             pin = Some(block_on(doors.wait_for_certificate(
                 None,
@@ -115,29 +116,40 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
             args.token = Some(block_on(doors.token())?);
         }
     }
-    block_on(wait_until_ready(
-        &url,
-        pin.as_deref(),
-        Duration::from_secs(args.ready_timeout_secs),
-    ))?;
-    let report = block_on(smoke(
-        &url,
-        &args,
-        deployed_key.as_deref(),
-        Some(&aws),
-        pin.as_deref(),
-    ))?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_table(&report);
+    let mut reports = Vec::new();
+    for url in &urls {
+        block_on(wait_until_ready(
+            url,
+            pin.as_deref(),
+            Duration::from_secs(args.ready_timeout_secs),
+        ))?;
+        let report = block_on(smoke(
+            url,
+            &args,
+            deployed_key.as_deref(),
+            Some(&aws),
+            pin.as_deref(),
+        ))?;
+        if !args.json {
+            print_table(&report);
+        }
+        reports.push(report);
     }
-    if report.failed > 0 {
-        bail!(
-            "{} smoke check(s) failed against {}",
-            report.failed,
-            report.url
-        );
+    if args.json {
+        // One report as before for one URL; a list for several instances.
+        let json = match reports.as_slice() {
+            [one] => serde_json::to_string_pretty(one)?,
+            all => serde_json::to_string_pretty(all)?,
+        };
+        println!("{json}");
+    }
+    let failed: Vec<String> = reports
+        .iter()
+        .filter(|r| r.failed > 0)
+        .map(|r| format!("{} against {}", r.failed, r.url))
+        .collect();
+    if !failed.is_empty() {
+        bail!("smoke check(s) failed: {}", failed.join("; "));
     }
     Ok(())
 }

@@ -23,6 +23,10 @@ pub struct Args {
     /// Use the sandbox provisioner even where Terraform could install the AWS provider.
     #[arg(long)]
     sandbox: bool,
+    /// Service processes to run, on ports from --port up: they share the stack's queue as a
+    /// fleet of instances does, and the smoke test runs through each.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+    instances: u16,
 }
 
 struct Steps {
@@ -92,31 +96,42 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
         cx,
         "first boot: the user-data installs the service, which starts",
     );
-    let service = local_service::start(cx, &outputs, args.port)?;
+    let services = local_service::start(cx, &outputs, args.port, args.instances.into())?;
 
-    steps.next(cx, "smoke test through the service");
+    steps.next(cx, "smoke test through every instance");
     let pin = std::fs::read_to_string(doors::pin_file(cx))?;
-    let report = block_on(smoke::smoke(
-        &service.url(),
-        &smoke::Args {
-            timeout_secs: 120,
-            token: Some(block_on(doors.token())?),
-            ..smoke::Args::default()
-        },
-        Some(outputs.string("kms_key_arn")?),
-        Some(&operator),
-        Some(&pin),
-    ))?;
-    smoke::print_table(&report);
-    if report.failed > 0 {
-        bail!(
-            "{} smoke check(s) failed; the service log is {}",
-            report.failed,
-            local_service::log_path(cx).display()
-        );
+    let token = block_on(doors.token())?;
+    for (n, service) in services.iter().enumerate() {
+        let report = block_on(smoke::smoke(
+            &service.url(),
+            &smoke::Args {
+                timeout_secs: 120,
+                token: Some(token.clone()),
+                ..smoke::Args::default()
+            },
+            Some(outputs.string("kms_key_arn")?),
+            Some(&operator),
+            Some(&pin),
+        ))?;
+        smoke::print_table(&report);
+        if report.failed > 0 {
+            bail!(
+                "{} smoke check(s) failed through {}; its log is {}",
+                report.failed,
+                service.url(),
+                local_service::instance_log_path(cx, n + 1).display()
+            );
+        }
     }
 
-    let url = service.url();
+    let url = services[0].url();
+    let others: Vec<String> = services[1..].iter().map(|s| s.url()).collect();
+    if !others.is_empty() {
+        println!(
+            "\nthe other instances: {} (logs service-<n>.log beside the first's)",
+            others.join(", ")
+        );
+    }
     // The certificate pinned, the token from a 0600 file: never on the command line.
     let curl = format!(
         "curl --cacert {} -H @{}",

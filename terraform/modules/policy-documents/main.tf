@@ -64,7 +64,71 @@ locals {
           }
         }
       }] : statement if contains(keys(var.parameter_arns), "auth_token")
-    ])
+    ], local.queue_key_statements)
+  }
+
+  work_queue_arn = lookup(var.queue_arns, "work", "")
+  has_queue      = contains(keys(var.queue_arns), "work")
+
+  # The queue is encrypted with this key (SQS's encryption context names the queue): S3
+  # encrypts the initial bucket's events into it, and the role reads them and sends the
+  # scan's own. Both through SQS only.
+  queue_key_statements = [for statement in [
+    {
+      Sid       = "S3SendsInitialBucketEventsToTheQueue"
+      Effect    = "Allow"
+      Principal = { Service = "s3.amazonaws.com" }
+      Action    = ["kms:GenerateDataKey", "kms:Decrypt"]
+      Resource  = "*"
+      Condition = {
+        StringEquals = {
+          "aws:SourceAccount"                 = var.account_id
+          "kms:EncryptionContext:aws:sqs:arn" = local.work_queue_arn
+        }
+        ArnEquals = { "aws:SourceArn" = lookup(var.bucket_arns, "initial", "") }
+      }
+    },
+    {
+      Sid       = "ServiceRoleUseThroughSqs"
+      Effect    = "Allow"
+      Principal = { AWS = var.service_role_arn }
+      Action    = ["kms:GenerateDataKey", "kms:Decrypt"]
+      Resource  = "*"
+      Condition = {
+        StringEquals = {
+          "kms:ViaService"                    = "sqs.${var.region}.amazonaws.com"
+          "kms:EncryptionContext:aws:sqs:arn" = local.work_queue_arn
+        }
+      }
+    },
+  ] : statement if local.has_queue]
+
+  # Only the initial bucket sends events to the work queue, and only over TLS; the
+  # dead-letter queue takes messages only by redrive (its redrive-allow policy), and over TLS.
+  queue_policies = {
+    for purpose, queue_arn in var.queue_arns : purpose => {
+      Version = "2012-10-17"
+      Statement = concat([
+        for statement in [{
+          Sid       = "InitialBucketSendsEvents"
+          Effect    = "Allow"
+          Principal = { Service = "s3.amazonaws.com" }
+          Action    = "sqs:SendMessage"
+          Resource  = queue_arn
+          Condition = {
+            ArnEquals    = { "aws:SourceArn" = lookup(var.bucket_arns, "initial", "") }
+            StringEquals = { "aws:SourceAccount" = var.account_id }
+          }
+        }] : statement if purpose == "work"
+        ], [{
+          Sid       = "DenyInsecureTransport"
+          Effect    = "Deny"
+          Principal = "*"
+          Action    = "sqs:*"
+          Resource  = queue_arn
+          Condition = { Bool = { "aws:SecureTransport" = "false" } }
+      }])
+    }
   }
 
   assume_role_policy = {
@@ -113,8 +177,24 @@ locals {
         ]
         Resource = [var.kms_key_arn]
       },
-    ], local.artifact_statements)
+    ], local.queue_statements, local.artifact_statements)
   }
+
+  # The service takes its work from the queue, hides a message while its file is processed,
+  # deletes it once settled, and sends a file's message itself when a scan finds its event
+  # lost. Nothing on the dead-letter queue: operators redrive it.
+  queue_statements = [for statement in [{
+    Sid    = "ConsumeWorkQueue"
+    Effect = "Allow"
+    Action = [
+      "sqs:ReceiveMessage",
+      "sqs:DeleteMessage",
+      "sqs:ChangeMessageVisibility",
+      "sqs:GetQueueAttributes",
+      "sqs:SendMessage",
+    ]
+    Resource = local.work_queue_arn
+  }] : statement if local.has_queue]
 
   # The user-data downloads the service binary with the instance role: exactly the
   # content-addressed prefix of the deployed build, and its bucket's key through S3 only (the

@@ -22,3 +22,8 @@ output "access_log_bucket_policy_json" {
   description = "Bucket policy of the access log bucket; null without access_log_bucket_arn."
   value       = local.access_log_bucket_policy == null ? null : jsonencode(local.access_log_bucket_policy)
 }
+
+output "queue_policy_json" {
+  description = "Queue policy by purpose (work, dead_letter); empty without queue_arns."
+  value       = { for purpose, policy in local.queue_policies : purpose => jsonencode(policy) }
+}

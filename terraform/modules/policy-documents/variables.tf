@@ -119,3 +119,14 @@ variable "parameter_arns" {
     error_message = "parameter_arns maps auth_token, tls_certificate and tls_rotation to SSM parameter ARNs."
   }
 }
+
+variable "queue_arns" {
+  description = "The processing queues by purpose: work (receives the initial bucket's raw/ events; the role consumes it) and dead_letter (where its poison messages end). Empty: no queue grants or policies."
+  type        = map(string)
+  default     = {}
+
+  validation {
+    condition     = alltrue([for arn in values(var.queue_arns) : can(regex("^arn:aws[a-z-]*:sqs:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_-]{1,80}$", arn))]) && alltrue([for purpose in keys(var.queue_arns) : contains(["work", "dead_letter"], purpose)])
+    error_message = "queue_arns maps work and dead_letter to SQS queue ARNs."
+  }
+}

@@ -239,3 +239,91 @@ fn the_log_bucket_admits_only_log_delivery_for_the_data_buckets_and_only_tls() {
     assert!(rendered["access_log_bucket_policy_json"].is_string());
     assert!(render(&cx, inputs(), None).unwrap()["access_log_bucket_policy_json"].is_null());
 }
+
+#[test]
+fn only_the_initial_bucket_sends_to_the_queue_and_the_role_consumes_only_it() {
+    const WORK: &str = "arn:aws:sqs:eu-west-1:123456789012:files-work";
+    const DEAD: &str = "arn:aws:sqs:eu-west-1:123456789012:files-work-dead-letter";
+    let cx = isolated_local_context("queue-policies");
+    let mut with_queues = inputs();
+    with_queues["queue_arns"] = json!({"work": WORK, "dead_letter": DEAD});
+    let rendered = render(&cx, with_queues, None).unwrap();
+
+    let work: Value =
+        serde_json::from_str(rendered["queue_policy_json"]["work"].as_str().unwrap()).unwrap();
+    let sends = statement(&work, "InitialBucketSendsEvents");
+    assert_eq!(sends["Principal"], json!({"Service": "s3.amazonaws.com"}));
+    assert_eq!(sends["Action"], "sqs:SendMessage");
+    assert_eq!(sends["Resource"], WORK);
+    assert_eq!(
+        sends["Condition"]["ArnEquals"]["aws:SourceArn"],
+        "arn:aws:s3:::files-initial"
+    );
+    assert_eq!(
+        sends["Condition"]["StringEquals"]["aws:SourceAccount"],
+        ACCOUNT
+    );
+    let dead: Value = serde_json::from_str(
+        rendered["queue_policy_json"]["dead_letter"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    for (policy, arn, allows) in [(&work, WORK, 1), (&dead, DEAD, 0)] {
+        let tls = statement(policy, "DenyInsecureTransport");
+        assert_eq!(tls["Effect"], "Deny");
+        assert_eq!(tls["Action"], "sqs:*");
+        assert_eq!(tls["Resource"], arn);
+        assert_eq!(tls["Condition"]["Bool"]["aws:SecureTransport"], "false");
+        let allowing = policy["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["Effect"] == "Allow")
+            .count();
+        assert_eq!(allowing, allows, "{policy}");
+    }
+
+    let role = document(&rendered, "service_role_policy_json");
+    let consume = statement(&role, "ConsumeWorkQueue");
+    assert_eq!(consume["Resource"], WORK, "the work queue only");
+    assert!(
+        !role.to_string().contains(DEAD),
+        "nothing on the dead letters"
+    );
+
+    let key = document(&rendered, "key_policy_json");
+    let s3 = statement(&key, "S3SendsInitialBucketEventsToTheQueue");
+    assert_eq!(s3["Principal"], json!({"Service": "s3.amazonaws.com"}));
+    assert_eq!(
+        s3["Condition"]["ArnEquals"]["aws:SourceArn"],
+        "arn:aws:s3:::files-initial"
+    );
+    assert_eq!(
+        s3["Condition"]["StringEquals"]["kms:EncryptionContext:aws:sqs:arn"],
+        WORK
+    );
+    let role_via_sqs = statement(&key, "ServiceRoleUseThroughSqs");
+    assert_eq!(role_via_sqs["Principal"]["AWS"], ROLE);
+    assert_eq!(
+        role_via_sqs["Condition"]["StringEquals"]["kms:ViaService"],
+        "sqs.eu-west-1.amazonaws.com"
+    );
+
+    // Without queues, none of it.
+    let cx = isolated_local_context("no-queue-policies");
+    let rendered = render(&cx, inputs(), None).unwrap();
+    assert_eq!(rendered["queue_policy_json"], json!({}));
+    assert!(
+        !rendered["key_policy_json"]
+            .as_str()
+            .unwrap()
+            .contains("sqs")
+    );
+    assert!(
+        !rendered["service_role_policy_json"]
+            .as_str()
+            .unwrap()
+            .contains("sqs")
+    );
+}

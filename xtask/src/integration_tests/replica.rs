@@ -49,6 +49,14 @@ const STAND_INS: &[(&str, &str)] = &[
     ("aws_eip.id", r#""eipalloc-0123456789abcdef0""#),
     ("aws_eip.public_ip", r#""198.51.100.10""#),
     ("aws_vpc_endpoint.id", r#""vpce-0123456789abcdef0""#),
+    (
+        "aws_sqs_queue.id",
+        r#""https://sqs.eu-west-1.amazonaws.com/123456789012/${$name}""#,
+    ),
+    (
+        "aws_sqs_queue.arn",
+        r#""arn:aws:sqs:eu-west-1:123456789012:${$name}""#,
+    ),
 ];
 
 /// Writes the replica of the module tree at `source` into `dest` (same layout; non-`.tf`

@@ -84,6 +84,7 @@ fn sandbox_creates_what_the_hcl_declares() {
     let again = sandbox::provision(&cx, &artifact).expect("provisioning twice is fine");
     for reused in [
         "kms_key_arn",
+        "queue_url",
         "instance_id",
         "public_ip",
         "security_group_id",
@@ -322,10 +323,12 @@ fn sandbox_creates_what_the_hcl_declares() {
             sids(&key_policy),
             [
                 "AccountRootFullAccess",
+                "S3SendsInitialBucketEventsToTheQueue",
                 "ServiceRoleDecryptAuthTokenThroughSsm",
                 "ServiceRoleDecryptEnvelopes",
                 "ServiceRoleDescribeKey",
-                "ServiceRoleUseThroughS3"
+                "ServiceRoleUseThroughS3",
+                "ServiceRoleUseThroughSqs"
             ]
             .into_iter()
             .map(String::from)
@@ -354,6 +357,7 @@ fn sandbox_creates_what_the_hcl_declares() {
         assert_eq!(
             sids(&policy),
             [
+                "ConsumeWorkQueue",
                 "ListPipelineBuckets",
                 "PublishCertificate",
                 "ReadServiceArtifact",
@@ -378,7 +382,80 @@ fn sandbox_creates_what_the_hcl_declares() {
         );
 
         check_host(&clients, &outputs, &vars, role_name).await;
+        check_queue(&clients, &outputs, &key_arn).await;
     });
+}
+
+/// The queues, their policies and the initial bucket's notification, read back from the
+/// emulator, against modules/queue and the root's defaults.
+async fn check_queue(clients: &AwsClients, outputs: &Outputs, key_arn: &str) {
+    use aws_sdk_sqs::types::QueueAttributeName as Attr;
+    let root = hcl_body("variables.tf");
+    let default = |name: &str| {
+        root.blocks()
+            .find(|b| b.identifier() == "variable" && b.labels()[0].as_str() == name)
+            .and_then(|b| b.body().attributes().find(|a| a.key() == "default"))
+            .map(|a| a.expr().to_string())
+            .unwrap_or_else(|| panic!("no default for {name}"))
+    };
+    let read = |url: String| async move {
+        clients
+            .sqs
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(Attr::All)
+            .send()
+            .await
+            .unwrap()
+            .attributes()
+            .cloned()
+            .unwrap()
+    };
+    let work = read(outputs.string("queue_url").unwrap().to_string()).await;
+    let dead = read(outputs.string("dead_letter_queue_url").unwrap().to_string()).await;
+    assert_eq!(work[&Attr::KmsMasterKeyId], key_arn);
+    assert_eq!(dead[&Attr::KmsMasterKeyId], key_arn);
+    assert_eq!(
+        work[&Attr::VisibilityTimeout],
+        default("queue_visibility_timeout_seconds")
+    );
+    let redrive: Value = serde_json::from_str(&work[&Attr::RedrivePolicy]).unwrap();
+    assert_eq!(
+        redrive["maxReceiveCount"].to_string().trim_matches('"'),
+        default("queue_max_receive_count")
+    );
+    assert_eq!(
+        redrive["deadLetterTargetArn"],
+        dead[&Attr::QueueArn].as_str()
+    );
+    let work_policy: Value = serde_json::from_str(&work[&Attr::Policy]).unwrap();
+    assert_eq!(
+        sids(&work_policy),
+        ["DenyInsecureTransport", "InitialBucketSendsEvents"]
+            .into_iter()
+            .map(String::from)
+            .collect()
+    );
+    let dead_policy: Value = serde_json::from_str(&dead[&Attr::Policy]).unwrap();
+    assert_eq!(
+        sids(&dead_policy),
+        ["DenyInsecureTransport"]
+            .into_iter()
+            .map(String::from)
+            .collect()
+    );
+    let notification = clients
+        .s3
+        .get_bucket_notification_configuration()
+        .bucket(outputs.string("initial_bucket_name").unwrap())
+        .send()
+        .await
+        .unwrap();
+    let queue = &notification.queue_configurations()[0];
+    assert_eq!(queue.queue_arn(), work[&Attr::QueueArn].as_str());
+    assert_eq!(queue.events()[0].as_str(), "s3:ObjectCreated:*");
+    let rule = &queue.filter().unwrap().key().unwrap().filter_rules()[0];
+    assert_eq!(rule.value(), Some("raw/"));
 }
 
 /// The instance, its security group and Elastic IP, read back from the emulator's EC2,

@@ -71,6 +71,12 @@ pub fn provision(cx: &Context, artifact: &Artifact) -> Result<Outputs> {
             )
         })
         .collect();
+    // As in terraform/main.tf: known before the queues exist.
+    let queue_name = format!("{prefix}-work");
+    let queue_arns = json!({
+        "work": format!("arn:{partition}:sqs:{region}:{account}:{queue_name}"),
+        "dead_letter": format!("arn:{partition}:sqs:{region}:{account}:{queue_name}-dead-letter"),
+    });
     let bucket_arns: Map<String, Value> = bucket_names
         .iter()
         .map(|(purpose, name)| (purpose.to_string(), json!(arn_of(name))))
@@ -87,6 +93,7 @@ pub fn provision(cx: &Context, artifact: &Artifact) -> Result<Outputs> {
             "service_role_arn": role_arn,
             "bucket_arns": bucket_arns,
             "parameter_arns": parameter_arns,
+            "queue_arns": queue_arns,
         }),
         None,
     )?;
@@ -101,6 +108,28 @@ pub fn provision(cx: &Context, artifact: &Artifact) -> Result<Outputs> {
         &clients.kms,
         &alias,
         str_field(&first, "key_policy_json")?,
+    ))?;
+
+    cx.step(format!(
+        "sandbox: queues {queue_name} and its dead-letter queue"
+    ));
+    let queue_settings = module_defaults(cx, "modules/queue")?;
+    let setting = |name: &str, root: &str| -> Result<u32> {
+        vars.get(root)
+            .or_else(|| queue_settings.get(name))
+            .and_then(Value::as_u64)
+            .map(|n| n as u32)
+            .with_context(|| format!("{root} has no default"))
+    };
+    let queues = block_on(service::testing::create_queues(
+        &clients,
+        &queue_name,
+        &key_arn,
+        setting(
+            "visibility_timeout_seconds",
+            "queue_visibility_timeout_seconds",
+        )?,
+        setting("max_receive_count", "queue_max_receive_count")?,
     ))?;
 
     // Allocated first, as in the HCL: the bucket policies admit its address.
@@ -134,6 +163,7 @@ pub fn provision(cx: &Context, artifact: &Artifact) -> Result<Outputs> {
         "exempt_principal_arns": vars["admin_principal_arns"],
         "access_log_bucket_arn": arn_of(&log_bucket),
         "parameter_arns": parameter_arns,
+        "queue_arns": queue_arns,
         "service_artifact": {
             "bucket_arn": arn_of(&artifact.bucket),
             "key_prefix": format!("service/{}/", artifact.sha256),
@@ -147,6 +177,7 @@ pub fn provision(cx: &Context, artifact: &Artifact) -> Result<Outputs> {
         "kms_key_arn": key_arn,
         "listen_address": vars["service_listen_address"],
         "processor": vars["service_processor"],
+        "queue_url": queues.work_url,
         "service_binary_s3_uri": format!("s3://{}/{}", artifact.bucket, artifact.key),
         "service_binary_url": "",
         "service_binary_sha256": artifact.sha256,
@@ -240,6 +271,27 @@ pub fn provision(cx: &Context, artifact: &Artifact) -> Result<Outputs> {
         "    note: the data buckets' policies are rendered and checked, not attached: the emulator speaks plain HTTP and ignores policy conditions"
     );
 
+    cx.step("sandbox: queue policies and the initial bucket's events");
+    block_on(async {
+        for (purpose, url) in [
+            ("work", &queues.work_url),
+            ("dead_letter", &queues.dead_letter_url),
+        ] {
+            let policy = documents["queue_policy_json"][purpose]
+                .as_str()
+                .with_context(|| format!("no rendered policy for the {purpose} queue"))?;
+            clients
+                .sqs
+                .set_queue_attributes()
+                .queue_url(url)
+                .attributes(aws_sdk_sqs::types::QueueAttributeName::Policy, policy)
+                .send()
+                .await
+                .aws_context(format!("sqs:SetQueueAttributes {url} (policy)"))?;
+        }
+        service::testing::notify_queue(&clients, &bucket_names["initial"], &queues.work_arn).await
+    })?;
+
     cx.step("sandbox: role policy and instance profile");
     block_on(ensure_role_policy_and_profile(
         &iam,
@@ -304,6 +356,8 @@ pub fn provision(cx: &Context, artifact: &Artifact) -> Result<Outputs> {
         "tls_rotation_parameter",
         json!(parameter_names["tls_rotation"]),
     );
+    put("queue_url", json!(queues.work_url));
+    put("dead_letter_queue_url", json!(queues.dead_letter_url));
     put("provisioned_by", json!(PROVISIONED_BY));
     let text = serde_json::to_string_pretty(&Value::Object(outputs))?;
     let parsed = Outputs::parse(&text)?;
