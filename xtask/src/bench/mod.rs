@@ -10,6 +10,7 @@
 //! The service and this client run release builds: a debug client would understate (b).
 
 mod data;
+pub(crate) mod fleet;
 pub(crate) mod large;
 mod plot;
 pub(crate) mod report;
@@ -70,6 +71,12 @@ pub struct Args {
     /// Size in MiB of each large object in the case run on moto instead of s3s-fs (0: skip it).
     #[arg(long, default_value_t = 16)]
     moto_mib: u64,
+    /// Files in the fleet case (1, 2 and 4 instances sharing the queue, on moto; 0: skip it).
+    #[arg(long, default_value_t = 400)]
+    fleet_files: u32,
+    /// Size of each of them in KiB.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    fleet_kib: u32,
     /// Also write an SVG bar chart next to the JSON report.
     #[arg(long)]
     plot: bool,
@@ -328,7 +335,33 @@ fn measure(
         remove_files(&moto);
     }
 
+    let fleet = if args.fleet_files > 0 {
+        let started = std::time::Instant::now();
+        let fleet = fleet::run(
+            cx,
+            &fleet::FleetSetup {
+                settings: &emulator_settings,
+                kms_key_arn: &kms_key_arn,
+                program: &cx.root.join(servers::SERVICE_RELEASE),
+                work,
+                prefix: "bench",
+            },
+            args.fleet_files as usize,
+            args.fleet_kib as usize * 1024,
+            args.repetitions,
+        )?;
+        fleet::print(&fleet);
+        eprintln!(
+            "    (the fleet case took {:.0}s)",
+            started.elapsed().as_secs_f64()
+        );
+        Some(fleet)
+    } else {
+        None
+    };
+
     Ok(Report {
+        fleet,
         unix_time: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -343,6 +376,7 @@ fn measure(
             "the service, the S3 server, the clients and boto3 share this machine's cores".into(),
             "downloads are written to files; sizes are checked on every run, SHA-256 on the first repetition".into(),
             "small objects: (a) waits for processing with GET .../status?wait=60; latency is PUT start -> processed".into(),
+            "fleet: every instance shares this machine's two cores with moto and the writers, so its ratios show that work spreads through the queue without loss, not how separate machines scale".into(),
         ],
     })
 }

@@ -134,6 +134,9 @@ pub struct Report {
     pub parts_in_flight: usize,
     pub max_buffered_parts: usize,
     pub cases: Vec<Case>,
+    /// 1, 2 and 4 instances sharing the queue.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<super::fleet::Fleet>,
     pub notes: Vec<String>,
 }
 

@@ -121,9 +121,19 @@ pub fn start_service(
     aws: &AwsSettings,
     log: &Path,
 ) -> Result<(Owned, String)> {
+    start_program(&cx.root.join(SERVICE_RELEASE), env, aws, log)
+}
+
+/// [`start_service`] with another build of the service.
+pub fn start_program(
+    program: &Path,
+    env: Vec<(String, String)>,
+    aws: &AwsSettings,
+    log: &Path,
+) -> Result<(Owned, String)> {
     let port = free_port()?;
     let child = spawn_service(
-        &cx.root.join(SERVICE_RELEASE),
+        program,
         env,
         aws,
         port,

@@ -86,3 +86,48 @@ fn every_variant_moves_the_same_bytes_and_is_measured() {
     });
     assert_eq!(left, 0, "every run clears the buckets after itself");
 }
+
+#[test]
+fn the_fleet_case_measures_one_two_and_four_instances_on_the_queue() {
+    let cx = isolated_local_context("fleet");
+    let work = temp_dir("fleet");
+    let settings = service::testing::emulator_settings();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let key_arn = runtime.block_on(crate::bench::create_key(&settings)).unwrap();
+    let program = super::service_binary();
+    let prefix = cx.env.name_prefix.clone();
+    let fleet = crate::bench::fleet::run(
+        &cx,
+        &crate::bench::fleet::FleetSetup {
+            settings: &settings,
+            kms_key_arn: &key_arn,
+            program: &program,
+            work: &work,
+            prefix: &prefix,
+        },
+        12,
+        2048,
+        1,
+    )
+    .expect("the fleet case runs");
+    let sizes: Vec<usize> = fleet.runs.iter().map(|r| r.instances).collect();
+    assert_eq!(sizes, [1, 2, 4]);
+    for run in &fleet.runs {
+        assert_eq!(run.files_per_second.len(), 1);
+        assert!(run.median_files_per_second > 0.0 && run.median_files_per_second.is_finite());
+        assert!(run.lag_ms.p50 >= 0.0 && run.lag_ms.p99 >= run.lag_ms.p50, "{run:?}");
+    }
+    assert_eq!(fleet.runs[0].over_one_instance, 1.0);
+    // The buckets are gone.
+    let clients = runtime.block_on(service::testing::emulator_clients());
+    let listed = runtime
+        .block_on(clients.s3.list_buckets().send())
+        .unwrap();
+    assert!(
+        !listed
+            .buckets()
+            .iter()
+            .any(|b| b.name().unwrap_or_default().starts_with(&prefix)),
+        "buckets left behind"
+    );
+}
