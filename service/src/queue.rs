@@ -6,8 +6,8 @@
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, Result, bail};
-use aws_sdk_s3::primitives::{DateTime, DateTimeFormat};
 use aws_sdk_sqs::Client as Sqs;
+use aws_sdk_sqs::primitives::{DateTime, DateTimeFormat};
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use serde_json::{Value, json};
 

@@ -72,8 +72,7 @@ pub fn run(
                 repetition + 1
             ));
             let tag = format!("{}-fleet-{instances}-{repetition}", setup.prefix);
-            let (rate, lag) =
-                block_on(measure(&clients, setup, &tag, instances, &payload, files))?;
+            let (rate, lag) = block_on(measure(&clients, setup, &tag, instances, &payload, files))?;
             eprintln!("    {rate:.1} files/s");
             rates.entry(instances).or_default().push(rate);
             lags.entry(instances).or_default().extend(lag);

@@ -132,15 +132,7 @@ pub fn start_program(
     log: &Path,
 ) -> Result<(Owned, String)> {
     let port = free_port()?;
-    let child = spawn_service(
-        program,
-        env,
-        aws,
-        port,
-        log,
-        Detach::No,
-        None,
-    )?;
+    let child = spawn_service(program, env, aws, port, log, Detach::No, None)?;
     Ok((Owned { child }, format!("http://127.0.0.1:{port}")))
 }
 

@@ -93,7 +93,9 @@ fn the_fleet_case_measures_one_two_and_four_instances_on_the_queue() {
     let work = temp_dir("fleet");
     let settings = service::testing::emulator_settings();
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let key_arn = runtime.block_on(crate::bench::create_key(&settings)).unwrap();
+    let key_arn = runtime
+        .block_on(crate::bench::create_key(&settings))
+        .unwrap();
     let program = super::service_binary();
     let prefix = cx.env.name_prefix.clone();
     let fleet = crate::bench::fleet::run(
@@ -115,14 +117,15 @@ fn the_fleet_case_measures_one_two_and_four_instances_on_the_queue() {
     for run in &fleet.runs {
         assert_eq!(run.files_per_second.len(), 1);
         assert!(run.median_files_per_second > 0.0 && run.median_files_per_second.is_finite());
-        assert!(run.lag_ms.p50 >= 0.0 && run.lag_ms.p99 >= run.lag_ms.p50, "{run:?}");
+        assert!(
+            run.lag_ms.p50 >= 0.0 && run.lag_ms.p99 >= run.lag_ms.p50,
+            "{run:?}"
+        );
     }
     assert_eq!(fleet.runs[0].over_one_instance, 1.0);
     // The buckets are gone.
     let clients = runtime.block_on(service::testing::emulator_clients());
-    let listed = runtime
-        .block_on(clients.s3.list_buckets().send())
-        .unwrap();
+    let listed = runtime.block_on(clients.s3.list_buckets().send()).unwrap();
     assert!(
         !listed
             .buckets()

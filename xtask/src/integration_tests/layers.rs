@@ -161,7 +161,7 @@ fn neither_crate_has_an_import_circle() {
 }
 
 #[test]
-fn only_the_store_and_the_uploader_call_s3_in_the_service() {
+fn only_the_store_and_the_uploader_call_s3_and_only_the_queue_calls_sqs_in_the_service() {
     let modules = modules(&workspace_root().join("service/src"));
     for (name, code) in &modules {
         let allowed = matches!(name.as_str(), "store" | "upload" | "aws" | "testing");
@@ -169,6 +169,12 @@ fn only_the_store_and_the_uploader_call_s3_in_the_service() {
             assert!(
                 !code.contains("aws_sdk_s3"),
                 "service module `{name}` uses the S3 SDK; S3 calls belong in the store"
+            );
+        }
+        if !matches!(name.as_str(), "queue" | "aws" | "testing") {
+            assert!(
+                !code.contains("aws_sdk_sqs"),
+                "service module `{name}` uses the SQS SDK; SQS calls belong in the queue"
             );
         }
     }
