@@ -32,14 +32,20 @@ locals {
   # that `cargo xtask deploy` creates with the SDK (never in Terraform's state or plans);
   # the certificate is published by the instance, which made its key (never leaves it); a
   # new value of the rotation parameter asks the instance for a new key and certificate.
+  # A fleet's instances share one key and certificate, which `cargo xtask deploy` makes for
+  # the load balancer's name and keeps in SSM (the key a SecureString under the stack's key);
+  # only a fleet's role reads the key.
+  fleet = var.enable_host && var.instance_count > 1
   parameter_names = {
     auth_token      = "/${var.name_prefix}/auth-token"
     tls_certificate = "/${var.name_prefix}/tls-certificate"
     tls_rotation    = "/${var.name_prefix}/tls-rotation"
+    tls_key         = "/${var.name_prefix}/tls-key"
   }
   parameter_arns = {
     for purpose, name in local.parameter_names :
     purpose => "arn:${local.partition}:ssm:${var.region}:${local.account_id}:parameter${name}"
+    if purpose != "tls_key" || local.fleet
   }
 
   # Content-addressed in the artifact bucket `cargo xtask deploy` uploads to.
@@ -59,8 +65,10 @@ locals {
     token_parameter       = local.parameter_names.auth_token
     certificate_parameter = local.parameter_names.tls_certificate
     rotation_parameter    = local.parameter_names.tls_rotation
+    tls_key_parameter     = local.fleet ? local.parameter_names.tls_key : ""
     # The address the certificate names; without a host, the server's own (from IMDS).
-    tls_ip = try(module.host[0].public_ip, "")
+    # (A fleet has no such address: coalesce fails on null, and try gives "".)
+    tls_ip = try(coalesce(module.host[0].public_ip), "")
   })
 }
 
@@ -179,6 +187,11 @@ module "host" {
   detailed_monitoring                 = var.detailed_monitoring
   root_volume_size_gib                = var.root_volume_size_gib
   s3_gateway_endpoint_route_table_ids = var.s3_gateway_endpoint_route_table_ids
+  instance_count                      = var.instance_count
+  instance_count_min                  = var.instance_count_min
+  instance_count_max                  = var.instance_count_max
+  subnet_ids                          = var.subnet_ids
+  load_balancer_deletion_protection   = var.load_balancer_deletion_protection
 }
 
 check "bucket_access_is_network_restricted" {

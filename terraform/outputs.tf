@@ -111,3 +111,18 @@ output "dead_letter_queue_url" {
   description = "Where messages of files that kept failing end (after queue_max_receive_count deliveries)."
   value       = module.queue.dead_letter_queue_url
 }
+
+output "tls_key_parameter" {
+  description = "SSM SecureString with a fleet's shared TLS key, made by `cargo xtask deploy` for load_balancer_dns_name; null for one instance (it makes its own key)."
+  value       = local.fleet ? local.parameter_names.tls_key : null
+}
+
+output "load_balancer_dns_name" {
+  description = "DNS name of a fleet's load balancer; null for one instance."
+  value       = one(module.host[*].load_balancer_dns_name)
+}
+
+output "autoscaling_group_name" {
+  description = "A fleet's Auto Scaling group; null for one instance."
+  value       = one(module.host[*].autoscaling_group_name)
+}

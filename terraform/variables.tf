@@ -285,3 +285,33 @@ variable "queue_max_receive_count" {
   type        = number
   default     = 5
 }
+
+variable "instance_count" {
+  description = "Instances running the service (with enable_host). 1: one instance with an Elastic IP. More: an Auto Scaling group behind a network load balancer, which needs s3_gateway_endpoint_route_table_ids. Validated by modules/host."
+  type        = number
+  default     = 1
+}
+
+variable "instance_count_min" {
+  description = "Smallest size of the fleet's Auto Scaling group; null: instance_count."
+  type        = number
+  default     = null
+}
+
+variable "instance_count_max" {
+  description = "Largest size of the fleet's Auto Scaling group; null: instance_count."
+  type        = number
+  default     = null
+}
+
+variable "subnet_ids" {
+  description = "Subnets of a fleet (instance_count > 1), in two or more availability zones; empty: the default VPC's default subnets. One instance uses subnet_id."
+  type        = list(string)
+  default     = []
+}
+
+variable "load_balancer_deletion_protection" {
+  description = "Protect a fleet's load balancer from deletion."
+  type        = bool
+  default     = false
+}

@@ -99,6 +99,19 @@ pub fn generate(ips: &[IpAddr], names: &[String], days: u32) -> Result<(String, 
     Ok((cert.pem(), key.serialize_pem()))
 }
 
+/// Whether the first certificate of a PEM text is valid for the DNS name `name` (its
+/// subject alternative names say so; validity dates and issuer are not looked at).
+pub fn names_host(cert_pem: &str, name: &str) -> bool {
+    let Ok(cert) = CertificateDer::from_pem_slice(cert_pem.as_bytes()) else {
+        return false;
+    };
+    let Ok(server_name) = rustls::pki_types::ServerName::try_from(name.to_string()) else {
+        return false;
+    };
+    webpki::EndEntityCert::try_from(&cert)
+        .is_ok_and(|cert| cert.verify_is_valid_for_subject_name(&server_name).is_ok())
+}
+
 /// The SHA-256 fingerprint of the first certificate of a PEM text, as `ab:cd:...`.
 pub fn fingerprint(cert_pem: &str) -> Result<String> {
     let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes()).context("no PEM certificate")?;
@@ -138,6 +151,9 @@ mod tests {
         std::fs::write(&key_file, &other_key).unwrap();
         assert!(tls.reload().unwrap(), "the new pair");
         assert!(generate(&[], &[], 30).is_err());
+        assert!(names_host(&cert, "localhost"));
+        assert!(!names_host(&cert, "elsewhere.example"));
+        assert!(!names_host("not a certificate", "localhost"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

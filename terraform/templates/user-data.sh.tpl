@@ -102,6 +102,7 @@ REGION=${region}
 TOKEN_PARAMETER=${token_parameter}
 CERT_PARAMETER=${certificate_parameter}
 ROTATION_PARAMETER=${rotation_parameter}
+TLS_KEY_PARAMETER=${tls_key_parameter}
 SERVICE_USER=$SERVICE_USER
 TOKEN_FILE=$CONFIG_DIR/auth-token
 TLS_DIR=$CONFIG_DIR/tls
@@ -133,28 +134,48 @@ if [ ! -f "$TOKEN_FILE" ] || [ "$token" != "$(cat "$TOKEN_FILE")" ]; then
   changed=1
 fi
 
-# A new key and certificate: at first boot, when asked (a new value of the rotation
-# parameter), and 30 days before the current one expires.
-wanted=$(aws ssm get-parameter --region "$REGION" --name "$ROTATION_PARAMETER" \
-  --query Parameter.Value --output text 2>/dev/null || echo initial)
-have=$(cat "$TLS_DIR/rotation" 2>/dev/null || echo none)
-if [ ! -f "$TLS_DIR/key.pem" ] || [ "$wanted" != "$have" ] \
-  || ! openssl x509 -checkend 2592000 -noout -in "$TLS_DIR/cert.pem" >/dev/null 2>&1; then
-  "$BINARY" gen-cert --ip "$TLS_IP" --ip 127.0.0.1 --dns localhost --days 90 \
-    --cert-out "$TLS_DIR/cert.pem.new" --key-out "$TLS_DIR/key.pem.new" >/dev/null
+install_tls() {
   chown root:"$SERVICE_USER" "$TLS_DIR/cert.pem.new" "$TLS_DIR/key.pem.new"
   chmod 0440 "$TLS_DIR/key.pem.new"
   chmod 0444 "$TLS_DIR/cert.pem.new"
   mv -f "$TLS_DIR/key.pem.new" "$TLS_DIR/key.pem"
   mv -f "$TLS_DIR/cert.pem.new" "$TLS_DIR/cert.pem"
-  printf '%s\n' "$wanted" > "$TLS_DIR/rotation"
-  rm -f "$TLS_DIR/published"
-  changed=1
-fi
-if [ ! -f "$TLS_DIR/published" ]; then
-  aws ssm put-parameter --region "$REGION" --name "$CERT_PARAMETER" --type String --overwrite \
-    --value "file://$TLS_DIR/cert.pem" >/dev/null
-  touch "$TLS_DIR/published"
+}
+
+if [ -n "$TLS_KEY_PARAMETER" ]; then
+  # A fleet behind a load balancer: every instance serves the one key and certificate that
+  # `cargo xtask deploy` made for the load balancer's name (and `rotate-cert` renews), so
+  # clients pin one certificate whichever instance answers.
+  aws ssm get-parameter --region "$REGION" --name "$TLS_KEY_PARAMETER" --with-decryption \
+    --query Parameter.Value --output text > "$TLS_DIR/key.pem.new"
+  aws ssm get-parameter --region "$REGION" --name "$CERT_PARAMETER" \
+    --query Parameter.Value --output text > "$TLS_DIR/cert.pem.new"
+  if cmp -s "$TLS_DIR/key.pem.new" "$TLS_DIR/key.pem" && cmp -s "$TLS_DIR/cert.pem.new" "$TLS_DIR/cert.pem"; then
+    rm -f "$TLS_DIR/key.pem.new" "$TLS_DIR/cert.pem.new"
+  else
+    install_tls
+    changed=1
+  fi
+else
+  # One instance: a new key and certificate made here, at first boot, when asked (a new value
+  # of the rotation parameter), and 30 days before the current one expires.
+  wanted=$(aws ssm get-parameter --region "$REGION" --name "$ROTATION_PARAMETER" \
+    --query Parameter.Value --output text 2>/dev/null || echo initial)
+  have=$(cat "$TLS_DIR/rotation" 2>/dev/null || echo none)
+  if [ ! -f "$TLS_DIR/key.pem" ] || [ "$wanted" != "$have" ] \
+    || ! openssl x509 -checkend 2592000 -noout -in "$TLS_DIR/cert.pem" >/dev/null 2>&1; then
+    "$BINARY" gen-cert --ip "$TLS_IP" --ip 127.0.0.1 --dns localhost --days 90 \
+      --cert-out "$TLS_DIR/cert.pem.new" --key-out "$TLS_DIR/key.pem.new" >/dev/null
+    install_tls
+    printf '%s\n' "$wanted" > "$TLS_DIR/rotation"
+    rm -f "$TLS_DIR/published"
+    changed=1
+  fi
+  if [ ! -f "$TLS_DIR/published" ]; then
+    aws ssm put-parameter --region "$REGION" --name "$CERT_PARAMETER" --type String --overwrite \
+      --value "file://$TLS_DIR/cert.pem" >/dev/null
+    touch "$TLS_DIR/published"
+  fi
 fi
 
 if [ "$changed" = 1 ] && systemctl is-active --quiet filepipe.service; then

@@ -215,6 +215,14 @@ fn finish(cx: &Context, tf: &Terraform) -> Result<()> {
             doors.token_parameter
         );
     }
+    if block_on(doors.ensure_fleet_certificate(cx))?
+        && let Some(fleet) = &doors.fleet
+    {
+        eprintln!(
+            "    the fleet's TLS key and certificate made for {}: {} (SecureString) and {}",
+            fleet.dns_name, fleet.key_parameter, doors.certificate_parameter
+        );
+    }
     Ok(())
 }
 

@@ -25,6 +25,7 @@ pub fn parameter_names(prefix: &str) -> BTreeMap<&'static str, String> {
         ("auth_token", format!("/{prefix}/auth-token")),
         ("tls_certificate", format!("/{prefix}/tls-certificate")),
         ("tls_rotation", format!("/{prefix}/tls-rotation")),
+        ("tls_key", format!("/{prefix}/tls-key")),
     ])
 }
 
@@ -51,8 +52,21 @@ pub struct Doors {
     pub certificate_parameter: String,
     pub rotation_parameter: String,
     pub kms_key_arn: String,
+    /// A fleet's: the shared key's parameter and the name the certificate carries.
+    pub fleet: Option<FleetTls>,
     ssm: aws_sdk_ssm::Client,
 }
+
+/// A fleet's instances serve one key and certificate, made here for the load balancer's
+/// name, so that clients pin one certificate whichever instance answers.
+pub struct FleetTls {
+    pub key_parameter: String,
+    pub dns_name: String,
+}
+
+/// How long a fleet's certificate is valid, and how old it may get before `deploy` renews it.
+const FLEET_CERT_DAYS: u32 = 90;
+const FLEET_CERT_RENEW_DAYS: i64 = 60;
 
 impl Doors {
     pub fn new(outputs: &Outputs, operator: &AwsClients) -> Result<Doors> {
@@ -61,8 +75,96 @@ impl Doors {
             certificate_parameter: outputs.string("tls_certificate_parameter")?.to_string(),
             rotation_parameter: outputs.string("tls_rotation_parameter")?.to_string(),
             kms_key_arn: outputs.string("kms_key_arn")?.to_string(),
+            fleet: match (
+                outputs.optional_string("tls_key_parameter"),
+                outputs.optional_string("load_balancer_dns_name"),
+            ) {
+                (Some(key), Some(dns)) => Some(FleetTls {
+                    key_parameter: key.to_string(),
+                    dns_name: dns.to_string(),
+                }),
+                _ => None,
+            },
             ssm: aws_sdk_ssm::Client::new(&operator.sdk_config),
         })
+    }
+
+    /// A fleet's key and certificate: made when there are none, when the certificate does
+    /// not name the load balancer, or when it is older than 60 days; returns whether it made
+    /// them. Nothing to do for one instance (it makes its own).
+    pub async fn ensure_fleet_certificate(&self, cx: &Context) -> Result<bool> {
+        let Some(fleet) = &self.fleet else {
+            return Ok(false);
+        };
+        if !cx.aws_call(format!(
+            "ssm:GetParameter {} (and ssm:PutParameter {} SecureString, {} when missing or old)",
+            self.certificate_parameter, fleet.key_parameter, self.certificate_parameter
+        )) {
+            return Ok(false);
+        }
+        let current = match self
+            .ssm
+            .get_parameter()
+            .name(&self.certificate_parameter)
+            .send()
+            .await
+        {
+            Ok(found) => found.parameter().cloned(),
+            Err(err) if err.code() == Some("ParameterNotFound") => None,
+            Err(err) => {
+                return Err(err)
+                    .aws_context(format!("ssm:GetParameter {}", self.certificate_parameter));
+            }
+        };
+        let fresh = current.as_ref().is_some_and(|parameter| {
+            let names = parameter
+                .value()
+                .is_some_and(|pem| service::tls::names_host(pem, &fleet.dns_name));
+            let young = parameter
+                .last_modified_date()
+                .is_some_and(|at| at.secs() > now_secs() - FLEET_CERT_RENEW_DAYS * 86_400);
+            names && young
+        });
+        if fresh {
+            return Ok(false);
+        }
+        self.put_fleet_certificate(fleet).await?;
+        Ok(true)
+    }
+
+    /// A new key and certificate for the fleet: the key first, so that an instance that
+    /// sees the new certificate finds its key.
+    async fn put_fleet_certificate(&self, fleet: &FleetTls) -> Result<()> {
+        let (cert, key) = service::tls::generate(
+            &[],
+            &[fleet.dns_name.clone(), "localhost".to_string()],
+            FLEET_CERT_DAYS,
+        )?;
+        self.ssm
+            .put_parameter()
+            .name(&fleet.key_parameter)
+            .description("filepipe: the fleet's TLS key (cargo xtask rotate-cert makes a new one)")
+            .r#type(ParameterType::SecureString)
+            .key_id(&self.kms_key_arn)
+            .value(key)
+            .overwrite(true)
+            .send()
+            .await
+            .aws_context(format!(
+                "ssm:PutParameter {} (SecureString, key {})",
+                fleet.key_parameter, self.kms_key_arn
+            ))?;
+        self.ssm
+            .put_parameter()
+            .name(&self.certificate_parameter)
+            .description("filepipe: the fleet's TLS certificate, pinned by clients")
+            .r#type(ParameterType::String)
+            .value(cert)
+            .overwrite(true)
+            .send()
+            .await
+            .aws_context(format!("ssm:PutParameter {}", self.certificate_parameter))?;
+        Ok(())
     }
 
     /// Makes the token if there is none yet; returns whether it did. Never overwrites one.
@@ -187,8 +289,12 @@ impl Doors {
         }
     }
 
-    /// Asks the instance for a new key and certificate (it polls the parameter every minute).
+    /// Asks the instance for a new key and certificate (it polls the parameter every minute);
+    /// for a fleet, makes them (its instances take them within a minute).
     pub async fn request_new_certificate(&self) -> Result<()> {
+        if let Some(fleet) = &self.fleet {
+            return self.put_fleet_certificate(fleet).await;
+        }
         let nonce = new_token()?;
         self.ssm
             .put_parameter()
@@ -204,6 +310,13 @@ impl Doors {
             .aws_context(format!("ssm:PutParameter {}", self.rotation_parameter))?;
         Ok(())
     }
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
 }
 
 /// 32 random bytes, hex: from the kernel's generator.

@@ -83,6 +83,11 @@ impl Outputs {
             .and_then(|v| v.as_str())
             .with_context(|| format!("Terraform output `{name}` is missing or not a string"))
     }
+
+    /// A string output that may be null or absent (one shape of the stack has it).
+    pub fn optional_string(&self, name: &str) -> Option<&str> {
+        self.values.get(name).and_then(|v| v.as_str())
+    }
 }
 
 /// Where `deploy` saves `terraform output -json` for an environment.

@@ -122,3 +122,58 @@ variable "s3_gateway_endpoint_route_table_ids" {
     error_message = "s3_gateway_endpoint_route_table_ids must contain ids like rtb-0123456789abcdef0."
   }
 }
+
+variable "instance_count" {
+  description = "Instances running the service. 1: one instance with an Elastic IP, no load balancer. More: an Auto Scaling group of this desired size behind a network load balancer; it needs s3_gateway_endpoint_route_table_ids (the bucket policies admit the endpoint, not addresses)."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = var.instance_count >= 1 && var.instance_count <= 50 && floor(var.instance_count) == var.instance_count
+    error_message = "instance_count must be a whole number from 1 to 50."
+  }
+
+  validation {
+    condition     = var.instance_count == 1 || length(var.s3_gateway_endpoint_route_table_ids) > 0
+    error_message = "instance_count > 1 needs s3_gateway_endpoint_route_table_ids: a fleet's instances have no fixed addresses, so the bucket policies admit them by their S3 gateway endpoint (aws:SourceVpce)."
+  }
+}
+
+variable "instance_count_min" {
+  description = "Smallest size of the fleet's Auto Scaling group; null: instance_count."
+  type        = number
+  default     = null
+
+  validation {
+    condition     = var.instance_count_min == null || try(var.instance_count_min >= 1 && var.instance_count_min <= var.instance_count, false)
+    error_message = "instance_count_min must be from 1 to instance_count."
+  }
+}
+
+variable "instance_count_max" {
+  description = "Largest size of the fleet's Auto Scaling group; null: instance_count."
+  type        = number
+  default     = null
+
+  validation {
+    condition     = var.instance_count_max == null || try(var.instance_count_max >= var.instance_count && var.instance_count_max <= 100, false)
+    error_message = "instance_count_max must be from instance_count to 100."
+  }
+}
+
+variable "subnet_ids" {
+  description = "Subnets of the fleet (instance_count > 1), in at least two availability zones for the load balancer; they need public IPs on launch or a NAT for AWS APIs other than S3. Empty: the default subnets of the default VPC."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for id in var.subnet_ids : can(regex("^subnet-[0-9a-f]{8,17}$", id))])
+    error_message = "subnet_ids must contain ids like subnet-0123456789abcdef0."
+  }
+}
+
+variable "load_balancer_deletion_protection" {
+  description = "Protect the fleet's load balancer from deletion (destroy then fails until it is turned off)."
+  type        = bool
+  default     = false
+}

@@ -49,8 +49,8 @@ locals {
         Resource  = "*"
       },
       ], [
-      # The bearer token is a SecureString under this key: SSM decrypts it for the role,
-      # for that one parameter only.
+      # The bearer token (and a fleet's shared TLS key) are SecureStrings under this key: SSM
+      # decrypts them for the role, for those parameters only.
       for statement in [{
         Sid       = "ServiceRoleDecryptAuthTokenThroughSsm"
         Effect    = "Allow"
@@ -60,12 +60,15 @@ locals {
         Condition = {
           StringEquals = {
             "kms:ViaService"                      = "ssm.${var.region}.amazonaws.com"
-            "kms:EncryptionContext:PARAMETER_ARN" = lookup(var.parameter_arns, "auth_token", "")
+            "kms:EncryptionContext:PARAMETER_ARN" = [for purpose in ["auth_token", "tls_key"] : var.parameter_arns[purpose] if contains(keys(var.parameter_arns), purpose)]
           }
         }
       }] : statement if contains(keys(var.parameter_arns), "auth_token")
     ], local.queue_key_statements)
   }
+
+  # A fleet (tls_key given) reads the certificate the xtask made; one instance publishes its own.
+  readable_parameters = contains(keys(var.parameter_arns), "tls_key") ? ["auth_token", "tls_rotation", "tls_key", "tls_certificate"] : ["auth_token", "tls_rotation"]
 
   work_queue_arn = lookup(var.queue_arns, "work", "")
   has_queue      = contains(keys(var.queue_arns), "work")
@@ -214,19 +217,20 @@ locals {
       Resource  = try(var.service_artifact.kms_key_arn, "")
       Condition = { StringEquals = { "kms:ViaService" = "s3.${var.region}.amazonaws.com" } }
     }] : statement if try(var.service_artifact.kms_key_arn, null) != null],
-    # The doors: the token and the rotation request read, the certificate published.
+    # The doors: the token, the rotation request and (a fleet's) the shared key and its
+    # certificate read; one instance's certificate published.
     [for statement in [{
       Sid      = "ReadServiceSecrets"
       Effect   = "Allow"
       Action   = "ssm:GetParameter"
-      Resource = [for purpose in ["auth_token", "tls_rotation"] : var.parameter_arns[purpose] if contains(keys(var.parameter_arns), purpose)]
-    }] : statement if length(setintersection(keys(var.parameter_arns), ["auth_token", "tls_rotation"])) > 0],
+      Resource = [for purpose in local.readable_parameters : var.parameter_arns[purpose] if contains(keys(var.parameter_arns), purpose)]
+    }] : statement if length(setintersection(keys(var.parameter_arns), local.readable_parameters)) > 0],
     [for statement in [{
       Sid      = "PublishCertificate"
       Effect   = "Allow"
       Action   = "ssm:PutParameter"
       Resource = lookup(var.parameter_arns, "tls_certificate", "")
-    }] : statement if contains(keys(var.parameter_arns), "tls_certificate")],
+    }] : statement if contains(keys(var.parameter_arns), "tls_certificate") && !contains(keys(var.parameter_arns), "tls_key")],
   )
 
   # S3's log delivery writes the data buckets' access logs, for this account's buckets only.

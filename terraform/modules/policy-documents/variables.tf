@@ -110,13 +110,13 @@ variable "access_log_bucket_arn" {
 }
 
 variable "parameter_arns" {
-  description = "SSM parameters of the service's doors by purpose: auth_token (SecureString under the stack key, read by the role), tls_certificate (written by the role), tls_rotation (read by the role). Empty: no grants."
+  description = "SSM parameters of the service's doors by purpose: auth_token (SecureString under the stack key, read by the role), tls_certificate (written by the role), tls_rotation (read by the role), tls_key (a fleet's shared key, SecureString; with it the certificate is read, not written). Empty: no grants."
   type        = map(string)
   default     = {}
 
   validation {
-    condition     = alltrue([for arn in values(var.parameter_arns) : can(regex("^arn:aws[a-z-]*:ssm:[a-z0-9-]+:[0-9]{12}:parameter/", arn))]) && alltrue([for purpose in keys(var.parameter_arns) : contains(["auth_token", "tls_certificate", "tls_rotation"], purpose)])
-    error_message = "parameter_arns maps auth_token, tls_certificate and tls_rotation to SSM parameter ARNs."
+    condition     = alltrue([for arn in values(var.parameter_arns) : can(regex("^arn:aws[a-z-]*:ssm:[a-z0-9-]+:[0-9]{12}:parameter/", arn))]) && alltrue([for purpose in keys(var.parameter_arns) : contains(["auth_token", "tls_certificate", "tls_rotation", "tls_key"], purpose)])
+    error_message = "parameter_arns maps auth_token, tls_certificate, tls_rotation and (a fleet's) tls_key to SSM parameter ARNs."
   }
 }
 

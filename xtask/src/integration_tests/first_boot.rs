@@ -257,3 +257,155 @@ fn leak_candidates(
     }
     found
 }
+
+/// A fleet's instance: it serves the key and certificate the xtask made for the load
+/// balancer's name (from SSM, the key a SecureString), publishes nothing, and takes a new
+/// pair at its next refresh.
+#[test]
+fn a_fleet_instance_serves_the_shared_key_and_certificate_and_follows_a_rotation() {
+    use serde_json::json;
+    require_tool("terraform", "the sandbox renders the user-data with it");
+    let cx = isolated_local_context("first-boot-fleet");
+    std::fs::create_dir_all(cx.state_dir()).unwrap();
+    let artifact = delivered(&cx, &service_binary());
+    let outputs = crate::sandbox::provision(&cx, &artifact).expect("provision");
+    let prefix = &cx.env.name_prefix;
+    let key_parameter = format!("/{prefix}/tls-key");
+    let dns_name = "fleet-0123456789abcdef.elb.eu-west-1.amazonaws.com";
+    // The sandbox stands for one instance; its user-data differs from a fleet's in this line.
+    let user_data = outputs.string("user_data").unwrap().replace(
+        "TLS_KEY_PARAMETER=\n",
+        &format!("TLS_KEY_PARAMETER={key_parameter}\n"),
+    );
+    assert!(user_data.contains(&format!("TLS_KEY_PARAMETER={key_parameter}\n")));
+
+    let operator = block_on(service::aws::AwsClients::connect(&cx.env.aws));
+    let mut doors = Doors::new(&outputs, &operator).unwrap();
+    doors.fleet = Some(crate::doors::FleetTls {
+        key_parameter: key_parameter.clone(),
+        dns_name: dns_name.to_string(),
+    });
+    block_on(doors.ensure_token(&cx)).unwrap();
+    assert!(
+        block_on(doors.ensure_fleet_certificate(&cx)).unwrap(),
+        "made"
+    );
+    assert!(
+        !block_on(doors.ensure_fleet_certificate(&cx)).unwrap(),
+        "kept"
+    );
+
+    // The fleet's grant on the doors, as policy-documents renders it for a fleet.
+    let role_arn = outputs.string("service_role_arn").unwrap();
+    let account = role_arn.split(':').nth(4).unwrap();
+    let parameter_arns: serde_json::Map<String, serde_json::Value> =
+        crate::doors::parameter_names(prefix)
+            .into_iter()
+            .map(|(purpose, name)| {
+                (
+                    purpose.to_string(),
+                    json!(format!("arn:aws:ssm:eu-west-1:{account}:parameter{name}")),
+                )
+            })
+            .collect();
+    let rendered = crate::sandbox::render(
+        &cx,
+        json!({
+            "region": "eu-west-1",
+            "partition": "aws",
+            "account_id": account,
+            "service_role_arn": role_arn,
+            "kms_key_arn": outputs.string("kms_key_arn").unwrap(),
+            "bucket_arns": {
+                "initial": outputs.string("initial_bucket_arn").unwrap(),
+                "final": outputs.string("final_bucket_arn").unwrap(),
+            },
+            "parameter_arns": parameter_arns,
+        }),
+        None,
+    )
+    .unwrap();
+    let role_policy: serde_json::Value =
+        serde_json::from_str(rendered["service_role_policy_json"].as_str().unwrap()).unwrap();
+    let read_secrets = role_policy["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["Sid"] == "ReadServiceSecrets")
+        .unwrap()
+        .clone();
+    let iam = aws_sdk_iam::Client::new(&operator.sdk_config);
+    let role_name = outputs.string("instance_profile_name").unwrap();
+    block_on(
+        iam.put_role_policy()
+            .role_name(role_name)
+            .policy_name(format!("{role_name}-fleet-doors"))
+            .policy_document(
+                json!({"Version": "2012-10-17", "Statement": [read_secrets]}).to_string(),
+            )
+            .send(),
+    )
+    .unwrap();
+
+    let config = cx.state_dir().join("aws-config");
+    crate::emulator::write_aws_config_at(&workspace_root(), &config, Some(role_arn)).unwrap();
+    let instance_role = AwsSettings {
+        credentials: CredentialsSource::ProfileFile {
+            config_file: config,
+            profile: crate::emulator::SERVICE_PROFILE.into(),
+        },
+        ..cx.env.aws.clone()
+    };
+    let root = temp_dir("fleet-instance-root");
+    first_boot::run(&cx, &user_data, &root, &instance_role, "eu-west-1")
+        .expect("the user-data runs");
+
+    let ssm = aws_sdk_ssm::Client::new(&operator.sdk_config);
+    let parameter = |name: String, decrypt: bool| {
+        block_on(
+            ssm.get_parameter()
+                .name(name)
+                .with_decryption(decrypt)
+                .send(),
+        )
+        .unwrap()
+        .parameter()
+        .unwrap()
+        .value()
+        .unwrap()
+        .trim()
+        .to_string()
+    };
+    let key_file = root.join("etc/filepipe/tls/key.pem");
+    let cert_file = root.join("etc/filepipe/tls/cert.pem");
+    let served = |file: &std::path::Path| std::fs::read_to_string(file).unwrap().trim().to_string();
+    let key = parameter(key_parameter.clone(), true);
+    let cert = parameter(doors.certificate_parameter.clone(), false);
+    assert_eq!(served(&key_file), key, "the shared key");
+    assert_eq!(served(&cert_file), cert, "the shared certificate");
+    assert!(service::tls::names_host(&cert, dns_name));
+    assert_eq!(
+        std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
+        0o440
+    );
+    assert!(
+        !root.join("etc/filepipe/tls/published").exists(),
+        "a fleet's instance publishes nothing"
+    );
+
+    // rotate-cert for a fleet: a new pair in SSM, taken at the next refresh, then a reload.
+    block_on(doors.request_new_certificate()).unwrap();
+    let new_key = parameter(key_parameter, true);
+    assert_ne!(new_key, key);
+    first_boot::refresh(&cx, &root, &instance_role).expect("refresh");
+    assert_eq!(served(&key_file), new_key);
+    assert_eq!(
+        served(&cert_file),
+        parameter(doors.certificate_parameter.clone(), false)
+    );
+    let calls = std::fs::read_to_string(root.join(STAND_INS_DIR).join("calls.log")).unwrap();
+    assert!(
+        calls.contains("systemctl reload filepipe.service"),
+        "{calls}"
+    );
+}

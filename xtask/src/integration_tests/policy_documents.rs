@@ -327,3 +327,68 @@ fn only_the_initial_bucket_sends_to_the_queue_and_the_role_consumes_only_it() {
             .contains("sqs")
     );
 }
+
+#[test]
+fn a_fleet_reads_the_shared_key_and_certificate_and_publishes_none() {
+    const PARAMETER: &str = "arn:aws:ssm:eu-west-1:123456789012:parameter/files";
+    let parameters = |fleet: bool| {
+        let mut arns = json!({
+            "auth_token": format!("{PARAMETER}/auth-token"),
+            "tls_certificate": format!("{PARAMETER}/tls-certificate"),
+            "tls_rotation": format!("{PARAMETER}/tls-rotation"),
+        });
+        if fleet {
+            arns["tls_key"] = json!(format!("{PARAMETER}/tls-key"));
+        }
+        arns
+    };
+    let render_with = |label: &str, fleet: bool| {
+        let cx = isolated_local_context(label);
+        let mut inputs = inputs();
+        inputs["parameter_arns"] = parameters(fleet);
+        render(&cx, inputs, None).unwrap()
+    };
+
+    let one = render_with("one-instance-doors", false);
+    let role = document(&one, "service_role_policy_json");
+    assert_eq!(
+        statement(&role, "ReadServiceSecrets")["Resource"],
+        json!([
+            format!("{PARAMETER}/auth-token"),
+            format!("{PARAMETER}/tls-rotation")
+        ])
+    );
+    assert_eq!(
+        statement(&role, "PublishCertificate")["Resource"],
+        format!("{PARAMETER}/tls-certificate")
+    );
+    let key = document(&one, "key_policy_json");
+    assert_eq!(
+        statement(&key, "ServiceRoleDecryptAuthTokenThroughSsm")["Condition"]["StringEquals"]["kms:EncryptionContext:PARAMETER_ARN"],
+        json!([format!("{PARAMETER}/auth-token")])
+    );
+
+    let fleet = render_with("fleet-doors", true);
+    let role = document(&fleet, "service_role_policy_json");
+    assert_eq!(
+        statement(&role, "ReadServiceSecrets")["Resource"],
+        json!([
+            format!("{PARAMETER}/auth-token"),
+            format!("{PARAMETER}/tls-rotation"),
+            format!("{PARAMETER}/tls-key"),
+            format!("{PARAMETER}/tls-certificate")
+        ])
+    );
+    assert!(
+        !role.to_string().contains("PublishCertificate"),
+        "a fleet's instances publish nothing: {role}"
+    );
+    let key = document(&fleet, "key_policy_json");
+    assert_eq!(
+        statement(&key, "ServiceRoleDecryptAuthTokenThroughSsm")["Condition"]["StringEquals"]["kms:EncryptionContext:PARAMETER_ARN"],
+        json!([
+            format!("{PARAMETER}/auth-token"),
+            format!("{PARAMETER}/tls-key")
+        ])
+    );
+}

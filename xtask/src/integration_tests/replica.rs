@@ -49,6 +49,22 @@ const STAND_INS: &[(&str, &str)] = &[
     ("aws_eip.id", r#""eipalloc-0123456789abcdef0""#),
     ("aws_eip.public_ip", r#""198.51.100.10""#),
     ("aws_vpc_endpoint.id", r#""vpce-0123456789abcdef0""#),
+    ("aws_vpc.cidr_block", r#""172.31.0.0/16""#),
+    ("aws_launch_template.id", r#""lt-0123456789abcdef0""#),
+    ("aws_launch_template.latest_version", "1"),
+    (
+        "aws_lb.arn",
+        r#""arn:aws:elasticloadbalancing:eu-west-1:123456789012:loadbalancer/net/${$name}/0123456789abcdef""#,
+    ),
+    (
+        "aws_lb.dns_name",
+        r#""${$name}-0123456789abcdef.elb.eu-west-1.amazonaws.com""#,
+    ),
+    (
+        "aws_lb_target_group.arn",
+        r#""arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/${$name}/0123456789abcdef""#,
+    ),
+    ("aws_autoscaling_group.name", r#""${$name_prefix}0001""#),
     (
         "aws_sqs_queue.id",
         r#""https://sqs.eu-west-1.amazonaws.com/123456789012/${$name}""#,
@@ -443,9 +459,9 @@ mod tests {
             json!(["203.0.113.0/24", "198.51.100.10/32"])
         );
         for resource in [
-            "module.host[0].terraform_data.aws_instance__service",
-            "module.host[0].terraform_data.aws_eip__service",
-            "module.host[0].terraform_data.aws_eip_association__service",
+            "module.host[0].terraform_data.aws_instance__service[0]",
+            "module.host[0].terraform_data.aws_eip__service[0]",
+            "module.host[0].terraform_data.aws_eip_association__service[0]",
             "module.host[0].terraform_data.aws_security_group__service",
             "module.host[0].terraform_data.aws_vpc_security_group_ingress_rule__service_port[\"192.0.2.0/24\"]",
             "module.host[0].terraform_data.aws_vpc_security_group_egress_rule__https",
@@ -461,6 +477,14 @@ mod tests {
             !state.iter().any(|s| s.contains("aws_vpc_endpoint")),
             "no endpoint unless asked"
         );
+        assert!(
+            !state
+                .iter()
+                .any(|s| s.contains("aws_lb") || s.contains("aws_autoscaling_group")),
+            "one instance has no load balancer"
+        );
+        assert!(output(&outputs, "tls_key_parameter").is_null());
+        assert!(output(&outputs, "queue_url").as_str().is_some());
 
         let user_data = output(&outputs, "user_data");
         let user_data = user_data.as_str().unwrap();
@@ -501,5 +525,97 @@ mod tests {
             "{state:#?}"
         );
         assert!(!output(&outputs, "user_data").is_null());
+    }
+
+    /// `apply` of a replica that Terraform must refuse; returns what it said.
+    fn refused(label: &str, vars: Value) -> String {
+        let dir = temp_dir(label);
+        write(&workspace_root().join("terraform"), &dir).unwrap();
+        std::fs::write(
+            dir.join("backend_override.tf"),
+            "terraform {\n  backend \"local\" {}\n}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("test.auto.tfvars.json"),
+            serde_json::to_string_pretty(&vars).unwrap(),
+        )
+        .unwrap();
+        let terraform = crate::tools::find_on_path("terraform").expect("terraform");
+        let run = |args: &[&str]| {
+            std::process::Command::new(&terraform)
+                .arg(format!("-chdir={}", dir.display()))
+                .args(args)
+                .env("TF_IN_AUTOMATION", "1")
+                .env("CHECKPOINT_DISABLE", "1")
+                .output()
+                .unwrap()
+        };
+        assert!(run(&["init", "-input=false", "-no-color"]).status.success());
+        let out = run(&["plan", "-input=false", "-no-color"]);
+        assert!(!out.status.success(), "the plan was accepted");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    #[test]
+    fn a_fleet_runs_behind_a_load_balancer_and_reaches_s3_through_its_endpoint() {
+        let mut vars = base_vars();
+        vars["instance_count"] = json!(3);
+        vars["instance_count_max"] = json!(6);
+        let said = refused("replica-fleet-no-endpoint", vars.clone());
+        assert!(
+            said.contains("instance_count > 1 needs s3_gateway_endpoint_route_table_ids"),
+            "{said}"
+        );
+
+        vars["s3_gateway_endpoint_route_table_ids"] = json!(["rtb-0123456789abcdef0"]);
+        let (outputs, state) = apply("replica-fleet", vars);
+        for resource in [
+            "module.host[0].terraform_data.aws_launch_template__service[0]",
+            "module.host[0].terraform_data.aws_autoscaling_group__service[0]",
+            "module.host[0].terraform_data.aws_lb__service[0]",
+            "module.host[0].terraform_data.aws_lb_target_group__service[0]",
+            "module.host[0].terraform_data.aws_lb_listener__service[0]",
+            "module.host[0].terraform_data.aws_vpc_security_group_ingress_rule__health_checks[0]",
+            "module.host[0].terraform_data.aws_vpc_endpoint__s3[0]",
+            "module.queue.terraform_data.aws_s3_bucket_notification__raw_files",
+        ] {
+            assert!(
+                state.iter().any(|s| s == resource),
+                "{resource} not in {state:#?}"
+            );
+        }
+        assert!(
+            !state
+                .iter()
+                .any(|s| s.contains("aws_instance") || s.contains("aws_eip")),
+            "a fleet has no lone instance or Elastic IP: {state:#?}"
+        );
+        assert_eq!(
+            output(&outputs, "service_url"),
+            "https://acme-files-service-0123456789abcdef.elb.eu-west-1.amazonaws.com:8080"
+        );
+        assert!(output(&outputs, "instance_id").is_null());
+        assert_eq!(output(&outputs, "tls_key_parameter"), "/acme-files/tls-key");
+        let network = network_statement(&outputs);
+        assert_eq!(
+            network["Condition"]["StringNotEquals"]["aws:SourceVpce"],
+            json!(["vpce-0123456789abcdef0"])
+        );
+        assert_eq!(
+            network["Condition"]["NotIpAddress"]["aws:SourceIp"],
+            json!(["203.0.113.0/24"]),
+            "no instance address"
+        );
+        let user_data = output(&outputs, "user_data");
+        let user_data = user_data.as_str().unwrap();
+        assert!(user_data.contains("TLS_KEY_PARAMETER=/acme-files/tls-key"));
+        assert!(user_data.contains("readonly TLS_IP=''"));
+        assert!(
+            user_data.contains(
+                "QUEUE_URL=https://sqs.eu-west-1.amazonaws.com/123456789012/acme-files-work"
+            ),
+            "{user_data}"
+        );
     }
 }

@@ -663,6 +663,7 @@ fn user_data_renders_through_terraform_to_clean_bash() {
         ("token_parameter", "/acme/auth-token"),
         ("certificate_parameter", "/acme/tls-certificate"),
         ("rotation_parameter", "/acme/tls-rotation"),
+        ("tls_key_parameter", ""),
         ("tls_ip", "198.51.100.10"),
         (
             "service_binary_sha256",

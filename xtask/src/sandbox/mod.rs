@@ -60,8 +60,10 @@ pub fn provision(cx: &Context, artifact: &Artifact) -> Result<Outputs> {
     ]);
     let arn_of = |bucket: &str| format!("arn:{partition}:s3:::{bucket}");
     let parameter_names = crate::doors::parameter_names(prefix);
+    // One instance (the local stack's shape) makes its own TLS key: no shared one to grant.
     let parameter_arns: Map<String, Value> = parameter_names
         .iter()
+        .filter(|(purpose, _)| **purpose != "tls_key")
         .map(|(purpose, name)| {
             (
                 purpose.to_string(),
@@ -184,6 +186,7 @@ pub fn provision(cx: &Context, artifact: &Artifact) -> Result<Outputs> {
         "token_parameter": parameter_names["auth_token"],
         "certificate_parameter": parameter_names["tls_certificate"],
         "rotation_parameter": parameter_names["tls_rotation"],
+        "tls_key_parameter": "",
         "tls_ip": public_ip,
     });
     let second = render(cx, access_inputs, Some(user_data_vars))?;
