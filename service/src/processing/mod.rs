@@ -49,6 +49,9 @@ where
     }))
 }
 
+/// How often a status request that waits looks again when other instances may process.
+const SHARED_STATUS_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A failure that was not the file's: the next scan (or a reprocess) tries again.
 fn retryable(record: &Record) -> bool {
     matches!(record.code.as_deref(), Some(TRANSIENT | ACCESS_DENIED))
@@ -705,7 +708,16 @@ impl Pipeline {
                     }
                 }
             };
-            if tokio::time::timeout_at(deadline, ended).await.is_err() {
+            // With a shared queue another instance may process the file, and only this one's
+            // runs are announced here: look again every second.
+            let slice = match &self.shared {
+                Some(_) => deadline.min(tokio::time::Instant::now() + SHARED_STATUS_POLL),
+                None => deadline,
+            };
+            if tokio::time::timeout_at(slice, ended).await.is_err() {
+                if slice < deadline {
+                    continue;
+                }
                 return match status {
                     Some(status) => Ok(Some(status)),
                     None => self.status(name).await,
