@@ -1,10 +1,14 @@
 //! initial bucket → decrypt → process → final bucket.
 //!
 //! A file is processed iff the final bucket has no output (and no failure record) whose
-//! recorded source ETag/version matches the current raw object. New uploads are queued
-//! at once; a reconciliation scan at start-up and every few minutes queues whatever a
-//! restart or a full queue left behind. Everything is streamed except Encryption SDK
-//! messages, which the SDK decrypts in memory (bounded by MAX_ENCRYPTED_SIZE).
+//! recorded source ETag/version matches the current raw object. Work comes from one of two
+//! places. With a shared queue (QUEUE_URL), it comes from the initial bucket's events,
+//! consumed by any number of instances (consumer.rs). Without one, uploads are queued in
+//! this process at once. Either way, a reconciliation scan at start-up and every few minutes
+//! catches what was missed. Output writes are conditional on what the key held when the
+//! run looked, so racing runs cannot leave a wrong output. Everything is streamed except
+//! Encryption SDK messages, which the SDK decrypts in memory (bounded by
+//! MAX_ENCRYPTED_SIZE).
 
 mod consumer;
 pub mod processors;
