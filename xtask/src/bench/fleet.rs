@@ -10,10 +10,9 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context as _, Result, bail};
 use aws_sdk_s3::primitives::{DateTime, DateTimeFormat};
 use futures_util::StreamExt as _;
-use serde::Serialize;
 use service::aws::{AwsClients, AwsResultExt, AwsSettings};
 
-use super::report::{Percentiles, median, percentiles};
+use super::report::{Fleet, FleetRun, median, percentiles};
 use super::servers;
 use crate::buckets;
 use crate::context::{Context, block_on};
@@ -21,25 +20,6 @@ use crate::context::{Context, block_on};
 pub const INSTANCES: [usize; 3] = [1, 2, 4];
 /// Writers of the batch at once.
 const WRITERS: usize = 32;
-
-#[derive(Serialize, Debug, Clone)]
-pub struct Fleet {
-    pub files: usize,
-    pub file_bytes: usize,
-    pub runs: Vec<FleetRun>,
-}
-
-#[derive(Serialize, Debug, Clone)]
-pub struct FleetRun {
-    pub instances: usize,
-    /// Files per second, first write to last output, per repetition.
-    pub files_per_second: Vec<f64>,
-    pub median_files_per_second: f64,
-    /// Median throughput over the one-instance median.
-    pub over_one_instance: f64,
-    /// Upload returned → output written, in milliseconds, over all repetitions.
-    pub lag_ms: Percentiles,
-}
 
 /// What one fleet measurement needs besides its size.
 pub struct FleetSetup<'a> {

@@ -136,7 +136,7 @@ pub struct Report {
     pub cases: Vec<Case>,
     /// 1, 2 and 4 instances sharing the queue.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub fleet: Option<super::fleet::Fleet>,
+    pub fleet: Option<Fleet>,
     pub notes: Vec<String>,
 }
 
@@ -234,4 +234,24 @@ mod tests {
             .with_target_a_over_b(0.9);
         assert!(!slow.target.unwrap().met);
     }
+}
+
+/// The fleet case: 1, 2 and 4 instances sharing the queue (bench/fleet.rs).
+#[derive(Serialize, Debug, Clone)]
+pub struct Fleet {
+    pub files: usize,
+    pub file_bytes: usize,
+    pub runs: Vec<FleetRun>,
+}
+
+#[derive(Serialize, Debug, Clone)]
+pub struct FleetRun {
+    pub instances: usize,
+    /// Files per second, first write to last output, per repetition.
+    pub files_per_second: Vec<f64>,
+    pub median_files_per_second: f64,
+    /// Median throughput over the one-instance median.
+    pub over_one_instance: f64,
+    /// Upload returned → output written, in milliseconds, over all repetitions.
+    pub lag_ms: Percentiles,
 }
