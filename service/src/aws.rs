@@ -82,7 +82,7 @@ impl AwsClients {
             s3: aws_sdk_s3::Client::from_conf(s3_config(&shared, settings, S3_ATTEMPT_TIMEOUT)),
             kms: aws_sdk_kms::Client::from_conf(kms_config(&shared)),
             sts: aws_sdk_sts::Client::new(&shared),
-            sqs: aws_sdk_sqs::Client::new(&shared),
+            sqs: aws_sdk_sqs::Client::from_conf(sqs_config(&shared)),
             sdk_config: shared,
         }
     }
@@ -167,6 +167,20 @@ fn kms_config(shared: &SdkConfig) -> aws_sdk_kms::Config {
             TimeoutConfig::builder()
                 .operation_attempt_timeout(Duration::from_secs(10))
                 .operation_timeout(Duration::from_secs(30))
+                .build(),
+        )
+        .build()
+}
+
+/// SQS timeouts: a receive long-polls for up to 20 s, so an attempt gets 30 s; a queue that
+/// accepts and never answers then costs a retry, not a consumer that stops for good.
+fn sqs_config(shared: &SdkConfig) -> aws_sdk_sqs::Config {
+    aws_sdk_sqs::config::Builder::from(shared)
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .operation_attempt_timeout(Duration::from_secs(30))
+                .operation_timeout(Duration::from_secs(90))
                 .build(),
         )
         .build()

@@ -466,6 +466,54 @@ fn the_stack_role_allows_the_service_calls_and_refuses_the_rest() {
                 .await,
             "overwriting the deployed build",
         );
+
+        // The work queue: what the consumer does, and nothing on the dead-letter queue.
+        let work = outputs.string("queue_url").unwrap();
+        let dead = outputs.string("dead_letter_queue_url").unwrap();
+        let sqs = &service.sqs;
+        sqs.send_message()
+            .queue_url(work)
+            .message_body("{}")
+            .send()
+            .await
+            .expect("the scan's own messages");
+        let received = sqs
+            .receive_message()
+            .queue_url(work)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .expect("receive");
+        for message in received.messages() {
+            let receipt = message.receipt_handle().unwrap();
+            sqs.change_message_visibility()
+                .queue_url(work)
+                .receipt_handle(receipt)
+                .visibility_timeout(30)
+                .send()
+                .await
+                .expect("keep a message hidden");
+            sqs.delete_message()
+                .queue_url(work)
+                .receipt_handle(receipt)
+                .send()
+                .await
+                .expect("delete a settled message");
+        }
+        sqs.get_queue_attributes()
+            .queue_url(work)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
+            .send()
+            .await
+            .expect("the queue's depth");
+        denied(
+            sqs.receive_message().queue_url(dead).send().await,
+            "sqs:ReceiveMessage on the dead-letter queue",
+        );
+        denied(
+            sqs.purge_queue().queue_url(work).send().await,
+            "sqs:PurgeQueue",
+        );
     });
 }
 
