@@ -76,6 +76,18 @@ pub struct ProcessedInfo {
     pub content_type: Option<String>,
 }
 
+/// What the output key holds, for a run that would write it.
+#[derive(Debug)]
+pub enum OutputState {
+    /// An output made from the run's raw version.
+    Made(ProcessedInfo),
+    /// Something else (or nothing): a new output replaces it if the key still holds what
+    /// the precondition says.
+    Replaceable(Precondition),
+    /// Another run's output, its metadata not written yet.
+    BeingWritten,
+}
+
 /// What the final bucket records of a file whose current version has no output: the
 /// decryptions started for it (`error` unset) or the failure that ended its processing.
 #[derive(Debug, Serialize, Deserialize)]
@@ -267,26 +279,45 @@ impl Store {
 
     /// The output, if it was made from exactly this raw version.
     pub async fn head_processed(&self, name: &str, raw: &RawInfo) -> Result<Option<ProcessedInfo>> {
-        Ok(self.output_state(name, raw).await?.0)
+        Ok(match self.output_state(name, raw, None).await? {
+            OutputState::Made(processed) => Some(processed),
+            _ => None,
+        })
     }
 
-    /// The output if it was made from exactly this raw version, and what a new output must
-    /// find under the key to replace whatever is there now (another version's output, or
-    /// one whose metadata is not written yet).
+    /// What the output key holds for a run of this raw version. An object without its
+    /// metadata (a multipart output is completed first, then copied onto itself with it)
+    /// written less than `grace` ago is another run's, being finished; replacing it could
+    /// leave two outputs of one version. `None`: nobody else writes (one instance), so such
+    /// an object was left by a run that died.
     pub async fn output_state(
         &self,
         name: &str,
         raw: &RawInfo,
-    ) -> Result<(Option<ProcessedInfo>, Precondition)> {
+        grace: Option<std::time::Duration>,
+    ) -> Result<OutputState> {
         let Some(head) = self.head(self.final_(), &processed_key(name)).await? else {
-            return Ok((None, Precondition::Absent));
+            return Ok(OutputState::Replaceable(Precondition::Absent));
         };
         let now = Precondition::Etag(trim_etag(head.e_tag()));
         if !raw.made(head.metadata()) {
-            return Ok((None, now));
+            let unfinished = head
+                .metadata()
+                .is_none_or(|metadata| !metadata.contains_key(meta::SOURCE_ETAG));
+            let written = head
+                .last_modified()
+                .and_then(|t| std::time::SystemTime::try_from(*t).ok());
+            let recent = match (grace, written) {
+                (Some(grace), Some(written)) => written.elapsed().is_ok_and(|age| age < grace),
+                _ => false,
+            };
+            if unfinished && recent {
+                return Ok(OutputState::BeingWritten);
+            }
+            return Ok(OutputState::Replaceable(now));
         }
         let metadata = head.metadata().cloned().unwrap_or_default();
-        let processed = Some(ProcessedInfo {
+        let processed = ProcessedInfo {
             size: head.content_length().unwrap_or_default(),
             etag: trim_etag(head.e_tag()),
             sha256: metadata.get(meta::SHA256).cloned(),
@@ -298,8 +329,8 @@ impl Store {
                 .map(|s| s.as_str().to_string()),
             kms_key_id: head.ssekms_key_id().map(str::to_string),
             content_type: head.content_type().map(str::to_string),
-        });
-        Ok((processed, now))
+        };
+        Ok(OutputState::Made(processed))
     }
 
     /// The upstream validators kept with a retrieved raw object (none if there is none).

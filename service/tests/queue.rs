@@ -483,8 +483,10 @@ async fn a_stale_writer_cannot_overwrite_a_newer_output() {
     stack.settle("race.bin").await;
     let v1 = store.head_raw("race.bin").await.unwrap().unwrap();
     // What a run of version one saw before it wrote.
-    let (_, seen) = store.output_state("race.bin", &v1).await.unwrap();
-    assert!(matches!(seen, Precondition::Etag(_)), "{seen:?}");
+    let seen = match store.output_state("race.bin", &v1, None).await.unwrap() {
+        service::store::OutputState::Made(output) => Precondition::Etag(output.etag),
+        other => panic!("{other:?}"),
+    };
 
     let (code, _) = stack.put("race.bin", b"version two".to_vec()).await;
     assert_eq!(code, 201);
@@ -540,4 +542,48 @@ async fn a_stale_writer_cannot_overwrite_a_newer_output() {
         0,
         "the losers' uploads are aborted"
     );
+}
+
+/// An output completed but not yet given its metadata is another run's, being finished:
+/// where several instances write, a run of the same version waits for it instead of
+/// replacing it (two outputs of one version); alone, it replaces what a dead run left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfinished_output_is_left_to_its_writer_where_others_write() {
+    use service::store::OutputState;
+    use service::upload::Precondition;
+    let stack = common::Stack::start(&[]).await;
+    let store = &stack.state.store;
+    let (code, _) = stack.put("late.bin", b"raw".to_vec()).await;
+    assert_eq!(code, 201);
+    stack.settle("late.bin").await;
+    let raw = store.head_raw("late.bin").await.unwrap().unwrap();
+    // What a writer leaves between CompleteMultipartUpload and its metadata copy.
+    stack
+        .clients
+        .s3
+        .put_object()
+        .bucket(&stack.final_)
+        .key("processed/late.bin")
+        .body(b"raw".to_vec().into())
+        .send()
+        .await
+        .unwrap();
+    let grace = Some(Duration::from_secs(60));
+    assert!(matches!(
+        store.output_state("late.bin", &raw, grace).await.unwrap(),
+        OutputState::BeingWritten
+    ));
+    assert!(matches!(
+        store.output_state("late.bin", &raw, None).await.unwrap(),
+        OutputState::Replaceable(Precondition::Etag(_))
+    ));
+    // Past the grace, a dead writer's: replaced.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(matches!(
+        store
+            .output_state("late.bin", &raw, Some(Duration::from_secs(1)))
+            .await
+            .unwrap(),
+        OutputState::Replaceable(Precondition::Etag(_))
+    ));
 }

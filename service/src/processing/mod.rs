@@ -33,7 +33,7 @@ use crate::decrypt::{self, Decryptor};
 use crate::metrics::Metrics;
 use crate::names::{meta, metadata_text, metadata_value};
 use crate::queue::WorkQueue;
-use crate::store::{RawInfo, Reader, Record, Store, now_rfc3339};
+use crate::store::{OutputState, RawInfo, Reader, Record, Store, now_rfc3339};
 use crate::upload::{self, Precondition, UploadError};
 use processors::{Processor, Tap, processor};
 pub use status::{FileStatus, State};
@@ -52,6 +52,11 @@ where
         Poll::Ready(None)
     }))
 }
+
+/// How long an output without its metadata counts as another run's, being finished: its
+/// metadata copy may take two attempts of the longest copy.
+const UNFINISHED_OUTPUT_GRACE: std::time::Duration =
+    std::time::Duration::from_secs(2 * crate::aws::S3_COPY_TIMEOUT.as_secs());
 
 /// How often a status request that waits looks again when other instances may process.
 const SHARED_STATUS_POLL: std::time::Duration = std::time::Duration::from_secs(1);
@@ -351,10 +356,14 @@ impl Pipeline {
         {
             return Ok(Ran::Superseded);
         }
-        let (processed, precondition) = self.store.output_state(name, &raw).await?;
-        if processed.is_some() {
-            return Ok(Ran::Done);
-        }
+        // With other writers, an unfinished output may be another run's: its message comes
+        // back after a pause, and finds it done.
+        let grace = self.shared.as_ref().map(|_| UNFINISHED_OUTPUT_GRACE);
+        let precondition = match self.store.output_state(name, &raw, grace).await? {
+            OutputState::Made(_) => return Ok(Ran::Done),
+            OutputState::BeingWritten => return Ok(Ran::LostRace),
+            OutputState::Replaceable(precondition) => precondition,
+        };
         let record = self.store.record(name).await?;
         let before = match record {
             Some(record) if record.is_for(&raw) => {
