@@ -245,6 +245,36 @@ async fn three_instances_process_a_thousand_files_exactly_once() {
         let versions = &outputs[name];
         let raw_version = shared.raw_version(name).await;
         let of_current: Vec<_> = versions.iter().filter(|(v, _)| *v == raw_version).collect();
+        if of_current.len() != 1 {
+            let listed = shared
+                .resources
+                .clients
+                .s3
+                .list_object_versions()
+                .bucket(&shared.resources.final_)
+                .prefix(format!("processed/{name}"))
+                .send()
+                .await
+                .unwrap();
+            for v in listed.versions() {
+                eprintln!(
+                    "version {:?} etag {:?} modified {:?} latest {:?}",
+                    v.version_id(),
+                    v.e_tag(),
+                    v.last_modified(),
+                    v.is_latest()
+                );
+            }
+            for instance in &instances {
+                for line in instance
+                    .log_text()
+                    .lines()
+                    .filter(|l| l.contains(name.as_str()))
+                {
+                    eprintln!("{line}");
+                }
+            }
+        }
         assert_eq!(
             of_current.len(),
             1,
@@ -586,4 +616,70 @@ async fn an_unfinished_output_is_left_to_its_writer_where_others_write() {
             .unwrap(),
         OutputState::Replaceable(Precondition::Etag(_))
     ));
+}
+
+/// Conditional writes are atomic, as on AWS (the emulator is corrected for it in
+/// moto_server_fidelity.py): of writers racing with `If-None-Match: *` on one key, exactly
+/// one wins, for single requests and multipart completions alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn of_racing_conditional_writes_exactly_one_wins() {
+    use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+    let resources = resources().await;
+    let s3 = &resources.clients.s3;
+    let bucket = &resources.final_;
+    const WRITERS: usize = 12;
+    for round in 0..3 {
+        let key = format!("race-put-{round}");
+        let puts = futures_util::future::join_all((0..WRITERS).map(|i| {
+            s3.put_object()
+                .bucket(bucket)
+                .key(&key)
+                .body(format!("writer {i}").into_bytes().into())
+                .if_none_match("*")
+                .send()
+        }))
+        .await;
+        let won = puts.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(won, 1, "PutObject round {round}: {won} writers won");
+
+        let key = format!("race-multipart-{round}");
+        let mut uploads = Vec::new();
+        for i in 0..WRITERS {
+            let upload = s3
+                .create_multipart_upload()
+                .bucket(bucket)
+                .key(&key)
+                .send()
+                .await
+                .unwrap();
+            let id = upload.upload_id().unwrap().to_string();
+            let part = s3
+                .upload_part()
+                .bucket(bucket)
+                .key(&key)
+                .upload_id(&id)
+                .part_number(1)
+                .body(format!("writer {i}").into_bytes().into())
+                .send()
+                .await
+                .unwrap();
+            uploads.push((id, part.e_tag().unwrap().to_string()));
+        }
+        let completes = futures_util::future::join_all(uploads.iter().map(|(id, etag)| {
+            s3.complete_multipart_upload()
+                .bucket(bucket)
+                .key(&key)
+                .upload_id(id)
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .parts(CompletedPart::builder().part_number(1).e_tag(etag).build())
+                        .build(),
+                )
+                .if_none_match("*")
+                .send()
+        }))
+        .await;
+        let won = completes.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(won, 1, "CompleteMultipartUpload round {round}: {won} won");
+    }
 }

@@ -9,6 +9,7 @@ import base64
 import json
 import os
 import sys
+import threading
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from flask import current_app, request
@@ -179,7 +180,18 @@ access_control.IAMRequestBase._check_role_trust_relationship = _check_trust_or_i
 # PreconditionFailed when they do not hold, 404 NoSuchKey for If-Match on a missing key. moto
 # checks them on PutObject only (and If-None-Match on a completion), so of two writers racing
 # on one key the later would silently overwrite. Checked after authorization, as AWS does.
-# Tested by a_stale_writer_cannot_overwrite_a_newer_output (service/tests/queue.rs).
+# And atomically, as on AWS: moto serves requests on threads, and its check-then-write lets
+# two writers racing on one key both pass (seen as two outputs of one file version), so
+# every conditional write holds one lock from its check to its write.
+# Tested by a_stale_writer_cannot_overwrite_a_newer_output and
+# three_instances_process_a_thousand_files_exactly_once (service/tests/queue.rs).
+_conditional_writes = threading.Lock()
+
+
+def _is_conditional():
+    return bool(request.headers.get("If-Match") or request.headers.get("If-None-Match"))
+
+
 def _check_write_conditions(backend, bucket_name, key_name):
     if_match = request.headers.get("If-Match")
     if_none_match = request.headers.get("If-None-Match")
@@ -199,10 +211,13 @@ _complete_multipart_upload = s3_models.S3Backend.complete_multipart_upload
 
 
 def _complete_multipart_upload_if(self, bucket_name, multipart_id, body):
-    multipart = self.get_bucket(bucket_name).multiparts.get(multipart_id)
-    if multipart is not None:
-        _check_write_conditions(self, bucket_name, multipart.key_name)
-    return _complete_multipart_upload(self, bucket_name, multipart_id, body)
+    if not _is_conditional():
+        return _complete_multipart_upload(self, bucket_name, multipart_id, body)
+    with _conditional_writes:
+        multipart = self.get_bucket(bucket_name).multiparts.get(multipart_id)
+        if multipart is not None:
+            _check_write_conditions(self, bucket_name, multipart.key_name)
+        return _complete_multipart_upload(self, bucket_name, multipart_id, body)
 
 
 s3_models.S3Backend.complete_multipart_upload = _complete_multipart_upload_if
@@ -211,11 +226,27 @@ _copy_object = s3.S3Response.copy_object
 
 
 def _copy_object_if(self):
-    _check_write_conditions(self.backend, self.bucket_name, self.parse_key_name())
-    return _copy_object(self)
+    if not _is_conditional():
+        return _copy_object(self)
+    with _conditional_writes:
+        _check_write_conditions(self.backend, self.bucket_name, self.parse_key_name())
+        return _copy_object(self)
 
 
 s3.S3Response.copy_object = _copy_object_if
+
+# PutObject checks its own conditions (moto does); only the lock is added.
+_put_object = s3.S3Response.put_object
+
+
+def _put_object_atomically(self):
+    if not _is_conditional():
+        return _put_object(self)
+    with _conditional_writes:
+        return _put_object(self)
+
+
+s3.S3Response.put_object = _put_object_atomically
 
 from moto.server import main  # noqa: E402  (after the corrections, before any request)
 
