@@ -87,10 +87,12 @@ impl Precondition {
     }
 }
 
-/// An SDK result, with a failed precondition (412, or 409 for a concurrent conditional
-/// write) told apart from other failures.
+/// An SDK result of a write made under `to`'s precondition (if any), with a failed
+/// precondition (412, or 409 for a concurrent conditional write) told apart from other
+/// failures.
 fn conditional<T, E>(
     result: Result<T, aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>>,
+    to: &Destination,
     call: String,
 ) -> Result<T, UploadError>
 where
@@ -98,10 +100,11 @@ where
 {
     match result {
         Err(err)
-            if matches!(
-                err.raw_response().map(|r| r.status().as_u16()),
-                Some(409 | 412)
-            ) =>
+            if to.precondition.is_some()
+                && matches!(
+                    err.raw_response().map(|r| r.status().as_u16()),
+                    Some(409 | 412)
+                ) =>
         {
             Err(UploadError::Conflict(call))
         }
@@ -475,7 +478,7 @@ impl Uploader {
                 )
                 .send()
                 .await;
-            let output = conditional(output, format!("s3:PutObject {}/{}", to.bucket, to.key))?;
+            let output = conditional(output, to, format!("s3:PutObject {}/{}", to.bucket, to.key))?;
             drop(permit);
             return Ok(Uploaded::new(
                 &body.digests,
@@ -551,6 +554,7 @@ impl Uploader {
             .await;
         let output = conditional(
             output,
+            to,
             format!("s3:CompleteMultipartUpload {}/{}", to.bucket, to.key),
         )?;
         guard.disarm();
@@ -613,6 +617,7 @@ impl Uploader {
             .await;
         let copied = conditional(
             copied,
+            to,
             format!("s3:CopyObject {}/{} (metadata)", to.bucket, to.key),
         )?;
         if let Some(result) = copied.copy_object_result() {
