@@ -2,6 +2,7 @@
 //! provisioner (data and log buckets) and destroy: create, put each protective setting, and empty versioned buckets
 //! (every version and delete marker, in DeleteObjects batches of up to 1,000 keys).
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
@@ -112,6 +113,31 @@ pub async fn empty_unversioned(s3: &S3, bucket: &str) -> Result<()> {
         }
         delete_objects(s3, bucket, &objects).await?;
     }
+}
+
+/// The keys under `prefix` of a bucket, every page of them.
+pub async fn list_keys(s3: &S3, bucket: &str, prefix: &str) -> Result<BTreeSet<String>> {
+    let mut keys = BTreeSet::new();
+    let mut pages = s3
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.aws_context(format!("s3:ListObjectsV2 {bucket}/{prefix}"))?;
+        keys.extend(
+            page.contents()
+                .iter()
+                .filter_map(|o| o.key().map(str::to_string)),
+        );
+    }
+    Ok(keys)
+}
+
+/// How many keys are under `prefix` of a bucket.
+pub async fn count_keys(s3: &S3, bucket: &str, prefix: &str) -> Result<usize> {
+    Ok(list_keys(s3, bucket, prefix).await?.len())
 }
 
 /// Empties and deletes unversioned buckets.

@@ -186,7 +186,7 @@ fn run_case(
         let processed = wait_processed(&clients.s3, &final_, &acknowledged).await?;
         sampling.store(false, Ordering::Relaxed);
         let peak_open_fds = fds.await.unwrap_or_default();
-        let failed = count_keys(&clients.s3, &final_, "failed/").await?;
+        let failed = buckets::count_keys(&clients.s3, &final_, "failed/").await?;
         let mut open = 0;
         for bucket in [&initial, &final_] {
             let listed = clients
@@ -381,7 +381,7 @@ async fn through_service(
 async fn wait_processed(s3: &aws_sdk_s3::Client, bucket: &str, names: &[String]) -> Result<usize> {
     let mut last = (0, Instant::now());
     loop {
-        let outputs = list_keys(s3, bucket, "processed/load/").await?;
+        let outputs = buckets::list_keys(s3, bucket, "processed/load/").await?;
         let processed = names
             .iter()
             .filter(|name| outputs.contains(&format!("processed/{name}")))
@@ -396,33 +396,6 @@ async fn wait_processed(s3: &aws_sdk_s3::Client, bucket: &str, names: &[String])
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-}
-
-async fn list_keys(
-    s3: &aws_sdk_s3::Client,
-    bucket: &str,
-    prefix: &str,
-) -> Result<BTreeSet<String>> {
-    let mut keys = BTreeSet::new();
-    let mut pages = s3
-        .list_objects_v2()
-        .bucket(bucket)
-        .prefix(prefix)
-        .into_paginator()
-        .send();
-    while let Some(page) = pages.next().await {
-        let page = page.aws_context(format!("s3:ListObjectsV2 {bucket}/{prefix}"))?;
-        keys.extend(
-            page.contents()
-                .iter()
-                .filter_map(|o| o.key().map(str::to_string)),
-        );
-    }
-    Ok(keys)
-}
-
-async fn count_keys(s3: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> Result<usize> {
-    Ok(list_keys(s3, bucket, prefix).await?.len())
 }
 
 /// The most file descriptors the process had open while `sampling` was set.

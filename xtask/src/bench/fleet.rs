@@ -134,7 +134,7 @@ async fn measure(
 
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        let outputs = count_outputs(s3, &final_).await?;
+        let outputs = buckets::count_keys(s3, &final_, "processed/").await?;
         if outputs >= files {
             break;
         }
@@ -185,26 +185,6 @@ async fn measure(
             .aws_context(format!("sqs:DeleteQueue {url}"))?;
     }
     Ok((files as f64 / elapsed, lags))
-}
-
-async fn count_outputs(s3: &aws_sdk_s3::Client, bucket: &str) -> Result<usize> {
-    let mut count = 0;
-    let mut token = None;
-    loop {
-        let page = s3
-            .list_objects_v2()
-            .bucket(bucket)
-            .prefix("processed/")
-            .set_continuation_token(token)
-            .send()
-            .await
-            .aws_context(format!("s3:ListObjectsV2 {bucket}"))?;
-        count += page.contents().len();
-        match page.next_continuation_token() {
-            Some(next) => token = Some(next.to_string()),
-            None => return Ok(count),
-        }
-    }
 }
 
 pub fn print(fleet: &Fleet) {

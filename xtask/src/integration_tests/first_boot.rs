@@ -14,6 +14,19 @@ use crate::context::{block_on, workspace_root};
 use crate::doors::Doors;
 use crate::first_boot::{self, STAND_INS_DIR};
 
+/// The instance role, assumed through the operator as the instance profile gives it.
+fn instance_role(cx: &crate::context::Context, role_arn: &str) -> AwsSettings {
+    let config = cx.state_dir().join("aws-config");
+    crate::emulator::write_aws_config_at(&workspace_root(), &config, Some(role_arn)).unwrap();
+    AwsSettings {
+        credentials: CredentialsSource::ProfileFile {
+            config_file: config,
+            profile: crate::emulator::SERVICE_PROFILE.into(),
+        },
+        ..cx.env.aws.clone()
+    }
+}
+
 #[test]
 fn the_user_data_installs_the_deployed_build_as_the_instance_role_and_refuses_any_other() {
     require_tool("terraform", "the sandbox renders the user-data with it");
@@ -31,21 +44,7 @@ fn the_user_data_installs_the_deployed_build_as_the_instance_role_and_refuses_an
     assert!(!block_on(doors.ensure_token(&cx)).unwrap(), "kept");
     let token = block_on(doors.token()).unwrap();
 
-    // The instance role, assumed through the operator as the instance profile gives it.
-    let config = cx.state_dir().join("aws-config");
-    crate::emulator::write_aws_config_at(
-        &workspace_root(),
-        &config,
-        Some(outputs.string("service_role_arn").unwrap()),
-    )
-    .unwrap();
-    let instance_role = AwsSettings {
-        credentials: CredentialsSource::ProfileFile {
-            config_file: config,
-            profile: crate::emulator::SERVICE_PROFILE.into(),
-        },
-        ..cx.env.aws.clone()
-    };
+    let instance_role = instance_role(&cx, outputs.string("service_role_arn").unwrap());
 
     let root = temp_dir("instance-root");
     let installed = first_boot::run(&cx, user_data, &root, &instance_role, "eu-west-1")
@@ -347,15 +346,7 @@ fn a_fleet_instance_serves_the_shared_key_and_certificate_and_follows_a_rotation
     )
     .unwrap();
 
-    let config = cx.state_dir().join("aws-config");
-    crate::emulator::write_aws_config_at(&workspace_root(), &config, Some(role_arn)).unwrap();
-    let instance_role = AwsSettings {
-        credentials: CredentialsSource::ProfileFile {
-            config_file: config,
-            profile: crate::emulator::SERVICE_PROFILE.into(),
-        },
-        ..cx.env.aws.clone()
-    };
+    let instance_role = instance_role(&cx, role_arn);
     let root = temp_dir("fleet-instance-root");
     first_boot::run(&cx, &user_data, &root, &instance_role, "eu-west-1")
         .expect("the user-data runs");

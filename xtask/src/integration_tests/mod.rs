@@ -38,16 +38,10 @@ pub fn require_tool(name: &str, why: &str) -> PathBuf {
 /// `terraform -chdir=<dir> <args>` with the machine's terraform, non-interactively; a
 /// failure fails the test with Terraform's output. Returns standard output.
 pub fn terraform_in(dir: &Path, why: &str) -> impl Fn(&[&str]) -> String {
-    let terraform = require_tool("terraform", why);
+    let run = terraform_output_in(dir, why);
     let dir = dir.to_path_buf();
     move |args: &[&str]| {
-        let out = std::process::Command::new(&terraform)
-            .arg(format!("-chdir={}", dir.display()))
-            .args(args)
-            .env("TF_IN_AUTOMATION", "1")
-            .env("CHECKPOINT_DISABLE", "1")
-            .output()
-            .unwrap();
+        let out = run(args);
         assert!(
             out.status.success(),
             "terraform {args:?} in {}:\n{}{}",
@@ -56,6 +50,21 @@ pub fn terraform_in(dir: &Path, why: &str) -> impl Fn(&[&str]) -> String {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+/// [`terraform_in`] that returns what Terraform did, for tests that expect a refusal.
+pub fn terraform_output_in(dir: &Path, why: &str) -> impl Fn(&[&str]) -> std::process::Output {
+    let terraform = require_tool("terraform", why);
+    let dir = dir.to_path_buf();
+    move |args: &[&str]| {
+        std::process::Command::new(&terraform)
+            .arg(format!("-chdir={}", dir.display()))
+            .args(args)
+            .env("TF_IN_AUTOMATION", "1")
+            .env("CHECKPOINT_DISABLE", "1")
+            .output()
+            .unwrap()
     }
 }
 

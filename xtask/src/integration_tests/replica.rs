@@ -360,14 +360,13 @@ mod tests {
 
     use super::*;
     use crate::context::workspace_root;
-    use crate::integration_tests::{temp_dir, terraform_in};
+    use crate::integration_tests::{temp_dir, terraform_in, terraform_output_in};
     use crate::outputs::REQUIRED_OUTPUTS;
 
     const SHA: &str = "ab12000000000000000000000000000000000000000000000000000000000000";
 
-    /// A fresh replica, applied with `vars` on local state; returns `terraform output -json`
-    /// and `terraform state list`.
-    fn apply(label: &str, vars: Value) -> (Value, Vec<String>) {
+    /// A fresh replica with `vars`, keeping its state in its directory.
+    fn prepared(label: &str, vars: &Value) -> std::path::PathBuf {
         let dir = temp_dir(label);
         write(&workspace_root().join("terraform"), &dir).unwrap();
         // The replica keeps the S3 backend; these runs keep their state in the directory.
@@ -378,9 +377,16 @@ mod tests {
         .unwrap();
         std::fs::write(
             dir.join("test.auto.tfvars.json"),
-            serde_json::to_string_pretty(&vars).unwrap(),
+            serde_json::to_string_pretty(vars).unwrap(),
         )
         .unwrap();
+        dir
+    }
+
+    /// A fresh replica, applied with `vars` on local state; returns `terraform output -json`
+    /// and `terraform state list`.
+    fn apply(label: &str, vars: Value) -> (Value, Vec<String>) {
+        let dir = prepared(label, &vars);
         let run = terraform_in(&dir, "it applies the provider-free replica");
         run(&["init", "-input=false", "-no-color"]);
         run(&["apply", "-auto-approve", "-input=false", "-no-color"]);
@@ -529,28 +535,8 @@ mod tests {
 
     /// `apply` of a replica that Terraform must refuse; returns what it said.
     fn refused(label: &str, vars: Value) -> String {
-        let dir = temp_dir(label);
-        write(&workspace_root().join("terraform"), &dir).unwrap();
-        std::fs::write(
-            dir.join("backend_override.tf"),
-            "terraform {\n  backend \"local\" {}\n}\n",
-        )
-        .unwrap();
-        std::fs::write(
-            dir.join("test.auto.tfvars.json"),
-            serde_json::to_string_pretty(&vars).unwrap(),
-        )
-        .unwrap();
-        let terraform = crate::tools::find_on_path("terraform").expect("terraform");
-        let run = |args: &[&str]| {
-            std::process::Command::new(&terraform)
-                .arg(format!("-chdir={}", dir.display()))
-                .args(args)
-                .env("TF_IN_AUTOMATION", "1")
-                .env("CHECKPOINT_DISABLE", "1")
-                .output()
-                .unwrap()
-        };
+        let dir = prepared(label, &vars);
+        let run = terraform_output_in(&dir, "it plans the provider-free replica");
         assert!(run(&["init", "-input=false", "-no-color"]).status.success());
         let out = run(&["plan", "-input=false", "-no-color"]);
         assert!(!out.status.success(), "the plan was accepted");
