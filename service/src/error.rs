@@ -109,6 +109,12 @@ impl From<UploadError> for ApiError {
                 ApiError::new(StatusCode::BAD_REQUEST, "integrity_mismatch", why)
             }
             UploadError::Aws(err) => err.into(),
+            UploadError::NotConfirmed(why) => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "storage_integrity",
+                "S3 did not confirm that it stored the bytes received; nothing was acknowledged, send the file again",
+            )
+            .caused_by(why),
             // Raw uploads carry no precondition; only outputs do.
             UploadError::Conflict(why) => ApiError::new(StatusCode::CONFLICT, "conflict", why),
         }

@@ -18,6 +18,7 @@ use crate::aws::{AwsClients, AwsResultExt};
 use crate::config::Config;
 use crate::names::{self, failed_key, meta, metadata_text, metadata_value, processed_key, raw_key};
 use crate::retrieval::Validators;
+use crate::upload::checksum;
 use crate::upload::{
     Destination, Expected, InFlight, LateMetadata, Precondition, SseKms as _, UploadError,
     Uploaded, Uploader,
@@ -101,7 +102,8 @@ pub struct Record {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_at: Option<String>,
     /// Why: `file` (the file's own: undecryptable, refused, a processor error),
-    /// `quarantined`, `transient` (S3 or KMS failed, tries used up) or `access_denied` (the
+    /// `quarantined`, `integrity` (the raw bytes read are not the ones acknowledged),
+    /// `transient` (S3 or KMS failed, tries used up) or `access_denied` (the
     /// deployment's permissions). The last two are retried by the next scan.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
@@ -469,17 +471,24 @@ impl Store {
     }
 
     pub async fn put_record(&self, name: &str, record: &Record) -> Result<()> {
-        self.s3
+        let body = serde_json::to_vec_pretty(record)?;
+        let sent = checksum::sha256(&body);
+        let call = format!("s3:PutObject {}", failed_key(name));
+        let output = self
+            .s3
             .put_object()
             .bucket(self.final_())
             .key(failed_key(name))
             .content_type("application/json")
-            .body(ByteStream::from(serde_json::to_vec_pretty(record)?))
+            .body(ByteStream::from(body))
+            .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Sha256)
+            .checksum_sha256(&sent)
             .sse_kms(&self.config.kms_key_arn)
             .send()
             .await
-            .aws_context(format!("s3:PutObject {}", failed_key(name)))?;
-        Ok(())
+            .aws_context(&call)?;
+        checksum::confirm(&call, output.checksum_sha256(), &sent)
+            .map_err(|e| anyhow::anyhow!("{e}"))
     }
 
     pub async fn clear_record(&self, name: &str) -> Result<()> {

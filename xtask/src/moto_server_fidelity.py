@@ -1,15 +1,18 @@
-"""moto server, corrected where it authorizes requests differently from AWS.
+"""moto server, corrected where it differs from AWS (authorization, object bodies, checksums).
 
 `cargo xtask local start` runs this instead of moto's own `moto_server` script. Every
 correction of the emulator lives here, each with the AWS documentation it follows, and each is
-tested in xtask/src/integration_tests/emulator_iam.rs. Policies are never bent to fit moto.
+tested (most in xtask/src/integration_tests/emulator_iam.rs; those of S3's bodies in
+service/tests/emulator_s3.rs). Policies are never bent to fit moto.
 """
 
 import base64
+import hashlib
 import json
 import os
 import sys
 import threading
+import zlib
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from flask import current_app, request
@@ -19,6 +22,7 @@ from moto.kms import responses as kms
 from moto.kms import utils as kms_utils
 from moto.moto_server import werkzeug_app
 from moto.s3 import exceptions as s3_exceptions
+from werkzeug.datastructures import ImmutableMultiDict
 from moto.s3 import models as s3_models
 from moto.s3 import responses as s3
 from moto.s3.exceptions import S3AccessDeniedError
@@ -54,11 +58,23 @@ access_control.IAMRequestBase._create_aws_request = _create_aws_request_with_enc
 # (IAM, STS) moto's web framework parses the body and forgets it; moto then re-encodes the
 # parsed form with Python's encoder, whose escaping differs from other SDKs' (aws-sdk-rust),
 # and refuses their requests. Keeping the raw body lets the check hash what was signed.
+#
+# Object bodies, likewise: a PutObject or UploadPart body is the object's bytes, whatever its
+# Content-Type ("Content-Type: A standard MIME type describing the format of the contents",
+# https://docs.aws.amazon.com/AmazonS3/latest/API/API_PutObject.html). moto's web framework
+# parses a PUT with `application/x-www-form-urlencoded` or `multipart/form-data` as a form, and
+# moto then stores an empty object (or a form field) with a 200. For S3 PUTs the body is never
+# taken for a form. Tested by object_bodies_are_stored_whatever_their_content_type
+# (service/tests/emulator_s3.rs) and service/tests/integrity.rs.
 _before_request = werkzeug_app.decompress_request_body
 
 
 def _keep_raw_body():
-    if current_app.service != "s3" and request.content_encoding != "gzip":
+    if current_app.service == "s3":
+        if request.method == "PUT":
+            request.__dict__["form"] = ImmutableMultiDict()
+            request.__dict__["files"] = ImmutableMultiDict()
+    elif request.content_encoding != "gzip":
         request.get_data(cache=True)
     return _before_request()
 
@@ -247,6 +263,106 @@ def _put_object_atomically(self):
 
 
 s3.S3Response.put_object = _put_object_atomically
+
+# Checksums of object bodies: "When you upload an object, you can specify a checksum ...
+# Amazon S3 calculates the checksum of the data it receives and compares it with the value
+# you provided. If the two values don't match, Amazon S3 rejects the request" ("Checking object
+# integrity", https://docs.aws.amazon.com/AmazonS3/latest/userguide/checking-object-integrity.html),
+# with 400 BadDigest ("The Content-MD5 or checksum value that you specified did not match what
+# the server received", https://docs.aws.amazon.com/AmazonS3/latest/API/ErrorResponses.html).
+# moto stores whatever arrives and echoes the value sent. The algorithms it cannot compute
+# (CRC32C, CRC64NVME) are refused loudly rather than passed unverified.
+# A multipart upload's SHA-256 is composite: the digest of its parts' digests followed by
+# `-<number of parts>` ("Using part-level checksums for multipart uploads", same page), and
+# CompleteMultipartUpload answers it (ChecksumSHA256 in
+# https://docs.aws.amazon.com/AmazonS3/latest/API/API_CompleteMultipartUpload.html); moto
+# leaves off the part count and does not answer it.
+# Tested by object_checksums_are_verified_and_multipart_ones_are_composite
+# (service/tests/emulator_s3.rs) and by service/tests/integrity.rs.
+class BadDigest(s3_exceptions.S3ClientError):
+    code = 400
+
+    def __init__(self, algorithm):
+        super().__init__(
+            "BadDigest",
+            f"The {algorithm} you specified did not match the calculated checksum.",
+        )
+
+
+class UnverifiableChecksum(s3_exceptions.S3ClientError):
+    code = 501
+
+    def __init__(self, algorithm):
+        super().__init__(
+            "NotImplemented",
+            f"The emulator cannot verify a {algorithm} checksum (moto_server_fidelity.py); use SHA256, SHA1 or CRC32",
+        )
+
+
+_CHECKSUMS = {
+    "sha256": lambda body: hashlib.sha256(body).digest(),
+    "sha1": lambda body: hashlib.sha1(body).digest(),
+    "crc32": lambda body: zlib.crc32(body).to_bytes(4, "big"),
+}
+_NOT_CHECKSUMS = {"x-amz-checksum-algorithm", "x-amz-checksum-type", "x-amz-checksum-mode"}
+
+
+def _verify_body_checksums(self):
+    for header, sent in self.headers.items():
+        header = header.lower()
+        if not header.startswith("x-amz-checksum-") or header in _NOT_CHECKSUMS:
+            continue
+        algorithm = header[len("x-amz-checksum-") :]
+        compute = _CHECKSUMS.get(algorithm)
+        if compute is None:
+            raise UnverifiableChecksum(algorithm.upper())
+        if base64.b64encode(compute(self.body or b"")).decode() != sent:
+            raise BadDigest(algorithm.upper())
+
+
+def _verifying(write):
+    def verified(self):
+        _verify_body_checksums(self)
+        return write(self)
+
+    return verified
+
+
+s3.S3Response.put_object = _verifying(s3.S3Response.put_object)
+s3.S3Response.upload_part = _verifying(s3.S3Response.upload_part)
+
+_complete = s3_models.FakeMultipart.complete
+
+
+def _complete_with_part_count(self, body):
+    parts = list(body)
+    total, etag, checksum = _complete(self, iter(parts))
+    if checksum:
+        checksum = f"{checksum}-{len(parts)}"
+    return total, etag, checksum
+
+
+s3_models.FakeMultipart.complete = _complete_with_part_count
+
+_key_response_post = s3.S3Response._key_response_post
+
+
+def _key_response_post_with_checksum(self, request, body, bucket_name, query, key_name):
+    status, headers, response = _key_response_post(
+        self, request, body, bucket_name, query, key_name
+    )
+    if status == 200 and "uploadId" in query and "</CompleteMultipartUploadResult>" in response:
+        key = self.backend.get_object(bucket_name, key_name)
+        if key is not None and key.checksum_value and key.checksum_algorithm:
+            element = f"Checksum{key.checksum_algorithm.upper()}"
+            response = response.replace(
+                "</CompleteMultipartUploadResult>",
+                f"<{element}>{key.checksum_value}</{element}></CompleteMultipartUploadResult>",
+            )
+    return status, headers, response
+
+
+s3.S3Response._key_response_post = _key_response_post_with_checksum
 
 from moto.server import main  # noqa: E402  (after the corrections, before any request)
 

@@ -38,18 +38,16 @@ use crate::upload::{self, Precondition, UploadError};
 use processors::{Processor, Tap, processor};
 pub use status::{FileStatus, State};
 
-/// `stream`, calling `done` once it has ended (not if it fails or is dropped first).
-fn on_end<S, F>(stream: S, done: F) -> impl futures_util::Stream<Item = S::Item>
+/// `stream`, calling `done` once it has ended (not if it fails or is dropped first); an error
+/// `done` returns is the stream's last item, so what consumes the stream fails with it.
+fn on_end<S, T, F>(stream: S, done: F) -> impl futures_util::Stream<Item = io::Result<T>>
 where
-    S: futures_util::Stream,
-    F: FnOnce(),
+    S: futures_util::Stream<Item = io::Result<T>>,
+    F: FnOnce() -> io::Result<()>,
 {
     let mut done = Some(done);
     stream.chain(stream::poll_fn(move |_| {
-        if let Some(done) = done.take() {
-            done();
-        }
-        Poll::Ready(None)
+        Poll::Ready(done.take().and_then(|done| done().err()).map(Err))
     }))
 }
 
@@ -67,12 +65,16 @@ fn retryable(record: &Record) -> bool {
 }
 
 const TRANSIENT: &str = "transient";
+const INTEGRITY: &str = "integrity";
 const ACCESS_DENIED: &str = "access_denied";
 
 /// Why a run failed, for its record: see [`Record::code`].
 fn failure_code(err: &anyhow::Error, source_failed: bool) -> &'static str {
     if err.is::<Quarantined>() {
         return "quarantined";
+    }
+    if err.is::<IntegrityMismatch>() {
+        return INTEGRITY;
     }
     let failure = if source_failed {
         Some(Failure::Transient)
@@ -107,6 +109,37 @@ impl std::fmt::Display for Quarantined {
 }
 
 impl std::error::Error for Quarantined {}
+
+/// The raw bytes read are not the ones the upload was acknowledged for: their SHA-256 (or
+/// size) differs from what the raw object's metadata records. No output is written.
+#[derive(Debug)]
+struct IntegrityMismatch(String);
+
+impl std::fmt::Display for IntegrityMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "integrity: {}", self.0)
+    }
+}
+
+impl std::error::Error for IntegrityMismatch {}
+
+/// What was read of a raw object against what its upload recorded; `Err` names the
+/// difference. An object without a recorded digest (not written by this service) has only
+/// its size to agree with.
+fn verify_raw(raw: &RawInfo, read: u64, sha256: &str) -> Result<(), String> {
+    if read != raw.size as u64 {
+        return Err(format!(
+            "read {read} bytes of the raw object, whose size is {}",
+            raw.size
+        ));
+    }
+    match raw.sha256.as_deref() {
+        Some(recorded) if recorded != sha256 => Err(format!(
+            "the raw bytes' SHA-256 is {sha256}, the upload recorded {recorded}"
+        )),
+        _ => Ok(()),
+    }
+}
 
 /// How a run failed, for its record.
 struct Failed {
@@ -446,15 +479,19 @@ impl Pipeline {
         source_failed: &Arc<std::sync::atomic::AtomicBool>,
     ) -> Result<upload::Uploaded> {
         let source = self.store.open_raw(name, raw).await?;
-        let hasher = Arc::new(Mutex::new(Sha256::new()));
-        // Hashes what is read, and marks a failed read (S3 cut the body off): such a run fails
-        // through no fault of the file.
+        let hasher = Arc::new(Mutex::new((Sha256::new(), 0u64)));
+        // Hashes and counts what is read, and marks a failed read (S3 cut the body off): such
+        // a run fails through no fault of the file.
         let mut reader = Tap {
             inner: source,
             observe: {
                 let (hasher, failed) = (hasher.clone(), source_failed.clone());
                 move |read: Option<&[u8]>| match read {
-                    Some(bytes) => hasher.lock().unwrap().update(bytes),
+                    Some(bytes) => {
+                        let mut hasher = hasher.lock().unwrap();
+                        hasher.0.update(bytes);
+                        hasher.1 += bytes.len() as u64;
+                    }
                     None => failed.store(true, std::sync::atomic::Ordering::Relaxed),
                 }
             },
@@ -509,15 +546,26 @@ impl Pipeline {
 
         let late = Arc::new(Mutex::new(HashMap::new()));
         let output = self.processor.process(plaintext, late.clone());
-        // The raw digest and the completion time, once the output has ended.
+        // Once the output has ended, and before it is committed: the raw bytes read must be
+        // the ones acknowledged, else the output fails (and nothing is written). Then the raw
+        // digest and the completion time.
+        let mismatch = Arc::new(Mutex::new(None));
         let output = on_end(output, {
-            let late = late.clone();
-            let hasher = hasher.clone();
+            let (late, hasher, mismatch) = (late.clone(), hasher.clone(), mismatch.clone());
+            let raw = raw.clone();
             move || {
-                let digest = hex::encode(hasher.lock().unwrap().clone().finalize());
+                let (digest, read) = {
+                    let hasher = hasher.lock().unwrap();
+                    (hex::encode(hasher.0.clone().finalize()), hasher.1)
+                };
+                if let Err(why) = verify_raw(&raw, read, &digest) {
+                    *mismatch.lock().unwrap() = Some(why.clone());
+                    return Err(io::Error::other(why));
+                }
                 let mut late = late.lock().unwrap();
                 late.insert(meta::SOURCE_SHA256.into(), digest);
                 late.insert(meta::PROCESSED_AT.into(), now_rfc3339());
+                Ok(())
             }
         });
 
@@ -532,18 +580,23 @@ impl Pipeline {
                 output,
             )
             .await
-            .map_err(|err| match err {
-                UploadError::Body(message) => {
-                    anyhow!("{} processor: {message}", self.processor.name())
+            .map_err(|err| {
+                if let Some(why) = mismatch.lock().unwrap().take() {
+                    return IntegrityMismatch(why).into();
                 }
-                // The output stalls only when reading the raw object does.
-                UploadError::TooSlow(message) => {
-                    source_failed.store(true, std::sync::atomic::Ordering::Relaxed);
-                    anyhow!("reading the raw object stalled: {message}")
+                match err {
+                    UploadError::Body(message) => {
+                        anyhow!("{} processor: {message}", self.processor.name())
+                    }
+                    // The output stalls only when reading the raw object does.
+                    UploadError::TooSlow(message) => {
+                        source_failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                        anyhow!("reading the raw object stalled: {message}")
+                    }
+                    UploadError::Aws(err) => err,
+                    UploadError::Conflict(call) => LostRace(call).into(),
+                    other => anyhow!("{other}"),
                 }
-                UploadError::Aws(err) => err,
-                UploadError::Conflict(call) => LostRace(call).into(),
-                other => anyhow!("{other}"),
             })
     }
 
@@ -816,15 +869,51 @@ mod tests {
     async fn the_end_hook_runs_once_after_the_last_item_and_not_before() {
         let ended = Arc::new(AtomicBool::new(false));
         let flag = ended.clone();
-        let items = stream::iter([1, 2]);
+        let items = stream::iter([Ok(1), Ok(2)]);
         let mut hooked = std::pin::pin!(on_end(items, move || {
             assert!(!flag.swap(true, Ordering::SeqCst), "called twice");
+            Ok(())
         }));
-        assert_eq!(hooked.next().await, Some(1));
-        assert_eq!(hooked.next().await, Some(2));
+        assert_eq!(hooked.next().await.unwrap().unwrap(), 1);
+        assert_eq!(hooked.next().await.unwrap().unwrap(), 2);
         assert!(!ended.load(Ordering::SeqCst));
-        assert_eq!(hooked.next().await, None);
+        assert!(hooked.next().await.is_none());
         assert!(ended.load(Ordering::SeqCst));
-        assert_eq!(hooked.next().await, None);
+        assert!(hooked.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_end_hook_that_fails_ends_the_stream_with_its_error() {
+        let items = stream::iter([Ok::<_, io::Error>(1)]);
+        let mut hooked = std::pin::pin!(on_end(items, || Err(io::Error::other("differs"))));
+        assert_eq!(hooked.next().await.unwrap().unwrap(), 1);
+        let err = hooked.next().await.unwrap().unwrap_err();
+        assert_eq!(err.to_string(), "differs");
+        assert!(hooked.next().await.is_none());
+    }
+
+    fn raw_of(size: i64, sha256: Option<&str>) -> RawInfo {
+        RawInfo {
+            size,
+            etag: "e".into(),
+            version_id: None,
+            sha256: sha256.map(str::to_string),
+            last_modified: None,
+            sse: None,
+            kms_key_id: None,
+            content_type: None,
+        }
+    }
+
+    #[test]
+    fn raw_bytes_must_have_the_recorded_size_and_digest() {
+        assert!(verify_raw(&raw_of(3, Some("abc")), 3, "abc").is_ok());
+        let other = verify_raw(&raw_of(3, Some("abc")), 3, "def").unwrap_err();
+        assert!(other.contains("def") && other.contains("abc"), "{other}");
+        let short = verify_raw(&raw_of(3, Some("abc")), 2, "abc").unwrap_err();
+        assert!(short.contains("read 2 bytes"), "{short}");
+        // Not written by this service: only the size can be checked.
+        assert!(verify_raw(&raw_of(3, None), 3, "anything").is_ok());
+        assert!(verify_raw(&raw_of(3, None), 0, "anything").is_err());
     }
 }

@@ -22,8 +22,8 @@ pub struct FileStatus {
     pub processed: Option<ProcessedInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// Why it failed: `file`, `quarantined`, or `transient` / `access_denied` (tried again
-    /// by the next scan).
+    /// Why it failed: `file`, `quarantined`, `integrity` (the raw bytes are not the ones
+    /// acknowledged), or `transient` / `access_denied` (tried again by the next scan).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_code: Option<String>,
     /// Tries of the run that failed.

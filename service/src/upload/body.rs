@@ -50,8 +50,13 @@ impl Digests {
         self.size += chunk.len() as u64;
     }
 
+    /// The SHA-256 of what was read so far.
+    pub fn sha256_digest(&self) -> [u8; 32] {
+        self.sha256.clone().finalize().into()
+    }
+
     pub fn sha256_hex(&self) -> String {
-        hex::encode(self.sha256.clone().finalize())
+        hex::encode(self.sha256_digest())
     }
 }
 

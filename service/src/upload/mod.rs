@@ -9,6 +9,7 @@
 //! partial object and no billed orphan parts remain.
 
 mod body;
+pub(crate) mod checksum;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,7 +19,9 @@ use anyhow::anyhow;
 use aws_sdk_s3::Client as S3;
 use aws_sdk_s3::error::ProvideErrorMetadata as _;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption};
+use aws_sdk_s3::types::{
+    ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ServerSideEncryption,
+};
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
@@ -98,6 +101,14 @@ fn conditional<T, E>(
 where
     E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
+    if let Some(refused) = result
+        .as_ref()
+        .err()
+        .and_then(|err| err.as_service_error())
+        .and_then(|err| checksum::refusal(&call, err))
+    {
+        return Err(refused);
+    }
     match result {
         Err(err)
             if to.precondition.is_some()
@@ -173,6 +184,10 @@ pub enum UploadError {
     TooSlow(String),
     Integrity(String),
     Aws(anyhow::Error),
+    /// S3 did not confirm that it stored the bytes the service read: it refused them as
+    /// changed on the way, or its checksum of what it stored differs. Nothing is
+    /// acknowledged.
+    NotConfirmed(String),
     /// The write's [`Precondition`] no longer held: another writer changed the key since the
     /// caller looked. Nothing of this write was committed.
     Conflict(String),
@@ -186,6 +201,7 @@ impl std::fmt::Display for UploadError {
             UploadError::TooSlow(e) => write!(f, "{e}"),
             UploadError::Integrity(e) => write!(f, "integrity check failed: {e}"),
             UploadError::Aws(e) => write!(f, "{e:#}"),
+            UploadError::NotConfirmed(e) => write!(f, "{e}"),
             UploadError::Conflict(call) => {
                 write!(
                     f,
@@ -461,12 +477,16 @@ impl Uploader {
         }
         if !more {
             check_integrity(&body.digests, expected)?;
+            let sent = checksum::base64(&body.digests.sha256_digest());
+            let call = format!("s3:PutObject {}/{}", to.bucket, to.key);
             let output = self
                 .s3
                 .put_object()
                 .bucket(&to.bucket)
                 .key(&to.key)
                 .body(ByteStream::from(buffer.freeze()))
+                .checksum_algorithm(ChecksumAlgorithm::Sha256)
+                .checksum_sha256(&sent)
                 .sse_kms(&self.kms_key_arn)
                 .set_content_type(to.content_type.clone())
                 .set_metadata(Some(final_metadata(to, &body.digests)))
@@ -478,8 +498,9 @@ impl Uploader {
                 )
                 .send()
                 .await;
-            let output = conditional(output, to, format!("s3:PutObject {}/{}", to.bucket, to.key))?;
+            let output = conditional(output, to, call.clone())?;
             drop(permit);
+            checksum::confirm(&call, output.checksum_sha256(), &sent)?;
             return Ok(Uploaded::new(
                 &body.digests,
                 1,
@@ -503,6 +524,7 @@ impl Uploader {
             .bucket(&to.bucket)
             .key(&to.key)
             .sse_kms(&self.kms_key_arn)
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
             .set_content_type(to.content_type.clone())
             // With late metadata, all metadata arrives with the final copy: until then the
             // object carries none, so nobody takes a half-described object for a finished one.
@@ -533,6 +555,7 @@ impl Uploader {
             .send_parts(to, &upload_id, (&mut buffer, permit), &mut body)
             .await?;
         check_integrity(&body.digests, expected)?;
+        let composite = checksum::composite(&parts)?;
         let output = self
             .s3
             .complete_multipart_upload()
@@ -552,12 +575,10 @@ impl Uploader {
             )
             .send()
             .await;
-        let output = conditional(
-            output,
-            to,
-            format!("s3:CompleteMultipartUpload {}/{}", to.bucket, to.key),
-        )?;
+        let call = format!("s3:CompleteMultipartUpload {}/{}", to.bucket, to.key);
+        let output = conditional(output, to, call.clone())?;
         guard.disarm();
+        checksum::confirm(&call, output.checksum_sha256(), &composite)?;
         let mut uploaded = Uploaded::new(
             &body.digests,
             parts.len(),
@@ -593,6 +614,8 @@ impl Uploader {
                 None => source,
             })
             .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
+            // The copy's checksum is of the whole object: the digest taken while streaming.
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
             .set_content_type(to.content_type.clone())
             .set_metadata(Some(final_metadata(to, digests)))
             .sse_kms(&self.kms_key_arn)
@@ -615,12 +638,15 @@ impl Uploader {
             )
             .send()
             .await;
-        let copied = conditional(
-            copied,
-            to,
-            format!("s3:CopyObject {}/{} (metadata)", to.bucket, to.key),
+        let call = format!("s3:CopyObject {}/{} (metadata)", to.bucket, to.key);
+        let copied = conditional(copied, to, call.clone())?;
+        let result = copied.copy_object_result();
+        checksum::confirm(
+            &call,
+            result.and_then(|r| r.checksum_sha256()),
+            &checksum::base64(&digests.sha256_digest()),
         )?;
-        if let Some(result) = copied.copy_object_result() {
+        if let Some(result) = result {
             uploaded.etag = result.e_tag().unwrap_or_default().to_string();
         }
         uploaded.version_id = copied.version_id().map(str::to_string);
@@ -641,7 +667,7 @@ impl Uploader {
         S: Stream<Item = Result<Bytes, E>>,
         E: std::fmt::Display,
     {
-        let mut tasks: JoinSet<Result<CompletedPart, anyhow::Error>> = JoinSet::new();
+        let mut tasks: JoinSet<Result<CompletedPart, UploadError>> = JoinSet::new();
         let mut completed = Vec::new();
         let mut part_number = 0;
         loop {
@@ -677,7 +703,7 @@ impl Uploader {
     }
 
     /// One part's upload, as a task; `permit` is released when the part is uploaded and its
-    /// buffer dropped.
+    /// buffer dropped. The part's digest is taken in the task, so parts hash in parallel.
     fn upload_part(
         &self,
         to: &Destination,
@@ -685,7 +711,7 @@ impl Uploader {
         part_number: i32,
         data: Bytes,
         permit: OwnedSemaphorePermit,
-    ) -> impl std::future::Future<Output = Result<CompletedPart, anyhow::Error>> + use<> {
+    ) -> impl std::future::Future<Output = Result<CompletedPart, UploadError>> + use<> {
         let request = self
             .s3
             .upload_part()
@@ -693,25 +719,40 @@ impl Uploader {
             .key(&to.key)
             .upload_id(upload_id)
             .part_number(part_number)
-            .body(ByteStream::from(data));
+            .checksum_algorithm(ChecksumAlgorithm::Sha256);
         let call = format!("s3:UploadPart {}/{} #{part_number}", to.bucket, to.key);
         async move {
-            let output = request.send().await.aws_context(call)?;
+            let sent = checksum::sha256(&data);
+            let output = request
+                .checksum_sha256(&sent)
+                .body(ByteStream::from(data))
+                .send()
+                .await;
+            if let Some(refused) = output
+                .as_ref()
+                .err()
+                .and_then(|err| err.as_service_error())
+                .and_then(|err| checksum::refusal(&call, err))
+            {
+                return Err(refused);
+            }
+            let output = output.aws_context(&call).map_err(UploadError::Aws)?;
             drop(permit);
+            checksum::confirm(&call, output.checksum_sha256(), &sent)?;
             Ok(CompletedPart::builder()
                 .part_number(part_number)
                 .set_e_tag(output.e_tag().map(str::to_string))
+                .checksum_sha256(sent)
                 .build())
         }
     }
 }
 
 fn joined(
-    done: Result<Result<CompletedPart, anyhow::Error>, tokio::task::JoinError>,
+    done: Result<Result<CompletedPart, UploadError>, tokio::task::JoinError>,
 ) -> Result<CompletedPart, UploadError> {
     match done {
-        Ok(Ok(part)) => Ok(part),
-        Ok(Err(err)) => Err(UploadError::Aws(err)),
+        Ok(result) => result,
         Err(join) => Err(UploadError::Aws(anyhow!("part upload task failed: {join}"))),
     }
 }
@@ -738,7 +779,7 @@ fn check_integrity(digests: &Digests, expected: &Expected) -> Result<(), UploadE
         }
     }
     if let Some(want) = &expected.sha256_base64 {
-        let got = b64.encode(sha2::Digest::finalize(digests.sha256.clone()));
+        let got = b64.encode(digests.sha256_digest());
         if &got != want {
             return Err(UploadError::Integrity(format!(
                 "x-amz-checksum-sha256 is {want}, the body's is {got}"

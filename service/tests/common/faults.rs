@@ -1,6 +1,7 @@
 //! An HTTP proxy between the service and the emulator that injects faults into chosen
 //! requests: refuse them (the connection closes unanswered, as if the emulator were down),
-//! answer 503 SlowDown, cut the answer off mid-body, or never answer. Requests are matched on their head
+//! answer 503 SlowDown, cut the answer off mid-body, never answer, or change or shorten the
+//! request's body on its way. Requests are matched on their head
 //! (`GET /bucket/raw/...`, or `TrentService.Decrypt` for KMS).
 //!
 //! One request per connection: the proxy asks both sides to close after each exchange, so
@@ -23,6 +24,11 @@ pub enum Fault {
     CutAfter(usize),
     /// Take the request and never answer (until the client gives up).
     Hang,
+    /// Forward the request with the first byte of its body changed (its length kept).
+    AlterBody,
+    /// Forward the request without the last byte of its body, then close the way to the
+    /// server: the server sees the body end early.
+    TruncateBody,
 }
 
 /// Which requests a rule applies to: every `every`-th matching one (1: all of them).
@@ -178,15 +184,27 @@ async fn exchange(
         .write_all(with_connection_close(&head).as_bytes())
         .await
         .is_err()
-        || server.write_all(&rest).await.is_err()
     {
         return;
     }
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
-    let upload = tokio::spawn(async move {
-        let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
-    });
+    let upload = match fault {
+        Some(Fault::AlterBody) => tokio::spawn(async move {
+            send_altered(rest, &mut client_read, &mut server_write).await;
+        }),
+        Some(Fault::TruncateBody) => {
+            let length = content_length(&head);
+            tokio::spawn(async move {
+                send_truncated(rest, length, &mut client_read, &mut server_write).await;
+            })
+        }
+        _ => tokio::spawn(async move {
+            if server_write.write_all(&rest).await.is_ok() {
+                let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+            }
+        }),
+    };
     let Some((mut answer_head, mut body_start)) = read_head(&mut server_read).await else {
         upload.abort();
         return;
@@ -235,6 +253,64 @@ async fn exchange(
     }
     upload.abort();
     let _ = client_write.shutdown().await;
+}
+
+/// The request body from `rest` (read with the head) and `client` on, its first byte flipped.
+async fn send_altered(
+    mut rest: Vec<u8>,
+    client: &mut (impl AsyncReadExt + Unpin),
+    server: &mut (impl AsyncWriteExt + Unpin),
+) {
+    if rest.is_empty() {
+        // The body follows an interim 100 Continue.
+        let mut first = vec![0u8; 64 * 1024];
+        match client.read(&mut first).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => rest = first[..n].to_vec(),
+        }
+    }
+    rest[0] ^= 0xff;
+    if server.write_all(&rest).await.is_ok() {
+        let _ = tokio::io::copy(client, server).await;
+    }
+}
+
+/// The request body, all but its last byte, then the end of the stream to the server.
+async fn send_truncated(
+    rest: Vec<u8>,
+    length: usize,
+    client: &mut (impl AsyncReadExt + Unpin),
+    server: &mut (impl AsyncWriteExt + Unpin),
+) {
+    let mut left = Some(length.saturating_sub(1));
+    let mut data = rest;
+    loop {
+        let part = take(&mut left, &data);
+        if server.write_all(part).await.is_err() || left == Some(0) {
+            break;
+        }
+        let mut buf = vec![0u8; 64 * 1024];
+        match client.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => data = buf[..n].to_vec(),
+        }
+    }
+    let _ = server.shutdown().await;
+    // Keep reading what the client still sends, so it sees an answer rather than a reset.
+    let mut sink = vec![0u8; 64 * 1024];
+    while matches!(client.read(&mut sink).await, Ok(n) if n > 0) {}
+}
+
+/// The `Content-Length` of a head (0 without one).
+fn content_length(head: &str) -> usize {
+    head.lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())
+                .flatten()
+        })
+        .unwrap_or(0)
 }
 
 /// What of `data` may still be forwarded, counted against `limit` if there is one.
