@@ -225,10 +225,25 @@ pub fn print_table(report: &Report) {
 }
 
 /// A file to push through the pipeline and what must come back.
+#[derive(Clone)]
 struct Case {
     label: String,
     body: Vec<u8>,
     expected: Vec<u8>,
+    /// The upload's Content-Type, when not the client's default.
+    content_type: Option<&'static str>,
+}
+
+/// curl's Content-Type for `--data-binary`: a body once stored empty by the emulator, so every
+/// smoke run sends one file with it.
+const FORM_TYPE: &str = "application/x-www-form-urlencoded";
+
+impl Case {
+    fn form_typed(mut self) -> Case {
+        self.label = format!("form-typed-{}", self.label);
+        self.content_type = Some(FORM_TYPE);
+        self
+    }
 }
 
 fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
@@ -261,6 +276,7 @@ fn cases(info: &Value, run_seed: u64) -> Vec<Case> {
         label: label.to_string(),
         expected: body.clone(),
         body,
+        content_type: None,
     };
     match processor {
         "gunzip" => {
@@ -270,32 +286,39 @@ fn cases(info: &Value, run_seed: u64) -> Vec<Case> {
                 encoder.write_all(data).expect("gzip in memory");
                 encoder.finish().expect("gzip in memory")
             };
+            let text = Case {
+                label: "text-1kib.txt.gz".into(),
+                body: gzip(&text),
+                expected: text,
+                content_type: None,
+            };
             vec![
                 Case {
                     label: "empty.gz".into(),
                     body: gzip(b""),
                     expected: Vec::new(),
+                    content_type: None,
                 },
-                Case {
-                    label: "text-1kib.txt.gz".into(),
-                    body: gzip(&text),
-                    expected: text.clone(),
-                },
+                text.clone(),
+                text.form_typed(),
                 Case {
                     label: "large-3-parts.bin.gz".into(),
                     body: gzip(&large),
                     expected: large,
+                    content_type: None,
                 },
                 Case {
                     label: "lines.jsonl.gz".into(),
                     body: gzip(&jsonl),
                     expected: jsonl,
+                    content_type: None,
                 },
             ]
         }
         "jsonl" => vec![
             as_is("empty.jsonl", Vec::new()),
-            as_is("lines.jsonl", jsonl),
+            as_is("lines.jsonl", jsonl.clone()),
+            as_is("lines.jsonl", jsonl).form_typed(),
             as_is("large-3-parts.jsonl", {
                 let line = b"{\"pad\":\"0123456789abcdef0123456789abcdef0123456789abcdef\"}\n";
                 line.iter()
@@ -307,7 +330,8 @@ fn cases(info: &Value, run_seed: u64) -> Vec<Case> {
         ],
         _ => vec![
             as_is("empty.bin", Vec::new()),
-            as_is("text-1kib.txt", text),
+            as_is("text-1kib.txt", text.clone()),
+            as_is("text-1kib.txt", text).form_typed(),
             as_is("large-3-parts.bin", large),
         ],
     }
@@ -353,6 +377,7 @@ async fn sealed_case(cases: &[Case], key_arn: &str, kms: &aws_sdk_kms::Client) -
             .await
             .context("encrypting with the deployed key")?,
         expected: template.expected.clone(),
+        content_type: None,
     })
 }
 
@@ -584,12 +609,13 @@ async fn check_case(
     case: &Case,
     timeout_secs: u64,
 ) -> Result<String> {
-    let response = client
+    let mut put = client
         .request(reqwest::Method::PUT, &format!("/v1/files/{name}"))
-        .body(case.body.clone())
-        .send()
-        .await
-        .context("PUT")?;
+        .body(case.body.clone());
+    if let Some(content_type) = case.content_type {
+        put = put.header(reqwest::header::CONTENT_TYPE, content_type);
+    }
+    let response = put.send().await.context("PUT")?;
     let status = response.status().as_u16();
     let put: Value = response.json().await.unwrap_or(Value::Null);
     if status != 201 {
