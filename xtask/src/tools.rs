@@ -52,6 +52,10 @@ impl PythonTool {
             }
             return Ok(path);
         }
+        // Tests that need one tool run at once in one process; without this, each would
+        // `venv --clear` the other's half-made virtualenv (seen as both failing).
+        static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one_at_a_time = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
         let venv = self.venv_dir(&cx.root);
         let installed = venv.join("bin").join(self.executable);
         let stamp = venv.join("xtask-requirement.txt");
