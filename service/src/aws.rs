@@ -288,31 +288,39 @@ fn classify<E: aws_sdk_s3::error::ProvideErrorMetadata>(err: &SdkError<E>) -> Fa
             Failure::Transient
         }
         Kind::ServiceError(service) => {
-            let status = service.raw().status().as_u16();
-            match service.err().code().unwrap_or_default() {
-                "AccessDenied"
-                | "AccessDeniedException"
-                | "InvalidAccessKeyId"
-                | "InvalidClientTokenId"
-                | "SignatureDoesNotMatch"
-                | "ExpiredToken"
-                | "ExpiredTokenException"
-                | "UnrecognizedClientException" => Failure::Denied,
-                "SlowDown"
-                | "Throttling"
-                | "ThrottlingException"
-                | "RequestTimeout"
-                | "RequestLimitExceeded"
-                | "InternalError"
-                | "ServiceUnavailable"
-                | "KMSInternalException"
-                | "DependencyTimeoutException"
-                | "KeyUnavailableException" => Failure::Transient,
-                _ if status == 403 => Failure::Denied,
-                _ if status >= 500 || status == 429 => Failure::Transient,
-                _ => Failure::Other,
-            }
+            classify_service_error(service.err().code(), service.raw().status().as_u16())
         }
+        _ => Failure::Other,
+    }
+}
+
+/// How an AWS service's error answer failed, from its error code and HTTP status: the one
+/// table for S3, KMS (called directly or by the Encryption SDK) and the rest.
+pub fn classify_service_error(code: Option<&str>, status: u16) -> Failure {
+    match code.unwrap_or_default() {
+        "AccessDenied"
+        | "AccessDeniedException"
+        | "InvalidAccessKeyId"
+        | "InvalidClientTokenId"
+        | "SignatureDoesNotMatch"
+        | "ExpiredToken"
+        | "ExpiredTokenException"
+        | "UnrecognizedClientException" => Failure::Denied,
+        // KMSInvalidStateException: the key is disabled, pending deletion or import; the
+        // operator's to fix, not the file's, and gone once the key is usable again.
+        "SlowDown"
+        | "Throttling"
+        | "ThrottlingException"
+        | "RequestTimeout"
+        | "RequestLimitExceeded"
+        | "InternalError"
+        | "ServiceUnavailable"
+        | "KMSInternalException"
+        | "KMSInvalidStateException"
+        | "DependencyTimeoutException"
+        | "KeyUnavailableException" => Failure::Transient,
+        _ if status == 403 => Failure::Denied,
+        _ if status >= 500 || status == 429 => Failure::Transient,
         _ => Failure::Other,
     }
 }
@@ -417,6 +425,33 @@ mod tests {
                 "{wrapped}"
             );
         }
+    }
+
+    /// KMS's answers, one per error it gives, as its SDK reports them to the Encryption
+    /// SDK's decryptions.
+    #[test]
+    fn kms_answers_are_classified_by_code() {
+        for (code, status, want) in [
+            ("KMSInternalException", 500, Failure::Transient),
+            ("ServiceUnavailable", 503, Failure::Transient),
+            ("ThrottlingException", 400, Failure::Transient),
+            ("KMSInvalidStateException", 400, Failure::Transient),
+            ("DependencyTimeoutException", 503, Failure::Transient),
+            ("KeyUnavailableException", 500, Failure::Transient),
+            ("AccessDeniedException", 400, Failure::Denied),
+            ("UnrecognizedClientException", 400, Failure::Denied),
+            ("InvalidCiphertextException", 400, Failure::Other),
+            ("IncorrectKeyException", 400, Failure::Other),
+            ("NotFoundException", 400, Failure::Other),
+        ] {
+            assert_eq!(
+                classify_service_error(Some(code), status),
+                want,
+                "{code} ({status})"
+            );
+        }
+        assert_eq!(classify_service_error(None, 500), Failure::Transient);
+        assert_eq!(classify_service_error(None, 400), Failure::Other);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::binary::{http, spawn};
+use common::faults::{Fault, FaultProxy, kms_decrypt};
 use common::proxy::KmsProxy;
 use common::{encryptor, random_bytes, resources, sha256_hex};
 use service::decrypt::{DEFAULT_MAX_FRAMES, Limits, Settings, inspect};
@@ -517,6 +518,58 @@ async fn a_kms_outage_is_ridden_out() {
         .parse()
         .unwrap();
     assert!(retries >= 1, "{metrics}");
+}
+
+/// KMS answering errors of its own (500 KMSInternalException, 503, throttling, a key in an
+/// invalid state) fails no file: each is transient, tried again until KMS answers, and the
+/// file ends processed. Before, the Encryption SDK's text was searched for `KMSInternalException`
+/// (it spells it `KmsInternalException`), and such files failed for good on their first try.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_error_answers_are_ridden_out() {
+    let resources = resources().await;
+    let proxy = FaultProxy::start(&emulator_endpoint()).await;
+    let producer = encryptor(&resources, &resources.key_arn).await;
+    let running = spawn(
+        &resources,
+        &[
+            ("AWS_ENDPOINT_URL", proxy.url.as_str()),
+            ("TRANSIENT_BACKOFF_MS", "200"),
+            ("MAX_TRANSIENT_TRIES", "30"),
+        ],
+    )
+    .await;
+    let http = http();
+    for (status, code) in [
+        (500, "KMSInternalException"),
+        (503, "ServiceUnavailable"),
+        (400, "ThrottlingException"),
+        (400, "KMSInvalidStateException"),
+    ] {
+        let name = format!("{code}.enc");
+        let message = producer
+            .encrypt(code.as_bytes().to_vec(), None)
+            .await
+            .unwrap();
+        proxy.inject(kms_decrypt, Fault::KmsError(status, code), 1);
+        let before = proxy.injected();
+        assert_eq!(running.put(&http, &name, message).await.0, 201);
+        // Answered more often than the KMS SDK's own attempts: the service tried again.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while proxy.injected() < before + 4 {
+            assert!(
+                Instant::now() < deadline,
+                "{code}: no decryption was tried again"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let during = running
+            .get_json(&http, &format!("/v1/files/{name}/status"))
+            .await;
+        assert_ne!(during["state"], "failed", "{code}: {during}");
+        proxy.heal();
+        let settled = running.settle(&http, &name).await;
+        assert_eq!(settled["state"], "processed", "{code}: {settled}");
+    }
 }
 
 /// A transient failure that outlasts the tries is recorded as such, and the next scan

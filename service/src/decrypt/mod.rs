@@ -11,6 +11,7 @@
 //! stack sized for the largest message [`message::Limits`] admits, and every message is
 //! checked against those limits before the SDK sees it.
 
+mod kms_outcome;
 mod message;
 mod pool;
 

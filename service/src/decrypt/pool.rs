@@ -19,6 +19,7 @@ use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, oneshot};
 
 use super::Limits;
+use super::kms_outcome::{KmsOutcome, KmsOutcomes};
 use crate::aws::Failure;
 
 pub enum Work {
@@ -84,7 +85,7 @@ impl Esdk {
         Ok(Esdk { client, keyring })
     }
 
-    async fn run(&self, work: Work) -> Result<Vec<u8>> {
+    async fn run(&self, work: Work, kms: &KmsOutcomes) -> Result<Vec<u8>> {
         match work {
             Work::Decrypt(message) => {
                 let output = self
@@ -94,7 +95,7 @@ impl Esdk {
                     .keyring(self.keyring.clone())
                     .send()
                     .await
-                    .map_err(|e| decryption_failure(&format!("{e:?}")))?;
+                    .map_err(|e| decryption_failure(kms.take(), &format!("{e:?}")))?;
                 Ok(output
                     .plaintext
                     .context("the Encryption SDK returned no plaintext")?
@@ -131,7 +132,14 @@ impl Pool {
     ) -> Result<Pool> {
         let mut sdks = Vec::with_capacity(threads);
         for _ in 0..threads.max(1) {
-            sdks.push(Esdk::new(kms.clone(), key_arn, limits).await?);
+            // Each thread's own KMS client, whose calls tell how its decryptions failed.
+            let outcomes = KmsOutcomes::default();
+            let kms = outcomes.client(&kms);
+            sdks.push((
+                Esdk::new(kms.clone(), key_arn, limits).await?,
+                kms,
+                outcomes,
+            ));
         }
         let io = Arc::new(
             tokio::runtime::Builder::new_multi_thread()
@@ -143,11 +151,12 @@ impl Pool {
         );
         let (jobs, queue) = mpsc::channel::<Job>(sdks.len());
         let queue = Arc::new(Mutex::new(queue));
-        for (i, sdk) in sdks.into_iter().enumerate() {
+        for (i, (sdk, kms, outcomes)) in sdks.into_iter().enumerate() {
             let worker = Worker {
                 io: io.clone(),
                 queue: queue.clone(),
-                kms: kms.clone(),
+                kms,
+                outcomes,
                 key_arn: key_arn.to_string(),
                 limits: *limits,
             };
@@ -183,6 +192,7 @@ struct Worker {
     io: Arc<Runtime>,
     queue: Arc<Mutex<mpsc::Receiver<Job>>>,
     kms: aws_sdk_kms::Client,
+    outcomes: KmsOutcomes,
     key_arn: String,
     limits: Limits,
 }
@@ -199,8 +209,11 @@ impl Worker {
             if reply.is_closed() {
                 continue;
             }
-            let outcome =
-                std::panic::catch_unwind(AssertUnwindSafe(|| self.io.block_on(sdk.run(work))));
+            // What an earlier job's calls left is not this job's.
+            self.outcomes.take();
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                self.io.block_on(sdk.run(work, &self.outcomes))
+            }));
             let result = match outcome {
                 Ok(result) => result,
                 Err(_) => {
@@ -240,41 +253,32 @@ impl std::fmt::Display for KmsFailure {
 
 impl std::error::Error for KmsFailure {}
 
-/// Error kinds of the KMS SDK that the Encryption SDK wraps, which say KMS, not the message,
-/// failed. The Encryption SDK's errors are Dafny-generated wrappers around those of
-/// aws-sdk-kms; their Debug text names the inner kind, which is what is matched here.
-const KMS_TRANSIENT: [&str; 8] = [
-    "DispatchFailure",
-    "TimeoutError",
-    "ResponseError",
-    "KMSInternalException",
-    "ThrottlingException",
-    "DependencyTimeoutException",
-    "KeyUnavailableException",
-    "ServiceUnavailable",
-];
-
-/// The SDK's errors are nested debug dumps; a failure record says what happened in a sentence.
-fn decryption_failure(debug: &str) -> anyhow::Error {
-    if debug.contains("InvalidCiphertextException") {
-        anyhow!(
-            "KMS could not unwrap the data key (InvalidCiphertextException): it is corrupted or not wrapped by this key"
-        )
-    } else if debug.contains("AccessDeniedException") {
-        anyhow::Error::new(KmsFailure {
-            failure: Failure::Denied,
-            message: "KMS denied kms:Decrypt with the configured key (AccessDeniedException)"
-                .into(),
-        })
-    } else if debug.contains("AES Decrypt") {
-        anyhow!("the message failed authentication: it was corrupted or tampered with")
-    } else if let Some(kind) = KMS_TRANSIENT.iter().find(|kind| debug.contains(*kind)) {
-        anyhow::Error::new(KmsFailure {
+/// Why a decryption failed. How its KMS calls failed comes first, from the KMS SDK's typed
+/// errors ([`KmsOutcomes`]): KMS failing or denying is not the message's fault. Otherwise
+/// the message is at fault, and the SDK's text says how.
+fn decryption_failure(kms: Option<KmsOutcome>, debug: &str) -> anyhow::Error {
+    match kms {
+        Some(KmsOutcome {
             failure: Failure::Transient,
-            message: format!("KMS could not be reached or failed ({kind})"),
-        })
-    } else {
-        anyhow!("{}", first_line(debug))
+            detail,
+        }) => anyhow::Error::new(KmsFailure {
+            failure: Failure::Transient,
+            message: format!("KMS could not be reached or failed ({detail})"),
+        }),
+        Some(KmsOutcome {
+            failure: Failure::Denied,
+            detail,
+        }) => anyhow::Error::new(KmsFailure {
+            failure: Failure::Denied,
+            message: format!("KMS denied kms:Decrypt with the configured key ({detail})"),
+        }),
+        Some(KmsOutcome { detail, .. }) => anyhow!(
+            "KMS could not unwrap the data key ({detail}): it is corrupted or not wrapped by this key"
+        ),
+        None if debug.contains("AES Decrypt") => {
+            anyhow!("the message failed authentication: it was corrupted or tampered with")
+        }
+        None => anyhow!("{}", first_line(debug)),
     }
 }
 

@@ -20,6 +20,8 @@ pub enum Fault {
     Refuse,
     /// Answer `503 SlowDown` (what S3 says when throttling).
     SlowDown,
+    /// Answer as KMS does when it fails: this HTTP status and this error code (`__type`).
+    KmsError(u16, &'static str),
     /// Forward the answer's head and this many bytes of its body, then cut the connection.
     CutAfter(usize),
     /// Take the request and never answer (until the client gives up).
@@ -159,11 +161,20 @@ async fn exchange(
             while matches!(client.read(&mut sink).await, Ok(n) if n > 0) {}
             return;
         }
-        Some(Fault::SlowDown) => {
-            let answer = format!(
-                "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nx-amz-request-id: {FAULT_REQUEST_ID}\r\nConnection: close\r\n\r\n{SLOW_DOWN}",
-                SLOW_DOWN.len()
-            );
+        Some(fault @ (Fault::SlowDown | Fault::KmsError(..))) => {
+            let answer = match fault {
+                Fault::KmsError(status, code) => {
+                    let body = format!("{{\"__type\":\"{code}\",\"message\":\"injected\"}}");
+                    format!(
+                        "HTTP/1.1 {status} Injected\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\nx-amzn-requestid: {FAULT_REQUEST_ID}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                }
+                _ => format!(
+                    "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nx-amz-request-id: {FAULT_REQUEST_ID}\r\nConnection: close\r\n\r\n{SLOW_DOWN}",
+                    SLOW_DOWN.len()
+                ),
+            };
             let _ = client.write_all(answer.as_bytes()).await;
             let _ = client.shutdown().await;
             // Let the client finish sending (or give up) before the socket goes, so it
