@@ -77,6 +77,10 @@ pub struct Config {
     /// (96 MiB for all 512 at worst).
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
+    /// Status requests that may wait (`?wait=`) at once; past them a request is answered 429
+    /// with Retry-After, so waiters never hold the connections health checks and uploads need.
+    #[arg(long, env = "MAX_STATUS_WAITERS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_status_waiters: u32,
     /// Seconds a client has to send a request's headers, and that an idle keep-alive
     /// connection stays open.
     #[arg(long, env = "HEADER_READ_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
@@ -245,6 +249,13 @@ impl Config {
         {
             bail!(
                 "PARTS_IN_FLIGHT, PROCESSING_CONCURRENCY, MAX_BUFFERED_PARTS and DECRYPT_THREADS must be at least 1"
+            );
+        }
+        if self.max_status_waiters >= self.max_connections {
+            bail!(
+                "MAX_STATUS_WAITERS ({}) must be below MAX_CONNECTIONS ({}): waiting status requests must leave connections for health checks and uploads",
+                self.max_status_waiters,
+                self.max_connections
             );
         }
         if !self.kms_key_arn.starts_with("arn:") || !self.kms_key_arn.contains(":key/") {

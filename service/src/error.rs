@@ -148,11 +148,21 @@ impl IntoResponse for ApiError {
             }
         }
         let mut response = (self.status, Json(json!({ "error": error }))).into_response();
-        // 503 means "try again": say when.
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        // 503 and 429 mean "try again": say when.
+        if matches!(
+            self.status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+        ) {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
                 axum::http::HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
+        }
+        // A client told to come back later does not keep a connection slot meanwhile.
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
             );
         }
         if let Some(cause) = self.cause {

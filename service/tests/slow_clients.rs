@@ -114,7 +114,11 @@ async fn half_sent_headers_and_idle_connections_are_closed_and_capped() {
     let resources = resources().await;
     let running = spawn(
         &resources,
-        &[("MAX_CONNECTIONS", "4"), ("HEADER_READ_TIMEOUT_SECS", "2")],
+        &[
+            ("MAX_CONNECTIONS", "4"),
+            ("MAX_STATUS_WAITERS", "2"),
+            ("HEADER_READ_TIMEOUT_SECS", "2"),
+        ],
     )
     .await;
     let address = running.url.trim_start_matches("http://").to_string();

@@ -15,7 +15,7 @@ use super::AppState;
 use crate::error::ApiError;
 use crate::names;
 use crate::processing::processors::STREAM_CHUNK;
-use crate::processing::{FileStatus, State as FileState};
+use crate::processing::{FileStatus, State as FileState, TooManyWaiters};
 use crate::store::{Conditions, CurrentOutput, RawUpload};
 use crate::upload::{Expected, Uploaded};
 
@@ -204,11 +204,16 @@ pub(super) async fn reprocess(
 }
 
 async fn file_status(state: &AppState, name: &str, wait: Duration) -> Result<FileStatus, ApiError> {
-    state
-        .pipeline
-        .wait_for_status(name, wait)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no file named `{name}`")))
+    match state.pipeline.wait_for_status(name, wait).await {
+        Ok(Some(status)) => Ok(status),
+        Ok(None) => Err(ApiError::not_found(format!("no file named `{name}`"))),
+        Err(err) if err.is::<TooManyWaiters>() => Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_waiters",
+            err.to_string(),
+        )),
+        Err(err) => Err(err.into()),
+    }
 }
 
 /// The output of `name`'s current raw version, streamed; 304 for a client whose copy is

@@ -13,6 +13,7 @@
 mod consumer;
 pub mod processors;
 pub mod status;
+mod waiting;
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -37,6 +38,7 @@ use crate::store::{OutputState, RawInfo, Reader, Record, Store, now_rfc3339};
 use crate::upload::{self, Precondition, UploadError};
 use processors::{Processor, Tap, processor};
 pub use status::{FileStatus, State};
+pub use waiting::TooManyWaiters;
 
 /// `stream`, calling `done` once it has ended (not if it fails or is dropped first); an error
 /// `done` returns is the stream's last item, so what consumes the stream fails with it.
@@ -55,9 +57,6 @@ where
 /// metadata copy may take two attempts of the longest copy.
 const UNFINISHED_OUTPUT_GRACE: std::time::Duration =
     std::time::Duration::from_secs(2 * crate::aws::S3_COPY_TIMEOUT.as_secs());
-
-/// How often a status request that waits looks again when other instances may process.
-const SHARED_STATUS_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A failure that was not the file's: the next scan (or a reprocess) tries again.
 fn retryable(record: &Record) -> bool {
@@ -224,6 +223,7 @@ pub struct Pipeline {
     running: Mutex<HashSet<String>>,
     /// Names whose processing run just ended, for status requests that wait for it.
     finished: tokio::sync::broadcast::Sender<String>,
+    waiting: waiting::Waiting,
 }
 
 impl Pipeline {
@@ -249,6 +249,7 @@ impl Pipeline {
             overflow: Mutex::new(std::collections::VecDeque::new()),
             running: Mutex::new(HashSet::new()),
             finished: tokio::sync::broadcast::channel(1024).0,
+            waiting: waiting::Waiting::new(config.max_status_waiters as usize),
         });
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         let workers = if shared.is_some() {
@@ -735,61 +736,6 @@ impl Pipeline {
             max_receives,
             dead_lettered,
         }))
-    }
-
-    /// Status of a file, waiting up to `wait` while it is pending or processing. Wakes
-    /// when a processing run of this name ends, so waiting costs no polling.
-    pub async fn wait_for_status(
-        &self,
-        name: &str,
-        wait: std::time::Duration,
-    ) -> Result<Option<FileStatus>> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            // Subscribe before looking, so a run that ends in between is not missed.
-            let mut finished = self.finished.subscribe();
-            // Queued or running here: its run will announce its end, so the S3 lookups of
-            // a status can wait until then (right after an upload, the usual case).
-            let announced = !wait.is_zero() && self.is_queued_or_running(name);
-            let status = if announced {
-                None
-            } else {
-                let status = self.status(name).await?;
-                let unsettled = matches!(
-                    status.as_ref().map(|s| s.state),
-                    Some(State::Pending | State::Processing)
-                );
-                if !unsettled {
-                    return Ok(status);
-                }
-                status
-            };
-            let ended = async {
-                loop {
-                    match finished.recv().await {
-                        Ok(done) if done == name => return,
-                        Ok(_) => {}
-                        // Missed some names (or shutting down): look again.
-                        Err(_) => return,
-                    }
-                }
-            };
-            // With a shared queue another instance may process the file, and only this one's
-            // runs are announced here: look again every second.
-            let slice = match &self.shared {
-                Some(_) => deadline.min(tokio::time::Instant::now() + SHARED_STATUS_POLL),
-                None => deadline,
-            };
-            if tokio::time::timeout_at(slice, ended).await.is_err() {
-                if slice < deadline {
-                    continue;
-                }
-                return match status {
-                    Some(status) => Ok(Some(status)),
-                    None => self.status(name).await,
-                };
-            }
-        }
     }
 
     fn is_queued_or_running(&self, name: &str) -> bool {

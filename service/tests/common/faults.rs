@@ -26,6 +26,8 @@ pub enum Fault {
     CutAfter(usize),
     /// Take the request and never answer (until the client gives up).
     Hang,
+    /// Forward the request untouched: only counted.
+    Pass,
     /// Forward the request with the first byte of its body changed (its length kept).
     AlterBody,
     /// Forward the request without the last byte of its body, then close the way to the
