@@ -151,7 +151,8 @@ pub struct RawName {
 /// One page of raw files.
 pub struct Listing {
     pub files: Vec<ListedFile>,
-    pub next_cursor: Option<String>,
+    /// The last name of the page, when more follow.
+    pub last: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -522,15 +523,15 @@ impl Store {
         Ok(())
     }
 
-    /// One page of raw files whose names start with `prefix`.
-    pub async fn list(&self, prefix: &str, limit: i32, cursor: Option<String>) -> Result<Listing> {
+    /// One page of raw files whose names start with `prefix`, after the name `after`.
+    pub async fn list(&self, prefix: &str, limit: i32, after: Option<&str>) -> Result<Listing> {
         let page = self
             .s3
             .list_objects_v2()
             .bucket(self.initial())
             .prefix(raw_key(prefix))
             .max_keys(limit)
-            .set_continuation_token(cursor)
+            .set_start_after(after.map(raw_key))
             .send()
             .await
             .aws_context("s3:ListObjectsV2")?;
@@ -547,10 +548,11 @@ impl Store {
                         .and_then(|t| t.fmt(DateTimeFormat::DateTime).ok()),
                 })
             })
-            .collect();
+            .collect::<Vec<ListedFile>>();
+        let more = page.is_truncated().unwrap_or(false);
         Ok(Listing {
+            last: files.last().filter(|_| more).map(|f| f.name.clone()),
             files,
-            next_cursor: page.next_continuation_token().map(str::to_string),
         })
     }
 

@@ -86,6 +86,25 @@ async fn round_trips_empty_small_and_multipart_files_with_sse_kms() {
         .get_json(&format!("/v1/files?limit=2&cursor={cursor}"))
         .await;
     assert_eq!(rest["files"].as_array().unwrap().len(), 1);
+    assert!(rest["next_cursor"].is_null(), "{rest}");
+    // A malformed cursor, or one replayed with another prefix, is refused at once.
+    for query in [
+        "cursor=not-a-cursor!".to_string(),
+        format!("cursor={cursor}&prefix=elsewhere/"),
+    ] {
+        let asked = std::time::Instant::now();
+        let response = stack
+            .http
+            .get(format!("{}/v1/files?{query}", stack.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 400, "{query}");
+        assert!(
+            asked.elapsed() < std::time::Duration::from_secs(1),
+            "{query}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -14,6 +14,8 @@ use serde_json::{Value, json};
 use super::AppState;
 use crate::error::ApiError;
 use crate::names;
+use base64::Engine as _;
+
 use crate::processing::processors::STREAM_CHUNK;
 use crate::processing::{FileStatus, State as FileState, TooManyWaiters};
 use crate::store::{Conditions, CurrentOutput, RawUpload};
@@ -340,9 +342,58 @@ pub(super) async fn list(
             "prefix must be at most 512 bytes without control characters",
         ));
     }
-    let page = state.store.list(&prefix, limit, query.cursor).await?;
+    let after = match &query.cursor {
+        Some(cursor) => Some(cursor_name(cursor, &prefix)?),
+        None => None,
+    };
+    let page = state.store.list(&prefix, limit, after.as_deref()).await?;
     Ok(Json(json!({
         "files": page.files,
-        "next_cursor": page.next_cursor,
+        "next_cursor": page.last.as_deref().map(cursor_of),
     })))
+}
+
+/// A listing's cursor: the last name of its page, base64url-encoded. The listing goes on
+/// after it, so a cursor is checked here, at once, without asking S3.
+fn cursor_of(last: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(last)
+}
+
+/// The name a cursor goes on after; 400 for a cursor this service did not give for `prefix`.
+fn cursor_name(cursor: &str, prefix: &str) -> Result<String, ApiError> {
+    let name = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or_else(|| ApiError::bad_request("cursor is malformed: pass next_cursor as it came"))?;
+    if !name.starts_with(prefix) || check_name(&name).is_err() {
+        return Err(ApiError::bad_request(
+            "cursor does not belong to this prefix: pass next_cursor with the prefix it came with",
+        ));
+    }
+    Ok(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_goes_on_after_its_name_within_its_prefix_only() {
+        let cursor = cursor_of("reports/2026/b.csv");
+        assert_eq!(
+            cursor_name(&cursor, "reports/").unwrap(),
+            "reports/2026/b.csv"
+        );
+        assert_eq!(cursor_name(&cursor, "").unwrap(), "reports/2026/b.csv");
+        for (cursor, prefix) in [
+            (cursor.as_str(), "other/"),
+            ("not base64!", ""),
+            ("_w", ""),
+            ("", ""),
+        ] {
+            let err = cursor_name(cursor, prefix).unwrap_err();
+            assert_eq!(err.status, StatusCode::BAD_REQUEST, "{cursor:?} {prefix:?}");
+        }
+    }
 }

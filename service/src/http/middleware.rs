@@ -113,6 +113,15 @@ pub(super) async fn observe(
     response
 }
 
+/// The credentials of a `Bearer` authorization; the scheme's name is case-insensitive
+/// (RFC 9110, section 11.1), and spaces may separate it from the token.
+fn bearer_credentials(authorization: &str) -> Option<&str> {
+    let (scheme, credentials) = authorization.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| credentials.trim_start_matches(' '))
+}
+
 /// Bearer token on every /v1 route and /metrics when one is configured (compared in
 /// constant time, the replaced token too during its overlap: auth.rs).
 pub(super) async fn require_token(
@@ -125,7 +134,7 @@ pub(super) async fn require_token(
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(bearer_credentials)
             .unwrap_or("");
         if !tokens.accepts(presented) {
             let mut response = ApiError::new(
@@ -141,4 +150,19 @@ pub(super) async fn require_token(
         }
     }
     next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for header in ["Bearer t0k", "bearer t0k", "BEARER t0k", "Bearer   t0k"] {
+            assert_eq!(bearer_credentials(header), Some("t0k"), "{header}");
+        }
+        for header in ["Basic t0k", "Bearert0k", "t0k", ""] {
+            assert_eq!(bearer_credentials(header), None, "{header}");
+        }
+    }
 }
