@@ -3,6 +3,9 @@
 //! event format; the pipeline's consumer (processing/consumer.rs) decides what a message
 //! leads to.
 
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, Result, bail};
@@ -28,6 +31,10 @@ pub struct WorkQueue {
     pub visibility: Duration,
     /// The redrive policy's maxReceiveCount: deliveries before the dead-letter queue.
     pub max_receives: Option<u32>,
+    /// Receipts of the messages received and not yet let go, so a stopping instance can
+    /// hand them back at once instead of leaving them hidden for the visibility timeout.
+    held: Mutex<HashSet<String>>,
+    stopping: AtomicBool,
 }
 
 /// One delivery of a message.
@@ -109,7 +116,34 @@ impl WorkQueue {
             url: url.to_string(),
             visibility: Duration::from_secs(visibility),
             max_receives,
+            held: Mutex::default(),
+            stopping: AtomicBool::new(false),
         })
+    }
+
+    /// The instance is stopping: nothing more is received or kept hidden.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// The message of `receipt` is settled (deleted, or hidden for its backoff), or handed
+    /// back: it is no longer this instance's.
+    pub fn let_go(&self, receipt: &str) {
+        self.held.lock().unwrap().remove(receipt);
+    }
+
+    /// Stops receiving and makes every message this instance still holds visible again at
+    /// once, for another instance to take; returns how many. Called at shutdown: the files
+    /// they name are not finished here.
+    pub async fn hand_back(&self) -> usize {
+        self.stopping.store(true, Ordering::SeqCst);
+        let held: Vec<String> = self.held.lock().unwrap().drain().collect();
+        for receipt in &held {
+            if let Err(err) = self.hide(receipt, Duration::ZERO).await {
+                tracing::warn!(error = %format!("{err:#}"), "handing a message back failed; it comes back after its visibility timeout");
+            }
+        }
+        held.len()
     }
 
     /// Up to `max` messages, waiting up to 20 s for the first.
@@ -124,7 +158,7 @@ impl WorkQueue {
             .send()
             .await
             .aws_context("sqs:ReceiveMessage")?;
-        Ok(received
+        let deliveries: Vec<Delivery> = received
             .messages()
             .iter()
             .filter_map(|message| {
@@ -139,7 +173,17 @@ impl WorkQueue {
                     body: parse(message.body().unwrap_or_default()),
                 })
             })
-            .collect())
+            .collect();
+        self.held
+            .lock()
+            .unwrap()
+            .extend(deliveries.iter().map(|d| d.receipt.clone()));
+        // Received while stopping (a long poll that was under way): handed back at once.
+        if self.is_stopping() {
+            self.hand_back().await;
+            return Ok(Vec::new());
+        }
+        Ok(deliveries)
     }
 
     /// The message is done with: nobody receives it again.

@@ -77,6 +77,7 @@ pub async fn serve(state: AppState, listener: TcpListener, tls: Option<Arc<Tls>>
             "grace period over; cancelling what is left"
         );
     }
+    state.pipeline.hand_back_messages().await;
     // While the connections still run: cancelling them first would leave each upload's
     // abort to a task that the runtime's shutdown may never run.
     if !state.in_flight().is_empty() {

@@ -683,3 +683,57 @@ async fn of_racing_conditional_writes_exactly_one_wins() {
         assert_eq!(won, 1, "CompleteMultipartUpload round {round}: {won} won");
     }
 }
+
+/// An instance that stops (SIGTERM) hands the messages it holds back at once: another
+/// instance processes their files within seconds, not after the visibility timeout (60 s
+/// here), which the stopped instance's message would otherwise wait out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_instance_hands_its_messages_back() {
+    let shared = shared(60, 5).await;
+    let proxy = FaultProxy::start(&emulator_endpoint()).await;
+    // A receives the file's message and then never gets its raw bytes.
+    proxy.inject(common::faults::s3("GET", "raw/"), Fault::Hang, 1);
+    let mut a = shared
+        .instance("a", &[("AWS_ENDPOINT_URL", proxy.url.as_str())])
+        .await;
+    let http = binary::http();
+    let data = random_bytes(10_000, 11);
+    let (code, body) = a.put(&http, "held.bin", data.clone()).await;
+    assert_eq!(code, 201, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while proxy.injected() == 0 {
+        assert!(Instant::now() < deadline, "A never read the file");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let pid = a.child.id().to_string();
+    let signalled = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(signalled.success());
+    let stopped = Instant::now();
+    while a.child.try_wait().unwrap().is_none() {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(20),
+            "A did not stop after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        a.log_text()
+            .contains("handed unfinished queue messages back"),
+        "{}",
+        a.log_text()
+    );
+
+    let b = shared.instance("b", &[]).await;
+    let status = b.settle(&http, "held.bin").await;
+    assert_eq!(status["state"], "processed", "{status}");
+    assert_eq!(status["processed"]["sha256"], sha256_hex(&data));
+    assert!(
+        stopped.elapsed() < Duration::from_secs(30),
+        "processed {:?} after A stopped: the message waited for its visibility timeout",
+        stopped.elapsed()
+    );
+}

@@ -41,6 +41,9 @@ pub(super) async fn consume(pipeline: Arc<Pipeline>, queue: Arc<WorkQueue>) {
         let Ok(first) = slots.clone().acquire_owned().await else {
             return;
         };
+        if queue.is_stopping() {
+            return;
+        }
         let mut permits = vec![first];
         while permits.len() < MAX_BATCH {
             match slots.clone().try_acquire_owned() {
@@ -121,6 +124,7 @@ async fn handle(pipeline: &Pipeline, queue: &Arc<WorkQueue>, delivery: Delivery)
             queue.hide(&delivery.receipt, pause).await
         }
     };
+    queue.let_go(&delivery.receipt);
     if let Err(err) = result {
         // The message comes back after its visibility timeout; its file is settled by then
         // or tried again.
@@ -139,6 +143,10 @@ fn keep_hidden(
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(queue.visibility / 3).await;
+            // Handed back at shutdown: hiding it again would undo that.
+            if queue.is_stopping() {
+                return;
+            }
             match queue.hide(&receipt, queue.visibility).await {
                 Ok(()) => metrics.message(MessageOutcome::Extended),
                 Err(err) => {

@@ -738,6 +738,20 @@ impl Pipeline {
         }))
     }
 
+    /// At shutdown: the shared queue's messages this instance still holds become visible
+    /// again at once, for another instance (their files are not finished here).
+    pub async fn hand_back_messages(&self) {
+        if let Some(queue) = &self.shared {
+            let handed = queue.hand_back().await;
+            if handed > 0 {
+                tracing::info!(
+                    messages = handed,
+                    "handed unfinished queue messages back for another instance"
+                );
+            }
+        }
+    }
+
     fn is_queued_or_running(&self, name: &str) -> bool {
         self.queued.lock().unwrap().contains(name) || self.running.lock().unwrap().contains(name)
     }
