@@ -854,3 +854,62 @@ async fn downloads_carry_the_uploaded_content_type_or_the_processors() {
         .unwrap();
     assert_eq!(got.headers()["content-type"], "application/x-ndjson");
 }
+
+/// 200 reprocess requests at once on one failed file make one more run, not 200: the first
+/// queues it, the others within 5 s are told 429; asking while it is queued or processed
+/// queues nothing.
+#[tokio::test]
+async fn reprocess_requests_cannot_pile_up_runs() {
+    let stack = Stack::start(&["--require-encrypted-input=true"]).await;
+    let (code, _) = stack.put("plain.txt", b"not encrypted".to_vec()).await;
+    assert_eq!(code, 201);
+    assert_eq!(stack.settle("plain.txt").await["state"], "failed");
+    let runs = || {
+        let metrics = stack.state.metrics.render();
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("filepipe_processing_total{result=\"failure\"} "))
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    assert_eq!(runs(), 1);
+    let url = format!("{}/reprocess", stack.file_url("plain.txt"));
+    let answers = futures_util::future::join_all((0..200).map(|_| async {
+        let response = stack.http.post(&url).send().await.unwrap();
+        let code = response.status().as_u16();
+        let retry = response.headers().contains_key("retry-after");
+        (code, retry, response.json::<Value>().await.unwrap())
+    }))
+    .await;
+    let queued = answers
+        .iter()
+        .filter(|(code, _, body)| *code == 202 && body["queued"] == true)
+        .count();
+    let refused = answers
+        .iter()
+        .filter(|(code, retry, body)| *code == 429 && *retry && body["error"]["code"] == "too_soon")
+        .count();
+    assert_eq!((queued, refused), (1, 199), "{answers:?}");
+    assert_eq!(stack.settle("plain.txt").await["state"], "failed");
+    assert_eq!(runs(), 2, "one more run");
+
+    // A processed file is left alone.
+    let stack = Stack::start(&[]).await;
+    let (code, _) = stack.put("done.txt", b"fine".to_vec()).await;
+    assert_eq!(code, 201);
+    assert_eq!(stack.settle("done.txt").await["state"], "processed");
+    let response = stack
+        .http
+        .post(format!("{}/reprocess", stack.file_url("done.txt")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        (body["queued"].as_bool(), body["state"].as_str()),
+        (Some(false), Some("processed")),
+        "{body}"
+    );
+}

@@ -17,7 +17,7 @@ use crate::names;
 use base64::Engine as _;
 
 use crate::processing::processors::STREAM_CHUNK;
-use crate::processing::{FileStatus, State as FileState, TooManyWaiters};
+use crate::processing::{FileStatus, Reprocessed, State as FileState, TooManyWaiters, TooSoon};
 use crate::store::{Conditions, CurrentOutput, RawUpload};
 use crate::upload::{Expected, Uploaded};
 
@@ -182,7 +182,8 @@ pub(super) async fn get_file_or_status(
 }
 
 /// `POST /v1/files/{name}/reprocess`: forgets the file's failure or quarantine and queues it
-/// again (202).
+/// again (202, `queued: true`); a file processed, or queued or processing here, is left alone
+/// (202 with its state, `queued: false`); 429 within 5 s of the last request for the file.
 pub(super) async fn reprocess(
     State(state): State<AppState>,
     Path(path): Path<String>,
@@ -196,12 +197,24 @@ pub(super) async fn reprocess(
     };
     check_name(name)?;
     queue_has_room(&state)?;
-    if !state.pipeline.reprocess(name).await? {
-        return Err(ApiError::not_found(format!("no file named `{name}`")));
-    }
+    let (state, queued) = match state.pipeline.reprocess(name).await {
+        Ok(Reprocessed::Unknown) => {
+            return Err(ApiError::not_found(format!("no file named `{name}`")));
+        }
+        Ok(Reprocessed::Queued) => (FileState::Pending, true),
+        Ok(Reprocessed::Already(state)) => (state, false),
+        Err(err) if err.is::<TooSoon>() => {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_soon",
+                err.to_string(),
+            ));
+        }
+        Err(err) => return Err(err.into()),
+    };
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"name": name, "state": "pending"})),
+        Json(json!({"name": name, "state": state, "queued": queued})),
     ))
 }
 

@@ -109,6 +109,36 @@ impl std::fmt::Display for Quarantined {
 
 impl std::error::Error for Quarantined {}
 
+/// What a reprocess request did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reprocessed {
+    /// No such file.
+    Unknown,
+    /// Its failure was forgotten and it was queued again.
+    Queued,
+    /// Nothing to do: it is in this state.
+    Already(State),
+}
+
+/// How often one file may be asked to be reprocessed (per instance).
+const REPROCESS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A reprocess request came within REPROCESS_INTERVAL of the last one for the file.
+#[derive(Debug)]
+pub struct TooSoon(pub std::time::Duration);
+
+impl std::fmt::Display for TooSoon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "this file was asked to be reprocessed less than {} s ago; ask again later",
+            self.0.as_secs()
+        )
+    }
+}
+
+impl std::error::Error for TooSoon {}
+
 /// The raw bytes read are not the ones the upload was acknowledged for: their SHA-256 (or
 /// size) differs from what the raw object's metadata records. No output is written.
 #[derive(Debug)]
@@ -224,6 +254,8 @@ pub struct Pipeline {
     /// Names whose processing run just ended, for status requests that wait for it.
     finished: tokio::sync::broadcast::Sender<String>,
     waiting: waiting::Waiting,
+    /// When each file was last asked to be reprocessed.
+    reprocess_asked: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl Pipeline {
@@ -250,6 +282,7 @@ impl Pipeline {
             running: Mutex::new(HashSet::new()),
             finished: tokio::sync::broadcast::channel(1024).0,
             waiting: waiting::Waiting::new(config.max_status_waiters as usize),
+            reprocess_asked: Mutex::default(),
         });
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         let workers = if shared.is_some() {
@@ -622,29 +655,53 @@ impl Pipeline {
             .is_some_and(|record| !retryable(&record)))
     }
 
-    /// Forgets the record of `name` (its failure, its quarantine) and queues it again.
-    /// `false` if there is no such file.
-    pub async fn reprocess(&self, name: &str) -> Result<bool> {
-        let Some(raw) = self.store.head_raw(name).await? else {
-            return Ok(false);
-        };
-        if self.store.record(name).await?.is_some() {
-            self.store.clear_record(name).await?;
+    /// Forgets a file's failure (or quarantine, or its count of unfinished decryptions) and
+    /// queues it again. A file that is processed, or queued or being processed here, is left
+    /// alone: asking again costs no second run. At most one request per file and
+    /// REPROCESS_INTERVAL is taken, so requests cannot pile up runs where another instance
+    /// has the file.
+    pub async fn reprocess(&self, name: &str) -> Result<Reprocessed> {
+        {
+            let now = std::time::Instant::now();
+            let mut asked = self.reprocess_asked.lock().unwrap();
+            if asked
+                .get(name)
+                .is_some_and(|at| now.duration_since(*at) < REPROCESS_INTERVAL)
+            {
+                return Err(TooSoon(REPROCESS_INTERVAL).into());
+            }
+            if asked.len() >= 10_000 {
+                asked.retain(|_, at| now.duration_since(*at) < REPROCESS_INTERVAL);
+            }
+            asked.insert(name.to_string(), now);
         }
+        if self.running.lock().unwrap().contains(name) {
+            return Ok(Reprocessed::Already(State::Processing));
+        }
+        if self.queued.lock().unwrap().contains(name) {
+            return Ok(Reprocessed::Already(State::Pending));
+        }
+        let Some(status) = self.status(name).await? else {
+            return Ok(Reprocessed::Unknown);
+        };
+        if status.state == State::Processed {
+            return Ok(Reprocessed::Already(status.state));
+        }
+        self.store.clear_record(name).await?;
         match &self.shared {
             Some(queue) => {
                 queue
                     .send(
                         &self.config.initial_bucket,
                         name,
-                        raw.version_id.as_deref(),
+                        status.raw.version_id.as_deref(),
                         std::time::SystemTime::now(),
                     )
                     .await?
             }
             None => self.enqueue(name),
         }
-        Ok(true)
+        Ok(Reprocessed::Queued)
     }
 
     async fn record_failure(
