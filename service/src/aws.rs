@@ -79,7 +79,12 @@ impl AwsClients {
         let shared = sdk_config(settings).await;
         AwsClients {
             settings: settings.clone(),
-            s3: aws_sdk_s3::Client::from_conf(s3_config(&shared, settings, S3_ATTEMPT_TIMEOUT)),
+            s3: aws_sdk_s3::Client::from_conf(s3_config(
+                &shared,
+                settings,
+                S3_ATTEMPT_TIMEOUT,
+                S3_ATTEMPT_TIMEOUT * 3,
+            )),
             kms: aws_sdk_kms::Client::from_conf(kms_config(&shared)),
             sts: aws_sdk_sts::Client::new(&shared),
             sqs: aws_sdk_sqs::Client::from_conf(sqs_config(&shared)),
@@ -87,10 +92,21 @@ impl AwsClients {
         }
     }
 
-    /// The same clients with another S3 attempt timeout (the service's S3_ATTEMPT_TIMEOUT_SECS).
-    pub fn with_s3_attempt_timeout(mut self, attempt: Duration) -> AwsClients {
-        self.s3 =
-            aws_sdk_s3::Client::from_conf(s3_config(&self.sdk_config, &self.settings, attempt));
+    /// The same clients with another S3 attempt timeout (the service's S3_ATTEMPT_TIMEOUT_SECS),
+    /// a call with its retries getting three times this.
+    pub fn with_s3_attempt_timeout(self, attempt: Duration) -> AwsClients {
+        self.with_s3_timeouts(attempt, attempt * 3)
+    }
+
+    /// The same clients with S3 calls bounded to `call`, retries included, and each attempt
+    /// to at most `attempt`: for API requests, which a client waits for.
+    pub fn with_s3_timeouts(mut self, attempt: Duration, call: Duration) -> AwsClients {
+        self.s3 = aws_sdk_s3::Client::from_conf(s3_config(
+            &self.sdk_config,
+            &self.settings,
+            attempt.min(call),
+            call,
+        ));
         self
     }
 }
@@ -186,13 +202,18 @@ fn sqs_config(shared: &SdkConfig) -> aws_sdk_sqs::Config {
         .build()
 }
 
-/// S3 timeouts: `attempt` per request, and three of them for a call with its retries.
-fn s3_config(shared: &SdkConfig, settings: &AwsSettings, attempt: Duration) -> aws_sdk_s3::Config {
+/// S3 timeouts: `attempt` per request, and `call` for a call with its retries.
+fn s3_config(
+    shared: &SdkConfig,
+    settings: &AwsSettings,
+    attempt: Duration,
+    call: Duration,
+) -> aws_sdk_s3::Config {
     let mut builder = aws_sdk_s3::config::Builder::from(shared).timeout_config(
         TimeoutConfig::builder()
             .connect_timeout(Duration::from_secs(5))
             .operation_attempt_timeout(attempt)
-            .operation_timeout(attempt * 3)
+            .operation_timeout(call)
             .build(),
     );
     if let Some(endpoint) = &settings.s3_endpoint_url {

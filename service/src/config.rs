@@ -136,6 +136,11 @@ pub struct Config {
     /// Seconds one S3 request may take (a part's upload included) before it is retried.
     #[arg(long, env = "S3_ATTEMPT_TIMEOUT_SECS", default_value_t = crate::aws::S3_ATTEMPT_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     pub s3_attempt_timeout_secs: u64,
+    /// The longest an API request waits for one S3 call, its retries included: a client
+    /// gets 503 within this when S3 does not answer, while background processing keeps the
+    /// longer S3_ATTEMPT_TIMEOUT_SECS budget.
+    #[arg(long, env = "INTERACTIVE_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub interactive_timeout_secs: u64,
     /// Reject raw payloads that are not AWS Encryption SDK messages.
     #[arg(long, env = "REQUIRE_ENCRYPTED_INPUT", default_value_t = false, action = clap::ArgAction::Set)]
     pub require_encrypted_input: bool,

@@ -344,3 +344,54 @@ async fn sigkill_mid_upload_and_mid_processing_loses_nothing_and_leaves_no_open_
             .contains(&"raw/stalled.bin".to_string())
     );
 }
+
+/// S3 (and KMS) take requests and never answer, with the default 60 s S3 attempts: uploads,
+/// downloads, listings and status requests answer 503 within INTERACTIVE_TIMEOUT_SECS, and
+/// `/readyz` within its own few seconds, instead of after three 60 s attempts.
+#[tokio::test]
+async fn api_requests_give_up_on_a_silent_s3_within_their_bound() {
+    let resources = resources().await;
+    let proxy = FaultProxy::start(&emulator_endpoint()).await;
+    let running = spawn(
+        &resources,
+        &[
+            ("AWS_ENDPOINT_URL", proxy.url.as_str()),
+            ("INTERACTIVE_TIMEOUT_SECS", "5"),
+        ],
+    )
+    .await;
+    let http = http();
+    proxy.inject(|_: &str| true, Fault::Hang, 1);
+    let bound = Duration::from_secs(12);
+    let requests = [
+        ("PUT", running.file_url("silent.bin")),
+        ("GET", running.file_url("silent.bin")),
+        ("GET", format!("{}/status", running.file_url("silent.bin"))),
+        ("GET", format!("{}/v1/files?prefix=s", running.url)),
+    ];
+    for (method, url) in requests {
+        let started = Instant::now();
+        let response = http
+            .request(method.parse().unwrap(), &url)
+            .bearer_auth(TOKEN)
+            .body(b"x".to_vec())
+            .send()
+            .await
+            .unwrap_or_else(|err| panic!("{method} {url}: no answer within 30 s: {err}"));
+        let waited = started.elapsed();
+        assert_eq!(response.status().as_u16(), 503, "{method} {url}");
+        assert!(waited < bound, "{method} {url} answered after {waited:?}");
+    }
+    let started = Instant::now();
+    let ready = http
+        .get(format!("{}/readyz", running.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status().as_u16(), 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "/readyz answered after {:?}",
+        started.elapsed()
+    );
+}

@@ -62,12 +62,20 @@ impl AppState {
             config.decrypt_settings(),
         )
         .await?;
+        // Two views of the buckets, sharing the part budget and the open uploads: API
+        // requests give up on S3 within INTERACTIVE_TIMEOUT_SECS, which a client waits for;
+        // background processing keeps the longer S3_ATTEMPT_TIMEOUT_SECS budget.
+        let in_flight = InFlight::new(config.max_buffered_parts);
+        let background = Arc::new(Store::new(clients, config.clone(), in_flight.clone()));
         let store = Arc::new(Store::new(
-            clients,
+            &clients.clone().with_s3_timeouts(
+                Duration::from_secs(config.s3_attempt_timeout_secs),
+                Duration::from_secs(config.interactive_timeout_secs),
+            ),
             config.clone(),
-            InFlight::new(config.max_buffered_parts),
+            in_flight,
         ));
-        store
+        background
             .abort_orphaned_uploads(config.orphan_upload_age())
             .await;
         let shared = match &config.queue_url {
@@ -79,6 +87,7 @@ impl AppState {
             None => None,
         };
         let pipeline = Pipeline::start(
+            background,
             store.clone(),
             config.clone(),
             decryptor,

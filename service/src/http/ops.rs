@@ -28,6 +28,9 @@ pub(super) async fn info(State(state): State<AppState>) -> Json<Value> {
 }
 
 /// Both buckets and the key reachable; cached for a few seconds so probes cost little.
+/// How long a readiness check waits for S3 and KMS.
+const READY_TIMEOUT: Duration = Duration::from_secs(4);
+
 pub(super) async fn readyz(State(state): State<AppState>) -> Response {
     const TTL: Duration = Duration::from_secs(5);
     let cached = state
@@ -40,11 +43,15 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
     let result = match cached {
         Some(result) => result,
         None => {
-            let result = state
-                .store
-                .check_ready()
-                .await
-                .map_err(|e| format!("{e:#}"));
+            // A load balancer's health check waits seconds, not an S3 call's retries.
+            let result = match tokio::time::timeout(READY_TIMEOUT, state.store.check_ready()).await
+            {
+                Ok(checked) => checked.map_err(|e| format!("{e:#}")),
+                Err(_) => Err(format!(
+                    "the buckets or the key did not answer within {} s",
+                    READY_TIMEOUT.as_secs()
+                )),
+            };
             *state.ready.lock().unwrap() = Some((Instant::now(), result.clone()));
             result
         }

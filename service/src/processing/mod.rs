@@ -239,7 +239,11 @@ impl std::error::Error for LostRace {}
 pub struct Pipeline {
     /// The shared queue, when this instance takes its work from one (QUEUE_URL).
     shared: Option<Arc<WorkQueue>>,
+    /// The buckets, for processing (S3_ATTEMPT_TIMEOUT_SECS per request).
     store: Arc<Store>,
+    /// The buckets, for status requests and other calls a client waits for
+    /// (INTERACTIVE_TIMEOUT_SECS per call).
+    lookups: Arc<Store>,
     config: Arc<Config>,
     processor: Arc<dyn Processor>,
     decryptor: Decryptor,
@@ -263,6 +267,7 @@ impl Pipeline {
     /// reconciliation scan.
     pub fn start(
         store: Arc<Store>,
+        lookups: Arc<Store>,
         config: Arc<Config>,
         decryptor: Decryptor,
         metrics: Arc<Metrics>,
@@ -272,6 +277,7 @@ impl Pipeline {
         let pipeline = Arc::new(Pipeline {
             shared: shared.clone(),
             store,
+            lookups,
             processor: processor(&config),
             config: config.clone(),
             decryptor,
@@ -687,7 +693,7 @@ impl Pipeline {
         if status.state == State::Processed {
             return Ok(Reprocessed::Already(status.state));
         }
-        self.store.clear_record(name).await?;
+        self.lookups.clear_record(name).await?;
         match &self.shared {
             Some(queue) => {
                 queue
@@ -755,13 +761,21 @@ impl Pipeline {
 
     /// Status of a file, or `None` if there is no raw object.
     pub async fn status(&self, name: &str) -> Result<Option<FileStatus>> {
-        let Some(raw) = self.store.head_raw(name).await? else {
+        let Some(raw) = self.lookups.head_raw(name).await? else {
             return Ok(None);
         };
-        let processed = self.store.head_processed(name, &raw).await?;
+        let processed = self.lookups.head_processed(name, &raw).await?;
+        let failure = match processed {
+            Some(_) => None,
+            None => self
+                .lookups
+                .record(name)
+                .await?
+                .filter(|record| record.is_for(&raw) && record.error.is_some()),
+        };
         let (state, failure) = if processed.is_some() {
             (State::Processed, None)
-        } else if let Some(record) = self.failure(name, &raw).await? {
+        } else if let Some(record) = failure {
             (State::Failed, Some(record))
         } else if self.running.lock().unwrap().contains(name) {
             (State::Processing, None)
