@@ -77,6 +77,11 @@ pub struct Config {
     /// (96 MiB for all 512 at worst).
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
+    /// Connections one source address may hold at once (MAX_CONNECTIONS if that is lower);
+    /// more from it are closed at once, so one client cannot take the slots every other
+    /// client needs.
+    #[arg(long, env = "MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_address: u32,
     /// Status requests that may wait (`?wait=`) at once; past them a request is answered 429
     /// with Retry-After, so waiters never hold the connections health checks and uploads need.
     #[arg(long, env = "MAX_STATUS_WAITERS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]

@@ -1,12 +1,14 @@
-//! Serving the router: connections accepted up to a cap, over TLS where configured, each
-//! with a deadline for its handshake and request headers (which also closes idle keep-alive
-//! connections); the token and certificate read again on SIGHUP and on a timer; and a
-//! graceful shutdown.
+//! Serving the router: connections accepted up to a cap, and up to a smaller cap per source
+//! address, over TLS where configured, each with a deadline for its handshake and request
+//! headers (which also closes idle keep-alive connections) that shrinks as the slots fill;
+//! the token and certificate read again on SIGHUP and on a timer; and a graceful shutdown.
 //!
 //! axum::serve sets no header timeout and accepts without limit: idle or half-sent
 //! connections would pile up until the process runs out of file descriptors.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -28,7 +30,10 @@ const READ_BUFFER: usize = 64 * 1024;
 pub async fn serve(state: AppState, listener: TcpListener, tls: Option<Arc<Tls>>) -> Result<()> {
     let grace = Duration::from_secs(state.config.shutdown_grace_secs);
     let header_timeout = Duration::from_secs(state.config.header_read_timeout_secs);
-    let connections = Arc::new(Semaphore::new(state.config.max_connections as usize));
+    let max_connections = state.config.max_connections as usize;
+    let per_address_cap = (state.config.max_connections_per_address as usize).min(max_connections);
+    let connections = Arc::new(Semaphore::new(max_connections));
+    let per_address = PerAddress::default();
     let app = router(state.clone());
     // Flipped once at shutdown: every connection finishes its request and closes.
     let (closing, closing_rx) = watch::channel(false);
@@ -40,12 +45,19 @@ pub async fn serve(state: AppState, listener: TcpListener, tls: Option<Arc<Tls>>
             _ = &mut signal => break,
             accepted = accept(&listener, &connections) => accepted,
         };
-        let (stream, permit) = accepted;
+        let (stream, address, permit) = accepted;
+        // Over its address's share: closed at once, so one client cannot take every slot.
+        let Some(address_slot) = per_address.admit(address, per_address_cap) else {
+            tracing::debug!(%address, "connection refused: MAX_CONNECTIONS_PER_ADDRESS reached");
+            continue;
+        };
+        let in_use = max_connections - connections.available_permits();
+        let header_timeout = header_deadline(header_timeout, in_use, max_connections);
         let service = TowerToHyperService::new(app.clone());
         let closing_rx = closing_rx.clone();
         let acceptor = tls.as_ref().map(|tls| tls.acceptor());
         served.spawn(async move {
-            let _permit = permit;
+            let _permit = (permit, address_slot);
             match acceptor {
                 None => serve_connection(stream, service, header_timeout, closing_rx).await,
                 Some(acceptor) => {
@@ -181,12 +193,67 @@ async fn reload(state: AppState, tls: Option<Arc<Tls>>) {
     }
 }
 
-/// The next connection, once fewer than MAX_CONNECTIONS are open. Until then, new
-/// connections wait in the kernel's accept queue and cost this process nothing.
+/// How long a new connection may take for its handshake and each request's headers (and may
+/// stay idle between requests): the configured time while at most half the slots are in
+/// use, then less in proportion to the slots left, down to one second, so idle connections
+/// make room sooner the fuller the server is.
+fn header_deadline(configured: Duration, in_use: usize, slots: usize) -> Duration {
+    let half = (slots / 2).max(1);
+    let left = slots.saturating_sub(in_use);
+    if left >= half {
+        return configured;
+    }
+    (configured * left as u32 / half as u32).max(Duration::from_secs(1))
+}
+
+/// Open connections by source address.
+#[derive(Clone, Default)]
+struct PerAddress(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+/// One connection's place in its address's count; given back when dropped.
+struct AddressSlot {
+    address: IpAddr,
+    counts: PerAddress,
+}
+
+impl PerAddress {
+    fn admit(&self, address: IpAddr, cap: usize) -> Option<AddressSlot> {
+        let mut counts = self.0.lock().unwrap();
+        let count = counts.entry(address).or_default();
+        if *count >= cap {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            address,
+            counts: self.clone(),
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.0.lock().unwrap();
+        if let Some(count) = counts.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.address);
+            }
+        }
+    }
+}
+
+/// The next connection and its source address, once fewer than MAX_CONNECTIONS are open.
+/// Until then, new connections wait in the kernel's accept queue and cost this process
+/// nothing.
 async fn accept(
     listener: &TcpListener,
     connections: &Arc<Semaphore>,
-) -> (tokio::net::TcpStream, tokio::sync::OwnedSemaphorePermit) {
+) -> (
+    tokio::net::TcpStream,
+    IpAddr,
+    tokio::sync::OwnedSemaphorePermit,
+) {
     let permit = connections
         .clone()
         .acquire_owned()
@@ -194,9 +261,9 @@ async fn accept(
         .expect("the connection semaphore is never closed");
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
+            Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                return (stream, permit);
+                return (stream, peer.ip(), permit);
             }
             // Out of file descriptors or a connection reset before it was accepted: pause
             // instead of spinning on the error.
@@ -221,4 +288,32 @@ async fn shutdown_signal() {
         }
     };
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_header_deadline_shrinks_once_half_the_slots_are_taken() {
+        let ten = Duration::from_secs(10);
+        assert_eq!(header_deadline(ten, 0, 512), ten);
+        assert_eq!(header_deadline(ten, 256, 512), ten);
+        assert_eq!(header_deadline(ten, 384, 512), Duration::from_secs(5));
+        assert_eq!(header_deadline(ten, 500, 512), Duration::from_secs(1));
+        assert_eq!(header_deadline(ten, 512, 512), Duration::from_secs(1));
+        assert_eq!(header_deadline(ten, 1, 1), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn each_address_gets_its_share_and_gives_it_back() {
+        let counts = PerAddress::default();
+        let (a, b): (IpAddr, IpAddr) = ("127.0.0.2".parse().unwrap(), "127.0.0.1".parse().unwrap());
+        let first = counts.admit(a, 2).unwrap();
+        let _second = counts.admit(a, 2).unwrap();
+        assert!(counts.admit(a, 2).is_none());
+        assert!(counts.admit(b, 2).is_some());
+        drop(first);
+        assert!(counts.admit(a, 2).is_some());
+    }
 }

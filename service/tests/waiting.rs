@@ -39,6 +39,8 @@ async fn many_waiters_share_one_look_and_leave_room_for_health_checks_and_upload
             ("AWS_ENDPOINT_URL", proxy.url.as_str()),
             ("RECONCILE_GRACE_SECS", "3600"),
             ("MAX_STATUS_WAITERS", "64"),
+            // All 600 come from one address here.
+            ("MAX_CONNECTIONS_PER_ADDRESS", "512"),
         ],
     )
     .await;
