@@ -105,8 +105,10 @@ pub struct Config {
     /// one line, so lines take at most PROCESSING_CONCURRENCY x this (default 16 MiB).
     #[arg(long, env = "MAX_LINE_BYTES", default_value_t = MIB as usize)]
     pub max_line_bytes: usize,
-    /// Largest envelope-encrypted payload. The Encryption SDK decrypts in memory (message and
-    /// plaintext), one payload at a time, so this bounds that memory to about twice its value.
+    /// Largest envelope-encrypted payload. The Encryption SDK decrypts in memory, taking about
+    /// 6.3 times the message's size at its peak (its copies of message and plaintext); every
+    /// decryption, waiting or running, and every plaintext not yet consumed counts against one
+    /// budget of 7 times this (112 MiB by default), whatever the concurrency.
     #[arg(long, env = "MAX_ENCRYPTED_SIZE", default_value_t = 16 * MIB)]
     pub max_encrypted_size: u64,
     /// Encrypted data keys an Encryption SDK message may carry. Each one wrapped by our key
