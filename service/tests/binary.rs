@@ -218,3 +218,50 @@ async fn peak_memory_stays_bounded_under_four_concurrent_large_uploads() {
     // Encryption SDK. Unbounded buffering would need about 4 x the file size here.
     assert!(peak_anon_mib < 84, "peak anonymous RSS {peak_anon_mib} MiB");
 }
+
+/// The real binary takes the Bearer scheme in any case, and refuses a malformed listing
+/// cursor, or one replayed with another prefix, with 400 at once (it answered 503 after 5 to
+/// 14 s, and refused `bearer`).
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive_and_a_bad_cursor_is_refused_at_once() {
+    let resources = resources().await;
+    let running = spawn(&resources, &[]).await;
+    let http = common::binary::http();
+    for name in ["a.txt", "b.txt", "c.txt"] {
+        let (code, body) = running.put(&http, name, b"x".to_vec()).await;
+        assert_eq!(code, 201, "{body}");
+    }
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let response = http
+            .get(format!("{}/v1/files?limit=2", running.url))
+            .header("authorization", format!("{scheme} {TOKEN}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{scheme}");
+    }
+    let page = running.get_json(&http, "/v1/files?limit=2").await;
+    let cursor = page["next_cursor"].as_str().expect("a cursor").to_string();
+    let rest = running
+        .get_json(&http, &format!("/v1/files?limit=2&cursor={cursor}"))
+        .await;
+    assert_eq!(rest["files"][0]["name"], "c.txt", "{rest}");
+    for query in [
+        "cursor=AAAA%21%21".to_string(),
+        format!("cursor={cursor}&prefix=z"),
+    ] {
+        let asked = Instant::now();
+        let response = http
+            .get(format!("{}/v1/files?{query}", running.url))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 400, "{query}");
+        assert!(
+            asked.elapsed() < Duration::from_secs(1),
+            "{query}: {:?}",
+            asked.elapsed()
+        );
+    }
+}

@@ -1,11 +1,15 @@
 //! `cargo xtask load`: many clients at once against the release-built service on the
-//! emulator, for a bounded time per case; then every acknowledged file must be processed and
-//! no multipart upload may be left open.
+//! emulator, as it is deployed: `--instances` processes sharing the stack's queue (S3 events
+//! to SQS), each serving HTTPS with its own certificate (pinned by the clients) and a bearer
+//! token. Each case runs for a bounded time; then every acknowledged file must be processed
+//! and no multipart upload may be left open.
 //!
 //! Each case first measures the same clients putting the same bytes straight into the
 //! emulator with aws-sdk-s3 (the baseline), then through the service, and reports the
-//! service's throughput as a ratio of the baseline's. The emulator (moto, one Python process)
-//! is the bottleneck of both, which is what makes the ratio comparable.
+//! service's throughput, and the files it processed per second, as ratios of the baseline's.
+//! The emulator (moto, one Python process) is the bottleneck of both, which is what makes the
+//! ratio comparable. Peak RSS and open descriptors are reported per instance; the encrypted
+//! case (Encryption SDK messages, decrypted in memory) shows the memory bound holding.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -35,6 +39,32 @@ pub struct Args {
     /// Seconds each client keeps uploading, per case and per side (baseline, service).
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=600))]
     seconds: u64,
+    /// Service instances sharing the queue; clients are spread over them.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=8))]
+    instances: u64,
+    /// Plaintext MiB of the Encryption SDK messages of the encrypted case (0: no such case).
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(0..=15))]
+    encrypted_mib: u64,
+    /// Clients of the encrypted case.
+    #[arg(long, default_value_t = 8)]
+    encrypted_clients: usize,
+}
+
+/// What one instance held at its peak.
+#[derive(Serialize, Debug)]
+struct Instance {
+    idle_rss_mib: f64,
+    peak_rss_mib: f64,
+    peak_open_fds: usize,
+}
+
+/// The file data a service process holds at most with the default settings: the part
+/// buffers and the decryption budget (README, "The service").
+fn file_data_bound_mib() -> f64 {
+    let parts =
+        service::config::DEFAULT_MAX_BUFFERED_PARTS as u64 * service::config::DEFAULT_PART_SIZE;
+    let decryption = service::decrypt::WEIGHT * 16 * 1024 * 1024;
+    (parts + decryption) as f64 / 1048576.0
 }
 
 /// What one side (baseline or service) of a case measured.
@@ -55,17 +85,30 @@ struct Side {
 struct Case {
     clients: usize,
     file_kib: u64,
+    encrypted: bool,
     baseline: Side,
     service: Side,
     /// Service throughput over the baseline's.
     ratio: f64,
+    /// Files the baseline put per second.
+    baseline_files_per_s: f64,
+    /// Files processed per second, from the first upload to the last output.
+    processed_per_s: f64,
     acknowledged: usize,
     processed: usize,
     failed: usize,
     open_multipart_uploads: usize,
-    peak_rss_mib: f64,
-    peak_open_fds: usize,
+    instances: Vec<Instance>,
+    /// What the file data held by one process may reach (the budgets).
+    file_data_bound_mib: f64,
     error_kinds: Vec<String>,
+}
+
+/// A case's uploads: plain bytes, or one Encryption SDK message sent by every client.
+struct Workload {
+    kib: u64,
+    clients: usize,
+    encrypted: bool,
 }
 
 pub fn run(cx: &Context, args: Args) -> Result<()> {
@@ -117,30 +160,112 @@ fn measure(
 ) -> Result<Vec<Case>> {
     let clients = block_on(AwsClients::connect(settings));
     let kms_key_arn = block_on(bench::create_key(settings))?;
-    let mut cases = Vec::new();
-    for &kib in &args.kib {
-        for &count in &args.clients {
-            let number = cases.len() + 1;
-            cx.step(format!(
-                "case {number}: {count} clients uploading {kib} KiB files for {} s",
-                args.seconds
-            ));
-            let case = run_case(
-                cx,
-                &clients,
-                settings,
-                &kms_key_arn,
-                work,
-                number,
-                count,
+    let mut workloads: Vec<Workload> = args
+        .kib
+        .iter()
+        .flat_map(|&kib| {
+            args.clients.iter().map(move |&clients| Workload {
                 kib,
-                args.seconds,
-            )?;
-            eprintln!("{}", table(std::slice::from_ref(&case)));
-            cases.push(case);
-        }
+                clients,
+                encrypted: false,
+            })
+        })
+        .collect();
+    if args.encrypted_mib > 0 {
+        workloads.push(Workload {
+            kib: args.encrypted_mib * 1024,
+            clients: args.encrypted_clients,
+            encrypted: true,
+        });
+    }
+    let mut cases = Vec::new();
+    for workload in &workloads {
+        let number = cases.len() + 1;
+        cx.step(format!(
+            "case {number}: {} clients uploading {}{} KiB files through {} instances for {} s",
+            workload.clients,
+            if workload.encrypted { "encrypted " } else { "" },
+            workload.kib,
+            args.instances,
+            args.seconds
+        ));
+        let case = run_case(
+            cx,
+            &clients,
+            settings,
+            &kms_key_arn,
+            work,
+            number,
+            workload,
+            args,
+        )?;
+        eprintln!("{}", table(std::slice::from_ref(&case)));
+        cases.push(case);
     }
     Ok(cases)
+}
+
+/// The instances of a case, as deployed: HTTPS with one certificate they share (pinned by
+/// the clients), a bearer token, and the case's queue.
+struct Front {
+    instances: Vec<servers::Owned>,
+    urls: Vec<String>,
+    http: reqwest::Client,
+    token: String,
+    idle_rss: Vec<u64>,
+}
+
+fn start_front(
+    cx: &Context,
+    settings: &AwsSettings,
+    mut env: Vec<(String, String)>,
+    work: &std::path::Path,
+    number: usize,
+    instances: u64,
+) -> Result<Front> {
+    let program = cx.root.join(servers::SERVICE_RELEASE);
+    let (cert, key) = (
+        work.join(format!("case-{number}.crt")),
+        work.join(format!("case-{number}.key")),
+    );
+    cx.run(
+        "service gen-cert (the instances' certificate)",
+        xshell::cmd!(
+            cx.sh,
+            "{program} gen-cert --ip 127.0.0.1 --days 1 --cert-out {cert} --key-out {key}"
+        ),
+    )?;
+    let pem =
+        std::fs::read_to_string(&cert).with_context(|| format!("reading {}", cert.display()))?;
+    let token = format!(
+        "load-{:032x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+    );
+    env.extend([
+        ("TLS_CERT_FILE".to_string(), cert.display().to_string()),
+        ("TLS_KEY_FILE".to_string(), key.display().to_string()),
+        ("AUTH_TOKEN".to_string(), token.clone()),
+    ]);
+    let mut front = Front {
+        instances: Vec::new(),
+        urls: Vec::new(),
+        http: crate::doors::pinned_client(&pem, Duration::from_secs(300))?,
+        token,
+        idle_rss: Vec::new(),
+    };
+    for n in 1..=instances {
+        let mut env = env.clone();
+        env.push(("INSTANCE_ID".to_string(), format!("load-{number}-{n}")));
+        let log = work.join(format!("service-{number}-{n}.log"));
+        let (instance, url) = servers::start_pinned(&program, env, settings, &log, Some(&pem))?;
+        front.idle_rss.push(servers::current_rss(instance.pid())?);
+        front.instances.push(instance);
+        front.urls.push(url);
+    }
+    Ok(front)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -151,41 +276,64 @@ fn run_case(
     kms_key_arn: &str,
     work: &std::path::Path,
     number: usize,
-    count: usize,
-    kib: u64,
-    seconds: u64,
+    workload: &Workload,
+    args: &Args,
 ) -> Result<Case> {
     let initial = format!("load-{number}-initial");
     let final_ = format!("load-{number}-final");
-    block_on(async {
+    let queue_url = block_on(async {
         for bucket in [&initial, &final_] {
             buckets::create(&clients.s3, bucket, &settings.region).await?;
         }
-        Ok::<_, anyhow::Error>(())
+        let (queue_url, _) = service::testing::create_work_queue(
+            clients,
+            &format!("load-{number}"),
+            &initial,
+            kms_key_arn,
+            60,
+            5,
+        )
+        .await;
+        Ok::<_, anyhow::Error>(queue_url)
     })?;
     let env = vec![
         ("INITIAL_BUCKET".to_string(), initial.clone()),
         ("FINAL_BUCKET".to_string(), final_.clone()),
         ("KMS_KEY_ARN".to_string(), kms_key_arn.to_string()),
         ("PROCESSOR".to_string(), "identity".to_string()),
+        ("QUEUE_URL".to_string(), queue_url),
     ];
-    let log = work.join(format!("service-{number}.log"));
-    let (service, url) = servers::start_service(cx, env, settings, &log)?;
-    let body = Bytes::from(vec![b'x'; (kib * 1024) as usize]);
-    let duration = Duration::from_secs(seconds);
+    let body = if workload.encrypted {
+        block_on(encrypted_message(clients, kms_key_arn, workload.kib))?
+    } else {
+        Bytes::from(vec![b'x'; (workload.kib * 1024) as usize])
+    };
+    let duration = Duration::from_secs(args.seconds);
+    let front = start_front(cx, settings, env, work, number, args.instances)?;
+    let count = workload.clients;
 
     let measured = block_on(async {
         let baseline = baseline(&clients.s3, &initial, count, body.clone(), duration).await;
         // The emulator keeps every byte (in memory, and spilled to disk): gone before the
-        // service's side starts.
+        // service's side starts. Their events reach the queue too, and name files that are
+        // gone by the time an instance looks: they are settled without work.
         buckets::empty_unversioned(&clients.s3, &initial).await?;
         let sampling = Arc::new(AtomicBool::new(true));
-        let fds = tokio::spawn(peak_open_fds(service.pid(), sampling.clone()));
+        let fds: Vec<_> = front
+            .instances
+            .iter()
+            .map(|instance| tokio::spawn(peak_open_fds(instance.pid(), sampling.clone())))
+            .collect();
+        let started = Instant::now();
         let (service_side, acknowledged, error_kinds) =
-            through_service(&url, count, body.clone(), duration).await?;
+            through_service(&front, count, body.clone(), duration).await?;
         let processed = wait_processed(&clients.s3, &final_, &acknowledged).await?;
+        let processing_took = started.elapsed();
         sampling.store(false, Ordering::Relaxed);
-        let peak_open_fds = fds.await.unwrap_or_default();
+        let mut peak_open_fds = Vec::new();
+        for sampler in fds {
+            peak_open_fds.push(sampler.await.unwrap_or_default());
+        }
         let failed = buckets::count_keys(&clients.s3, &final_, "failed/").await?;
         let mut open = 0;
         for bucket in [&initial, &final_] {
@@ -203,34 +351,75 @@ fn run_case(
             service_side,
             acknowledged.len(),
             processed,
+            processing_took,
             failed,
             open,
             peak_open_fds,
             error_kinds,
         ))
     });
-    let peak_rss = servers::peak_rss(service.pid());
-    drop(service);
+    let peak_rss: Vec<u64> = front
+        .instances
+        .iter()
+        .map(|instance| servers::peak_rss(instance.pid()))
+        .collect::<Result<_>>()?;
+    let idle_rss = front.idle_rss.clone();
+    drop(front);
     block_on(buckets::remove_unversioned(
         &clients.s3,
         &[&initial, &final_],
     ))?;
-    let (baseline, service_side, acknowledged, processed, failed, open, peak_open_fds, error_kinds) =
-        measured?;
+    let (
+        baseline,
+        service_side,
+        acknowledged,
+        processed,
+        processing_took,
+        failed,
+        open,
+        peak_open_fds,
+        error_kinds,
+    ) = measured?;
+    let mib = |bytes: u64| bytes as f64 / 1048576.0;
     Ok(Case {
         clients: count,
-        file_kib: kib,
+        file_kib: workload.kib,
+        encrypted: workload.encrypted,
         ratio: service_side.mib_per_s / baseline.mib_per_s,
+        baseline_files_per_s: (baseline.requests - baseline.errors) as f64 / duration.as_secs_f64(),
+        processed_per_s: processed as f64 / processing_took.as_secs_f64(),
         baseline,
         service: service_side,
         acknowledged,
         processed,
         failed,
         open_multipart_uploads: open,
-        peak_rss_mib: peak_rss? as f64 / 1048576.0,
-        peak_open_fds,
+        instances: idle_rss
+            .iter()
+            .zip(&peak_rss)
+            .zip(peak_open_fds)
+            .map(|((idle, peak), fds)| Instance {
+                idle_rss_mib: mib(*idle),
+                peak_rss_mib: mib(*peak),
+                peak_open_fds: fds,
+            })
+            .collect(),
+        file_data_bound_mib: file_data_bound_mib(),
         error_kinds,
     })
+}
+
+/// One Encryption SDK message of `kib` KiB of plaintext, made with the stack's key as any
+/// producer holding it would.
+async fn encrypted_message(clients: &AwsClients, key_arn: &str, kib: u64) -> Result<Bytes> {
+    let producer = service::decrypt::Decryptor::new(
+        clients.kms.clone(),
+        key_arn,
+        service::decrypt::Settings::defaults(64 << 20),
+    )
+    .await?;
+    let plaintext: Vec<u8> = (0..kib * 1024).map(|i| (i % 251) as u8).collect();
+    Ok(Bytes::from(producer.encrypt(plaintext, None).await?))
 }
 
 /// How one request went.
@@ -326,27 +515,25 @@ async fn baseline(
     side
 }
 
-/// Uploads through the service; returns the figures, the acknowledged names and the
-/// distinct kinds of error seen.
+/// Uploads through the instances (client n to instance n modulo their number), over HTTPS
+/// with the token; returns the figures, the acknowledged names and the distinct kinds of
+/// error seen.
 async fn through_service(
-    url: &str,
+    front: &Front,
     clients: usize,
     body: Bytes,
     duration: Duration,
 ) -> Result<(Side, Vec<String>, Vec<String>)> {
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(clients)
-        .timeout(Duration::from_secs(300))
-        .build()
-        .context("building an HTTP client")?;
     let kinds = std::sync::Mutex::new(BTreeSet::new());
     let bytes = body.len();
     let (side, names) = clients_for(clients, bytes, duration, |client, seq| {
-        let (http, body, kinds) = (&http, body.clone(), &kinds);
+        let (http, body, kinds) = (&front.http, body.clone(), &kinds);
+        let url = &front.urls[client % front.urls.len()];
         async move {
             let name = format!("load/{client}-{seq}");
             let outcome = http
                 .put(format!("{url}/v1/files/{name}"))
+                .bearer_auth(&front.token)
                 .body(body)
                 .send()
                 .await;
@@ -413,8 +600,8 @@ async fn peak_open_fds(pid: u32, sampling: Arc<AtomicBool>) -> usize {
 /// A Markdown table, as the README shows it.
 fn table(cases: &[Case]) -> String {
     let mut out = String::from(
-        "| clients | file | baseline MiB/s | service MiB/s | ratio | p50 ms | p99 ms | requests | 503 back-pressure | errors | acknowledged | processed | failed | open uploads | peak RSS MiB | peak fds |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| clients | file | baseline MiB/s | service MiB/s | ratio | baseline files/s | processed files/s | p50 ms | p99 ms | 503 back-pressure | errors | acknowledged | processed | failed | open uploads | RSS MiB idle → peak, per instance | peak fds | file-data bound MiB |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|\n",
     );
     for c in cases {
         let size = if c.file_kib >= 1024 {
@@ -422,23 +609,40 @@ fn table(cases: &[Case]) -> String {
         } else {
             format!("{} KiB", c.file_kib)
         };
+        let size = if c.encrypted {
+            format!("{size} encrypted")
+        } else {
+            size
+        };
+        let rss: Vec<String> = c
+            .instances
+            .iter()
+            .map(|i| format!("{:.0} → {:.0}", i.idle_rss_mib, i.peak_rss_mib))
+            .collect();
+        let fds: Vec<String> = c
+            .instances
+            .iter()
+            .map(|i| i.peak_open_fds.to_string())
+            .collect();
         out.push_str(&format!(
-            "| {} | {size} | {:.1} | {:.1} | {:.2} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {} |\n",
+            "| {} | {size} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} |\n",
             c.clients,
             c.baseline.mib_per_s,
             c.service.mib_per_s,
             c.ratio,
+            c.baseline_files_per_s,
+            c.processed_per_s,
             c.service.p50_ms,
             c.service.p99_ms,
-            c.service.requests,
             c.service.refused,
             c.service.errors,
             c.acknowledged,
             c.processed,
             c.failed,
             c.open_multipart_uploads,
-            c.peak_rss_mib,
-            c.peak_open_fds,
+            rss.join(", "),
+            fds.join(", "),
+            c.file_data_bound_mib,
         ));
         if !c.error_kinds.is_empty() {
             out.push_str(&format!("\nerrors: {}\n", c.error_kinds.join("; ")));

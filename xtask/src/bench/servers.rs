@@ -131,19 +131,41 @@ pub fn start_program(
     aws: &AwsSettings,
     log: &Path,
 ) -> Result<(Owned, String)> {
+    start_pinned(program, env, aws, log, None)
+}
+
+/// [`start_program`] serving HTTPS with the certificate `pin` (in `env`'s TLS files) when
+/// given; returns the service and its URL.
+pub fn start_pinned(
+    program: &Path,
+    env: Vec<(String, String)>,
+    aws: &AwsSettings,
+    log: &Path,
+    pin: Option<&str>,
+) -> Result<(Owned, String)> {
     let port = free_port()?;
-    let child = spawn_service(program, env, aws, port, log, Detach::No, None)?;
-    Ok((Owned { child }, format!("http://127.0.0.1:{port}")))
+    let child = spawn_service(program, env, aws, port, log, Detach::No, pin)?;
+    let scheme = if pin.is_some() { "https" } else { "http" };
+    Ok((Owned { child }, format!("{scheme}://127.0.0.1:{port}")))
 }
 
 /// The peak resident set size (VmHWM) of a process, in bytes.
 pub fn peak_rss(pid: u32) -> Result<u64> {
+    status_bytes(pid, "VmHWM:")
+}
+
+/// The resident set size (VmRSS) of a process now, in bytes.
+pub fn current_rss(pid: u32) -> Result<u64> {
+    status_bytes(pid, "VmRSS:")
+}
+
+fn status_bytes(pid: u32, field: &str) -> Result<u64> {
     let path = format!("/proc/{pid}/status");
     let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     let kib: u64 = status
         .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .find_map(|line| line.strip_prefix(field))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .with_context(|| format!("no VmHWM line in {path}"))?;
+        .with_context(|| format!("no {field} line in {path}"))?;
     Ok(kib * 1024)
 }
