@@ -150,9 +150,10 @@ async fn half_sent_headers_and_idle_connections_are_closed_and_capped() {
     }
     let mut silent = TcpStream::connect(&address).await.unwrap();
 
-    // The four slow connections fill every slot: this request waits until they are closed,
+    // The four slow connections fill every slot: this request waits until one is closed,
     // which is sooner than the 2 s header timeout for the last two: past half the slots, a
-    // connection's deadline shrinks (to 1 s at the last slots).
+    // connection's deadline shrinks (to 1 s at the last slots). Served at once, it would
+    // answer right after this 300 ms pause.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let health = http()
         .get(format!("{}/healthz", running.url))
@@ -162,7 +163,7 @@ async fn half_sent_headers_and_idle_connections_are_closed_and_capped() {
     assert_eq!(health.status().as_u16(), 200);
     let served_after = opened.elapsed();
     assert!(
-        served_after >= Duration::from_millis(900),
+        served_after >= Duration::from_millis(600),
         "served after {served_after:?}: the connection cap did not hold"
     );
 
@@ -237,32 +238,13 @@ async fn a_flood_of_idle_connections_from_one_address_leaves_room_for_others() {
 
     let http = http();
     for round in 0..5 {
-        let asked = Instant::now();
-        let health = http
-            .get(format!("{}/healthz", running.url))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(health.status().as_u16(), 200);
-        assert!(
-            asked.elapsed() < Duration::from_secs(1),
-            "round {round}: /healthz took {:?}",
-            asked.elapsed()
-        );
-        let asked = Instant::now();
-        let (code, body) = running
-            .put(
+        running
+            .assert_answers_within(
                 &http,
                 &format!("during-{round}.bin"),
-                random_bytes(4096, round),
+                Duration::from_secs(1),
             )
             .await;
-        assert_eq!(code, 201, "{body}");
-        assert!(
-            asked.elapsed() < Duration::from_secs(1),
-            "round {round}: a 4 KiB upload took {:?}",
-            asked.elapsed()
-        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     stop.store(true, Ordering::Relaxed);

@@ -70,7 +70,11 @@ impl AppState {
         let store = Arc::new(Store::new(
             &clients.clone().with_s3_timeouts(
                 Duration::from_secs(config.s3_attempt_timeout_secs),
-                Duration::from_secs(config.interactive_timeout_secs),
+                Duration::from_secs(
+                    config
+                        .interactive_timeout_secs
+                        .min(3 * config.s3_attempt_timeout_secs),
+                ),
             ),
             config.clone(),
             in_flight,

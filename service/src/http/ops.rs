@@ -48,7 +48,7 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
             {
                 Ok(checked) => checked.map_err(|e| format!("{e:#}")),
                 Err(_) => Err(format!(
-                    "the buckets or the key did not answer within {} s",
+                    "s3:HeadBucket of both buckets and kms:DescribeKey did not all answer within {} s",
                     READY_TIMEOUT.as_secs()
                 )),
             };

@@ -141,6 +141,30 @@ impl Running {
             .unwrap()
     }
 
+    /// `/healthz` and an authenticated 4 KiB upload (as `name`) each answer within `bound`.
+    pub async fn assert_answers_within(&self, http: &reqwest::Client, name: &str, bound: Duration) {
+        let asked = Instant::now();
+        let health = http
+            .get(format!("{}/healthz", self.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(health.status().as_u16(), 200);
+        assert!(
+            asked.elapsed() < bound,
+            "/healthz took {:?}",
+            asked.elapsed()
+        );
+        let asked = Instant::now();
+        let (code, body) = self.put(http, name, vec![7u8; 4096]).await;
+        assert_eq!(code, 201, "{body}");
+        assert!(
+            asked.elapsed() < bound,
+            "a 4 KiB upload took {:?}",
+            asked.elapsed()
+        );
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
