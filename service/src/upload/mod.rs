@@ -101,14 +101,6 @@ fn conditional<T, E>(
 where
     E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    if let Some(refused) = result
-        .as_ref()
-        .err()
-        .and_then(|err| err.as_service_error())
-        .and_then(|err| checksum::refusal(&call, err))
-    {
-        return Err(refused);
-    }
     match result {
         Err(err)
             if to.precondition.is_some()
@@ -119,8 +111,27 @@ where
         {
             Err(UploadError::Conflict(call))
         }
-        other => other.aws_context(call).map_err(UploadError::Aws),
+        other => stored(other, &call),
     }
+}
+
+/// An SDK result of a write, with S3's refusal of a body changed on its way told apart.
+fn stored<T, E>(
+    result: Result<T, aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>>,
+    call: &str,
+) -> Result<T, UploadError>
+where
+    E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    if let Some(refused) = result
+        .as_ref()
+        .err()
+        .and_then(|err| err.as_service_error())
+        .and_then(|err| checksum::refusal(call, err))
+    {
+        return Err(refused);
+    }
+    result.aws_context(call).map_err(UploadError::Aws)
 }
 
 /// What a body is read into before it takes a part buffer from the shared budget: a body
@@ -590,17 +601,20 @@ impl Uploader {
             },
         );
         if to.late_metadata.is_some() {
-            self.copy_with_metadata(to, &body.digests, &mut uploaded)
+            self.copy_with_metadata(to, &body.digests, &composite, &mut uploaded)
                 .await?;
         }
         Ok(uploaded)
     }
 
-    /// Copies a completed multipart object onto itself with its full metadata.
+    /// Copies a completed multipart object onto itself with its full metadata. S3 checksums
+    /// the copy: the whole object's SHA-256 (a copy is one operation), or, should it keep the
+    /// source's, the composite `completed` confirmed.
     async fn copy_with_metadata(
         &self,
         to: &Destination,
         digests: &Digests,
+        completed: &str,
         uploaded: &mut Uploaded,
     ) -> Result<(), UploadError> {
         let source = format!("{}/{}", to.bucket, percent_encode_path(&to.key));
@@ -641,11 +655,14 @@ impl Uploader {
         let call = format!("s3:CopyObject {}/{} (metadata)", to.bucket, to.key);
         let copied = conditional(copied, to, call.clone())?;
         let result = copied.copy_object_result();
-        checksum::confirm(
-            &call,
-            result.and_then(|r| r.checksum_sha256()),
-            &checksum::base64(&digests.sha256_digest()),
-        )?;
+        let copy_checksum = result.and_then(|r| r.checksum_sha256());
+        if copy_checksum != Some(completed) {
+            checksum::confirm(
+                &call,
+                copy_checksum,
+                &checksum::base64(&digests.sha256_digest()),
+            )?;
+        }
         if let Some(result) = result {
             uploaded.etag = result.e_tag().unwrap_or_default().to_string();
         }
@@ -728,15 +745,7 @@ impl Uploader {
                 .body(ByteStream::from(data))
                 .send()
                 .await;
-            if let Some(refused) = output
-                .as_ref()
-                .err()
-                .and_then(|err| err.as_service_error())
-                .and_then(|err| checksum::refusal(&call, err))
-            {
-                return Err(refused);
-            }
-            let output = output.aws_context(&call).map_err(UploadError::Aws)?;
+            let output = stored(output, &call)?;
             drop(permit);
             checksum::confirm(&call, output.checksum_sha256(), &sent)?;
             Ok(CompletedPart::builder()
