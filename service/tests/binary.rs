@@ -265,3 +265,65 @@ async fn the_bearer_scheme_is_case_insensitive_and_a_bad_cursor_is_refused_at_on
         );
     }
 }
+
+/// Eight Encryption SDK messages uploaded at once (MAX_ENCRYPTED_SIZE 8 MiB, messages of
+/// 7 MiB): the process's anonymous memory stays within the budgets the README states, the
+/// part buffers (8 x 8 MiB) and the decryption budget (7 x 8 MiB), plus 20 MiB for the
+/// runtime and connections. A decryption takes about 6.3 times its message; the README
+/// counted it twice before, a bound such a load broke.
+#[tokio::test]
+async fn encrypted_messages_stay_within_the_stated_memory_budget() {
+    const MESSAGE_MIB: usize = 7;
+    let resources = resources().await;
+    let producer = common::encryptor(&resources, &resources.key_arn).await;
+    let message = producer
+        .encrypt(common::random_bytes(MESSAGE_MIB * MIB, 5), None)
+        .await
+        .unwrap();
+    let running = spawn(&resources, &[("MAX_ENCRYPTED_SIZE", "8388608")]).await;
+    let pid = running.child.id();
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let sampling = sampling.clone();
+        tokio::spawn(async move {
+            let mut peak_anon = 0;
+            while sampling.load(Ordering::Relaxed) {
+                peak_anon = peak_anon.max(rss_kib(pid).anon);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            peak_anon
+        })
+    };
+    let http = common::binary::http();
+    let uploads: Vec<_> = (0..8)
+        .map(|i| {
+            let (http, url, body) = (
+                http.clone(),
+                running.file_url(&format!("sealed-{i}.enc")),
+                message.clone(),
+            );
+            tokio::spawn(async move {
+                let response = http.put(url).bearer_auth(TOKEN).body(body).send().await;
+                response.unwrap().status().as_u16()
+            })
+        })
+        .collect();
+    for upload in uploads {
+        assert_eq!(upload.await.unwrap(), 201);
+    }
+    for i in 0..8 {
+        let status = running.settle(&http, &format!("sealed-{i}.enc")).await;
+        assert_eq!(status["state"], "processed", "{status}");
+        assert_eq!(status["processed"]["size"], (MESSAGE_MIB * MIB) as u64);
+    }
+    sampling.store(false, Ordering::Relaxed);
+    let peak_anon_mib = sampler.await.unwrap() / 1024;
+    let bound = 8 * 8 + service::decrypt::WEIGHT as usize * 8 + 20;
+    eprintln!(
+        "8 x {MESSAGE_MIB} MiB encrypted: peak anonymous RSS {peak_anon_mib} MiB (bound {bound} MiB)"
+    );
+    assert!(
+        peak_anon_mib < bound as u64,
+        "peak anonymous RSS {peak_anon_mib} MiB, above the stated {bound} MiB"
+    );
+}
