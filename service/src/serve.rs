@@ -57,7 +57,10 @@ pub async fn serve(state: AppState, listener: TcpListener, tls: Option<Arc<Tls>>
         let closing_rx = closing_rx.clone();
         let acceptor = tls.as_ref().map(|tls| tls.acceptor());
         served.spawn(async move {
-            let _permit = (permit, address_slot);
+            // Tuple fields drop in order: the address slot goes before the global permit,
+            // so a connection accepted on that permit never finds its address still full
+            // (seen as spurious refusals of one busy address at the global cap).
+            let _slots = (address_slot, permit);
             match acceptor {
                 None => serve_connection(stream, service, header_timeout, closing_rx).await,
                 Some(acceptor) => {
