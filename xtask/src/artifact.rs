@@ -56,6 +56,19 @@ pub enum Source {
     Delivered(Artifact),
 }
 
+impl Source {
+    /// What `deploy` and `plan` build when `--binary` names nothing: the release build, but
+    /// for `local` the debug build `up` ships, so that a plan after `up` compares like with
+    /// like (another build is another digest, so new user-data and a replaced instance).
+    pub fn built_for(cx: &Context) -> Source {
+        if cx.env.is_local() {
+            Source::Debug
+        } else {
+            Source::Release
+        }
+    }
+}
+
 /// Builds (or takes) the binary, checks it will start on the instance, and uploads it.
 pub fn deliver(cx: &Context, source: &Source) -> Result<Artifact> {
     let binary = match source {
@@ -102,7 +115,7 @@ pub fn for_evaluation(cx: &Context) -> Option<Artifact> {
     }))
 }
 
-fn saved_path(cx: &Context) -> PathBuf {
+pub fn saved_path(cx: &Context) -> PathBuf {
     cx.state_dir().join("artifact.json")
 }
 

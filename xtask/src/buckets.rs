@@ -10,12 +10,11 @@ use aws_sdk_s3::Client as S3;
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::types::{
     AbortIncompleteMultipartUpload, BucketLifecycleConfiguration, BucketLocationConstraint,
-    BucketLoggingStatus, BucketVersioningStatus, CreateBucketConfiguration, Delete,
-    ExpirationStatus, LifecycleExpiration, LifecycleRule, LifecycleRuleFilter, LoggingEnabled,
-    NoncurrentVersionExpiration, ObjectIdentifier, ObjectOwnership, OwnershipControls,
-    OwnershipControlsRule, PartitionDateSource, PartitionedPrefix, PublicAccessBlockConfiguration,
-    ServerSideEncryption, ServerSideEncryptionByDefault, ServerSideEncryptionConfiguration,
-    ServerSideEncryptionRule, TargetObjectKeyFormat, VersioningConfiguration,
+    BucketVersioningStatus, CreateBucketConfiguration, Delete, ExpirationStatus,
+    LifecycleExpiration, LifecycleRule, LifecycleRuleFilter, NoncurrentVersionExpiration,
+    ObjectIdentifier, ObjectOwnership, OwnershipControls, OwnershipControlsRule,
+    PublicAccessBlockConfiguration, ServerSideEncryption, ServerSideEncryptionByDefault,
+    ServerSideEncryptionConfiguration, ServerSideEncryptionRule, VersioningConfiguration,
 };
 use serde_json::{Value, json};
 use service::aws::{AwsResultExt, partition};
@@ -176,12 +175,6 @@ pub enum BucketSetting<'a> {
         bucket: &'a str,
         region: &'a str,
     },
-    /// Default SSE-S3 (AES256): the access log bucket, since log delivery writes only there.
-    SseS3,
-    /// Server access logs into `target` under `<bucket name>/`, partitioned by event time.
-    AccessLogging {
-        target: &'a str,
-    },
 }
 
 /// A setting as found on a bucket.
@@ -208,8 +201,6 @@ impl BucketSetting<'_> {
             BucketSetting::SseKms { .. } => "default encryption",
             BucketSetting::Lifecycle { .. } => "lifecycle",
             BucketSetting::TlsOnlyPolicy { .. } => "bucket policy",
-            BucketSetting::SseS3 => "default encryption",
-            BucketSetting::AccessLogging { .. } => "access logging",
         }
     }
 
@@ -233,8 +224,6 @@ impl BucketSetting<'_> {
                     .unwrap_or_default()
             ),
             BucketSetting::TlsOnlyPolicy { .. } => "deny every request without TLS".into(),
-            BucketSetting::SseS3 => "AES256".into(),
-            BucketSetting::AccessLogging { target } => format!("into {target}"),
         }
     }
 }
@@ -486,57 +475,6 @@ async fn put_once(
             .await
             .map(drop)
             .map_err(classify),
-        BucketSetting::SseS3 => s3
-            .put_bucket_encryption()
-            .bucket(name)
-            .expected_bucket_owner(owner)
-            .server_side_encryption_configuration(
-                ServerSideEncryptionConfiguration::builder()
-                    .rules(
-                        ServerSideEncryptionRule::builder()
-                            .apply_server_side_encryption_by_default(
-                                ServerSideEncryptionByDefault::builder()
-                                    .sse_algorithm(ServerSideEncryption::Aes256)
-                                    .build()
-                                    .expect("sse_algorithm is set"),
-                            )
-                            .build(),
-                    )
-                    .build()
-                    .expect("rules are set"),
-            )
-            .send()
-            .await
-            .map(drop)
-            .map_err(classify),
-        BucketSetting::AccessLogging { target } => s3
-            .put_bucket_logging()
-            .bucket(name)
-            .expected_bucket_owner(owner)
-            .bucket_logging_status(
-                BucketLoggingStatus::builder()
-                    .logging_enabled(
-                        LoggingEnabled::builder()
-                            .target_bucket(*target)
-                            .target_prefix(format!("{name}/"))
-                            .target_object_key_format(
-                                TargetObjectKeyFormat::builder()
-                                    .partitioned_prefix(
-                                        PartitionedPrefix::builder()
-                                            .partition_date_source(PartitionDateSource::EventTime)
-                                            .build(),
-                                    )
-                                    .build(),
-                            )
-                            .build()
-                            .expect("target bucket and prefix are set"),
-                    )
-                    .build(),
-            )
-            .send()
-            .await
-            .map(drop)
-            .map_err(classify),
     }
 }
 
@@ -755,31 +693,6 @@ pub async fn inspect(
                         },
                     }
                 }
-            }
-        }
-        BucketSetting::SseS3 => match default_encryption(s3, name, owner).await? {
-            None => Found::missing(),
-            Some(found) => Found {
-                ok: found.algorithm == ServerSideEncryption::Aes256.as_str(),
-                current: found.algorithm,
-            },
-        },
-        BucketSetting::AccessLogging { target } => {
-            let logging = s3
-                .get_bucket_logging()
-                .bucket(name)
-                .expected_bucket_owner(owner)
-                .send()
-                .await
-                .aws_context(format!("s3:GetBucketLogging {name}"))?;
-            let into = logging
-                .logging_enabled()
-                .map(|l| format!("into {}/{}", l.target_bucket(), l.target_prefix()));
-            Found {
-                ok: logging.logging_enabled().is_some_and(|l| {
-                    l.target_bucket() == *target && l.target_prefix() == format!("{name}/")
-                }),
-                current: into.unwrap_or_else(|| "off".into()),
             }
         }
     };

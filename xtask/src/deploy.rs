@@ -16,7 +16,7 @@ use crate::outputs::{Outputs, outputs_file};
 use crate::private_buckets;
 use crate::render_user_data;
 use crate::terraform::{
-    self, BackendChange, Output, Prepared, Summary, Terraform, provider_unavailable, read_plan,
+    self, BackendChange, Output, Prepared, ProviderUnavailable, Summary, Terraform, read_plan,
 };
 
 #[derive(clap::Args, Debug, Default, Clone)]
@@ -82,7 +82,7 @@ pub struct Deployed {
 
 pub fn run(cx: &Context, args: Args) -> Result<()> {
     let started = Instant::now();
-    let deployed = deploy(cx, &args, Source::Release)?;
+    let deployed = deploy(cx, &args, Source::built_for(cx))?;
     if cx.dry_run {
         return Ok(());
     }
@@ -253,22 +253,24 @@ fn dry_run(cx: &Context, tf: &Terraform, var_files: &[PathBuf]) -> Result<()> {
         eprintln!("    (dry run) {}", tf.display(&[step]));
     }
     cx.step("terraform validate");
-    let init = tf.run(
+    let init = match terraform::run_init(
         cx,
+        tf,
         &[
             "init".into(),
             "-input=false".into(),
             "-backend=false".into(),
         ],
-        Output::Quiet,
-    )?;
-    if init.code != 0 {
-        if provider_unavailable(&init.stderr) {
+    ) {
+        Err(err) if err.downcast_ref::<ProviderUnavailable>().is_some() => {
             eprintln!(
-                "    terraform validate cannot run: the hashicorp/aws provider cannot be installed on this machine (no registry access); checking against its schema offline instead"
+                "    terraform validate cannot run: {err}; checking against the provider's schema offline instead"
             );
             return offline_validate(cx, &tf.root_module);
         }
+        other => other?,
+    };
+    if init.code != 0 {
         bail!(
             "terraform init -backend=false failed (exit {}):\n{}",
             init.code,

@@ -1,4 +1,4 @@
-//! `cargo xtask destroy`: empty the data buckets (if asked), terraform destroy, and optionally
+//! `cargo xtask destroy`: empty the data and access-log buckets (if asked), terraform destroy, and optionally
 //! delete the state bucket last. Every step tolerates what an earlier, interrupted run already
 //! removed, so it is safe to run again.
 
@@ -22,8 +22,8 @@ pub struct Args {
     /// Do not ask; required when standard input is not a terminal.
     #[arg(long)]
     pub yes: bool,
-    /// Delete every object version and delete marker in the initial and final buckets first,
-    /// so destroying them cannot fail on a non-empty bucket.
+    /// Delete every object version and delete marker in the initial, final and access-log
+    /// buckets first, so destroying them cannot fail on a non-empty bucket.
     #[arg(long)]
     pub empty_buckets: bool,
     /// Also delete the artifact bucket and, last of all, the Terraform state bucket (all
@@ -77,11 +77,20 @@ pub fn destroy(cx: &Context, args: &Args) -> Result<()> {
     }
     let clients = block_on(AwsClients::connect(&cx.env.aws));
 
+    let outputs = Outputs::load(&outputs_file(cx));
+    if let (true, Ok(outputs)) = (cx.env.is_local(), &outputs) {
+        unlock_log_bucket_in_the_emulator(cx, &clients, outputs)?;
+    }
     if args.empty_buckets {
-        match Outputs::load(&outputs_file(cx)) {
+        match outputs {
             Ok(outputs) => {
-                for output in ["initial_bucket_name", "final_bucket_name"] {
-                    let bucket = outputs.string(output)?;
+                // The log bucket last: emptying the others writes access-log records into it.
+                let buckets = [
+                    Some(outputs.string("initial_bucket_name")?),
+                    Some(outputs.string("final_bucket_name")?),
+                    outputs.optional_string("access_log_bucket_name"),
+                ];
+                for bucket in buckets.into_iter().flatten() {
                     cx.step(format!("empty bucket {bucket}"));
                     if cx.aws_call(format!(
                         "s3:ListObjectVersions + s3:DeleteObjects on {bucket}"
@@ -163,4 +172,33 @@ pub fn destroy(cx: &Context, args: &Args) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The emulator speaks plain HTTP, so the log bucket's TLS-only Deny refuses every request
+/// there, deletes included, and neither emptying nor Terraform's force_destroy could remove
+/// it. Locally only, its policy goes first; on AWS every request is TLS and the policy stays
+/// until Terraform destroys it.
+fn unlock_log_bucket_in_the_emulator(
+    cx: &Context,
+    clients: &AwsClients,
+    outputs: &Outputs,
+) -> Result<()> {
+    let Some(bucket) = outputs.optional_string("access_log_bucket_name") else {
+        return Ok(());
+    };
+    if !cx.aws_call(format!(
+        "s3:DeleteBucketPolicy {bucket} (the emulator only)"
+    )) {
+        return Ok(());
+    }
+    match block_on(clients.s3.delete_bucket_policy().bucket(bucket).send()) {
+        Ok(_) => {
+            eprintln!(
+                "    the emulator: removed {bucket}'s TLS-only policy first (it refuses every plain-HTTP request, deletes too)"
+            );
+            Ok(())
+        }
+        Err(err) if err.code() == Some("NoSuchBucket") => Ok(()),
+        Err(err) => Err(err).aws_context(format!("s3:DeleteBucketPolicy {bucket}")),
+    }
 }

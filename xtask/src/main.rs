@@ -25,7 +25,6 @@ mod process;
 mod provider_schema;
 mod render_user_data;
 mod rotate;
-mod sandbox;
 mod smoke;
 mod terraform;
 mod test;

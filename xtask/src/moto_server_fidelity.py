@@ -364,6 +364,139 @@ def _key_response_post_with_checksum(self, request, body, bucket_name, query, ke
 
 s3.S3Response._key_response_post = _key_response_post_with_checksum
 
+# --- What the AWS provider for Terraform reads back -------------------------------------------
+# `up` applies terraform/ with the real hashicorp/aws provider against this emulator, and a plan
+# right after must be empty. Each correction below was found as a hang or as a perpetual diff of
+# that apply; each is tested in xtask/src/integration_tests/emulator_terraform.rs.
+
+from moto.core.responses import ActionResult  # noqa: E402
+from moto.ec2.models import launch_templates as ec2_launch_templates  # noqa: E402
+from moto.ec2.responses import monitoring as ec2_monitoring  # noqa: E402
+from moto.sqs import models as sqs_models  # noqa: E402
+
+
+# MonitorInstances / UnmonitorInstances turn detailed monitoring on and off and answer each
+# instance's monitoring state ("Enables detailed monitoring for a running instance",
+# https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_MonitorInstances.html and
+# API_UnmonitorInstances.html: InstanceMonitorings, each InstanceId and Monitoring.State).
+# moto answers 500 NotImplemented, and the provider retries an aws_instance with
+# `monitoring = true` until its timeout.
+def _set_monitoring(state):
+    def handler(self):
+        instance_ids = self._get_param("InstanceIds", [])
+        self.error_on_dryrun()
+        instances = self.ec2_backend.get_multi_instances_by_id(instance_ids)
+        for instance in instances:
+            instance.monitoring_state = state
+        return ActionResult(
+            {
+                "InstanceMonitorings": [
+                    {"InstanceId": i.id, "Monitoring": {"State": state}} for i in instances
+                ]
+            }
+        )
+
+    return handler
+
+
+ec2_monitoring.Monitoring.monitor_instances = _set_monitoring("enabled")
+ec2_monitoring.Monitoring.unmonitor_instances = _set_monitoring("disabled")
+
+# A queue's RedriveAllowPolicy is one of its attributes: SetQueueAttributes stores it and
+# GetQueueAttributes returns it ("RedriveAllowPolicy – The string that includes the parameters
+# for the permissions for the dead-letter queue redrive permission",
+# https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_GetQueueAttributes.html).
+# moto stores it but never returns it, and refuses its name in GetQueueAttributes. Set to
+# the empty string, it is removed (as the provider deletes it, waiting until it is gone).
+sqs_models.Queue.BASE_ATTRIBUTES.append("RedriveAllowPolicy")
+sqs_models.Queue.redrive_allow_policy = None
+
+# SetQueueAttributes changes the attributes it names and leaves the others as they are
+# ("Sets the value of one or more queue attributes",
+# https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_SetQueueAttributes.html;
+# an empty Policy removes the policy). moto sets Policy to whatever the request holds, so any
+# SetQueueAttributes without it (a redrive allow policy, a visibility timeout) wipes the policy.
+_set_queue_attributes = sqs_models.Queue._set_attributes
+
+
+def _set_queue_attributes_keeping_policy(self, attributes, now=None):
+    policy = getattr(self, "policy", None)
+    _set_queue_attributes(self, attributes, now)
+    if "Policy" not in attributes:
+        self.policy = policy
+    elif not attributes["Policy"]:
+        self.policy = None
+    if attributes.get("RedriveAllowPolicy") == "":
+        self.redrive_allow_policy = None
+
+
+sqs_models.Queue._set_attributes = _set_queue_attributes_keeping_policy
+
+# RedrivePolicy is returned as compact JSON, as the documentation's examples show
+# (`{"deadLetterTargetArn":"arn:aws:sqs:...","maxReceiveCount":1000}`,
+# https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_GetQueueAttributes.html).
+# moto re-encodes it with Python's default separators (", " and ": "); the provider compares
+# the text and plans an in-place update of the queue on every run.
+_queue_attributes = sqs_models.Queue.attributes.fget
+
+
+def _queue_attributes_compact(self):
+    result = _queue_attributes(self)
+    if self.redrive_policy:
+        result["RedrivePolicy"] = json.dumps(self.redrive_policy, separators=(",", ":"))
+    return result
+
+
+sqs_models.Queue.attributes = property(_queue_attributes_compact)
+
+# GetBucketLogging returns the TargetObjectKeyFormat that PutBucketLogging set (SimplePrefix or
+# PartitionedPrefix with its PartitionDateSource; LoggingEnabled in
+# https://docs.aws.amazon.com/AmazonS3/latest/API/API_GetBucketLogging.html and
+# https://docs.aws.amazon.com/AmazonS3/latest/API/API_TargetObjectKeyFormat.html).
+# moto keeps it but leaves it out of the answer: the provider plans to add it on every run.
+s3.S3_LOGGING_CONFIG = s3.S3_LOGGING_CONFIG.replace(
+    "  </LoggingEnabled>",
+    """    {% set key_format = logging.get("TargetObjectKeyFormat") %}
+    {% if key_format %}
+    <TargetObjectKeyFormat>
+      {% if key_format.get("PartitionedPrefix") %}
+      <PartitionedPrefix>
+        <PartitionDateSource>{{ key_format["PartitionedPrefix"].get("PartitionDateSource", "EventTime") }}</PartitionDateSource>
+      </PartitionedPrefix>
+      {% else %}
+      <SimplePrefix></SimplePrefix>
+      {% endif %}
+    </TargetObjectKeyFormat>
+    {% endif %}
+  </LoggingEnabled>""",
+)
+assert "TargetObjectKeyFormat" in s3.S3_LOGGING_CONFIG, "moto's logging template changed"
+
+
+# A launch template's own tags (CreateLaunchTemplate's TagSpecifications, resource type
+# `launch-template`) tag the template; they are not part of its data, whose tag specifications
+# are for what it launches (instance, volume, network-interface, spot-instances-request:
+# https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_CreateLaunchTemplate.html and
+# API_LaunchTemplateTagSpecificationRequest.html). moto copies them into the data, and the
+# provider then plans to remove them from the template data on every run.
+_create_launch_template = ec2_launch_templates.LaunchTemplateBackend.create_launch_template
+
+
+def _create_launch_template_own_tags(self, name, description, template_data, tag_spec):
+    specs = template_data.get("TagSpecifications")
+    if specs:
+        kept = [s for s in specs if s.get("ResourceType") != "launch-template"]
+        if kept:
+            template_data["TagSpecifications"] = kept
+        else:
+            del template_data["TagSpecifications"]
+    return _create_launch_template(self, name, description, template_data, tag_spec)
+
+
+ec2_launch_templates.LaunchTemplateBackend.create_launch_template = (
+    _create_launch_template_own_tags
+)
+
 from moto.server import main  # noqa: E402  (after the corrections, before any request)
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ pub fn run(cx: &Context, args: Args) -> Result<u8> {
         tf,
         backend,
         var_files,
-    } = args.shared.prepare(cx, Source::Release)?;
+    } = args.shared.prepare(cx, Source::built_for(cx))?;
     let out = args
         .out
         .clone()

@@ -1,6 +1,6 @@
 //! `cargo xtask up`: the whole pipeline on this machine with no AWS account — emulator, state
-//! and artifact buckets, the service binary uploaded as `deploy` uploads it, the stack
-//! (Terraform where the AWS provider can be installed, the sandbox provisioner elsewhere), the
+//! and artifact buckets, the service binary uploaded as `deploy` uploads it, the stack applied
+//! by Terraform with the real modules and the real AWS provider (as `deploy` applies it), the
 //! user-data installing the downloaded binary as it does on EC2, and a smoke test through it.
 
 use std::time::Instant;
@@ -12,17 +12,13 @@ use crate::artifact::{self, Artifact, Source};
 use crate::context::{Context, block_on};
 use crate::doors::{self, Doors};
 use crate::outputs::{Outputs, outputs_file};
-use crate::terraform::ProviderUnavailable;
-use crate::{bootstrap, deploy, emulator, local_service, sandbox, smoke};
+use crate::{bootstrap, deploy, emulator, local_service, smoke};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Port of the local service on 127.0.0.1.
     #[arg(long, env = "XTASK_SERVICE_PORT", default_value_t = 8080)]
     port: u16,
-    /// Use the sandbox provisioner even where Terraform could install the AWS provider.
-    #[arg(long)]
-    sandbox: bool,
     /// Service processes to run, on ports from --port up: they share the stack's queue as a
     /// fleet of instances does, and the smoke test runs through each.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
@@ -83,8 +79,8 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
     steps.next(cx, "build the service and upload it to the artifact bucket");
     let artifact = artifact::deliver(cx, &Source::Debug)?;
 
-    steps.next(cx, "provision the stack");
-    let outputs = provision(cx, &artifact, args.sandbox)?;
+    steps.next(cx, "provision the stack with Terraform");
+    let outputs = provision(cx, &artifact)?;
 
     // As `deploy` does after Terraform's apply: the token exists before the instance boots
     // far enough to fetch it.
@@ -146,32 +142,19 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
     Ok(())
 }
 
-/// Terraform with the real modules when the AWS provider can be installed; otherwise the
-/// sandbox provisioner. Says which in one line.
-fn provision(cx: &Context, artifact: &Artifact, force_sandbox: bool) -> Result<Outputs> {
-    if !force_sandbox {
-        let args = deploy::Args {
-            yes: true,
-            ..deploy::Args::default()
-        };
-        match deploy::deploy(cx, &args, Source::Delivered(artifact.clone())) {
-            Ok(_) => {
-                eprintln!("    provisioned with Terraform (the real modules in terraform/)");
-                return Outputs::load(&outputs_file(cx));
-            }
-            Err(err) if err.downcast_ref::<ProviderUnavailable>().is_some() => {}
-            Err(err) => return Err(err),
-        }
-    }
-    let outputs = sandbox::provision(cx, artifact)?;
+/// `deploy --yes` of the delivered artifact: the real modules, applied by the real provider
+/// against the emulator. Where no provider can be had, the error says how to provide one.
+fn provision(cx: &Context, artifact: &Artifact) -> Result<Outputs> {
+    let args = deploy::Args {
+        yes: true,
+        ..deploy::Args::default()
+    };
+    deploy::deploy(cx, &args, Source::Delivered(artifact.clone()))?;
+    let outputs = Outputs::load(&outputs_file(cx))?;
     eprintln!(
-        "    provisioned with the sandbox provisioner (the AWS provider {}): same resources, settings and policy documents, outputs in {}",
-        if force_sandbox {
-            "was not used: --sandbox"
-        } else {
-            "cannot be installed here"
-        },
-        outputs_file(cx).display()
+        "    provisioned with Terraform: the modules in terraform/, hashicorp/aws {}",
+        crate::terraform::provider::locked_version(&cx.root.join("terraform"))
+            .unwrap_or_else(|| "(version not in the lock file)".into())
     );
     Ok(outputs)
 }

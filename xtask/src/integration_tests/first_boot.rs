@@ -6,17 +6,18 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use aws_sdk_s3::primitives::ByteStream;
 use service::aws::{AwsSettings, CredentialsSource};
 
-use super::{delivered, isolated_local_context, require_tool, service_binary, temp_dir};
+use super::stack::stack;
+use super::{service_binary, temp_dir};
 use crate::context::{block_on, workspace_root};
 use crate::doors::Doors;
 use crate::first_boot::{self, STAND_INS_DIR};
 
-/// The instance role, assumed through the operator as the instance profile gives it.
-fn instance_role(cx: &crate::context::Context, role_arn: &str) -> AwsSettings {
-    let config = cx.state_dir().join("aws-config");
+/// The instance role, assumed through the operator as the instance profile gives it (a
+/// configuration file per test: the tests share the stack's state directory).
+fn instance_role(cx: &crate::context::Context, role_arn: &str, test: &str) -> AwsSettings {
+    let config = cx.state_dir().join(format!("aws-config-{test}"));
     crate::emulator::write_aws_config_at(&workspace_root(), &config, Some(role_arn)).unwrap();
     AwsSettings {
         credentials: CredentialsSource::ProfileFile {
@@ -29,22 +30,23 @@ fn instance_role(cx: &crate::context::Context, role_arn: &str) -> AwsSettings {
 
 #[test]
 fn the_user_data_installs_the_deployed_build_as_the_instance_role_and_refuses_any_other() {
-    require_tool("terraform", "the sandbox renders the user-data with it");
-    let cx = isolated_local_context("first-boot");
-    std::fs::create_dir_all(cx.state_dir()).unwrap();
+    let stack = stack();
+    let cx = stack.cx();
     // The real service: the user-data runs its `gen-cert`.
     let binary = service_binary();
-    let artifact = delivered(&cx, &binary);
-    let outputs = crate::sandbox::provision(&cx, &artifact).expect("provision");
+    let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        std::fs::read(&binary).unwrap(),
+    ));
+    let outputs = &stack.outputs;
     let user_data = outputs.string("user_data").unwrap();
-    // As `deploy` does after the apply: the token the instance fetches.
+    assert!(user_data.contains(&format!("BINARY_SHA256='{sha256}'")));
+    // `deploy` made the token the instance fetches, after the apply; another call keeps it.
     let operator = block_on(service::aws::AwsClients::connect(&cx.env.aws));
-    let doors = Doors::new(&outputs, &operator).unwrap();
-    assert!(block_on(doors.ensure_token(&cx)).unwrap(), "made");
+    let doors = Doors::new(outputs, &operator).unwrap();
     assert!(!block_on(doors.ensure_token(&cx)).unwrap(), "kept");
     let token = block_on(doors.token()).unwrap();
 
-    let instance_role = instance_role(&cx, outputs.string("service_role_arn").unwrap());
+    let instance_role = instance_role(&cx, outputs.string("service_role_arn").unwrap(), "single");
 
     let root = temp_dir("instance-root");
     let installed = first_boot::run(&cx, user_data, &root, &instance_role, "eu-west-1")
@@ -173,23 +175,17 @@ fn the_user_data_installs_the_deployed_build_as_the_instance_role_and_refuses_an
         Some(new_cert.trim())
     );
 
-    // A build whose bytes differ from the pinned digest: refused, nothing installed.
-    block_on(async {
-        let operator = service::testing::emulator_clients().await;
-        operator
-            .s3
-            .put_object()
-            .bucket(&artifact.bucket)
-            .key(&artifact.key)
-            .body(ByteStream::from_static(b"#!/bin/sh\necho tampered\n"))
-            .send()
-            .await
-            .unwrap();
-    });
+    // A build whose bytes differ from the pinned digest: refused, nothing installed. (The
+    // pin changed rather than the build: other tests download the same build.)
+    let mispinned = user_data.replace(
+        &format!("BINARY_SHA256='{sha256}'"),
+        &format!("BINARY_SHA256='{}'", "0".repeat(64)),
+    );
+    assert_ne!(mispinned, user_data);
     let tampered = temp_dir("instance-root-tampered");
     let err = format!(
         "{:#}",
-        first_boot::run(&cx, user_data, &tampered, &instance_role, "eu-west-1").unwrap_err()
+        first_boot::run(&cx, &mispinned, &tampered, &instance_role, "eu-west-1").unwrap_err()
     );
     assert!(
         err.contains("does not match the pinned SHA-256; refusing to install"),
@@ -199,7 +195,7 @@ fn the_user_data_installs_the_deployed_build_as_the_instance_role_and_refuses_an
 
     // A build outside the prefix the role may read: the download itself is denied.
     let elsewhere = user_data.replace(
-        &format!("/service/{}/", artifact.sha256),
+        &format!("/service/{sha256}/"),
         &format!("/service/{}/", "2".repeat(64)),
     );
     assert_ne!(elsewhere, user_data);
@@ -263,23 +259,33 @@ fn leak_candidates(
 #[test]
 fn a_fleet_instance_serves_the_shared_key_and_certificate_and_follows_a_rotation() {
     use serde_json::json;
-    require_tool("terraform", "the sandbox renders the user-data with it");
-    let cx = isolated_local_context("first-boot-fleet");
-    std::fs::create_dir_all(cx.state_dir()).unwrap();
-    let artifact = delivered(&cx, &service_binary());
-    let outputs = crate::sandbox::provision(&cx, &artifact).expect("provision");
+    let stack = stack();
+    let cx = stack.cx();
+    let outputs = &stack.outputs;
     let prefix = &cx.env.name_prefix;
-    let key_parameter = format!("/{prefix}/tls-key");
+    // The stack is one instance's; its user-data differs from a fleet's in the key's line. The
+    // fleet's key and certificate get names of their own here, the single instance's test
+    // publishing its certificate on the same stack.
+    let key_parameter = format!("/{prefix}/fleet-test/tls-key");
+    let certificate_parameter = format!("/{prefix}/fleet-test/tls-certificate");
     let dns_name = "fleet-0123456789abcdef.elb.eu-west-1.amazonaws.com";
-    // The sandbox stands for one instance; its user-data differs from a fleet's in this line.
-    let user_data = outputs.string("user_data").unwrap().replace(
-        "TLS_KEY_PARAMETER=\n",
-        &format!("TLS_KEY_PARAMETER={key_parameter}\n"),
-    );
+    let user_data = outputs
+        .string("user_data")
+        .unwrap()
+        .replace(
+            "TLS_KEY_PARAMETER=\n",
+            &format!("TLS_KEY_PARAMETER={key_parameter}\n"),
+        )
+        .replace(
+            &format!("CERT_PARAMETER=/{prefix}/tls-certificate\n"),
+            &format!("CERT_PARAMETER={certificate_parameter}\n"),
+        );
     assert!(user_data.contains(&format!("TLS_KEY_PARAMETER={key_parameter}\n")));
+    assert!(user_data.contains(&format!("CERT_PARAMETER={certificate_parameter}\n")));
 
     let operator = block_on(service::aws::AwsClients::connect(&cx.env.aws));
-    let mut doors = Doors::new(&outputs, &operator).unwrap();
+    let mut doors = Doors::new(outputs, &operator).unwrap();
+    doors.certificate_parameter = certificate_parameter.clone();
     doors.fleet = Some(crate::doors::FleetTls {
         key_parameter: key_parameter.clone(),
         dns_name: dns_name.to_string(),
@@ -300,6 +306,11 @@ fn a_fleet_instance_serves_the_shared_key_and_certificate_and_follows_a_rotation
     let parameter_arns: serde_json::Map<String, serde_json::Value> =
         crate::doors::parameter_names(prefix)
             .into_iter()
+            .map(|(purpose, name)| match purpose {
+                "tls_key" => (purpose, key_parameter.clone()),
+                "tls_certificate" => (purpose, certificate_parameter.clone()),
+                _ => (purpose, name),
+            })
             .map(|(purpose, name)| {
                 (
                     purpose.to_string(),
@@ -307,7 +318,7 @@ fn a_fleet_instance_serves_the_shared_key_and_certificate_and_follows_a_rotation
                 )
             })
             .collect();
-    let rendered = crate::sandbox::render(
+    let rendered = super::policy_documents::render(
         &cx,
         json!({
             "region": "eu-west-1",
@@ -321,7 +332,6 @@ fn a_fleet_instance_serves_the_shared_key_and_certificate_and_follows_a_rotation
             },
             "parameter_arns": parameter_arns,
         }),
-        None,
     )
     .unwrap();
     let role_policy: serde_json::Value =
@@ -346,7 +356,7 @@ fn a_fleet_instance_serves_the_shared_key_and_certificate_and_follows_a_rotation
     )
     .unwrap();
 
-    let instance_role = instance_role(&cx, role_arn);
+    let instance_role = instance_role(&cx, role_arn, "fleet");
     let root = temp_dir("fleet-instance-root");
     first_boot::run(&cx, &user_data, &root, &instance_role, "eu-west-1")
         .expect("the user-data runs");

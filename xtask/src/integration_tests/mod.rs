@@ -3,15 +3,15 @@
 //! message naming it; nothing is skipped.
 
 mod bench;
+mod emulator_fidelity;
 mod emulator_iam;
 mod first_boot;
 mod layers;
 mod orchestration;
 mod policy_documents;
 mod provider_schema;
-mod replica;
-mod sandbox;
 mod smoke;
+mod stack;
 mod terraform_static;
 
 use std::path::{Path, PathBuf};
@@ -101,29 +101,16 @@ pub fn copy_dir(from: &Path, to: &Path) {
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
         let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
+        let kind = entry.file_type().unwrap();
+        if kind.is_dir() {
             copy_dir(&entry.path(), &target);
+        } else if kind.is_symlink() {
+            // Terraform links a provider installed from a filesystem mirror.
+            std::os::unix::fs::symlink(std::fs::read_link(entry.path()).unwrap(), target).unwrap();
         } else {
             std::fs::copy(entry.path(), target).unwrap();
         }
     }
-}
-
-/// Bootstraps `cx` (state and artifact buckets) and delivers `binary` as the service
-/// artifact, through the real delivery path (check, digest, upload).
-pub fn delivered(cx: &Context, binary: &Path) -> crate::artifact::Artifact {
-    crate::context::block_on(crate::bootstrap::bootstrap(
-        cx,
-        &crate::bootstrap::Args { fix: false },
-    ))
-    .expect("bootstrap");
-    crate::artifact::deliver(cx, &crate::artifact::Source::Given(binary.to_path_buf()))
-        .expect("deliver")
-}
-
-/// A small system binary as the artifact, for tests where nothing runs it.
-pub fn delivered_artifact(cx: &Context) -> crate::artifact::Artifact {
-    delivered(cx, Path::new("/bin/true"))
 }
 
 /// The debug service binary, which `cargo test --workspace` builds before any test runs

@@ -1,7 +1,6 @@
 //! bootstrap, deploy, plan, render-user-data and destroy against the emulator with the
-//! machine's real terraform, deploying the provider-free replica of terraform/ (replica.rs)
-//! through the same code path as the real modules: artifact upload, S3 backend, lock, plan,
-//! apply, outputs.
+//! machine's terraform and the real AWS provider, deploying (a copy of) terraform/ as
+//! `deploy` does: artifact upload, S3 backend, lock, plan, apply, outputs.
 
 use std::os::unix::fs::PermissionsExt;
 
@@ -13,11 +12,12 @@ use aws_sdk_s3::types::{
 use serde_json::Value;
 use service::aws::AwsClients;
 
-use super::{copy_dir, hardening, isolated_local_context, require_tool, temp_dir};
+use super::stack::{self, modules_copy, stack};
+use super::{copy_dir, hardening, isolated_local_context, require_tool, service_binary, temp_dir};
 use crate::artifact::{FILE_NAME, Source};
 use crate::bootstrap::{self, NONCURRENT_STATE_DAYS, Outcome};
 use crate::buckets::empty_bucket;
-use crate::context::{Context, block_on, workspace_root};
+use crate::context::{Context, block_on};
 use crate::deploy;
 use crate::destroy;
 use crate::outputs::Outputs;
@@ -171,31 +171,6 @@ fn bootstrap_refuses_a_state_bucket_owned_by_another_account() {
     assert!(!bootstrap::backend_file(&cx).exists(), "nothing written");
 }
 
-/// The provider-free replica of terraform/, in a directory of its own.
-fn replica_root() -> std::path::PathBuf {
-    let dir = temp_dir("replica-root");
-    super::replica::write(&workspace_root().join("terraform"), &dir).unwrap();
-    dir
-}
-
-/// Deploy arguments for the replica, shipping a small system binary as the service: the
-/// replica runs nothing, and the delivery path (check, upload, variables) is the same.
-fn replica_args(root: &std::path::Path) -> deploy::Args {
-    deploy::Args {
-        yes: true,
-        plan: None,
-        shared: deploy::SharedArgs {
-            binary: Some(stand_in_binary()),
-            root_module: Some(root.to_path_buf()),
-            ..deploy::SharedArgs::default()
-        },
-    }
-}
-
-fn stand_in_binary() -> std::path::PathBuf {
-    std::path::PathBuf::from("/bin/true")
-}
-
 fn state_object(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Value {
     let body = block_on(async {
         s3.get_object()
@@ -221,16 +196,27 @@ fn keys(s3: &aws_sdk_s3::Client, bucket: &str) -> Vec<String> {
         .collect()
 }
 
+/// Resource instances Terraform manages in a state (data sources are read, not made).
+fn managed_instances(state: &Value) -> usize {
+    state["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["mode"] == "managed")
+        .map(|r| r["instances"].as_array().unwrap().len())
+        .sum()
+}
+
 #[test]
-fn the_replica_deploys_redeploys_and_destroys_through_the_real_code_path() {
+fn the_real_modules_deploy_redeploy_and_destroy_everything_and_destroy_again_is_a_no_op() {
     require_tool(
         "terraform",
-        "it deploys the provider-free replica with the S3 backend",
+        "it deploys the real modules with the S3 backend",
     );
     let cx = isolated_local_context("deploy");
     let (bucket, _) = bootstrap(&cx, false);
-    let root = replica_root();
-    let args = replica_args(&root);
+    let root = modules_copy("deploy-root");
+    let args = stack::args(&root);
 
     let first = deploy::deploy(&cx, &args, Source::Debug).expect("first deploy");
     assert!(first.applied);
@@ -248,17 +234,11 @@ fn the_replica_deploys_redeploys_and_destroys_through_the_real_code_path() {
         "lock released: {objects:?}"
     );
     let state = state_object(&s3, &bucket.name, "local/terraform.tfstate");
-    let instances: usize = state["resources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["instances"].as_array().unwrap().len())
-        .sum();
-    assert_eq!(instances, first.summary.add);
+    assert_eq!(managed_instances(&state), first.summary.add);
 
     // The binary went to the artifact bucket under its digest, and Terraform was told so.
     let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
-        std::fs::read(stand_in_binary()).unwrap(),
+        std::fs::read(service_binary()).unwrap(),
     ));
     let artifacts = format!("{}-artifacts-123456789012-eu-west-1", cx.env.name_prefix);
     let key = format!("service/{sha256}/{FILE_NAME}");
@@ -279,10 +259,11 @@ fn the_replica_deploys_redeploys_and_destroys_through_the_real_code_path() {
         outputs.string("kms_key_alias").unwrap(),
         format!("alias/{prefix}-data")
     );
+    let public_ip = outputs.string("public_ip").unwrap();
     assert_eq!(
         outputs.string("service_url").unwrap(),
-        "https://198.51.100.10:8080",
-        "the replica's stand-in Elastic IP"
+        format!("https://{public_ip}:8080"),
+        "the Elastic IP the emulator allocated"
     );
 
     let user_data = render_user_data::default_path(&cx);
@@ -295,10 +276,16 @@ fn the_replica_deploys_redeploys_and_destroys_through_the_real_code_path() {
         std::fs::metadata(&user_data).unwrap().permissions().mode() & 0o777,
         0o755
     );
-    assert!(
-        !root.join(crate::terraform::LOCAL_OVERRIDE_FILE).exists(),
-        "no provider, no override"
-    );
+    // Every service the stack uses goes to the emulator, none to AWS.
+    let override_text =
+        std::fs::read_to_string(root.join(crate::terraform::LOCAL_OVERRIDE_FILE)).unwrap();
+    let endpoint = cx.env.aws.endpoint_url.clone().unwrap();
+    for service in crate::terraform::LOCAL_OVERRIDE_SERVICES {
+        assert!(
+            override_text.contains(&format!("{service:<11} = \"{endpoint}\"")),
+            "{service} not pointed at {endpoint}:\n{override_text}"
+        );
+    }
 
     // The first deploy made the bearer token; a second deploy keeps it.
     let operator = clients(&cx);
@@ -332,6 +319,31 @@ fn the_replica_deploys_redeploys_and_destroys_through_the_real_code_path() {
         "{second:?}"
     );
 
+    // Data in every bucket, as a running stack has: a file, its processed copy, and the
+    // access logs of the requests so far (the emulator delivers them at once; the log
+    // bucket's policy admits only log delivery's writes).
+    let made_buckets = [
+        outputs.string("initial_bucket_name").unwrap().to_string(),
+        outputs.string("final_bucket_name").unwrap().to_string(),
+        outputs
+            .string("access_log_bucket_name")
+            .unwrap()
+            .to_string(),
+    ];
+    for name in &made_buckets[..2] {
+        block_on(
+            s3.put_object()
+                .bucket(name)
+                .key("left/behind")
+                .body(ByteStream::from_static(b"data"))
+                .server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::AwsKms)
+                .ssekms_key_id(outputs.string("kms_key_arn").unwrap())
+                .send(),
+        )
+        .unwrap();
+    }
+    let logs = block_on(s3.list_object_versions().bucket(&made_buckets[2]).send()).unwrap();
+    assert!(!logs.versions().is_empty(), "access logs delivered");
     let destroy_args = destroy::Args {
         yes: true,
         empty_buckets: true,
@@ -341,11 +353,13 @@ fn the_replica_deploys_redeploys_and_destroys_through_the_real_code_path() {
     };
     destroy::destroy(&cx, &destroy_args).expect("destroy");
     let state = state_object(&s3, &bucket.name, "local/terraform.tfstate");
-    assert_eq!(
-        state["resources"],
-        Value::Array(vec![]),
-        "destroy leaves no resources"
-    );
+    assert_eq!(managed_instances(&state), 0, "destroy leaves no resources");
+    for name in &made_buckets {
+        assert!(
+            block_on(s3.head_bucket().bucket(name).send()).is_err(),
+            "{name} deleted"
+        );
+    }
     assert!(!outputs_file(&cx).exists());
     assert!(
         !keys(&s3, &bucket.name)
@@ -357,7 +371,12 @@ fn the_replica_deploys_redeploys_and_destroys_through_the_real_code_path() {
         "destroy deleted the token Terraform does not manage"
     );
 
-    // Safe to re-run, and --purge-state removes the artifact bucket, then the state bucket.
+    // Again: nothing left to destroy, and that is not an error.
+    destroy::destroy(&cx, &destroy_args).expect("destroy again");
+    let state = state_object(&s3, &bucket.name, "local/terraform.tfstate");
+    assert_eq!(managed_instances(&state), 0);
+
+    // --purge-state removes the artifact bucket, then the state bucket.
     destroy::destroy(
         &cx,
         &destroy::Args {
@@ -365,7 +384,7 @@ fn the_replica_deploys_redeploys_and_destroys_through_the_real_code_path() {
             ..destroy_args
         },
     )
-    .expect("destroy again");
+    .expect("destroy with --purge-state");
     for name in [&bucket.name, &artifacts] {
         let gone = block_on(s3.head_bucket().bucket(name).send());
         assert!(gone.is_err(), "{name} deleted");
@@ -373,57 +392,46 @@ fn the_replica_deploys_redeploys_and_destroys_through_the_real_code_path() {
 }
 
 #[test]
-fn a_reviewed_plan_is_applied_as_saved_and_a_moved_backend_is_never_reconfigured_silently() {
-    require_tool("terraform", "it plans and applies the replica");
-    let cx = isolated_local_context("plan");
-    let (bucket, _) = bootstrap(&cx, false);
-    let root = replica_root();
-    let args = replica_args(&root);
-    let plan_file = cx.state_dir().join("reviewed.tfplan");
-    let plan_args = crate::plan::Args {
-        out: Some(plan_file.clone()),
-        json: true,
-        shared: args.shared.clone(),
-    };
-    assert_eq!(
-        crate::plan::run(&cx, plan_args.clone()).unwrap(),
-        2,
-        "changes"
+fn a_reviewed_plan_is_applied_as_saved_then_re_plans_empty_and_a_moved_backend_is_never_reconfigured_silently()
+ {
+    let stack = stack();
+    let cx = stack.cx();
+    let args = stack.args();
+    assert_eq!(stack.first_plan, 2, "changes before the first apply");
+    assert!(
+        stack.applied.applied && stack.applied.summary.add >= 30,
+        "{:?}",
+        stack.applied
     );
-    assert!(!outputs_file(&cx).exists(), "a plan applies nothing");
-    let applied = deploy::deploy(
-        &cx,
-        &deploy::Args {
-            plan: Some(plan_file.clone()),
-            ..args.clone()
-        },
-        Source::Debug,
-    )
-    .expect("apply the saved plan");
-    assert!(applied.applied && applied.summary.add >= 30, "{applied:?}");
-    assert!(outputs_file(&cx).exists());
+    assert_eq!(
+        stack.replan, 0,
+        "a plan right after the apply has no changes: the emulator answers as AWS does"
+    );
 
     // The token deploy made after the apply is in SSM, and in nothing Terraform keeps: not the
     // state, not the plan, not the outputs, not the user-data.
-    let outputs = Outputs::load(&outputs_file(&cx)).unwrap();
     let operator = clients(&cx);
-    let doors = crate::doors::Doors::new(&outputs, &operator).unwrap();
+    let doors = crate::doors::Doors::new(&stack.outputs, &operator).unwrap();
     let token = block_on(doors.token()).expect("deploy made the token");
     assert!(token.len() >= 32);
-    let tf = Terraform::find(&cx, None, &root).unwrap();
+    let tf = Terraform::find(&cx, None, &stack.root).unwrap();
     let shown = tf
         .run(
             &cx,
             &[
                 "show".into(),
                 "-json".into(),
-                plan_file.display().to_string(),
+                stack.plan_file.display().to_string(),
             ],
             crate::terraform::Output::CaptureStdout,
         )
         .unwrap();
     assert_eq!(shown.code, 0, "{}", shown.stderr);
-    let state = state_object(&clients(&cx).s3, &bucket.name, "local/terraform.tfstate");
+    let state = state_object(
+        &clients(&cx).s3,
+        &stack.state_bucket,
+        "local/terraform.tfstate",
+    );
     for (what, text) in [
         ("the plan", shown.stdout),
         ("the state", state.to_string()),
@@ -442,13 +450,12 @@ fn a_reviewed_plan_is_applied_as_saved_and_a_moved_backend_is_never_reconfigured
     let again = deploy::deploy(
         &cx,
         &deploy::Args {
-            plan: Some(plan_file),
+            plan: Some(stack.plan_file.clone()),
             ..args.clone()
         },
         Source::Debug,
     );
     assert!(again.is_err());
-    assert_eq!(crate::plan::run(&cx, plan_args).unwrap(), 0, "no changes");
 
     // The state bucket renamed (state_bucket in <env>.xtask.hcl) and bootstrapped: the next
     // deploy must refuse rather than start from an empty state. Bootstrapped as `local` (the
@@ -477,20 +484,29 @@ fn a_reviewed_plan_is_applied_as_saved_and_a_moved_backend_is_never_reconfigured
         err.contains("backend settings of `staging` changed") && err.contains("--migrate-state"),
         "{err}"
     );
-    let migrated = deploy::deploy(
+    // Planned, not applied: `staging` tags the stack otherwise (default_tags), and this stack
+    // is shared. Were the state not copied, the plan would create everything again.
+    let prepared = args
+        .shared
+        .prepare(&moved, Source::Debug)
+        .expect("prepare staging");
+    crate::terraform::init(
         &moved,
-        &deploy::Args {
-            shared: deploy::SharedArgs {
-                migrate_state: true,
-                ..args.shared.clone()
-            },
-            ..args.clone()
-        },
-        Source::Debug,
+        &prepared.tf,
+        &prepared.backend,
+        crate::terraform::BackendChange::Migrate,
     )
-    .expect("deploy with --migrate-state");
-    assert!(
-        !migrated.summary.has_changes(),
+    .expect("init with --migrate-state");
+    let migrated = crate::terraform::plan(
+        &moved,
+        &prepared.tf,
+        &prepared.var_files,
+        &moved.state_dir().join("migrated.tfplan"),
+    )
+    .expect("plan after the migration");
+    assert_eq!(
+        (migrated.add, migrated.destroy),
+        (0, 0),
         "the state came along: {migrated:?}"
     );
     let s3 = clients(&cx).s3;
@@ -499,22 +515,57 @@ fn a_reviewed_plan_is_applied_as_saved_and_a_moved_backend_is_never_reconfigured
         keys(&s3, &new_bucket).contains(&"local/terraform.tfstate".to_string()),
         "{:?} (old: {})",
         keys(&s3, &new_bucket),
-        bucket.name
+        stack.state_bucket
     );
+}
+
+/// The buckets as S3 reports them after the real apply: nothing public, ACLs off, versioned,
+/// the data encrypted with the stack's key, old versions and stale uploads cleaned up, and the
+/// log bucket's SSE-S3 (all log delivery writes to) with its retention and policy attached.
+#[test]
+fn the_applied_buckets_are_private_versioned_and_encrypted_with_the_stack_key() {
+    let stack = stack();
+    let cx = stack.cx();
+    let s3 = clients(&cx).s3;
+    let key_arn = stack.outputs.string("kms_key_arn").unwrap();
+    block_on(async {
+        for output in ["initial_bucket_name", "final_bucket_name"] {
+            let bucket = stack.outputs.string(output).unwrap();
+            let found = hardening(&s3, bucket).await;
+            assert_eq!(found.public_access_blocks, [Some(true); 4], "{bucket}");
+            assert_eq!(found.object_ownership, "BucketOwnerEnforced");
+            assert_eq!(found.versioning.as_deref(), Some("Enabled"));
+            assert_eq!(found.sse_algorithm, "aws:kms");
+            assert_eq!(found.kms_key.as_deref(), Some(key_arn), "{bucket}");
+            assert_eq!(found.bucket_key, Some(true));
+            assert_eq!(found.abort_multipart_days, [1]);
+            assert_eq!(found.noncurrent_days.len(), 1, "{found:?}");
+            assert!(found.current_expiry_days.is_empty(), "{found:?}");
+            assert_eq!(found.expired_delete_markers, [true]);
+        }
+        let logs = stack.outputs.string("access_log_bucket_name").unwrap();
+        let found = hardening(&s3, logs).await;
+        assert_eq!(found.public_access_blocks, [Some(true); 4]);
+        assert_eq!(found.object_ownership, "BucketOwnerEnforced");
+        assert_eq!(found.versioning.as_deref(), Some("Enabled"));
+        assert_eq!(found.sse_algorithm, "AES256");
+        assert_eq!(found.current_expiry_days, [365], "the default retention");
+        assert!(found.policy_attached, "log delivery's policy");
+    });
 }
 
 #[test]
 fn deploy_refuses_missing_or_old_terraform_and_changes_nothing() {
     let cx = isolated_local_context("bad-terraform");
     bootstrap(&cx, false);
-    let root = replica_root();
+    let root = modules_copy("bad-terraform-root");
     let before: Vec<_> = std::fs::read_dir(cx.state_dir())
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
 
     let with_terraform = |terraform: &str| {
-        let mut args = replica_args(&root);
+        let mut args = stack::args(&root);
         args.shared.terraform = Some(terraform.into());
         args
     };
@@ -566,7 +617,7 @@ fn deploy_refuses_missing_or_old_terraform_and_changes_nothing() {
 fn deploy_without_bootstrap_says_so() {
     require_tool("terraform", "deploy looks for it before anything else");
     let cx = isolated_local_context("no-bootstrap");
-    let args = replica_args(&replica_root());
+    let args = stack::args(&modules_copy("no-bootstrap-root"));
     let err = format!(
         "{:#}",
         deploy::deploy(&cx, &args, Source::Debug).unwrap_err()
@@ -578,43 +629,32 @@ fn deploy_without_bootstrap_says_so() {
 }
 
 #[test]
-fn the_real_modules_fail_in_one_sentence_when_the_provider_cannot_be_installed() {
+fn a_named_provider_mirror_without_the_provider_stops_init_in_one_sentence() {
     let terraform = require_tool("terraform", "it runs terraform init on the real modules");
-    let cx = isolated_local_context("offline");
-    let tf = Terraform::find(
-        &cx,
-        Some(terraform.to_str().unwrap()),
-        &workspace_root().join("terraform"),
-    )
-    .unwrap();
+    let cx = isolated_local_context("no-provider");
     let (_, _) = bootstrap(&cx, false);
-    // Init against a copy, so the test never writes an override into the real terraform/.
-    let copy = temp_dir("real-modules");
-    copy_dir(&workspace_root().join("terraform"), &copy);
-    let tf = Terraform {
-        root_module: copy,
-        ..tf
-    };
-    match crate::terraform::init(
+    let root = modules_copy("no-provider-root");
+    let mut tf = Terraform::find(&cx, Some(terraform.to_str().unwrap()), &root).unwrap();
+    let empty = temp_dir("empty-mirror");
+    tf.named_mirror = Some(empty.clone().into_os_string());
+    let err = crate::terraform::init(
         &cx,
         &tf,
         &bootstrap::backend_file(&cx),
         crate::terraform::BackendChange::Refuse,
-    ) {
-        // An online machine installs the provider: then there is nothing to assert here.
-        Ok(()) => eprintln!("note: the AWS provider could be installed on this machine"),
-        Err(err) => {
-            let message = format!("{err:#}");
-            assert!(
-                message.contains("could not install the hashicorp/aws provider"),
-                "{message}"
-            );
-            assert!(
-                !message.contains('\n'),
-                "one sentence, not Terraform's output: {message}"
-            );
-        }
-    }
+    )
+    .expect_err("no provider in the named mirror");
+    let message = format!("{err:#}");
+    assert!(
+        message.starts_with(&format!(
+            "{}={}",
+            crate::terraform::provider::MIRROR_ENV,
+            empty.display()
+        )) && message.contains("holds no hashicorp/aws provider"),
+        "{message}"
+    );
+    assert!(!message.contains('\n'), "one sentence: {message}");
+    assert!(!tf.data_dir.join("providers").exists(), "nothing installed");
 }
 
 #[test]

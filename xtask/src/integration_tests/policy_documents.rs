@@ -2,10 +2,52 @@
 //! provider needed): what each statement admits and denies. The emulator does not evaluate
 //! policy conditions, so these are checked as documents.
 
+use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
 use super::isolated_local_context;
-use crate::sandbox::render;
+use crate::context::Context;
+use crate::terraform::{Output, Terraform};
+
+/// Renders `modules/policy-documents` with the terraform binary: no provider, no remote
+/// state, nothing but templating.
+pub fn render(cx: &Context, inputs: Value) -> Result<Value> {
+    let dir = cx.state_dir().join("policy-documents");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut module = json!({"source": cx.root.join("terraform/modules/policy-documents")});
+    for (key, value) in inputs.as_object().expect("inputs are an object") {
+        module[key] = value.clone();
+    }
+    let config = json!({
+        "module": {"documents": module},
+        "output": {"documents": {"value": "${module.documents}"}},
+    });
+    let main = dir.join("main.tf.json");
+    std::fs::write(&main, serde_json::to_string_pretty(&config)?)
+        .with_context(|| format!("writing {}", main.display()))?;
+    let mut tf = Terraform::find(cx, None, &dir)?;
+    tf.data_dir = dir.join(".terraform");
+    for args in [
+        vec!["init".to_string(), "-input=false".into()],
+        vec![
+            "apply".to_string(),
+            "-input=false".into(),
+            "-auto-approve".into(),
+        ],
+    ] {
+        let run = tf.run(cx, &args, Output::Quiet)?;
+        if run.code != 0 {
+            bail!(
+                "rendering the policy documents failed (terraform {}):\n{}",
+                args[0],
+                run.stderr
+            );
+        }
+    }
+    let outputs: Value =
+        serde_json::from_str(&tf.output_json(cx)?).context("terraform output -json")?;
+    Ok(outputs["documents"]["value"].clone())
+}
 
 const ACCOUNT: &str = "123456789012";
 const ROLE: &str = "arn:aws:iam::123456789012:role/files-service";
@@ -45,7 +87,7 @@ fn document(rendered: &Value, output: &str) -> Value {
 #[test]
 fn the_key_policy_splits_s3_use_from_direct_decryption() {
     let cx = isolated_local_context("key-policy");
-    let rendered = render(&cx, inputs(), None).unwrap();
+    let rendered = render(&cx, inputs()).unwrap();
     let policy = document(&rendered, "key_policy_json");
 
     let via_s3 = statement(&policy, "ServiceRoleUseThroughS3");
@@ -99,7 +141,7 @@ fn the_key_policy_splits_s3_use_from_direct_decryption() {
 #[test]
 fn bucket_policies_restrict_every_object_action_by_network_and_refuse_the_aws_managed_key() {
     let cx = isolated_local_context("bucket-policy");
-    let rendered = render(&cx, inputs(), None).unwrap();
+    let rendered = render(&cx, inputs()).unwrap();
     let policy: Value =
         serde_json::from_str(rendered["bucket_policy_json"]["initial"].as_str().unwrap()).unwrap();
 
@@ -154,7 +196,7 @@ fn an_assumed_role_arn_is_refused_as_an_exempt_principal() {
     let mut inputs = inputs();
     inputs["exempt_principal_arns"] =
         json!(["arn:aws:sts::123456789012:assumed-role/terraform/session"]);
-    let err = format!("{:#}", render(&cx, inputs, None).unwrap_err());
+    let err = format!("{:#}", render(&cx, inputs).unwrap_err());
     assert!(err.contains("never matches aws:PrincipalArn"), "{err}");
 }
 
@@ -169,7 +211,7 @@ fn the_role_reads_exactly_the_deployed_artifact_prefix_and_its_key_only_through_
         "key_prefix": format!("service/{SHA}/"),
         "kms_key_arn": "arn:aws:kms:eu-west-1:123456789012:key/00000000-1111-2222-3333-444444444444",
     });
-    let rendered = render(&cx, with_artifact, None).unwrap();
+    let rendered = render(&cx, with_artifact).unwrap();
     let policy = document(&rendered, "service_role_policy_json");
     let read = statement(&policy, "ReadServiceArtifact");
     assert_eq!(read["Action"], "s3:GetObject");
@@ -191,7 +233,7 @@ fn the_role_reads_exactly_the_deployed_artifact_prefix_and_its_key_only_through_
         "key_prefix": format!("service/{SHA}/"),
     });
     let policy = document(
-        &render(&cx, managed_key, None).unwrap(),
+        &render(&cx, managed_key).unwrap(),
         "service_role_policy_json",
     );
     let sids: Vec<&str> = policy["Statement"]
@@ -201,16 +243,13 @@ fn the_role_reads_exactly_the_deployed_artifact_prefix_and_its_key_only_through_
         .map(|s| s["Sid"].as_str().unwrap())
         .collect();
     assert!(sids.contains(&"ReadServiceArtifact") && !sids.contains(&"DecryptServiceArtifact"));
-    let policy = document(
-        &render(&cx, inputs(), None).unwrap(),
-        "service_role_policy_json",
-    );
+    let policy = document(&render(&cx, inputs()).unwrap(), "service_role_policy_json");
     assert!(!policy.to_string().contains("Artifact"), "{policy}");
 
     let mut bad = inputs();
     bad["service_artifact"] =
         json!({"bucket_arn": "arn:aws:s3:::files-artifacts", "key_prefix": "service/"});
-    let err = format!("{:#}", render(&cx, bad, None).unwrap_err());
+    let err = format!("{:#}", render(&cx, bad).unwrap_err());
     assert!(err.contains("service/<sha256>/"), "{err}");
 }
 
@@ -219,7 +258,7 @@ fn the_log_bucket_admits_only_log_delivery_for_the_data_buckets_and_only_tls() {
     let cx = isolated_local_context("log-policy");
     let mut with_logs = inputs();
     with_logs["access_log_bucket_arn"] = json!("arn:aws:s3:::files-access-logs");
-    let rendered = render(&cx, with_logs, None).unwrap();
+    let rendered = render(&cx, with_logs).unwrap();
     let policy = document(&rendered, "access_log_bucket_policy_json");
     let delivery = statement(&policy, "AllowServerAccessLogDelivery");
     assert_eq!(delivery["Principal"]["Service"], "logging.s3.amazonaws.com");
@@ -237,7 +276,7 @@ fn the_log_bucket_admits_only_log_delivery_for_the_data_buckets_and_only_tls() {
     assert_eq!(tls["Condition"]["Bool"]["aws:SecureTransport"], "false");
     statement(&policy, "DenyOutdatedTls");
     assert!(rendered["access_log_bucket_policy_json"].is_string());
-    assert!(render(&cx, inputs(), None).unwrap()["access_log_bucket_policy_json"].is_null());
+    assert!(render(&cx, inputs()).unwrap()["access_log_bucket_policy_json"].is_null());
 }
 
 #[test]
@@ -247,7 +286,7 @@ fn only_the_initial_bucket_sends_to_the_queue_and_the_role_consumes_only_it() {
     let cx = isolated_local_context("queue-policies");
     let mut with_queues = inputs();
     with_queues["queue_arns"] = json!({"work": WORK, "dead_letter": DEAD});
-    let rendered = render(&cx, with_queues, None).unwrap();
+    let rendered = render(&cx, with_queues).unwrap();
 
     let work: Value =
         serde_json::from_str(rendered["queue_policy_json"]["work"].as_str().unwrap()).unwrap();
@@ -312,7 +351,7 @@ fn only_the_initial_bucket_sends_to_the_queue_and_the_role_consumes_only_it() {
 
     // Without queues, none of it.
     let cx = isolated_local_context("no-queue-policies");
-    let rendered = render(&cx, inputs(), None).unwrap();
+    let rendered = render(&cx, inputs()).unwrap();
     assert_eq!(rendered["queue_policy_json"], json!({}));
     assert!(
         !rendered["key_policy_json"]
@@ -346,7 +385,7 @@ fn a_fleet_reads_the_shared_key_and_certificate_and_publishes_none() {
         let cx = isolated_local_context(label);
         let mut inputs = inputs();
         inputs["parameter_arns"] = parameters(fleet);
-        render(&cx, inputs, None).unwrap()
+        render(&cx, inputs).unwrap()
     };
 
     let one = render_with("one-instance-doors", false);

@@ -1,6 +1,7 @@
 //! The one Terraform wrapper: finds `terraform` or `tofu`, checks its version, and builds
 //! non-interactive commands against a root module.
 
+pub mod provider;
 pub mod references;
 pub mod schema_check;
 mod workflow;
@@ -30,6 +31,10 @@ pub struct Terraform {
     /// `TF_DATA_DIR`: per environment, so `terraform/` stays clean and environments never
     /// share a `.terraform`.
     pub data_dir: PathBuf,
+    /// `TF_CLI_CONFIG_FILE`: the project's own, per environment (see `provider`).
+    pub cli_config: PathBuf,
+    /// The value of `XTASK_TF_PROVIDER_MIRROR` when found (see `provider::named_mirror`).
+    pub named_mirror: Option<std::ffi::OsString>,
 }
 
 impl Terraform {
@@ -71,11 +76,17 @@ impl Terraform {
         if cx.verbose {
             eprintln!("    using {} {version}", binary.display());
         }
+        let cli_config = cx.state_dir().join("terraform.rc");
+        if !cli_config.exists() {
+            provider::write_cli_config(&cli_config, &provider::Installation::Registry)?;
+        }
         Ok(Terraform {
             binary,
             version,
             root_module: root_module.to_path_buf(),
             data_dir: cx.state_dir().join("terraform-data"),
+            cli_config,
+            named_mirror: std::env::var_os(provider::MIRROR_ENV),
         })
     }
 
@@ -108,6 +119,7 @@ impl Terraform {
             .env("CHECKPOINT_DISABLE", "1")
             .env("TF_INPUT", "0")
             .env("TF_DATA_DIR", &self.data_dir)
+            .env("TF_CLI_CONFIG_FILE", &self.cli_config)
             .envs(subprocess_env(&cx.env.aws))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -10,12 +10,27 @@ use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::{Output, Terraform};
+use super::provider::{self, Installation};
+use super::{Finished, Output, Terraform};
 use crate::artifact::{self, Artifact};
 use crate::context::{Context, confirm};
 use crate::private_buckets;
 
 pub const LOCAL_OVERRIDE_FILE: &str = "xtask_local_override.tf";
+
+/// The provider's endpoint names of every AWS service terraform/ creates or reads (a test
+/// derives the list from the resource types in the HCL, so a new service cannot be missed).
+pub const LOCAL_OVERRIDE_SERVICES: [&str; 9] = [
+    "autoscaling",
+    "ec2",
+    "elbv2",
+    "iam",
+    "kms",
+    "s3",
+    "sqs",
+    "ssm",
+    "sts",
+];
 
 /// What a plan needs, ready: Terraform found, the backend bootstrapped, the service binary
 /// delivered (unless the environment names its own URL), the variable files written.
@@ -102,8 +117,7 @@ pub fn init(cx: &Context, tf: &Terraform, backend: &Path, change: BackendChange)
         args.push("-reconfigure".into());
     }
     cx.step("terraform init");
-    // Quiet: an offline machine would print a screenful about the registry.
-    let mut init = tf.run(cx, &args, Output::Quiet)?;
+    let mut init = run_init(cx, tf, &args)?;
     if init.code != 0 && backend_changed(&init.stderr) {
         let migrate = match change {
             BackendChange::Migrate => true,
@@ -132,12 +146,9 @@ pub fn init(cx: &Context, tf: &Terraform, backend: &Path, change: BackendChange)
         }
         cx.step("terraform init -migrate-state");
         args.extend(["-migrate-state".into(), "-force-copy".into()]);
-        init = tf.run(cx, &args, Output::Quiet)?;
+        init = run_init(cx, tf, &args)?;
     }
     if init.code != 0 {
-        if provider_unavailable(&init.stderr) {
-            return Err(ProviderUnavailable.into());
-        }
         bail!(
             "terraform init failed (exit {}):\n{}{}",
             init.code,
@@ -156,6 +167,47 @@ fn backend_changed(stderr: &str) -> bool {
     stderr.contains("Backend configuration changed")
 }
 
+/// `terraform init` with `args`: hashicorp/aws from the mirror `XTASK_TF_PROVIDER_MIRROR`
+/// names; else from the registry, and where it cannot be reached, again from a mirror found
+/// on this machine (`provider::discovered_mirror`). Quiet: an offline machine would print a
+/// screenful about the registry. `ProviderUnavailable` when nothing works.
+pub fn run_init(cx: &Context, tf: &Terraform, args: &[String]) -> Result<Finished> {
+    if let Some(mirror) = provider::named_mirror(tf.named_mirror.as_deref())? {
+        return init_from_mirror(cx, tf, args, &mirror);
+    }
+    provider::write_cli_config(&tf.cli_config, &Installation::Registry)?;
+    let init = tf.run(cx, args, Output::Quiet)?;
+    if init.code == 0 || !provider_unavailable(&init.stderr) {
+        return Ok(init);
+    }
+    let Some(mirror) = provider::discovered_mirror() else {
+        return Err(ProviderUnavailable.into());
+    };
+    eprintln!(
+        "    the Terraform registry cannot be reached: hashicorp/aws from the filesystem mirror {}",
+        mirror.display()
+    );
+    init_from_mirror(cx, tf, args, &mirror)
+}
+
+fn init_from_mirror(
+    cx: &Context,
+    tf: &Terraform,
+    args: &[String],
+    mirror: &Path,
+) -> Result<Finished> {
+    provider::write_cli_config(&tf.cli_config, &Installation::Mirror(mirror.to_path_buf()))?;
+    let init = tf.run(cx, args, Output::Quiet)?;
+    if init.code != 0 && provider_unavailable(&init.stderr) {
+        bail!(
+            "terraform init could not install hashicorp/aws from the mirror {}:\n{}",
+            mirror.display(),
+            init.stderr
+        );
+    }
+    Ok(init)
+}
+
 fn init_fingerprint(tf: &Terraform, backend: &Path) -> Result<String> {
     let backend_text = std::fs::read_to_string(backend)
         .with_context(|| format!("reading {}", backend.display()))?;
@@ -170,16 +222,14 @@ fn init_fingerprint(tf: &Terraform, backend: &Path) -> Result<String> {
     ))
 }
 
-/// `terraform init` could not install the AWS provider (an offline machine); `up` then
-/// provisions with its sandbox instead.
+/// `terraform init` could install the AWS provider neither from the registry nor from a
+/// mirror: the message says how to provide one.
 #[derive(Debug)]
 pub struct ProviderUnavailable;
 
 impl std::fmt::Display for ProviderUnavailable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(
-            "terraform init could not install the hashicorp/aws provider: this machine cannot reach the Terraform registry (offline?), so the real modules cannot be deployed here",
-        )
+        f.write_str(&provider::unavailable_help())
     }
 }
 
@@ -348,7 +398,8 @@ pub fn read_plan(cx: &Context, tf: &Terraform, plan_file: &Path) -> Result<Summa
 }
 
 /// For `local`: a provider override (tflocal-style) sending every AWS service the stack uses
-/// to the emulator. Removed for other environments so a stale one can never redirect a real
+/// to the emulator. Each service is named, so that none depends on the provider reading the
+/// profile's `endpoint_url`. Removed for other environments so a stale one can never redirect a real
 /// deploy. Written only where the root module configures the AWS provider.
 pub fn write_local_override(cx: &Context, root_module: &Path) -> Result<()> {
     let path = root_module.join(LOCAL_OVERRIDE_FILE);
@@ -369,15 +420,16 @@ provider "aws" {{
   skip_requesting_account_id  = true
   skip_region_validation      = true
 
+  # Every service the stack uses (LOCAL_OVERRIDE_SERVICES): none may reach real AWS.
   endpoints {{
-    iam = "{endpoint}"
-    kms = "{endpoint}"
-    s3  = "{endpoint}"
-    sts = "{endpoint}"
-  }}
+{endpoints}  }}
 }}
 "#,
-                env = cx.env.name
+                env = cx.env.name,
+                endpoints = LOCAL_OVERRIDE_SERVICES
+                    .iter()
+                    .map(|service| format!("    {service:<11} = \"{endpoint}\"\n"))
+                    .collect::<String>()
             );
             if cx.dry_run {
                 eprintln!("    (dry run) would write {}", path.display());
