@@ -775,3 +775,79 @@ fn user_data_renders_through_terraform_to_clean_bash() {
         "the script reads no credentials from IMDS"
     );
 }
+
+/// The provider endpoint each resource and data source type of terraform/ is served by; a
+/// type not listed here fails the test below, so a new service cannot miss the override.
+fn endpoint_of(resource_type: &str) -> Option<&'static str> {
+    const BY_PREFIX: [(&str, Option<&str>); 15] = [
+        ("aws_autoscaling_", Some("autoscaling")),
+        ("aws_caller_identity", Some("sts")),
+        ("aws_eip", Some("ec2")),
+        ("aws_iam_", Some("iam")),
+        ("aws_instance", Some("ec2")),
+        ("aws_kms_", Some("kms")),
+        ("aws_launch_template", Some("ec2")),
+        ("aws_lb", Some("elbv2")),
+        ("aws_partition", None),
+        ("aws_s3_", Some("s3")),
+        ("aws_security_group", Some("ec2")),
+        ("aws_sqs_", Some("sqs")),
+        ("aws_ssm_", Some("ssm")),
+        ("aws_subnet", Some("ec2")),
+        ("aws_vpc", Some("ec2")),
+    ];
+    BY_PREFIX
+        .iter()
+        .find(|(prefix, _)| resource_type.starts_with(prefix))
+        .unwrap_or_else(|| panic!("{resource_type}: which endpoint serves it? Add it here"))
+        .1
+}
+
+#[test]
+fn the_local_override_names_every_service_the_stack_uses_and_exists_for_local_only() {
+    let mut used = BTreeSet::new();
+    let mut dirs = vec![terraform_dir()];
+    for entry in std::fs::read_dir(terraform_dir().join("modules")).unwrap() {
+        dirs.push(entry.unwrap().path());
+    }
+    for dir in dirs {
+        let body = parse_module(&dir);
+        for block in blocks(&body, "resource").chain(blocks(&body, "data")) {
+            used.extend(endpoint_of(labels(block)[0]));
+        }
+    }
+    let named: BTreeSet<&str> = crate::terraform::LOCAL_OVERRIDE_SERVICES.into();
+    assert_eq!(used, named);
+
+    // Written for local, with each service at the emulator; removed for any other environment.
+    let copy = temp_dir("override-root");
+    std::fs::copy(
+        terraform_dir().join("providers.tf"),
+        copy.join("providers.tf"),
+    )
+    .unwrap();
+    let override_file = copy.join(crate::terraform::LOCAL_OVERRIDE_FILE);
+    let local = Context::for_test(
+        Environment::local(
+            service::aws::AwsSettings::emulator("http://127.0.0.1:1", "eu-west-1"),
+            "override",
+        ),
+        &temp_dir("override-state"),
+    );
+    crate::terraform::write_local_override(&local, &copy).unwrap();
+    let text = std::fs::read_to_string(&override_file).unwrap();
+    for service in &named {
+        let line = format!("{service:<11} = \"http://127.0.0.1:1\"");
+        assert!(text.contains(&line), "{text}");
+    }
+    let example = Context::for_test(
+        Environment::load(&workspace_root(), "example").unwrap(),
+        &temp_dir("override-state-example"),
+    );
+    assert!(example.env.aws.endpoint_url.is_none());
+    crate::terraform::write_local_override(&example, &copy).unwrap();
+    assert!(
+        !override_file.exists(),
+        "a real environment gets no override"
+    );
+}
