@@ -554,6 +554,166 @@ fn the_applied_buckets_are_private_versioned_and_encrypted_with_the_stack_key() 
     });
 }
 
+/// The main route table of the emulator's default VPC, asked with the AWS CLI as the operator
+/// (the xtask itself has no EC2 client).
+fn main_route_table(cx: &Context) -> String {
+    let aws = crate::first_boot::AWS_CLI.ensure(cx).expect("the AWS CLI");
+    let out = std::process::Command::new(aws)
+        .args([
+            "ec2",
+            "describe-route-tables",
+            "--filters",
+            "Name=association.main,Values=true",
+            "--query",
+            "RouteTables[0].RouteTableId",
+            "--output",
+            "text",
+        ])
+        .envs(service::aws::subprocess_env(&cx.env.aws))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(id.starts_with("rtb-"), "{id}");
+    id
+}
+
+/// The fleet shape, as a real environment runs it: three instances in an Auto Scaling group
+/// behind a network load balancer, reaching S3 through a gateway endpoint that replaces the
+/// Elastic IP in the bucket policies. Refused without the endpoint; applied by the real
+/// provider, re-planned empty, destroyed. (`up --instances N` runs the single shape.)
+#[test]
+fn the_fleet_shape_is_refused_without_an_endpoint_and_applies_re_plans_empty_and_destroys() {
+    require_tool(
+        "terraform",
+        "it applies the real modules in the fleet shape",
+    );
+    let mut cx = isolated_local_context("fleet");
+    bootstrap(&cx, false);
+    let root = modules_copy("fleet-root");
+    let args = stack::args(&root);
+    let vars = temp_dir("fleet-vars");
+    let with_vars = |cx: &mut Context, name: &str, value: Value| {
+        let file = vars.join(name);
+        std::fs::write(&file, value.to_string()).unwrap();
+        cx.env.var_file = Some(file);
+    };
+    let plan_args = |cx: &Context, out: &str| crate::plan::Args {
+        out: Some(cx.state_dir().join(out)),
+        json: true,
+        shared: args.shared.clone(),
+    };
+
+    with_vars(
+        &mut cx,
+        "no-endpoint.tfvars.json",
+        serde_json::json!({"instance_count": 3}),
+    );
+    let refused = format!(
+        "{:#}",
+        crate::plan::run(&cx, plan_args(&cx, "refused.tfplan")).unwrap_err()
+    );
+    assert!(
+        refused.contains("instance_count > 1 needs s3_gateway_endpoint_route_table_ids"),
+        "{refused}"
+    );
+
+    let route_table = main_route_table(&cx);
+    with_vars(
+        &mut cx,
+        "fleet.tfvars.json",
+        serde_json::json!({
+            "instance_count": 3,
+            "s3_gateway_endpoint_route_table_ids": [route_table],
+        }),
+    );
+    let applied = deploy::deploy(&cx, &args, Source::Debug).expect("deploy the fleet");
+    assert!(applied.applied, "{applied:?}");
+    let addresses: Vec<&str> = applied
+        .summary
+        .resources
+        .iter()
+        .map(|(address, _)| address.as_str())
+        .collect();
+    for kind in [
+        "aws_launch_template.service",
+        "aws_autoscaling_group.service",
+        "aws_lb.service",
+        "aws_lb_target_group.service",
+        "aws_lb_listener.service",
+        "aws_vpc_endpoint.s3",
+    ] {
+        assert!(
+            addresses.iter().any(|a| a.contains(kind)),
+            "{kind} not in {addresses:#?}"
+        );
+    }
+    assert!(
+        !addresses
+            .iter()
+            .any(|a| a.contains("aws_instance.") || a.contains("aws_eip.")),
+        "a fleet has no lone instance or Elastic IP: {addresses:#?}"
+    );
+    let outputs = Outputs::load(&outputs_file(&cx)).unwrap();
+    let dns_name = outputs.string("load_balancer_dns_name").unwrap();
+    assert!(
+        outputs
+            .string("service_url")
+            .unwrap()
+            .starts_with(&format!("https://{dns_name}:")),
+        "{:?}",
+        outputs.string("service_url")
+    );
+    assert!(outputs.optional_string("instance_id").is_none());
+    let key_parameter = outputs.string("tls_key_parameter").unwrap();
+    assert!(
+        outputs
+            .string("user_data")
+            .unwrap()
+            .contains(&format!("TLS_KEY_PARAMETER={key_parameter}")),
+        "the instances read the shared key"
+    );
+    let policy = outputs.string("initial_bucket_policy_json").unwrap();
+    assert!(
+        policy.contains("aws:SourceVpce") && policy.contains("vpce-"),
+        "{policy}"
+    );
+
+    assert_eq!(
+        crate::plan::run(&cx, plan_args(&cx, "replan.tfplan")).unwrap(),
+        0,
+        "a plan right after the fleet's apply has no changes"
+    );
+
+    destroy::destroy(
+        &cx,
+        &destroy::Args {
+            yes: true,
+            empty_buckets: true,
+            purge_state: true,
+            terraform: None,
+            root_module: Some(root.clone()),
+        },
+    )
+    .expect("destroy the fleet");
+    let s3 = clients(&cx).s3;
+    for output in [
+        "initial_bucket_name",
+        "final_bucket_name",
+        "access_log_bucket_name",
+    ] {
+        let name = outputs.string(output).unwrap();
+        assert!(
+            block_on(s3.head_bucket().bucket(name).send()).is_err(),
+            "{name} deleted"
+        );
+    }
+}
+
 #[test]
 fn deploy_refuses_missing_or_old_terraform_and_changes_nothing() {
     let cx = isolated_local_context("bad-terraform");

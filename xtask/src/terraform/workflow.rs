@@ -337,8 +337,35 @@ pub fn plan(cx: &Context, tf: &Terraform, var_files: &[PathBuf], out: &Path) -> 
     match plan.code {
         0 => Ok(Summary::default()),
         2 => read_plan(cx, tf, out),
-        code => bail!("terraform plan failed (exit {code})"),
+        code => bail!(
+            "terraform plan failed (exit {code}): {}",
+            first_error(&plan.stderr)
+        ),
     }
+}
+
+/// Terraform's first error, its summary and explanation in one line, without the source
+/// excerpt: what a failed command ends with (the whole output was streamed above it).
+pub fn first_error(stderr: &str) -> String {
+    let Some(start) = stderr.find("Error:") else {
+        return "see Terraform's output above".into();
+    };
+    let mut words = Vec::new();
+    for line in stderr[start..].lines().map(str::trim) {
+        if line.starts_with("Error:") && !words.is_empty() {
+            break;
+        }
+        let excerpt = line.starts_with("on ")
+            || line.starts_with('│')
+            || line.starts_with('├')
+            || line.starts_with("This was checked")
+            || line.starts_with(|c: char| c.is_ascii_digit())
+            || line.starts_with("modules/");
+        if !line.is_empty() && !excerpt {
+            words.push(line);
+        }
+    }
+    words.join(" ")
 }
 
 /// What a saved plan file would do (`terraform show -json`).
@@ -446,4 +473,19 @@ provider "aws" {{
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_error;
+
+    #[test]
+    fn a_failed_plan_ends_with_terraforms_reason_in_one_line() {
+        let stderr = "\nError: Invalid value for variable\n\n  on main.tf line 190, in module \"host\":\n 190:   instance_count = var.instance_count\n    ├────────────────\n    │ var.instance_count is 3\n\ninstance_count > 1 needs s3_gateway_endpoint_route_table_ids: a fleet's\ninstances have no fixed addresses.\n\nThis was checked by the validation rule at\nmodules/host/variables.tf:136,3-13.\n\nError: another\n";
+        assert_eq!(
+            first_error(stderr),
+            "Error: Invalid value for variable instance_count > 1 needs s3_gateway_endpoint_route_table_ids: a fleet's instances have no fixed addresses."
+        );
+        assert_eq!(first_error("nothing"), "see Terraform's output above");
+    }
 }
