@@ -367,7 +367,7 @@ s3.S3Response._key_response_post = _key_response_post_with_checksum
 # --- What the AWS provider for Terraform reads back -------------------------------------------
 # `up` applies terraform/ with the real hashicorp/aws provider against this emulator, and a plan
 # right after must be empty. Each correction below was found as a hang or as a perpetual diff of
-# that apply; each is tested in xtask/src/integration_tests/emulator_terraform.rs.
+# that apply; each is tested in xtask/src/integration_tests/emulator_fidelity.rs.
 
 from moto.core.responses import ActionResult  # noqa: E402
 from moto.ec2.models import launch_templates as ec2_launch_templates  # noqa: E402
