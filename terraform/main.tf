@@ -134,7 +134,6 @@ module "initial_bucket" {
   noncurrent_version_expiration_days = var.noncurrent_version_expiration_days
   current_version_expiration_days    = var.raw_object_expiration_days
   policy_json                        = module.access_policies.bucket_policy_json["initial"]
-  attach_policy                      = var.attach_bucket_policies
   access_logs                        = { bucket = module.access_logs.bucket_name }
 }
 
@@ -147,7 +146,6 @@ module "final_bucket" {
   noncurrent_version_expiration_days = var.noncurrent_version_expiration_days
   current_version_expiration_days    = null
   policy_json                        = module.access_policies.bucket_policy_json["final"]
-  attach_policy                      = var.attach_bucket_policies
   access_logs                        = { bucket = module.access_logs.bucket_name }
 }
 
@@ -201,9 +199,3 @@ check "bucket_access_is_network_restricted" {
   }
 }
 
-check "bucket_policies_are_attached" {
-  assert {
-    condition     = var.attach_bucket_policies || var.environment == "local"
-    error_message = "attach_bucket_policies is false outside the local emulator environment: TLS-only, encryption and network rules are NOT enforced on the buckets."
-  }
-}

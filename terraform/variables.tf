@@ -128,12 +128,6 @@ variable "force_destroy" {
   default     = false
 }
 
-variable "attach_bucket_policies" {
-  description = "Attach the bucket policies. Only the local emulator environment sets false (plain HTTP, no condition evaluation); the documents are still rendered and output."
-  type        = bool
-  default     = true
-}
-
 variable "service_artifact" {
   description = "The service binary in the artifact bucket, as `cargo xtask deploy` uploads it: bucket, key (service/<sha256>/filepipe-service), SHA-256, and the bucket's KMS key (null: the AWS-managed aws/s3 key). The instance role may read exactly that prefix."
   type = object({

@@ -5,8 +5,10 @@
 //! path-style URLs and do not implement the flexible-checksum defaults of aws-sdk-s3 ≥ 1.69,
 //! so checksums are only sent when an operation requires them.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
@@ -44,15 +46,24 @@ pub struct AwsSettings {
     /// s3s-fs) while KMS and STS stay on the emulator.
     pub s3_endpoint_url: Option<String>,
     pub credentials: CredentialsSource,
+    /// The one CA a TLS endpoint must be signed by, instead of the system's roots: the local
+    /// emulator's (AWS_CA_BUNDLE, as the AWS CLI and Terraform read it). `None` for AWS.
+    pub ca_bundle: Option<PathBuf>,
 }
 
 impl AwsSettings {
-    /// Settings for the local emulator, which accepts any static credentials.
-    pub fn emulator(endpoint_url: impl Into<String>, region: impl Into<String>) -> Self {
+    /// Settings for the local emulator while it takes unsigned requests (before its operator
+    /// exists): any static credentials.
+    pub fn emulator(
+        endpoint_url: impl Into<String>,
+        region: impl Into<String>,
+        ca_bundle: Option<PathBuf>,
+    ) -> Self {
         AwsSettings {
             region: region.into(),
             endpoint_url: Some(endpoint_url.into()),
             s3_endpoint_url: None,
+            ca_bundle,
             credentials: CredentialsSource::Static {
                 access_key_id: "test".into(),
                 secret_access_key: "test".into(),
@@ -75,9 +86,10 @@ pub struct AwsClients {
 }
 
 impl AwsClients {
-    pub async fn connect(settings: &AwsSettings) -> AwsClients {
-        let shared = sdk_config(settings).await;
-        AwsClients {
+    /// Fails only on settings that cannot work (an unreadable CA bundle).
+    pub async fn connect(settings: &AwsSettings) -> anyhow::Result<AwsClients> {
+        let shared = sdk_config(settings).await?;
+        Ok(AwsClients {
             settings: settings.clone(),
             s3: aws_sdk_s3::Client::from_conf(s3_config(
                 &shared,
@@ -89,7 +101,7 @@ impl AwsClients {
             sts: aws_sdk_sts::Client::new(&shared),
             sqs: aws_sdk_sqs::Client::from_conf(sqs_config(&shared)),
             sdk_config: shared,
-        }
+        })
     }
 
     /// The same clients with another S3 attempt timeout (the service's S3_ATTEMPT_TIMEOUT_SECS),
@@ -118,7 +130,26 @@ pub const S3_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Copying an object onto itself runs in S3 at its own pace: up to 5 GiB in one request.
 pub const S3_COPY_TIMEOUT: Duration = Duration::from_secs(900);
 
-async fn sdk_config(settings: &AwsSettings) -> SdkConfig {
+/// An HTTPS client that trusts exactly the certificates of `ca_bundle` (PEM).
+fn https_client_trusting(
+    ca_bundle: &std::path::Path,
+) -> anyhow::Result<aws_sdk_s3::config::SharedHttpClient> {
+    use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
+    let pem = std::fs::read(ca_bundle)
+        .with_context(|| format!("reading the CA bundle {}", ca_bundle.display()))?;
+    let context = TlsContext::builder()
+        .with_trust_store(TrustStore::empty().with_pem_certificate(pem))
+        .build()
+        .with_context(|| format!("loading the CA bundle {}", ca_bundle.display()))?;
+    Ok(aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::AwsLc,
+        ))
+        .tls_context(context)
+        .build_https())
+}
+
+async fn sdk_config(settings: &AwsSettings) -> anyhow::Result<SdkConfig> {
     // Standard retry mode backs off on throttling, 5xx and timeouts; five attempts ride out
     // short KMS/S3 throttling bursts without hiding a real outage.
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
@@ -126,6 +157,13 @@ async fn sdk_config(settings: &AwsSettings) -> SdkConfig {
         .retry_config(RetryConfig::standard().with_max_attempts(5));
     if let Some(endpoint) = &settings.endpoint_url {
         loader = loader.endpoint_url(endpoint);
+    }
+    let http_client = match &settings.ca_bundle {
+        Some(ca_bundle) => Some(https_client_trusting(ca_bundle)?),
+        None => None,
+    };
+    if let Some(client) = &http_client {
+        loader = loader.http_client(client.clone());
     }
     match &settings.credentials {
         CredentialsSource::DefaultChain {
@@ -145,11 +183,14 @@ async fn sdk_config(settings: &AwsSettings) -> SdkConfig {
                 .build();
             // Explicitly the profile's credentials: the default chain would prefer
             // AWS_ACCESS_KEY_ID from the caller's shell.
+            // The role assumption's STS client trusts what the others trust.
+            let mut provider_config = aws_config::provider_config::ProviderConfig::default()
+                .with_region(Some(Region::new(settings.region.clone())));
+            if let Some(client) = http_client {
+                provider_config = provider_config.with_http_client(client);
+            }
             let credentials = ProfileFileCredentialsProvider::builder()
-                .configure(
-                    &aws_config::provider_config::ProviderConfig::default()
-                        .with_region(Some(Region::new(settings.region.clone()))),
-                )
+                .configure(&provider_config)
                 .profile_files(files.clone())
                 .profile_name(profile)
                 .build();
@@ -172,7 +213,7 @@ async fn sdk_config(settings: &AwsSettings) -> SdkConfig {
             loader = loader.credentials_provider(SharedCredentialsProvider::new(credentials));
         }
     }
-    loader.load().await
+    Ok(loader.load().await)
 }
 
 /// KMS requests and answers are small: a call that has not answered in seconds is stuck, and
@@ -388,6 +429,9 @@ pub fn subprocess_env(settings: &AwsSettings) -> Vec<(&'static str, String)> {
             vars.push(("AWS_SECRET_ACCESS_KEY", secret_access_key.clone()));
         }
     }
+    if let Some(ca_bundle) = &settings.ca_bundle {
+        vars.push(("AWS_CA_BUNDLE", ca_bundle.display().to_string()));
+    }
     vars
 }
 
@@ -399,8 +443,8 @@ mod tests {
     // Path-style addressing has no getter; the emulator integration tests prove it (a
     // virtual-hosted request to `<bucket>.127.0.0.1` could not resolve).
     async fn emulator_settings_relax_checksums() {
-        let settings = AwsSettings::emulator("http://127.0.0.1:1", "eu-west-1");
-        let clients = AwsClients::connect(&settings).await;
+        let settings = AwsSettings::emulator("http://127.0.0.1:1", "eu-west-1", None);
+        let clients = AwsClients::connect(&settings).await.unwrap();
         let config = clients.s3.config();
         assert_eq!(
             config.request_checksum_calculation(),
@@ -508,9 +552,10 @@ mod tests {
             ..AwsSettings::emulator(
                 format!("http://{}", emulator.local_addr().unwrap()),
                 "eu-west-1",
+                None,
             )
         };
-        let clients = AwsClients::connect(&settings).await;
+        let clients = AwsClients::connect(&settings).await.unwrap();
         let s3_seen = tokio::spawn(first_request_line(s3_server));
         let emulator_seen = tokio::spawn(first_request_line(emulator));
         // The servers never answer: only where each request went matters.
@@ -536,8 +581,9 @@ mod tests {
             endpoint_url: None,
             s3_endpoint_url: None,
             credentials: CredentialsSource::DefaultChain { profile: None },
+            ca_bundle: None,
         };
-        let clients = AwsClients::connect(&settings).await;
+        let clients = AwsClients::connect(&settings).await.unwrap();
         let config = clients.s3.config();
         assert_ne!(
             config.request_checksum_calculation(),

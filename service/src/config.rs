@@ -45,6 +45,10 @@ pub struct Config {
     /// Endpoint of an S3-compatible server used for S3 only (KMS stays on AWS_ENDPOINT_URL).
     #[arg(long, env = "AWS_ENDPOINT_URL_S3")]
     pub aws_endpoint_url_s3: Option<String>,
+    /// The CA (PEM) AWS endpoints must be signed by instead of the system's roots: the local
+    /// emulator's. Unset on AWS.
+    #[arg(long, env = "AWS_CA_BUNDLE")]
+    pub aws_ca_bundle: Option<std::path::PathBuf>,
     /// Where to listen. Anything but loopback needs TLS_CERT_FILE and TLS_KEY_FILE (plain
     /// HTTP is served on loopback only) and a bearer token (unless --insecure-no-auth).
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
@@ -301,6 +305,7 @@ impl Config {
             endpoint_url: self.aws_endpoint_url.clone(),
             s3_endpoint_url: self.aws_endpoint_url_s3.clone(),
             credentials: CredentialsSource::DefaultChain { profile: None },
+            ca_bundle: self.aws_ca_bundle.clone(),
         }
     }
 

@@ -112,7 +112,7 @@ async fn async_main() -> std::process::ExitCode {
 
 async fn run(config: Config) -> anyhow::Result<()> {
     let clients = AwsClients::connect(&config.aws_settings())
-        .await
+        .await?
         .with_s3_attempt_timeout(std::time::Duration::from_secs(
             config.s3_attempt_timeout_secs,
         ));

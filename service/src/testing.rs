@@ -9,6 +9,11 @@ use crate::aws::{AwsClients, AwsSettings, CredentialsSource};
 
 /// The one variable that tells tests where the emulator listens.
 pub const ENDPOINT_VAR: &str = "FILEPIPE_TEST_ENDPOINT";
+/// The CA the emulator's TLS certificate is signed by.
+pub const CA_BUNDLE_VAR: &str = "FILEPIPE_TEST_CA_BUNDLE";
+/// The emulator's plain-HTTP endpoint, for proxies that read requests (fault injection) and
+/// for requests that must be refused for not using TLS.
+pub const PLAIN_ENDPOINT_VAR: &str = "FILEPIPE_TEST_PLAIN_ENDPOINT";
 /// The AWS config file whose `operator` profile signs the tests' requests: the emulator
 /// enforces IAM, so unsigned or unknown requests are refused.
 pub const AWS_CONFIG_VAR: &str = "FILEPIPE_TEST_AWS_CONFIG";
@@ -25,6 +30,32 @@ pub fn emulator_endpoint() -> String {
         _ => panic!(
             "{ENDPOINT_VAR} is not set: this test needs the local AWS emulator. \
              Run the tests with `cargo xtask test`, which starts it and sets {ENDPOINT_VAR}."
+        ),
+    }
+}
+
+/// The emulator's plain-HTTP endpoint, or a panic that says how to run the tests.
+pub fn emulator_plain_endpoint() -> String {
+    required_var(
+        PLAIN_ENDPOINT_VAR,
+        "this test needs the emulator's plain-HTTP endpoint",
+    )
+}
+
+/// The emulator's CA certificate, or a panic that says how to run the tests.
+pub fn emulator_ca_bundle() -> std::path::PathBuf {
+    required_var(
+        CA_BUNDLE_VAR,
+        "this test trusts the emulator's TLS certificate by its CA",
+    )
+    .into()
+}
+
+fn required_var(name: &str, why: &str) -> String {
+    match std::env::var(name) {
+        Ok(value) if !value.trim().is_empty() => value,
+        _ => panic!(
+            "{name} is not set: {why}. Run the tests with `cargo xtask test`, which sets it."
         ),
     }
 }
@@ -52,12 +83,15 @@ pub fn emulator_settings() -> AwsSettings {
             config_file,
             profile: OPERATOR_PROFILE.to_string(),
         },
+        ca_bundle: Some(emulator_ca_bundle()),
     }
 }
 
 /// Clients for the emulator, built by the shared client builder.
 pub async fn emulator_clients() -> AwsClients {
-    AwsClients::connect(&emulator_settings()).await
+    AwsClients::connect(&emulator_settings())
+        .await
+        .expect("building AWS clients for the emulator")
 }
 
 /// A bucket name no other test (or earlier run against the same emulator) uses.

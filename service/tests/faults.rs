@@ -10,7 +10,7 @@ use common::binary::{Running, TOKEN, http, spawn};
 use common::faults::{FAULT_REQUEST_ID, Fault, FaultProxy, kms_decrypt, s3};
 use common::proxy::KmsProxy;
 use common::{MIB, Resources, random_bytes, resources, sha256_hex};
-use service::testing::emulator_endpoint;
+use service::testing::emulator_plain_endpoint;
 use tokio::io::AsyncWriteExt;
 
 /// The service, talking to S3 and KMS only through `proxy`, with short S3 timeouts and
@@ -58,7 +58,7 @@ where
 #[tokio::test]
 async fn uploads_while_s3_is_unreachable_answer_503_and_leave_nothing() {
     let resources = resources().await;
-    let proxy = FaultProxy::start(&emulator_endpoint()).await;
+    let proxy = FaultProxy::start(&emulator_plain_endpoint()).await;
     let running = behind(&resources, &proxy).await;
     let http = http();
 
@@ -112,7 +112,7 @@ async fn uploads_while_s3_is_unreachable_answer_503_and_leave_nothing() {
 #[tokio::test]
 async fn an_s3_that_never_answers_costs_a_bounded_wait_not_a_hung_request() {
     let resources = resources().await;
-    let proxy = FaultProxy::start(&emulator_endpoint()).await;
+    let proxy = FaultProxy::start(&emulator_plain_endpoint()).await;
     let running = spawn(
         &resources,
         &[
@@ -173,7 +173,7 @@ async fn an_s3_that_never_answers_costs_a_bounded_wait_not_a_hung_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processing_survives_s3_and_kms_faults() {
     let resources = resources().await;
-    let proxy = FaultProxy::start(&emulator_endpoint()).await;
+    let proxy = FaultProxy::start(&emulator_plain_endpoint()).await;
     let running = behind(&resources, &proxy).await;
     let producer = common::encryptor(&resources, &resources.key_arn).await;
     let mut files = Vec::new();
@@ -229,7 +229,7 @@ async fn processing_survives_s3_and_kms_faults() {
 #[tokio::test]
 async fn a_failure_names_the_aws_error_and_its_request_id() {
     let resources = resources().await;
-    let proxy = FaultProxy::start(&emulator_endpoint()).await;
+    let proxy = FaultProxy::start(&emulator_plain_endpoint()).await;
     let running = spawn(
         &resources,
         &[
@@ -265,7 +265,7 @@ async fn a_failure_names_the_aws_error_and_its_request_id() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_upload_and_mid_processing_loses_nothing_and_leaves_no_open_upload() {
     let resources = resources().await;
-    let slow_kms = KmsProxy::start(&emulator_endpoint()).await;
+    let slow_kms = KmsProxy::start(&emulator_plain_endpoint()).await;
     slow_kms.delay_decrypts(Duration::from_secs(60));
     let settings = [
         ("AWS_ENDPOINT_URL", slow_kms.url.as_str()),
@@ -351,7 +351,7 @@ async fn sigkill_mid_upload_and_mid_processing_loses_nothing_and_leaves_no_open_
 #[tokio::test]
 async fn api_requests_give_up_on_a_silent_s3_within_their_bound() {
     let resources = resources().await;
-    let proxy = FaultProxy::start(&emulator_endpoint()).await;
+    let proxy = FaultProxy::start(&emulator_plain_endpoint()).await;
     let running = spawn(
         &resources,
         &[

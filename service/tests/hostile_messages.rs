@@ -13,7 +13,7 @@ use common::faults::{Fault, FaultProxy, kms_decrypt};
 use common::proxy::KmsProxy;
 use common::{encryptor, random_bytes, resources, sha256_hex};
 use service::decrypt::{DEFAULT_MAX_FRAMES, Limits, Settings, inspect};
-use service::testing::emulator_endpoint;
+use service::testing::emulator_plain_endpoint;
 
 fn limits() -> Limits {
     Settings::defaults(0).limits
@@ -141,7 +141,7 @@ struct Case {
 async fn forged_and_extreme_messages_fail_alone_with_a_reason_and_survive_a_restart() {
     let resources = resources().await;
     let key = resources.key_arn.as_str();
-    let proxy = KmsProxy::start(&emulator_endpoint()).await;
+    let proxy = KmsProxy::start(&emulator_plain_endpoint()).await;
     let through_proxy = [("AWS_ENDPOINT_URL", proxy.url.as_str())];
     let producer = encryptor(&resources, key).await;
     let other_key = service::testing::create_key(&resources.clients.kms).await;
@@ -301,7 +301,7 @@ async fn forged_and_extreme_messages_fail_alone_with_a_reason_and_survive_a_rest
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decryptions_that_keep_timing_out_end_quarantined() {
     let resources = resources().await;
-    let proxy = KmsProxy::start(&emulator_endpoint()).await;
+    let proxy = KmsProxy::start(&emulator_plain_endpoint()).await;
     let producer = encryptor(&resources, &resources.key_arn).await;
     let message = producer.encrypt(b"slow".to_vec(), None).await.unwrap();
     proxy.delay_decrypts(Duration::from_secs(3));
@@ -332,7 +332,7 @@ async fn decryptions_that_keep_timing_out_end_quarantined() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_up_quarantines_files_whose_decryptions_kept_dying() {
     let resources = resources().await;
-    let proxy = KmsProxy::start(&emulator_endpoint()).await;
+    let proxy = KmsProxy::start(&emulator_plain_endpoint()).await;
     let producer = encryptor(&resources, &resources.key_arn).await;
     let s3 = &resources.clients.s3;
     for (name, attempts) in [("died-thrice.enc", 3), ("died-once.enc", 1)] {
@@ -413,7 +413,7 @@ async fn a_start_up_quarantines_files_whose_decryptions_kept_dying() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_refuses_uploads_rather_than_leaving_them_to_the_scan() {
     let resources = resources().await;
-    let proxy = KmsProxy::start(&emulator_endpoint()).await;
+    let proxy = KmsProxy::start(&emulator_plain_endpoint()).await;
     let producer = encryptor(&resources, &resources.key_arn).await;
     let mut messages = Vec::new();
     for i in 0..3u64 {
@@ -481,7 +481,7 @@ async fn a_full_queue_refuses_uploads_rather_than_leaving_them_to_the_scan() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kms_outage_is_ridden_out() {
     let resources = resources().await;
-    let proxy = KmsProxy::start(&emulator_endpoint()).await;
+    let proxy = KmsProxy::start(&emulator_plain_endpoint()).await;
     let producer = encryptor(&resources, &resources.key_arn).await;
     let message = producer
         .encrypt(b"during an outage".to_vec(), None)
@@ -527,7 +527,7 @@ async fn a_kms_outage_is_ridden_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kms_error_answers_are_ridden_out() {
     let resources = resources().await;
-    let proxy = FaultProxy::start(&emulator_endpoint()).await;
+    let proxy = FaultProxy::start(&emulator_plain_endpoint()).await;
     let producer = encryptor(&resources, &resources.key_arn).await;
     let running = spawn(
         &resources,
@@ -577,7 +577,7 @@ async fn kms_error_answers_are_ridden_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_failures_are_tried_again_by_the_scan_and_on_demand() {
     let resources = resources().await;
-    let proxy = KmsProxy::start(&emulator_endpoint()).await;
+    let proxy = KmsProxy::start(&emulator_plain_endpoint()).await;
     let producer = encryptor(&resources, &resources.key_arn).await;
     let first = producer.encrypt(b"one".to_vec(), None).await.unwrap();
     let second = producer.encrypt(b"two".to_vec(), None).await.unwrap();

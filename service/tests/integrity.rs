@@ -11,7 +11,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use common::binary::{Running, TOKEN, http, spawn};
 use common::faults::{Fault, FaultProxy, s3};
 use common::{MIB, Resources, random_bytes, resources, sha256_hex};
-use service::testing::emulator_endpoint;
+use service::testing::emulator_plain_endpoint;
 
 /// The raw object's bytes, read straight from S3.
 async fn stored(resources: &Resources, name: &str) -> Vec<u8> {
@@ -119,7 +119,7 @@ async fn wait_until_no_open_uploads(resources: &Resources) {
 #[tokio::test]
 async fn a_body_changed_or_cut_on_its_way_to_s3_is_refused_and_leaves_nothing() {
     let resources = resources().await;
-    let proxy = FaultProxy::start(&emulator_endpoint()).await;
+    let proxy = FaultProxy::start(&emulator_plain_endpoint()).await;
     let running = spawn(
         &resources,
         &[

@@ -13,7 +13,7 @@ use common::binary::{self, Running};
 use common::faults::{Fault, FaultProxy};
 use common::{MIB, Resources, random_bytes, resources, sha256_hex};
 use futures_util::StreamExt as _;
-use service::testing::{create_work_queue, emulator_endpoint, unique_bucket_name};
+use service::testing::{create_work_queue, emulator_plain_endpoint, unique_bucket_name};
 
 const PART_SIZE: &str = "5242880";
 
@@ -332,7 +332,7 @@ async fn an_instance_killed_mid_file_loses_nothing_and_leaves_no_partial_output(
     let shared = shared(6, 5).await;
     // A writes through a proxy that holds its second output part: it is mid-file for as long
     // as the test likes, extending the message's visibility meanwhile.
-    let proxy = FaultProxy::start(&emulator_endpoint()).await;
+    let proxy = FaultProxy::start(&emulator_plain_endpoint()).await;
     proxy.inject(second_output_part, Fault::Hang, 1);
     let mut a = shared
         .instance(
@@ -690,7 +690,7 @@ async fn of_racing_conditional_writes_exactly_one_wins() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_instance_hands_its_messages_back() {
     let shared = shared(60, 5).await;
-    let proxy = FaultProxy::start(&emulator_endpoint()).await;
+    let proxy = FaultProxy::start(&emulator_plain_endpoint()).await;
     // A receives the file's message and then never gets its raw bytes.
     proxy.inject(common::faults::s3("GET", "raw/"), Fault::Hang, 1);
     let mut a = shared

@@ -9,7 +9,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use common::binary::{TOKEN, http, spawn};
 use common::faults::{Fault, FaultProxy, s3};
 use common::resources;
-use service::testing::{create_queues, emulator_endpoint, unique_bucket_name};
+use service::testing::{create_queues, emulator_plain_endpoint, unique_bucket_name};
 
 const WAITERS: usize = 600;
 const MAX_WAITERS: usize = 64;
@@ -31,7 +31,7 @@ async fn many_waiters_share_one_look_and_leave_room_for_health_checks_and_upload
     )
     .await
     .unwrap();
-    let proxy = FaultProxy::start(&emulator_endpoint()).await;
+    let proxy = FaultProxy::start(&emulator_plain_endpoint()).await;
     let running = spawn(
         &resources,
         &[

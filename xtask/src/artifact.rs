@@ -81,7 +81,7 @@ pub fn deliver(cx: &Context, source: &Source) -> Result<Artifact> {
     if !cx.dry_run || binary.exists() {
         elf::check_runs_on_al2023(&binary)?;
     }
-    let clients = block_on(AwsClients::connect(&cx.env.aws));
+    let clients = block_on(AwsClients::connect(&cx.env.aws))?;
     let bucket = block_on(private_buckets::resolve_buckets(cx, &clients))?.artifacts;
     let artifact = block_on(upload(cx, &clients, &bucket, &binary))?;
     if !cx.dry_run {

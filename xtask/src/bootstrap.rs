@@ -71,7 +71,7 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
 }
 
 pub async fn bootstrap(cx: &Context, args: &Args) -> Result<Vec<(PrivateBucket, Outcome)>> {
-    let clients = AwsClients::connect(&cx.env.aws).await;
+    let clients = AwsClients::connect(&cx.env.aws).await?;
     let buckets = resolve_buckets(cx, &clients).await?;
     let mut results = Vec::new();
     for bucket in [&buckets.state, &buckets.artifacts] {

@@ -207,7 +207,7 @@ fn apply(cx: &Context, tf: &Terraform, plan_file: &Path) -> Result<()> {
 fn finish(cx: &Context, tf: &Terraform) -> Result<()> {
     let outputs = save_outputs(cx, tf)?;
     render_user_data::write(cx, &outputs, None)?;
-    let operator = block_on(AwsClients::connect(&cx.env.aws));
+    let operator = block_on(AwsClients::connect(&cx.env.aws))?;
     let doors = Doors::new(&outputs, &operator)?;
     if block_on(doors.ensure_token(cx))? {
         eprintln!(

@@ -75,12 +75,9 @@ pub fn destroy(cx: &Context, args: &Args) -> Result<()> {
             cx.env.name
         );
     }
-    let clients = block_on(AwsClients::connect(&cx.env.aws));
+    let clients = block_on(AwsClients::connect(&cx.env.aws))?;
 
     let outputs = Outputs::load(&outputs_file(cx));
-    if let (true, Ok(outputs)) = (cx.env.is_local(), &outputs) {
-        unlock_log_bucket_in_the_emulator(cx, &clients, outputs)?;
-    }
     if args.empty_buckets {
         match outputs {
             Ok(outputs) => {
@@ -172,33 +169,4 @@ pub fn destroy(cx: &Context, args: &Args) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// The emulator speaks plain HTTP, so the log bucket's TLS-only Deny refuses every request
-/// there, deletes included, and neither emptying nor Terraform's force_destroy could remove
-/// it. Locally only, its policy goes first; on AWS every request is TLS and the policy stays
-/// until Terraform destroys it.
-fn unlock_log_bucket_in_the_emulator(
-    cx: &Context,
-    clients: &AwsClients,
-    outputs: &Outputs,
-) -> Result<()> {
-    let Some(bucket) = outputs.optional_string("access_log_bucket_name") else {
-        return Ok(());
-    };
-    if !cx.aws_call(format!(
-        "s3:DeleteBucketPolicy {bucket} (the emulator only)"
-    )) {
-        return Ok(());
-    }
-    match block_on(clients.s3.delete_bucket_policy().bucket(bucket).send()) {
-        Ok(_) => {
-            eprintln!(
-                "    the emulator: removed {bucket}'s TLS-only policy first (it refuses every plain-HTTP request, deletes too)"
-            );
-            Ok(())
-        }
-        Err(err) if err.code() == Some("NoSuchBucket") => Ok(()),
-        Err(err) => Err(err).aws_context(format!("s3:DeleteBucketPolicy {bucket}")),
-    }
 }

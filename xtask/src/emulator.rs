@@ -1,8 +1,13 @@
 //! The local AWS emulator (moto server): start, stop, status, reset.
 //!
-//! One emulator per checkout, bound to 127.0.0.1. Its pid and port are recorded in
-//! `target/xtask/local/emulator.json`; `stop` only ever signals that recorded pid, and only
-//! while it still is a moto server.
+//! One emulator per checkout, bound to 127.0.0.1. It speaks TLS, as AWS endpoints do, with a
+//! certificate it makes at start, signed by a CA whose certificate it writes to
+//! `target/xtask/local/emulator-ca.pem`: the one CA every local client trusts for it (the AWS
+//! SDK through `AwsSettings::ca_bundle`, Terraform and the AWS CLI through AWS_CA_BUNDLE and
+//! the profiles' `ca_bundle`). The next port serves the same emulator over plain HTTP, for its
+//! control API and for the tests that prove TLS-only policies refuse plain HTTP. Its pid and
+//! ports are recorded in `target/xtask/local/emulator.json`; `stop` only ever signals that
+//! recorded pid, and only while it still is a moto server.
 //!
 //! It enforces IAM, as AWS does: once started, it makes an **operator** (an IAM user with an
 //! admin policy and an access key) and from then on refuses every request that is not signed
@@ -27,7 +32,7 @@ use crate::context::{Context, block_on};
 use crate::local_aws::{LOCAL, LOCAL_REGION, read_record, record_path};
 pub use crate::local_aws::{
     OPERATOR_PROFILE, OUTSIDER_PROFILE, PORT_ENV, Record, SERVICE_PROFILE, aws_config_path,
-    configured_port, endpoint_for_port, endpoint_url, local_settings,
+    ca_bundle_path, configured_port, endpoint_url, http_port_for, local_settings,
 };
 use crate::paths::{state_dir, write_private};
 use crate::process;
@@ -50,6 +55,11 @@ const OUTSIDER_ACCOUNT: &str = "111111111111";
 const OPERATOR_USER: &str = "filepipe-operator";
 /// The account moto puts everything in.
 const EMULATOR_ACCOUNT: &str = "123456789012";
+
+/// The operator's IAM user: Terraform's identity locally, as an admin role is on AWS.
+pub fn operator_arn() -> String {
+    format!("arn:aws:iam::{EMULATOR_ACCOUNT}:user/{OPERATOR_USER}")
+}
 
 /// IAM enforcement, unless NO_IAM_ENV says otherwise.
 pub fn iam_wanted() -> bool {
@@ -105,14 +115,18 @@ pub fn write_aws_config_at(root: &Path, path: &Path, service_role_arn: Option<&s
     // endpoint_url: every AWS call a profile leads to goes to the emulator, the role
     // assumption included (the SDK's STS client for it reads only the profile and the
     // environment).
+    // ca_bundle: the AWS CLI and the Go SDK under Terraform trust the emulator's CA.
     let endpoint = endpoint_url(root);
+    let ca_bundle = ca_bundle_path(root);
+    let ca_bundle = ca_bundle.display();
     for (profile, key) in [(OPERATOR_PROFILE, operator), (OUTSIDER_PROFILE, outsider)] {
         text.push_str(&format!(
             "\n[profile {profile}]\n\
              aws_access_key_id = {}\n\
              aws_secret_access_key = {}\n\
              region = {LOCAL_REGION}\n\
-             endpoint_url = {endpoint}\n",
+             endpoint_url = {endpoint}\n\
+             ca_bundle = {ca_bundle}\n",
             key.access_key_id, key.secret_access_key
         ));
     }
@@ -125,7 +139,8 @@ pub fn write_aws_config_at(root: &Path, path: &Path, service_role_arn: Option<&s
              source_profile = {OPERATOR_PROFILE}\n\
              role_session_name = filepipe-local-service\n\
              region = {LOCAL_REGION}\n\
-             endpoint_url = {endpoint}\n"
+             endpoint_url = {endpoint}\n\
+             ca_bundle = {ca_bundle}\n"
         ));
     }
     write_private(path, &text)
@@ -136,12 +151,18 @@ pub fn write_aws_config_at(root: &Path, path: &Path, service_role_arn: Option<&s
 /// an `outsider`, an administrator of another account, for tests of what crosses accounts.
 fn make_operator(root: &Path, record: Record) -> Result<()> {
     expect_ok(
-        post(record.port, "/moto-api/reset-auth", "inf")?,
+        post(record.http_port, "/moto-api/reset-auth", "inf")?,
         "reset-auth",
     )?;
     let endpoint = record.endpoint_url();
+    let ca_bundle = ca_bundle_path(root);
     let (operator, outsider) = block_on(async move {
-        let clients = AwsClients::connect(&AwsSettings::emulator(endpoint, LOCAL_REGION)).await;
+        let clients = AwsClients::connect(&AwsSettings::emulator(
+            endpoint,
+            LOCAL_REGION,
+            Some(ca_bundle),
+        ))
+        .await?;
         let iam = aws_sdk_iam::Client::new(&clients.sdk_config);
         anyhow::Ok((
             make_admin(&iam, EMULATOR_ACCOUNT).await?,
@@ -155,7 +176,7 @@ fn make_operator(root: &Path, record: Record) -> Result<()> {
     write_aws_config(root, None)?;
     if record.iam {
         expect_ok(
-            post(record.port, "/moto-api/reset-auth", "0")?,
+            post(record.http_port, "/moto-api/reset-auth", "0")?,
             "reset-auth",
         )?;
     }
@@ -232,7 +253,7 @@ fn remove_record(root: &Path) -> Result<()> {
 pub fn status(root: &Path) -> Status {
     match read_record(root) {
         None => Status::Stopped,
-        Some(record) if is_moto_process(record.pid) && answers(record.port) => {
+        Some(record) if is_moto_process(record.pid) && answers(record.http_port) => {
             Status::Running(record)
         }
         Some(record) => Status::Stale(record),
@@ -249,7 +270,7 @@ pub fn start(cx: &Context, port: u16, iam: bool) -> Result<(Record, bool)> {
                 // Alive: maybe only busy. Give it time before replacing it.
                 let deadline = Instant::now() + Duration::from_secs(15);
                 while Instant::now() < deadline {
-                    if answers(record.port) {
+                    if answers(record.http_port) {
                         return Ok((record, false));
                     }
                     std::thread::sleep(Duration::from_millis(500));
@@ -261,11 +282,14 @@ pub fn start(cx: &Context, port: u16, iam: bool) -> Result<(Record, bool)> {
         Status::Stopped => {}
     }
 
-    if let Err(err) = TcpListener::bind(("127.0.0.1", port)) {
-        bail!(
-            "port {port} on 127.0.0.1 is already in use by another program ({err}); \
-             stop it, or pick another port with `cargo xtask local start --port N` (or {PORT_ENV})"
-        );
+    let http_port = http_port_for(port);
+    for (taken, what) in [(port, "TLS"), (http_port, "plain-HTTP")] {
+        if let Err(err) = TcpListener::bind(("127.0.0.1", taken)) {
+            bail!(
+                "port {taken} on 127.0.0.1 (the emulator's {what} port) is already in use by another program ({err}); \
+                 stop it, or pick another port with `cargo xtask local start --port N` (or {PORT_ENV}); the emulator takes N and N+1"
+            );
+        }
     }
 
     let moto = MOTO.ensure(cx)?;
@@ -278,7 +302,7 @@ pub fn start(cx: &Context, port: u16, iam: bool) -> Result<(Record, bool)> {
     }
     let launcher = cx.root.join(FIDELITY_LAUNCHER);
     cx.step(format!(
-        "start moto server on 127.0.0.1:{port} ({})",
+        "start moto server on https://127.0.0.1:{port} and http://127.0.0.1:{http_port} ({})",
         if iam {
             "IAM enforced"
         } else {
@@ -287,11 +311,19 @@ pub fn start(cx: &Context, port: u16, iam: bool) -> Result<(Record, bool)> {
     ));
     if cx.dry_run {
         eprintln!(
-            "    (dry run) {} -H 127.0.0.1 -p {port} > {}",
-            moto.display(),
+            "    (dry run) {} {FIDELITY_LAUNCHER} -p {port} --http-port {http_port} > {}",
+            python.display(),
             log_path(&cx.root).display()
         );
-        return Ok((Record { pid: 0, port, iam }, false));
+        return Ok((
+            Record {
+                pid: 0,
+                port,
+                http_port,
+                iam,
+            },
+            false,
+        ));
     }
 
     let log_file = log_path(&cx.root);
@@ -302,11 +334,12 @@ pub fn start(cx: &Context, port: u16, iam: bool) -> Result<(Record, bool)> {
         use std::os::unix::process::CommandExt;
         Command::new(&python)
             .arg(&launcher)
-            .env(
-                "FILEPIPE_EC2_STAND_IN_ARN",
-                format!("arn:aws:iam::{EMULATOR_ACCOUNT}:user/{OPERATOR_USER}"),
-            )
+            .env("FILEPIPE_EC2_STAND_IN_ARN", operator_arn())
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .arg("--http-port")
+            .arg(http_port.to_string())
+            .arg("--ca-bundle")
+            .arg(ca_bundle_path(&cx.root))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -318,12 +351,14 @@ pub fn start(cx: &Context, port: u16, iam: bool) -> Result<(Record, bool)> {
     let record = Record {
         pid: child.id(),
         port,
+        http_port,
         iam,
     };
     write_record(&cx.root, record)?;
 
     let deadline = Instant::now() + READY_TIMEOUT;
-    while !answers(port) {
+    // The TLS server is bound before the plain one answers (one process, in that order).
+    while !answers(http_port) {
         if let Some(exit) = child.try_wait()? {
             remove_record(&cx.root)?;
             bail!(
@@ -336,7 +371,7 @@ pub fn start(cx: &Context, port: u16, iam: bool) -> Result<(Record, bool)> {
             terminate(record.pid)?;
             remove_record(&cx.root)?;
             bail!(
-                "moto server did not answer on port {port} within {}s; see {}",
+                "moto server did not answer on port {http_port} within {}s; see {}",
                 READY_TIMEOUT.as_secs(),
                 log_file.display()
             );
@@ -374,7 +409,7 @@ pub fn stop(cx: &Context) -> Result<Option<Record>> {
 /// reset removed the old one).
 pub fn reset(root: &Path, record: Record) -> Result<()> {
     // The control API needs no signature; make_operator reopens the free requests it needs.
-    let status = http_status(record.port, "POST", "/moto-api/reset")
+    let status = http_status(record.http_port, "POST", "/moto-api/reset")
         .context("calling the emulator's reset API")?;
     expect_ok(status, "reset")?;
     make_operator(root, record)

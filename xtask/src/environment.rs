@@ -105,6 +105,7 @@ impl Environment {
                 credentials: CredentialsSource::DefaultChain {
                     profile: settings.aws_profile,
                 },
+                ca_bundle: None,
             },
             name_prefix,
             state_bucket: settings.state_bucket,
@@ -243,7 +244,7 @@ mod tests {
                 .endpoint_url
                 .as_deref()
                 .unwrap()
-                .starts_with("http://127.0.0.1:")
+                .starts_with("https://127.0.0.1:")
         );
         assert_eq!(
             env.state_bucket_name("123456789012"),

@@ -158,7 +158,7 @@ fn measure(
     settings: &AwsSettings,
     work: &std::path::Path,
 ) -> Result<Vec<Case>> {
-    let clients = block_on(AwsClients::connect(settings));
+    let clients = block_on(AwsClients::connect(settings))?;
     let kms_key_arn = block_on(bench::create_key(settings))?;
     let mut workloads: Vec<Workload> = args
         .kib

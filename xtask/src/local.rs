@@ -54,10 +54,14 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
             }
             if started {
                 println!(
-                    "emulator started: {} (pid {}, log {})",
+                    "emulator started: {} (pid {}, log {})\n\
+                     TLS with a certificate signed by the CA in {} (AWS_CA_BUNDLE in `local env`); \
+                     plain HTTP on {} only for the control API and refusal tests",
                     record.endpoint_url(),
                     record.pid,
-                    emulator::log_path(&cx.root).display()
+                    emulator::log_path(&cx.root).display(),
+                    emulator::ca_bundle_path(&cx.root).display(),
+                    record.plain_endpoint_url(),
                 );
             } else {
                 println!(
@@ -115,7 +119,10 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
         },
         Action::Reset => match emulator::status(&cx.root) {
             Status::Running(record) => {
-                if cx.aws_call(format!("POST {}/moto-api/reset", record.endpoint_url())) {
+                if cx.aws_call(format!(
+                    "POST {}/moto-api/reset",
+                    record.plain_endpoint_url()
+                )) {
                     emulator::reset(&cx.root, record)?;
                     println!("emulator reset: all data wiped, a new operator made");
                 }

@@ -26,7 +26,7 @@ pub const OUTSIDER_PROFILE: &str = "outsider";
 /// instance's user-data) must not take from the caller's shell: credentials, a profile, a
 /// config file, endpoints. aws-config and the AWS CLI would read them before what they are
 /// given.
-pub const CALLER_AWS_VARIABLES: [&str; 12] = [
+pub const CALLER_AWS_VARIABLES: [&str; 13] = [
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
@@ -39,13 +39,20 @@ pub const CALLER_AWS_VARIABLES: [&str; 12] = [
     "AWS_ENDPOINT_URL_STS",
     "AWS_ENDPOINT_URL_SSM",
     "AWS_ENDPOINT_URL_IAM",
+    "AWS_CA_BUNDLE",
 ];
 
 /// The running emulator, as `local start` recorded it.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Record {
     pub pid: u32,
+    /// The AWS API, over TLS.
     pub port: u16,
+    /// The same emulator over plain HTTP: its control API (`/moto-api`, not an AWS API) and
+    /// the tests that prove TLS-only policies refuse plain HTTP. 0 in a record written
+    /// before it existed, which is then stale.
+    #[serde(default)]
+    pub http_port: u16,
     /// Whether requests must be signed by a known identity and are checked against its
     /// policies.
     #[serde(default)]
@@ -56,10 +63,20 @@ impl Record {
     pub fn endpoint_url(&self) -> String {
         endpoint_for_port(self.port)
     }
+
+    /// The emulator's AWS API over plain HTTP, which no client uses but to be refused.
+    pub fn plain_endpoint_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
 }
 
 pub fn endpoint_for_port(port: u16) -> String {
-    format!("http://127.0.0.1:{port}")
+    format!("https://127.0.0.1:{port}")
+}
+
+/// The plain-HTTP port beside the TLS port `port`.
+pub fn http_port_for(port: u16) -> u16 {
+    port.wrapping_add(1)
 }
 
 /// The port asked for by the environment, or the default.
@@ -86,6 +103,13 @@ pub(crate) fn record_path(root: &Path) -> PathBuf {
     state_dir(root, LOCAL).join("emulator.json")
 }
 
+/// The certificate of the CA the emulator signs its TLS certificate with, written by the
+/// emulator at start (and only the CA's certificate: its key never leaves the emulator's
+/// memory). Every local client trusts it, and nothing else, for the emulator.
+pub fn ca_bundle_path(root: &Path) -> PathBuf {
+    state_dir(root, LOCAL).join("emulator-ca.pem")
+}
+
 /// The AWS config file with the operator's and the service's profiles.
 pub fn aws_config_path(root: &Path) -> PathBuf {
     state_dir(root, LOCAL).join("aws-config")
@@ -101,6 +125,7 @@ pub fn local_settings(root: &Path, profile: &str) -> AwsSettings {
             config_file: aws_config_path(root),
             profile: profile.to_string(),
         },
+        ca_bundle: Some(ca_bundle_path(root)),
     }
 }
 

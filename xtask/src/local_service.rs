@@ -116,7 +116,7 @@ pub fn start(
     );
     // What a client holds: the certificate the instance published, and the token, both read
     // over the operator's channel.
-    let operator = block_on(AwsClients::connect(&cx.env.aws));
+    let operator = block_on(AwsClients::connect(&cx.env.aws))?;
     let doors = Doors::new(outputs, &operator)?;
     let cert = block_on(doors.certificate())?.context("the user-data published no certificate")?;
     doors::write_pin(cx, &cert)?;

@@ -497,7 +497,660 @@ ec2_launch_templates.LaunchTemplateBackend.create_launch_template = (
     _create_launch_template_own_tags
 )
 
-from moto.server import main  # noqa: E402  (after the corrections, before any request)
+# --- Policies as AWS evaluates them ------------------------------------------------------------
+# moto evaluates an identity policy's Action and Resource only, ignores every Condition, and
+# reads a bucket policy's Deny as unconditional (so a TLS-only statement denies everything);
+# it never reads key policies or queue policies. Here every request is decided as AWS decides
+# it ("Policy evaluation logic",
+# https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_evaluation-logic.html):
+# an explicit Deny in any applicable policy wins; otherwise, within one account, an Allow in
+# the identity policies or in the resource's policy (bucket, queue) suffices, while across
+# accounts both must allow; a KMS key's policy must allow either the principal itself or the
+# account (which hands the decision to IAM; "Key policies in AWS KMS",
+# https://docs.aws.amazon.com/kms/latest/developerguide/key-policies.html). Conditions follow
+# "IAM JSON policy elements: Condition operators"
+# (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_elements_condition_operators.html):
+# keys are case-insensitive; several operators, and several keys under one, must all hold;
+# several values of one key are alternatives; a key missing from the request makes a positive
+# operator false and a negated one (StringNotEquals, NotIpAddress, ...) true, ...IfExists true,
+# and Null tests exactly that. An operator, a key or a policy element this file cannot
+# evaluate fails the request loudly (501), never allows it.
+# Tested by xtask/src/integration_tests/policy_enforcement.rs, with the stack's own policies.
+
+import datetime  # noqa: E402
+import fnmatch  # noqa: E402
+import ipaddress  # noqa: E402
+import re  # noqa: E402
+
+from flask import g  # noqa: E402
+from moto.core.exceptions import JsonRESTError  # noqa: E402
+from moto.iam.access_control import IAMPolicy, PermissionResult  # noqa: E402
+from moto.kms import exceptions as kms_exceptions  # noqa: E402
+from moto.kms.models import kms_backends  # noqa: E402
+from moto.s3 import notifications as s3_notifications  # noqa: E402
+from moto.s3.models import s3_backends  # noqa: E402
+from moto.sqs.models import sqs_backends  # noqa: E402
+
+
+class Unevaluable(Exception):
+    """A policy this emulator cannot evaluate faithfully."""
+
+
+def _unevaluable_response(service, message):
+    sys.stderr.write(f"moto_server_fidelity: cannot evaluate a policy: {message}\n")
+    text = f"The emulator cannot evaluate this policy (moto_server_fidelity.py): {message}"
+    if service == "s3":
+        error = s3_exceptions.S3ClientError("NotImplemented", text)
+        error.code = 501
+        return error
+    error = JsonRESTError("NotImplemented", text)
+    error.code = 501
+    return error
+
+
+# Condition keys this file supplies whenever AWS would (a key absent from a request is then
+# truly absent). No request here comes through a VPC endpoint, so aws:SourceVpce is never
+# present, as on AWS for requests from outside one.
+_KNOWN_KEYS = {
+    "aws:securetransport",
+    "aws:sourceip",
+    "aws:sourcevpce",
+    "aws:principalarn",
+    "aws:principalaccount",
+    "aws:sourcearn",
+    "aws:sourceaccount",
+    "s3:tlsversion",
+    "s3:x-amz-server-side-encryption",
+    "s3:x-amz-server-side-encryption-aws-kms-key-id",
+    "s3:x-amz-server-side-encryption-customer-algorithm",
+    "kms:viaservice",
+}
+_KNOWN_PREFIXES = ("kms:encryptioncontext:",)
+
+
+def _glob(pattern, value, case_sensitive=True):
+    if "${" in pattern:
+        raise Unevaluable(f"policy variable in {pattern!r}")
+    if not case_sensitive:
+        pattern, value = pattern.lower(), value.lower()
+    return fnmatch.fnmatchcase(value, pattern)
+
+
+def _arn_like(value, pattern):
+    # "Each of the six colon-delimited components of the ARN is checked separately"
+    parts, wanted = value.split(":", 5), pattern.split(":", 5)
+    return len(parts) == 6 and len(wanted) == 6 and all(map(_glob, wanted, parts))
+
+
+def _number(text):
+    try:
+        return float(text)
+    except ValueError:
+        raise Unevaluable(f"{text!r} is not a number")
+
+
+def _in_network(value, cidr):
+    try:
+        return ipaddress.ip_address(value) in ipaddress.ip_network(cidr, strict=False)
+    except ValueError:
+        return False
+
+
+_POSITIVE = {
+    "StringEquals": lambda v, e: v == e,
+    "StringEqualsIgnoreCase": lambda v, e: v.lower() == e.lower(),
+    "StringLike": lambda v, e: _glob(e, v),
+    "ArnEquals": _arn_like,
+    "ArnLike": _arn_like,
+    "NumericEquals": lambda v, e: _number(v) == _number(e),
+    "NumericLessThan": lambda v, e: _number(v) < _number(e),
+    "NumericLessThanEquals": lambda v, e: _number(v) <= _number(e),
+    "NumericGreaterThan": lambda v, e: _number(v) > _number(e),
+    "NumericGreaterThanEquals": lambda v, e: _number(v) >= _number(e),
+    "Bool": lambda v, e: v.lower() == e.lower(),
+    "IpAddress": _in_network,
+}
+_NEGATED = {
+    "StringNotEquals": "StringEquals",
+    "StringNotEqualsIgnoreCase": "StringEqualsIgnoreCase",
+    "StringNotLike": "StringLike",
+    "ArnNotEquals": "ArnEquals",
+    "ArnNotLike": "ArnLike",
+    "NumericNotEquals": "NumericEquals",
+    "NotIpAddress": "IpAddress",
+}
+
+
+def _as_list(value):
+    return value if isinstance(value, list) else [value]
+
+
+def _as_text(value):
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def _condition_holds(operator, key, expected, context):
+    if ":" in operator:
+        raise Unevaluable(f"set operator {operator} (multivalued keys are not supplied)")
+    key = key.lower()
+    if key not in _KNOWN_KEYS and not key.startswith(_KNOWN_PREFIXES):
+        raise Unevaluable(f"condition key {key}")
+    values = context.get(key)
+    expected = [_as_text(e) for e in _as_list(expected)]
+    if operator == "Null":
+        return (values is None) == (expected[0].lower() == "true")
+    if_exists = operator.endswith("IfExists")
+    base = operator[: -len("IfExists")] if if_exists else operator
+    negated = base in _NEGATED
+    test = _POSITIVE.get(_NEGATED.get(base, base))
+    if test is None:
+        raise Unevaluable(f"condition operator {operator}")
+    if values is None:
+        return if_exists or negated
+    matched = any(test(v, e) for v in values for e in expected)
+    return not matched if negated else matched
+
+
+def _conditions_hold(conditions, context):
+    return all(
+        _condition_holds(operator, key, expected, context)
+        for operator, tests in (conditions or {}).items()
+        for key, expected in tests.items()
+    )
+
+
+class Caller:
+    """Who makes a request: an IAM identity (user, or a role's session) or a service."""
+
+    def __init__(self, account, arn=None, principal_arn=None, service=None, identity_policies=()):
+        self.account = account
+        self.arn = arn
+        self.principal_arn = principal_arn
+        self.service = service
+        self.identity_policies = list(identity_policies)
+
+
+# How a resource policy's Principal names a caller: the caller itself, or its account (which
+# then needs an identity policy's Allow too).
+_ITSELF, _ACCOUNT = "itself", "account"
+
+
+def _principal_match(principal, caller):
+    if principal == "*":
+        return _ITSELF
+    if not isinstance(principal, dict):
+        raise Unevaluable(f"Principal {principal!r}")
+    for kind, names in principal.items():
+        names = _as_list(names)
+        if kind == "Service" and caller.service in names:
+            return _ITSELF
+        if kind != "AWS":
+            continue
+        if "*" in names:
+            return _ITSELF
+        if caller.service is None:
+            if caller.principal_arn in names or caller.arn in names:
+                return _ITSELF
+            if caller.account in names or f"arn:aws:iam::{caller.account}:root" in names:
+                return _ACCOUNT
+    return None
+
+
+def _statement_matches(statement, action, resource, context):
+    if "NotPrincipal" in statement:
+        raise Unevaluable("NotPrincipal")
+    if "NotAction" in statement:
+        if any(_glob(a, action, False) for a in _as_list(statement["NotAction"])):
+            return False
+    elif not any(_glob(a, action, False) for a in _as_list(statement.get("Action", []))):
+        return False
+    if "NotResource" in statement:
+        if any(_glob(r, resource) for r in _as_list(statement["NotResource"])):
+            return False
+    elif "Resource" in statement:
+        if not any(_glob(r, resource) for r in _as_list(statement["Resource"])):
+            return False
+    return _conditions_hold(statement.get("Condition"), context)
+
+
+def _statements(document):
+    if document is None:
+        return []
+    if isinstance(document, (str, bytes)):
+        document = json.loads(document)
+    return _as_list(document.get("Statement", []))
+
+
+def decide(caller, action, resource, context, resource_policy=None, resource_account=None, kms=False):
+    """None when AWS would allow the request, else why it would not."""
+    identity_allows = False
+    for document in caller.identity_policies:
+        for statement in _statements(document):
+            if _statement_matches(statement, action, resource, context):
+                if statement.get("Effect") == "Deny":
+                    return f"an explicit deny in an identity policy ({statement.get('Sid', 'no Sid')})"
+                identity_allows = True
+    named = set()
+    for statement in _statements(resource_policy):
+        match = _principal_match(statement.get("Principal"), caller)
+        if match and _statement_matches(statement, action, resource, context):
+            if statement.get("Effect") == "Deny":
+                return f"an explicit deny in the resource's policy ({statement.get('Sid', 'no Sid')})"
+            named.add(match)
+    if caller.service is not None or kms:
+        allowed = _ITSELF in named or (_ACCOUNT in named and identity_allows)
+    elif resource_policy is not None and resource_account != caller.account:
+        allowed = identity_allows and bool(named)
+    else:
+        allowed = identity_allows or _ITSELF in named
+    if allowed:
+        return None
+    if kms:
+        return "no statement of the key policy allows it"
+    return "no policy allows it"
+
+
+def _tls_version():
+    sock = request.environ.get("werkzeug.socket")
+    version = sock.version() if hasattr(sock, "version") else None
+    return {"TLSv1": "1.0", "TLSv1.1": "1.1", "TLSv1.2": "1.2", "TLSv1.3": "1.3"}.get(version)
+
+
+def _request_context(caller, service):
+    context = {
+        "aws:securetransport": ["true" if request.scheme == "https" else "false"],
+        "aws:sourceip": [request.remote_addr],
+        "aws:principalarn": [caller.principal_arn],
+        "aws:principalaccount": [caller.account],
+    }
+    if service == "s3":
+        version = _tls_version()
+        if version:
+            context["s3:tlsversion"] = [version]
+        for header in (
+            "x-amz-server-side-encryption",
+            "x-amz-server-side-encryption-aws-kms-key-id",
+            "x-amz-server-side-encryption-customer-algorithm",
+        ):
+            if header in request.headers:
+                context[f"s3:{header}"] = [request.headers[header]]
+    if service == "kms":
+        try:
+            body = json.loads(request.get_data(cache=True) or b"{}")
+        except ValueError:
+            body = {}
+        for key, value in (body.get("EncryptionContext") or {}).items():
+            context[f"kms:encryptioncontext:{key.lower()}"] = [value]
+    return context
+
+
+def _caller(iam_request):
+    key = iam_request._access_key
+    owner_role = getattr(key, "_owner_role_name", None)
+    principal_arn = key.arn
+    if owner_role:
+        principal_arn = iam_request.backend.get_role(owner_role).arn
+    return Caller(
+        account=iam_request.account_id,
+        arn=key.arn,
+        principal_arn=principal_arn,
+        identity_policies=[IAMPolicy(p)._policy_json for p in key.collect_policies()],
+    )
+
+
+def _bucket(name):
+    located = s3_backends.bucket_accounts.get(name)
+    if not located:
+        return None
+    partition, account = located
+    return s3_backends[account][partition].buckets.get(name)
+
+
+def _resource_policy(service, region, resource):
+    """The resource's own policy and the account that owns the resource."""
+    if service == "s3" and resource.startswith("arn:aws:s3:::"):
+        bucket = _bucket(resource[len("arn:aws:s3:::") :].split("/", 1)[0])
+        if bucket is not None:
+            return (bucket.policy.decode() if bucket.policy else None), bucket.account_id
+    if service == "sqs" and resource.startswith("arn:aws:sqs:"):
+        _, _, _, queue_region, account, name = resource.split(":", 5)
+        queue = sqs_backends[account][queue_region].queues.get(name)
+        if queue is not None:
+            return getattr(queue, "policy", None), account
+    if service == "kms" and resource.startswith("arn:aws:kms:"):
+        _, _, _, key_region, account, key_id = resource.split(":", 5)
+        key = kms_backends[account][key_region].keys.get(key_id.split("/", 1)[-1])
+        if key is not None:
+            return key.policy, account
+    return None, None
+
+
+def _check_action_permitted(self, resource):
+    if self._action == "sts:GetCallerIdentity":
+        return
+    caller = _caller(self)
+    context = _request_context(caller, self._service)
+    policy, account = _resource_policy(self._service, self._region, resource)
+    try:
+        # A KMS action on a key is decided by its key policy; one on no key (CreateKey,
+        # ListKeys) by IAM alone.
+        on_key = self._service == "kms" and account is not None
+        refusal = decide(caller, self._action, resource, context, policy, account, on_key)
+        if refusal is None and self._service == "s3":
+            refusal = _s3_key_use_refusal(caller, resource, context)
+    except Unevaluable as error:
+        raise _unevaluable_response(self._service, str(error))
+    g.filepipe_caller = (caller, context)
+    if refusal is None and self._is_assuming_role_operation(resource):
+        if not self._check_role_trust_relationship(resource):
+            refusal = "the role's trust policy does not allow it"
+    if refusal is not None:
+        sys.stderr.write(f"denied {self._action} on {resource} for {caller.arn}: {refusal}\n")
+        self._raise_access_denied()
+
+
+access_control.IAMRequestBase.check_action_permitted = _check_action_permitted
+
+
+# SSE-KMS: S3 uses the KMS key on the requester's behalf, and the key policy must allow the
+# requester to: kms:GenerateDataKey to write an object, kms:Decrypt to read one, with
+# kms:ViaService `s3.<region>.amazonaws.com` and the encryption context `aws:s3:arn` (the
+# bucket's ARN with an S3 Bucket Key, else the object's): "Using server-side encryption with
+# AWS KMS keys (SSE-KMS)", https://docs.aws.amazon.com/AmazonS3/latest/userguide/UsingKMSEncryption.html
+# and "Reducing the cost of SSE-KMS with Amazon S3 Bucket Keys" (bucket-key.html). An object
+# under the AWS-managed aws/s3 key (no key id) needs nothing: that key's policy admits the
+# account's principals through S3. moto never asks the key.
+def _bucket_default_kms(bucket):
+    """Whether the bucket encrypts with SSE-KMS by default, with which key, and a Bucket Key."""
+    rule = (bucket.encryption or {}).get("Rule") or {}
+    default = rule.get("ApplyServerSideEncryptionByDefault") or {}
+    bucket_key = str(rule.get("BucketKeyEnabled", "false")).lower() == "true"
+    return default.get("SSEAlgorithm") == "aws:kms", default.get("KMSMasterKeyID"), bucket_key
+
+
+# Subresources of an object (its tags, ACL, ...) are not its data: S3 does not use the key.
+_NOT_OBJECT_DATA = {"tagging", "acl", "attributes", "retention", "legal-hold", "torrent", "restore"}
+
+
+def _s3_key_use_refusal(caller, resource, context):
+    path = resource[len("arn:aws:s3:::") :]
+    if "/" not in path or _NOT_OBJECT_DATA & set(request.args):
+        return None
+    bucket_name, key_name = path.split("/", 1)
+    bucket = _bucket(bucket_name)
+    if bucket is None:
+        return None
+    by_default, default_key, bucket_key = _bucket_default_kms(bucket)
+    method, args = request.method, request.args
+    if method in ("GET", "HEAD") and "uploadId" not in args:
+        backend = s3_backends[bucket.account_id][bucket.partition]
+        stored = backend.get_object(bucket_name, key_name, version_id=args.get("versionId"))
+        if stored is None or stored.encryption != "aws:kms":
+            return None
+        action, key_id = "kms:Decrypt", stored.kms_key_id
+        if stored.bucket_key_enabled is not None:
+            bucket_key = str(stored.bucket_key_enabled).lower() == "true"
+    elif (method == "PUT" and not args) or (method == "POST" and "uploads" in args):
+        algorithm = request.headers.get("x-amz-server-side-encryption")
+        if algorithm != "aws:kms" and not (algorithm is None and by_default):
+            return None
+        action = "kms:GenerateDataKey"
+        key_id = request.headers.get("x-amz-server-side-encryption-aws-kms-key-id") or default_key
+        enabled = request.headers.get("x-amz-server-side-encryption-bucket-key-enabled")
+        if enabled is not None:
+            bucket_key = enabled.lower() == "true"
+    else:
+        return None
+    if not key_id:
+        return None
+    region = bucket.region_name
+    backend = kms_backends[bucket.account_id][region]
+    try:
+        key = backend.describe_key(key_id)
+    except Exception:
+        return f"the KMS key {key_id} does not exist"
+    arn_context = f"arn:aws:s3:::{bucket_name}" if bucket_key else f"arn:aws:s3:::{bucket_name}/{key_name}"
+    kms_context = {
+        "aws:securetransport": ["true"],
+        "aws:principalarn": context["aws:principalarn"],
+        "aws:principalaccount": context["aws:principalaccount"],
+        "kms:viaservice": [f"s3.{region}.amazonaws.com"],
+        "kms:encryptioncontext:aws:s3:arn": [arn_context],
+    }
+    refusal = decide(caller, action, key.arn, kms_context, key.policy, key.account_id, kms=True)
+    return None if refusal is None else f"{action} on {key.arn} through S3: {refusal}"
+
+
+# moto's own bucket-policy check, which reads every Deny as unconditional, gives way to the
+# decision above. DeleteObjects is authorized per object, as on AWS ("you must have the
+# s3:DeleteObject permission" for each key, API_DeleteObjects.html), with the same caller.
+def _object_permission(self, action, resource):
+    remembered = getattr(g, "filepipe_caller", None)
+    if remembered is None or not (request.method == "POST" and "delete" in request.args):
+        return PermissionResult.NEUTRAL
+    caller, context = remembered
+    policy = self.policy.decode() if self.policy else None
+    if decide(caller, action, resource, context, policy, self.account_id) is not None:
+        return PermissionResult.DENIED
+    return PermissionResult.NEUTRAL
+
+
+s3_models.FakeBucket.get_permission = _object_permission
+
+
+# Event notifications: "Amazon S3 sends a test message to the destination when you add a
+# configuration", and refuses the configuration unless the destination's policy lets S3
+# send to it ("Unable to validate the following destination configurations"; "Granting
+# permissions to publish event notification messages to a destination",
+# https://docs.aws.amazon.com/AmazonS3/latest/userguide/grant-destinations-permissions-to-s3.html),
+# with aws:SourceArn the bucket and aws:SourceAccount its owner; an encrypted queue's key
+# policy must let S3 use the key as well. Events are delivered under the same rule.
+class InvalidDestination(s3_exceptions.S3ClientError):
+    code = 400
+
+    def __init__(self, arn, reason):
+        super().__init__(
+            "InvalidArgument",
+            f"Unable to validate the following destination configurations: {arn} ({reason})",
+        )
+
+
+def _s3_may_send(bucket, queue_arn):
+    s3 = Caller(account=bucket.account_id, service="s3.amazonaws.com")
+    context = {
+        "aws:securetransport": ["true"],
+        "aws:sourcearn": [f"arn:aws:s3:::{bucket.name}"],
+        "aws:sourceaccount": [bucket.account_id],
+    }
+    _, _, _, region, account, name = queue_arn.split(":", 5)
+    queue = sqs_backends[account][region].queues.get(name)
+    if queue is None:
+        return "the queue does not exist"
+    refusal = decide(s3, "sqs:SendMessage", queue_arn, context, getattr(queue, "policy", None), account)
+    key_id = (queue.attributes or {}).get("KmsMasterKeyId") if hasattr(queue, "attributes") else None
+    if refusal is None and key_id:
+        try:
+            key = kms_backends[account][region].describe_key(key_id)
+        except Exception:
+            return f"the queue's KMS key {key_id} does not exist"
+        context["kms:encryptioncontext:aws:sqs:arn"] = [queue_arn]
+        refusal = decide(s3, "kms:GenerateDataKey", key.arn, context, key.policy, account, kms=True)
+    return refusal
+
+
+_set_notification_configuration = s3_models.FakeBucket.set_notification_configuration
+
+
+def _set_notification_configuration_validated(self, notification_config):
+    for queue in _as_list((notification_config or {}).get("QueueConfiguration") or []):
+        arn = queue.get("Queue") or queue.get("QueueArn")
+        try:
+            refusal = _s3_may_send(self, arn)
+        except Unevaluable as error:
+            raise _unevaluable_response("s3", str(error))
+        if refusal:
+            raise InvalidDestination(arn, refusal)
+    return _set_notification_configuration(self, notification_config)
+
+
+s3_models.FakeBucket.set_notification_configuration = _set_notification_configuration_validated
+
+_send_sqs_message = s3_notifications._send_sqs_message
+
+
+def _send_sqs_message_if_allowed(account_id, event_body, queue_name, region_name):
+    arn = f"arn:aws:sqs:{region_name}:{account_id}:{queue_name}"
+    bucket_name = (event_body.get("Records") or [{}])[0].get("s3", {}).get("bucket", {}).get("name")
+    bucket = _bucket(bucket_name) if bucket_name else None
+    if bucket is not None and _s3_may_send(bucket, arn):
+        sys.stderr.write(f"event of {bucket_name} not sent to {arn}: refused by its policies\n")
+        return
+    return _send_sqs_message(account_id, event_body, queue_name, region_name)
+
+
+s3_notifications._send_sqs_message = _send_sqs_message_if_allowed
+
+
+# --- KMS and S3 answers ------------------------------------------------------------------------
+# Decrypt of a ciphertext that names no key this account has (a corrupted blob): KMS answers
+# InvalidCiphertextException ("the specified ciphertext ... is corrupted, missing, or otherwise
+# invalid", https://docs.aws.amazon.com/kms/latest/APIReference/API_Decrypt.html). moto
+# authorizes it against "*" and answers AccessDenied, which a caller takes for a deployment
+# error and retries. Tested by a_corrupted_ciphertext_is_invalid_not_denied
+# (xtask/src/integration_tests/emulator_iam.rs).
+def _kms_key_arn_or_invalid_ciphertext(self):
+    resource = _kms_key_arn(self)
+    if resource == "*" and not self._get_param("KeyId") and self._get_param("CiphertextBlob"):
+        raise kms_exceptions.InvalidCiphertextException()
+    return resource
+
+
+kms.KmsResponse._determine_resource = _kms_key_arn_or_invalid_ciphertext
+
+# ListMultipartUploads answers when each upload was initiated ("Initiated: Date and time at
+# which the multipart upload was initiated", https://docs.aws.amazon.com/AmazonS3/latest/API/API_MultipartUpload.html).
+# moto answers 2010-11-10 for every upload, so an age rule sees each one as ancient.
+# Tested by multipart_uploads_report_when_they_were_initiated (service/tests/emulator_s3.rs).
+_multipart_init = s3_models.FakeMultipart.__init__
+
+
+def _multipart_init_with_time(self, *args, **kwargs):
+    _multipart_init(self, *args, **kwargs)
+    self.initiated_iso = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+s3_models.FakeMultipart.__init__ = _multipart_init_with_time
+assert "<Initiated>2010-11-10T20:48:33.000Z</Initiated>" in s3.S3_ALL_MULTIPARTS, "moto's template changed"
+s3.S3_ALL_MULTIPARTS = s3.S3_ALL_MULTIPARTS.replace(
+    "<Initiated>2010-11-10T20:48:33.000Z</Initiated>", "<Initiated>{{ upload.initiated_iso }}</Initiated>"
+)
+
+
+# --- The server: TLS, as AWS endpoints are, and a plain-HTTP port ------------------------------
+# AWS endpoints speak TLS 1.2 or later ("TLS 1.2 to become the minimum TLS protocol level for
+# all AWS API endpoints", AWS Security Blog, 2022). The emulator serves its API over TLS with a
+# certificate it makes at start for 127.0.0.1, signed by a CA of its own that lives only in
+# memory; the CA's certificate is written to --ca-bundle for clients to trust. The plain-HTTP
+# port serves the same emulator: for the emulator's control API (/moto-api, not an AWS API)
+# and for requests that prove the TLS-only statements refuse plain HTTP.
+def _certificate(ca_bundle_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    lifetime = datetime.timedelta(days=30)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "filepipe local emulator CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + lifetime)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(leaf_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + lifetime)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    partial = f"{ca_bundle_path}.partial"
+    with open(partial, "wb") as out:
+        out.write(ca.public_bytes(pem))
+    os.replace(partial, ca_bundle_path)
+    key_pem = leaf_key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return leaf.public_bytes(pem), key_pem
+
+
+def _tls_context(ca_bundle_path):
+    import ssl
+    import tempfile
+
+    certificate, key = _certificate(ca_bundle_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # load_cert_chain reads files only: the key exists on disk, private, for this call alone.
+    with tempfile.NamedTemporaryFile(suffix=".pem") as chain:
+        chain.write(key + certificate)
+        chain.flush()
+        context.load_cert_chain(chain.name)
+    return context
+
+
+def serve(argv):
+    import argparse
+    import signal
+
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+    from werkzeug.serving import make_server
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-H", "--host", default="127.0.0.1")
+    parser.add_argument("-p", "--port", type=int, required=True, help="the TLS port")
+    parser.add_argument("--http-port", type=int, required=True)
+    parser.add_argument("--ca-bundle", required=True, help="where to write the CA certificate")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("MOTO_PORT", str(args.port))
+    app = DomainDispatcherApplication(create_backend_app)
+    app.debug = True
+    https = make_server(args.host, args.port, app, threaded=True, ssl_context=_tls_context(args.ca_bundle))
+    http = make_server(args.host, args.http_port, app, threaded=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
+    threading.Thread(target=https.serve_forever, daemon=True).start()
+    sys.stderr.write(f"moto: https://{args.host}:{args.port} and http://{args.host}:{args.http_port}\n")
+    http.serve_forever()
+
 
 if __name__ == "__main__":
-    sys.exit(main())
+    serve(sys.argv[1:])
+

@@ -35,7 +35,7 @@ struct Target {
 
 fn target(cx: &Context) -> Result<Target> {
     let outputs = Outputs::load(&outputs_file(cx))?;
-    let operator = block_on(AwsClients::connect(&cx.env.aws));
+    let operator = block_on(AwsClients::connect(&cx.env.aws))?;
     let doors = Doors::new(&outputs, &operator)?;
     let url = if cx.env.is_local() {
         local_service::read_record(cx)

@@ -98,7 +98,7 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
     // The operator's credentials: the S3 checks read the objects themselves, the Encryption
     // SDK case encrypts with the deployed key, and the token and the certificate to pin come
     // from SSM.
-    let aws = block_on(AwsClients::connect(&cx.env.aws));
+    let aws = block_on(AwsClients::connect(&cx.env.aws))?;
     let mut args = args;
     let mut pin = None;
     if let Some(outputs) = &outputs

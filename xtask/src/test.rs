@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
-use service::testing::{AWS_CONFIG_VAR, ENDPOINT_VAR};
+use service::testing::{AWS_CONFIG_VAR, CA_BUNDLE_VAR, ENDPOINT_VAR, PLAIN_ENDPOINT_VAR};
 use xshell::cmd;
 
 use crate::context::Context;
@@ -93,6 +93,8 @@ pub fn run(cx: &Context, _args: Args) -> Result<()> {
         cmd!(sh, "cargo test --workspace --locked")
             .env(ENDPOINT_VAR, &endpoint)
             .env(AWS_CONFIG_VAR, emulator::aws_config_path(&cx.root))
+            .env(CA_BUNDLE_VAR, emulator::ca_bundle_path(&cx.root))
+            .env(PLAIN_ENDPOINT_VAR, record.plain_endpoint_url())
             .env(crate::provider_schema::SCHEMA_VAR, &provider_schema)
             .env("PATH", &path),
     );

@@ -84,7 +84,7 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
 
     // As `deploy` does after Terraform's apply: the token exists before the instance boots
     // far enough to fetch it.
-    let operator = block_on(AwsClients::connect(&cx.env.aws));
+    let operator = block_on(AwsClients::connect(&cx.env.aws))?;
     let doors = Doors::new(&outputs, &operator)?;
     block_on(doors.ensure_token(cx))?;
 

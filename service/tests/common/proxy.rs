@@ -21,6 +21,12 @@ pub struct KmsProxy {
 
 impl KmsProxy {
     pub async fn start(upstream: &str) -> KmsProxy {
+        // It reads requests, so it cannot sit inside TLS: it forwards to the emulator's
+        // plain-HTTP port, and the service talks plain HTTP to it.
+        assert!(
+            upstream.starts_with("http://"),
+            "the proxy needs the emulator's plain-HTTP endpoint, not {upstream}"
+        );
         let upstream = upstream.trim_start_matches("http://").to_string();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());

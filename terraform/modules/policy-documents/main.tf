@@ -300,17 +300,22 @@ locals {
           Resource  = [bucket_arn, "${bucket_arn}/*"]
           Condition = { NumericLessThan = { "s3:TlsVersion" = "1.2" } }
         },
-        # UploadPart is authorized as s3:PutObject but carries no SSE headers, so the
-        # encryption statements use ...IfExists: a header that is sent must be right, and a
-        # request without one falls back to the bucket default (SSE-KMS with this key). A
-        # plain StringNotEquals or Null=true statement would deny every multipart upload.
+        # A header that is sent must be right; a request without one (UploadPart, which is
+        # authorized as s3:PutObject and carries no SSE headers, or a PutObject relying on
+        # the bucket default, SSE-KMS with this key) is not denied. Hence Null = false
+        # beside each test: StringNotEquals alone, and StringNotEqualsIfExists too, is TRUE
+        # for a missing key ("evaluate the condition element as true", IAM's condition
+        # operators reference), so either would deny every multipart upload.
         {
           Sid       = "DenyIncorrectEncryptionHeader"
           Effect    = "Deny"
           Principal = "*"
           Action    = "s3:PutObject"
           Resource  = "${bucket_arn}/*"
-          Condition = { StringNotEqualsIfExists = { "s3:x-amz-server-side-encryption" = "aws:kms" } }
+          Condition = {
+            Null            = { "s3:x-amz-server-side-encryption" = "false" }
+            StringNotEquals = { "s3:x-amz-server-side-encryption" = "aws:kms" }
+          }
         },
         {
           Sid       = "DenyIncorrectKmsKey"
@@ -318,7 +323,10 @@ locals {
           Principal = "*"
           Action    = "s3:PutObject"
           Resource  = "${bucket_arn}/*"
-          Condition = { StringNotEqualsIfExists = { "s3:x-amz-server-side-encryption-aws-kms-key-id" = var.kms_key_arn } }
+          Condition = {
+            Null            = { "s3:x-amz-server-side-encryption-aws-kms-key-id" = "false" }
+            StringNotEquals = { "s3:x-amz-server-side-encryption-aws-kms-key-id" = var.kms_key_arn }
+          }
         },
         {
           # `x-amz-server-side-encryption: aws:kms` without a key id passes both statements

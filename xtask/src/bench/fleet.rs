@@ -39,7 +39,7 @@ pub fn run(
     file_bytes: usize,
     repetitions: u32,
 ) -> Result<Fleet> {
-    let clients = block_on(AwsClients::connect(setup.settings));
+    let clients = block_on(AwsClients::connect(setup.settings))?;
     let mut runs: Vec<FleetRun> = Vec::new();
     // Interleaved (1, 2, 4, 1, 2, 4, ...) so drift on the machine hits every size alike.
     let mut rates: HashMap<usize, Vec<f64>> = HashMap::new();

@@ -404,7 +404,7 @@ fn run_case(
     case: CaseSettings<'_>,
     data: CaseData<'_>,
 ) -> Result<Case> {
-    let clients = block_on(AwsClients::connect(settings));
+    let clients = block_on(AwsClients::connect(settings))?;
     let initial = format!("bench-{}-initial", case.number);
     let final_ = format!("bench-{}-final", case.number);
     block_on(async {
@@ -489,7 +489,7 @@ fn run_case(
 }
 
 pub(crate) async fn create_key(settings: &AwsSettings) -> Result<String> {
-    let clients = AwsClients::connect(settings).await;
+    let clients = AwsClients::connect(settings).await?;
     let key = clients
         .kms
         .create_key()

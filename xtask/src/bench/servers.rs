@@ -111,7 +111,8 @@ pub fn start_s3s_fs(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Ok((server, emulator::endpoint_for_port(port)))
+    // s3s-fs speaks plain HTTP: it stands in for S3's speed, not its security.
+    Ok((server, format!("http://127.0.0.1:{port}")))
 }
 
 /// Starts the release-built service with `env` and waits until it is ready.

@@ -67,6 +67,7 @@ async fn as_role(role_arn: &str) -> AwsClients {
         ..emulator_settings()
     })
     .await
+    .expect("building AWS clients")
 }
 
 fn denied<T, E: std::fmt::Debug>(result: Result<T, E>, what: &str) {
@@ -83,15 +84,17 @@ fn denied<T, E: std::fmt::Debug>(result: Result<T, E>, what: &str) {
 #[test]
 fn unsigned_and_unknown_requests_are_refused() {
     block_on(async {
-        let unsigned = reqwest::get(format!("{}/", emulator_endpoint()))
+        let unsigned = reqwest::get(format!("{}/", service::testing::emulator_plain_endpoint()))
             .await
             .unwrap();
         assert_eq!(unsigned.status().as_u16(), 403, "unsigned ListBuckets");
         let unknown = AwsClients::connect(&AwsSettings::emulator(
             emulator_endpoint(),
             service::testing::TEST_REGION,
+            Some(service::testing::emulator_ca_bundle()),
         ))
-        .await;
+        .await
+        .expect("building AWS clients");
         let err = format!("{:?}", unknown.s3.list_buckets().send().await.unwrap_err());
         assert!(
             err.contains("InvalidAccessKeyId") || err.contains("403"),

@@ -41,7 +41,8 @@ fn the_user_data_installs_the_deployed_build_as_the_instance_role_and_refuses_an
     let user_data = outputs.string("user_data").unwrap();
     assert!(user_data.contains(&format!("BINARY_SHA256='{sha256}'")));
     // `deploy` made the token the instance fetches, after the apply; another call keeps it.
-    let operator = block_on(service::aws::AwsClients::connect(&cx.env.aws));
+    let operator =
+        block_on(service::aws::AwsClients::connect(&cx.env.aws)).expect("building AWS clients");
     let doors = Doors::new(outputs, &operator).unwrap();
     assert!(!block_on(doors.ensure_token(&cx)).unwrap(), "kept");
     let token = block_on(doors.token()).unwrap();
@@ -283,7 +284,8 @@ fn a_fleet_instance_serves_the_shared_key_and_certificate_and_follows_a_rotation
     assert!(user_data.contains(&format!("TLS_KEY_PARAMETER={key_parameter}\n")));
     assert!(user_data.contains(&format!("CERT_PARAMETER={certificate_parameter}\n")));
 
-    let operator = block_on(service::aws::AwsClients::connect(&cx.env.aws));
+    let operator =
+        block_on(service::aws::AwsClients::connect(&cx.env.aws)).expect("building AWS clients");
     let mut doors = Doors::new(outputs, &operator).unwrap();
     doors.certificate_parameter = certificate_parameter.clone();
     doors.fleet = Some(crate::doors::FleetTls {

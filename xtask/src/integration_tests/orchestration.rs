@@ -27,7 +27,7 @@ use crate::render_user_data;
 use crate::terraform::Terraform;
 
 fn clients(cx: &Context) -> AwsClients {
-    block_on(AwsClients::connect(&cx.env.aws))
+    block_on(AwsClients::connect(&cx.env.aws)).expect("building AWS clients")
 }
 
 /// The state bucket and the outcomes of both buckets (state first).
@@ -145,7 +145,10 @@ fn bootstrap_refuses_a_state_bucket_owned_by_another_account() {
             },
             ..cx.env.aws.clone()
         };
-        let other = AwsClients::connect(&outsider).await.s3;
+        let other = AwsClients::connect(&outsider)
+            .await
+            .expect("building AWS clients")
+            .s3;
         let name = service::testing::unique_bucket_name("foreign");
         other
             .create_bucket()

@@ -282,8 +282,14 @@ pub fn xtask_variables(cx: &Context, artifact: Option<&Artifact>) -> BTreeMap<&'
         vars.extend([
             ("region", json!(cx.env.region())),
             ("name_prefix", json!(cx.env.name_prefix)),
-            // Plain HTTP and no condition evaluation in the emulator: rendered, not attached.
-            ("attach_bucket_policies", json!(false)),
+            // Every policy attached as on AWS, the emulator evaluating it: objects only from
+            // the loopback address the local service and the operator use, and the
+            // operator exempt as a real deploy's admins are.
+            ("allowed_cidrs", json!(["127.0.0.1/32"])),
+            (
+                "admin_principal_arns",
+                json!([crate::emulator::operator_arn()]),
+            ),
             ("force_destroy", json!(true)),
             ("kms_deletion_window_days", json!(7)),
             // The local service listens on loopback; so does the emulator's stand-in host.
