@@ -48,12 +48,12 @@ output "instance_profile_name" {
 }
 
 output "initial_bucket_policy_json" {
-  description = "Bucket policy of the initial bucket (rendered even when not attached)."
+  description = "Bucket policy of the initial bucket, as attached."
   value       = module.initial_bucket.policy_json
 }
 
 output "final_bucket_policy_json" {
-  description = "Bucket policy of the final bucket (rendered even when not attached)."
+  description = "Bucket policy of the final bucket, as attached."
   value       = module.final_bucket.policy_json
 }
 

@@ -341,3 +341,44 @@ async fn read(clients: &service::aws::AwsClients, bucket: &str, key: &str) -> Ve
         .unwrap()
         .to_vec()
 }
+
+/// The fidelity file's correction: moto answered 2010-11-10 for every upload, so a rule on
+/// their age (the reconciler's abort of abandoned uploads) saw each one as ancient.
+#[tokio::test]
+async fn multipart_uploads_report_when_they_were_initiated() {
+    let clients = emulator_clients().await;
+    let bucket = unique_bucket_name("initiated");
+    service::testing::create_bucket(&clients.s3, &bucket).await;
+    let before = std::time::SystemTime::now();
+    let upload = clients
+        .s3
+        .create_multipart_upload()
+        .bucket(&bucket)
+        .key("a")
+        .send()
+        .await
+        .expect("create multipart upload");
+    let listed = clients
+        .s3
+        .list_multipart_uploads()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("list multipart uploads");
+    let initiated = listed.uploads()[0].initiated().expect("Initiated");
+    let initiated = std::time::UNIX_EPOCH + std::time::Duration::from_secs(initiated.secs() as u64);
+    let slack = std::time::Duration::from_secs(5);
+    assert!(
+        initiated + slack >= before && initiated <= std::time::SystemTime::now() + slack,
+        "initiated {initiated:?}, created at {before:?}"
+    );
+    clients
+        .s3
+        .abort_multipart_upload()
+        .bucket(&bucket)
+        .key("a")
+        .upload_id(upload.upload_id().unwrap())
+        .send()
+        .await
+        .unwrap();
+}

@@ -100,7 +100,9 @@ def _kms_key_arn(self):
     blob = self._get_param("CiphertextBlob")
     try:
         if not key_id and blob:
-            key_id = kms_utils._deserialize_ciphertext_blob(base64.b64decode(blob)).key_id
+            # moto hands the blob over decoded (bytes); older versions gave its base64.
+            raw = blob if isinstance(blob, bytes) else base64.b64decode(blob)
+            key_id = kms_utils._deserialize_ciphertext_blob(raw).key_id
         return self.kms_backend.describe_key(key_id).arn if key_id else "*"
     except Exception:
         return "*"
@@ -853,7 +855,8 @@ access_control.IAMRequestBase.check_action_permitted = _check_action_permitted
 
 
 # SSE-KMS: S3 uses the KMS key on the requester's behalf, and the key policy must allow the
-# requester to: kms:GenerateDataKey to write an object, kms:Decrypt to read one, with
+# requester to: kms:GenerateDataKey to write an object, kms:Decrypt to read one (GetObject;
+# not HeadObject, which returns no data and needs s3:GetObject alone), with
 # kms:ViaService `s3.<region>.amazonaws.com` and the encryption context `aws:s3:arn` (the
 # bucket's ARN with an S3 Bucket Key, else the object's): "Using server-side encryption with
 # AWS KMS keys (SSE-KMS)", https://docs.aws.amazon.com/AmazonS3/latest/userguide/UsingKMSEncryption.html
@@ -881,10 +884,12 @@ def _s3_key_use_refusal(caller, resource, context):
     if bucket is None:
         return None
     by_default, default_key, bucket_key = _bucket_default_kms(bucket)
-    method, args = request.method, request.args
-    if method in ("GET", "HEAD") and "uploadId" not in args:
+    method = request.method
+    # The SDKs name the operation in the query (`?x-id=PutObject`); it is not a subresource.
+    args = {name for name in request.args if name != "x-id"}
+    if method == "GET" and "uploadId" not in args:
         backend = s3_backends[bucket.account_id][bucket.partition]
-        stored = backend.get_object(bucket_name, key_name, version_id=args.get("versionId"))
+        stored = backend.get_object(bucket_name, key_name, version_id=request.args.get("versionId"))
         if stored is None or stored.encryption != "aws:kms":
             return None
         action, key_id = "kms:Decrypt", stored.kms_key_id

@@ -1,6 +1,6 @@
 # Every policy document of the stack, in one place: the KMS key policy, the service role's
 # trust and permission policies, and the bucket policies. terraform/main.tf passes them to
-# the kms, iam and s3 modules; `cargo xtask up` renders the same module for its sandbox.
+# the kms, iam, s3 and queue modules; the policy tests render it alone.
 
 locals {
   account_root_arn = "arn:${var.partition}:iam::${var.account_id}:root"

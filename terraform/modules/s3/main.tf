@@ -85,8 +85,6 @@ resource "aws_s3_bucket_lifecycle_configuration" "this" {
 }
 
 resource "aws_s3_bucket_policy" "this" {
-  count = var.attach_policy ? 1 : 0
-
   bucket = aws_s3_bucket.this.id
   policy = var.policy_json
 
@@ -111,4 +109,10 @@ resource "aws_s3_bucket_logging" "this" {
       partition_date_source = "EventTime"
     }
   }
+}
+
+# The policy was once optional (count); a stack applied then keeps its policy in place.
+moved {
+  from = aws_s3_bucket_policy.this[0]
+  to   = aws_s3_bucket_policy.this
 }

@@ -9,6 +9,6 @@ output "bucket_arn" {
 }
 
 output "policy_json" {
-  description = "The bucket policy document, rendered whether or not it is attached."
+  description = "The bucket policy document, as attached."
   value       = var.policy_json
 }

@@ -56,12 +56,6 @@ variable "policy_json" {
   }
 }
 
-variable "attach_policy" {
-  description = "Attach the bucket policy; false only for the local emulator (the document is still output)."
-  type        = bool
-  default     = true
-}
-
 variable "access_logs" {
   description = "Where this bucket's server access logs go: { bucket = <name> } of modules/access-logs; null: no access logging. An object, so whether logging is on is known while the name is not."
   type = object({

@@ -91,7 +91,7 @@ async fn measure(
     }
     let kms_key_arn = setup.kms_key_arn;
     let queues = service::testing::create_queues(clients, tag, kms_key_arn, 60, 5).await?;
-    service::testing::notify_queue(clients, &initial, &queues.work_arn).await?;
+    service::testing::notify_queue(clients, &initial, &queues).await?;
     let mut services = Vec::new();
     for n in 0..instances {
         let env = vec![

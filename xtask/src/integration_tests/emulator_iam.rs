@@ -123,6 +123,8 @@ fn a_role_gets_what_it_is_granted_and_nothing_else() {
                 "s3:PutObject",
                 "s3:ListBucket",
                 "kms:DescribeKey",
+                "kms:GenerateDataKey",
+                "kms:Decrypt",
             ],
             &[
                 format!("arn:aws:s3:::{ours}"),
@@ -578,5 +580,176 @@ fn ssm_parameters_are_authorized_by_their_arn() {
                 .await,
             "ssm:PutParameter on another parameter",
         );
+    });
+}
+
+/// A blob that names no key of the account is corrupt, and KMS says so; moto authorized it
+/// against "*" and answered AccessDenied, which a caller takes for a deployment error.
+#[test]
+fn a_corrupted_ciphertext_is_invalid_not_denied() {
+    use aws_sdk_kms::primitives::Blob;
+    block_on(async {
+        let operator = emulator_clients().await;
+        let key = create_key(&operator.kms).await;
+        let sealed = operator
+            .kms
+            .encrypt()
+            .key_id(&key)
+            .plaintext(Blob::new(b"secret".to_vec()))
+            .send()
+            .await
+            .unwrap();
+        let blob = sealed.ciphertext_blob().unwrap().as_ref().to_vec();
+        let opened = operator
+            .kms
+            .decrypt()
+            .ciphertext_blob(Blob::new(blob.clone()))
+            .send()
+            .await
+            .expect("the blob as KMS made it");
+        assert_eq!(opened.plaintext().unwrap().as_ref(), b"secret");
+
+        let corrupted: Vec<u8> = blob.iter().map(|byte| byte ^ 0x5a).collect();
+        let err = operator
+            .kms
+            .decrypt()
+            .ciphertext_blob(Blob::new(corrupted))
+            .send()
+            .await
+            .unwrap_err();
+        let err = format!("{:?}", err.into_service_error());
+        assert!(err.contains("InvalidCiphertextException"), "{err}");
+    });
+}
+
+/// S3 uses an SSE-KMS object's key as its requester: a write needs kms:GenerateDataKey and a
+/// read kms:Decrypt (a HEAD neither), allowed by the caller's policy where the key policy
+/// delegates to the account, or by the key policy itself. moto never asked the key.
+#[test]
+fn sse_kms_objects_need_the_key_through_s3() {
+    block_on(async {
+        let operator = emulator_clients().await;
+        let key = create_key(&operator.kms).await;
+        let bucket = unique_bucket_name("sse-kms");
+        create_bucket(&operator.s3, &bucket).await;
+        configure_like_terraform(&operator.s3, &bucket, &key).await;
+        let s3_grants = ["s3:GetObject", "s3:PutObject", "s3:ListBucket"];
+        let objects = vec![
+            format!("arn:aws:s3:::{bucket}"),
+            format!("arn:aws:s3:::{bucket}/*"),
+        ];
+        let put = |clients: &AwsClients, name: &str| {
+            clients
+                .s3
+                .put_object()
+                .bucket(&bucket)
+                .key(name)
+                .body(ByteStream::from_static(b"x"))
+        };
+        put(&operator, "a").send().await.unwrap();
+
+        let s3_only =
+            as_role(&role(&operator, "ec2.amazonaws.com", &s3_grants, &objects).await).await;
+        denied(
+            put(&s3_only, "b").send().await,
+            "PutObject without kms:GenerateDataKey",
+        );
+        denied(
+            s3_only
+                .s3
+                .get_object()
+                .bucket(&bucket)
+                .key("a")
+                .send()
+                .await,
+            "GetObject without kms:Decrypt",
+        );
+        s3_only
+            .s3
+            .head_object()
+            .bucket(&bucket)
+            .key("a")
+            .send()
+            .await
+            .expect("HeadObject needs s3:GetObject alone");
+
+        let with_key = {
+            let mut grants = s3_grants.to_vec();
+            grants.extend(["kms:GenerateDataKey", "kms:Decrypt"]);
+            let mut resources = objects.clone();
+            resources.push(key.clone());
+            as_role(&role(&operator, "ec2.amazonaws.com", &grants, &resources).await).await
+        };
+        put(&with_key, "b")
+            .send()
+            .await
+            .expect("with the key's grants");
+        with_key
+            .s3
+            .get_object()
+            .bucket(&bucket)
+            .key("a")
+            .send()
+            .await
+            .expect("with the key's grants");
+
+        // A key policy that does not delegate to the account: the role's own grants on that
+        // key are not enough.
+        let closed_policy = serde_json::json!({
+            "Version": "2012-10-17",
+            "Statement": [{
+                "Effect": "Allow",
+                "Principal": {"AWS": crate::emulator::operator_arn()},
+                "Action": "kms:*",
+                "Resource": "*",
+            }],
+        });
+        let closed_key = operator
+            .kms
+            .create_key()
+            .policy(closed_policy.to_string())
+            .send()
+            .await
+            .unwrap()
+            .key_metadata()
+            .unwrap()
+            .arn()
+            .unwrap()
+            .to_string();
+        let closed_bucket = unique_bucket_name("sse-closed");
+        create_bucket(&operator.s3, &closed_bucket).await;
+        configure_like_terraform(&operator.s3, &closed_bucket, &closed_key).await;
+        let granted_on_closed = as_role(
+            &role(
+                &operator,
+                "ec2.amazonaws.com",
+                &["s3:PutObject", "kms:GenerateDataKey"],
+                &[
+                    format!("arn:aws:s3:::{closed_bucket}/*"),
+                    closed_key.clone(),
+                ],
+            )
+            .await,
+        )
+        .await;
+        let write = granted_on_closed
+            .s3
+            .put_object()
+            .bucket(&closed_bucket)
+            .key("a")
+            .body(ByteStream::from_static(b"x"));
+        denied(
+            write.send().await,
+            "a key policy that admits only the operator",
+        );
+        operator
+            .s3
+            .put_object()
+            .bucket(&closed_bucket)
+            .key("a")
+            .body(ByteStream::from_static(b"x"))
+            .send()
+            .await
+            .expect("the operator, whom that key policy names");
     });
 }

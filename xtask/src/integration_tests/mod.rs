@@ -9,6 +9,7 @@ mod first_boot;
 mod layers;
 mod orchestration;
 mod policy_documents;
+mod policy_enforcement;
 mod provider_schema;
 mod smoke;
 mod stack;

@@ -1,6 +1,7 @@
 //! The policy documents as Terraform renders them (`terraform/modules/policy-documents`, no
-//! provider needed): what each statement admits and denies. The emulator does not evaluate
-//! policy conditions, so these are checked as documents.
+//! provider needed): what each statement admits and denies, for every shape of the inputs
+//! (VPC endpoints, a fleet, no queue), most of which the emulator never sees applied. What
+//! the applied stack's policies refuse is in `policy_enforcement.rs`.
 
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};

@@ -837,7 +837,7 @@ fn the_local_override_names_every_service_the_stack_uses_and_exists_for_local_on
     crate::terraform::write_local_override(&local, &copy).unwrap();
     let text = std::fs::read_to_string(&override_file).unwrap();
     for service in &named {
-        let line = format!("{service:<11} = \"http://127.0.0.1:1\"");
+        let line = format!("{service:<11} = \"https://127.0.0.1:1\"");
         assert!(text.contains(&line), "{text}");
     }
     let example = Context::for_test(
