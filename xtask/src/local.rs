@@ -29,7 +29,13 @@ enum Action {
     },
     /// Print the shell exports that make the AWS CLI talk to the emulator as its operator:
     /// `eval "$(cargo xtask local env)"`.
-    Env,
+    Env {
+        /// Print instead what a plain `cargo test` needs to run as `cargo xtask test` runs it
+        /// (the emulator's endpoints and profiles, the test tools): `eval "$(cargo xtask local
+        /// env --tests)" && cargo test -p xtask -- policy_enforcement`.
+        #[arg(long)]
+        tests: bool,
+    },
     /// Stop the emulator this checkout started; its data is lost.
     Stop,
     /// Say whether the emulator runs, where, and what that means for its data.
@@ -85,16 +91,29 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
                 println!("IAM is NOT enforced: every request is allowed (--no-iam)");
             }
         }
-        Action::Env => {
+        Action::Env { tests: false } => {
             let settings = emulator::local_settings(&cx.root, emulator::OPERATOR_PROFILE);
             if !emulator::aws_config_path(&cx.root).is_file() {
                 bail!("the emulator has no operator yet: start it with `cargo xtask local start`");
             }
             for (name, value) in subprocess_env(&settings) {
-                println!("export {name}={value}");
+                print_export(name, value)?;
             }
             if let Some(endpoint) = &settings.endpoint_url {
-                println!("export AWS_ENDPOINT_URL={endpoint}");
+                print_export("AWS_ENDPOINT_URL", endpoint)?;
+            }
+        }
+        Action::Env { tests: true } => {
+            let Status::Running(record) = emulator::status(&cx.root) else {
+                bail!("the emulator is not running: start it with `cargo xtask local start`");
+            };
+            if !record.iam {
+                bail!(
+                    "the emulator does not enforce IAM, and the tests prove what enforcement refuses; restart it without --no-iam"
+                );
+            }
+            for (name, value) in crate::test_env::test_env(cx, &record)? {
+                print_export(name, value)?;
             }
         }
         Action::Stop => match emulator::stop(cx)? {
@@ -131,4 +150,33 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
         },
     }
     Ok(())
+}
+
+/// One `export` line for `eval`, the value single-quoted (a path may hold spaces).
+fn print_export(name: &str, value: impl AsRef<std::ffi::OsStr>) -> Result<()> {
+    println!("{}", export_line(name, value.as_ref())?);
+    Ok(())
+}
+
+fn export_line(name: &str, value: &std::ffi::OsStr) -> Result<String> {
+    let Some(value) = value.to_str() else {
+        bail!("{name} is not UTF-8 ({value:?}): it cannot be exported for a shell");
+    };
+    Ok(format!("export {name}='{}'", value.replace('\'', r"'\''")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exported_values_survive_the_shell_whatever_they_hold() {
+        let value = "/home/a b/it's $HOME `x`";
+        let line = export_line("V", value.as_ref()).unwrap();
+        let echoed = std::process::Command::new("sh")
+            .args(["-c", &format!("{line}; printf %s \"$V\"")])
+            .output()
+            .expect("run sh");
+        assert_eq!(String::from_utf8(echoed.stdout).unwrap(), value);
+    }
 }

@@ -28,6 +28,7 @@ mod rotate;
 mod smoke;
 mod terraform;
 mod test;
+mod test_env;
 mod tools;
 mod up;
 

