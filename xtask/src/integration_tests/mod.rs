@@ -7,6 +7,7 @@ mod emulator_fidelity;
 mod emulator_iam;
 mod first_boot;
 mod layers;
+mod module_readmes;
 mod orchestration;
 mod policy_documents;
 mod policy_enforcement;

@@ -14,11 +14,11 @@ use crate::environment::Environment;
 use crate::outputs::REQUIRED_OUTPUTS;
 use crate::terraform::xtask_variables;
 
-fn terraform_dir() -> PathBuf {
+pub(super) fn terraform_dir() -> PathBuf {
     workspace_root().join("terraform")
 }
 
-fn parse(path: &Path) -> Body {
+pub(super) fn parse(path: &Path) -> Body {
     let text =
         std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     hcl::parse(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
@@ -41,11 +41,14 @@ fn parse_module(dir: &Path) -> Body {
     Body::from(structures)
 }
 
-fn blocks<'a>(body: &'a Body, identifier: &'a str) -> impl Iterator<Item = &'a Block> + 'a {
+pub(super) fn blocks<'a>(
+    body: &'a Body,
+    identifier: &'a str,
+) -> impl Iterator<Item = &'a Block> + 'a {
     body.blocks().filter(move |b| b.identifier() == identifier)
 }
 
-fn labels(block: &Block) -> Vec<&str> {
+pub(super) fn labels(block: &Block) -> Vec<&str> {
     block.labels().iter().map(|l| l.as_str()).collect()
 }
 
@@ -144,7 +147,7 @@ fn every_variable_the_xtask_passes_is_declared() {
 }
 
 /// The root and every directory under modules/.
-fn module_dirs() -> Vec<PathBuf> {
+pub(super) fn module_dirs() -> Vec<PathBuf> {
     let mut dirs = vec![terraform_dir()];
     let mut modules: Vec<PathBuf> = std::fs::read_dir(terraform_dir().join("modules"))
         .unwrap()
