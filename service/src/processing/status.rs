@@ -1,7 +1,9 @@
-//! What the API says about a file.
+//! What the API says about a file, and the query that answers it.
 
+use anyhow::Result;
 use serde::Serialize;
 
+use super::Pipeline;
 use crate::store::{ProcessedInfo, RawInfo};
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -43,4 +45,56 @@ pub struct FileStatus {
     /// reprocessed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dead_lettered: Option<bool>,
+}
+
+impl Pipeline {
+    /// Status of a file, or `None` if there is no raw object.
+    pub async fn status(&self, name: &str) -> Result<Option<FileStatus>> {
+        let Some(raw) = self.lookups.head_raw(name).await? else {
+            return Ok(None);
+        };
+        let processed = self.lookups.head_processed(name, &raw).await?;
+        let failure = match processed {
+            Some(_) => None,
+            None => self
+                .lookups
+                .record(name)
+                .await?
+                .filter(|record| record.is_for(&raw) && record.error.is_some()),
+        };
+        let (state, failure) = if processed.is_some() {
+            (State::Processed, None)
+        } else if let Some(record) = failure {
+            (State::Failed, Some(record))
+        } else if self.running.lock().unwrap().contains(name) {
+            (State::Processing, None)
+        } else {
+            (State::Pending, None)
+        };
+        let tries = failure.as_ref().map(|record| record.tries);
+        let (receives, max_receives) = failure
+            .as_ref()
+            .map(|record| (record.receives, record.max_receives))
+            .unwrap_or_default();
+        let dead_lettered = match (receives, max_receives) {
+            (Some(receives), Some(max)) => Some(receives >= max),
+            _ => None,
+        };
+        let (error, error_code, request_id) = failure
+            .map(|record| (record.error, record.code, record.request_id))
+            .unwrap_or_default();
+        Ok(Some(FileStatus {
+            name: name.to_string(),
+            state,
+            raw,
+            processed,
+            error,
+            error_code,
+            tries,
+            request_id,
+            receives,
+            max_receives,
+            dead_lettered,
+        }))
+    }
 }
