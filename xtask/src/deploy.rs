@@ -11,10 +11,10 @@ use service::aws::AwsClients;
 
 use crate::artifact::Source;
 use crate::context::{Context, block_on, confirm};
-use crate::doors::Doors;
 use crate::outputs::{Outputs, outputs_file};
 use crate::private_buckets;
 use crate::render_user_data;
+use crate::secrets::Secrets;
 use crate::terraform::{
     self, BackendChange, Output, Prepared, ProviderUnavailable, Summary, Terraform, read_plan,
 };
@@ -208,19 +208,19 @@ fn finish(cx: &Context, tf: &Terraform) -> Result<()> {
     let outputs = save_outputs(cx, tf)?;
     render_user_data::write(cx, &outputs, None)?;
     let operator = block_on(AwsClients::connect(&cx.env.aws))?;
-    let doors = Doors::new(&outputs, &operator)?;
-    if block_on(doors.ensure_token(cx))? {
+    let secrets = Secrets::new(&outputs, &operator)?;
+    if block_on(secrets.ensure_token(cx))? {
         eprintln!(
             "    bearer token made: SSM SecureString {} under the stack's key",
-            doors.token_parameter
+            secrets.token_parameter
         );
     }
-    if block_on(doors.ensure_fleet_certificate(cx))?
-        && let Some(fleet) = &doors.fleet
+    if block_on(secrets.ensure_fleet_certificate(cx))?
+        && let Some(fleet) = &secrets.fleet
     {
         eprintln!(
             "    the fleet's TLS key and certificate made for {}: {} (SecureString) and {}",
-            fleet.dns_name, fleet.key_parameter, doors.certificate_parameter
+            fleet.dns_name, fleet.key_parameter, secrets.certificate_parameter
         );
     }
     Ok(())

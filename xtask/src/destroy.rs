@@ -129,13 +129,13 @@ pub fn destroy(cx: &Context, args: &Args) -> Result<()> {
         }
         // What the xtask made beside Terraform: the token, the published certificate, the
         // rotation request; and the files that pinned or held them here.
-        cx.step("delete the SSM parameters of the service's doors");
-        block_on(crate::doors::delete_parameters(cx, &clients))?;
+        cx.step("delete the SSM parameters of the service's token and certificate");
+        block_on(crate::secrets::delete_parameters(cx, &clients))?;
         for generated in [
             outputs_file(cx),
             render_user_data::default_path(cx),
-            crate::doors::pin_file(cx),
-            crate::doors::header_file(cx),
+            crate::secrets::pin_file(cx),
+            crate::secrets::header_file(cx),
         ] {
             let _ = std::fs::remove_file(generated);
         }

@@ -3,7 +3,7 @@
 use anyhow::{Context as _, Result, bail};
 
 use crate::context::Context;
-use crate::{emulator, local_service};
+use crate::local::{emulator, instance};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -19,7 +19,7 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
             cx.env.name
         );
     }
-    match local_service::stop(cx)? {
+    match instance::stop(cx)? {
         true => println!("service stopped"),
         false => println!("service was not running"),
     }

@@ -12,9 +12,9 @@ use anyhow::{Context as _, Result, bail, ensure};
 use serde::Deserialize;
 use service::aws::{AwsSettings, CredentialsSource};
 
-use crate::local_aws;
+use crate::local::aws;
 
-pub use crate::local_aws::LOCAL;
+pub use crate::local::aws::LOCAL;
 pub const LOCAL_NAME_PREFIX: &str = "filepipe-local";
 
 #[derive(Clone, Debug)]
@@ -60,7 +60,7 @@ impl Environment {
         validate_env_name(name)?;
         if name == LOCAL {
             return Ok(Environment::local(
-                local_aws::local_settings(root, local_aws::OPERATOR_PROFILE),
+                aws::local_settings(root, aws::OPERATOR_PROFILE),
                 LOCAL_NAME_PREFIX,
             ));
         }
@@ -238,7 +238,7 @@ mod tests {
         let root = temp_root(&[]);
         let env = Environment::load(&root, "local").unwrap();
         assert!(env.is_local());
-        assert_eq!(env.region(), crate::local_aws::LOCAL_REGION);
+        assert_eq!(env.region(), crate::local::aws::LOCAL_REGION);
         assert!(
             env.aws
                 .endpoint_url

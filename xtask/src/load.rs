@@ -26,7 +26,7 @@ use service::aws::{AwsClients, AwsResultExt, AwsSettings};
 use crate::bench::{self, report::percentile, servers};
 use crate::buckets;
 use crate::context::{Context, block_on};
-use crate::emulator;
+use crate::local::emulator;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -252,7 +252,7 @@ fn start_front(
     let mut front = Front {
         instances: Vec::new(),
         urls: Vec::new(),
-        http: crate::doors::pinned_client(&pem, Duration::from_secs(300))?,
+        http: crate::secrets::pinned_client(&pem, Duration::from_secs(300))?,
         token,
         idle_rss: Vec::new(),
     };

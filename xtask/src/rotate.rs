@@ -1,4 +1,4 @@
-//! `cargo xtask rotate-token` and `rotate-cert`: new secrets for the service's doors, each
+//! `cargo xtask rotate-token` and `rotate-cert`: new secrets for the service's secrets, each
 //! waited for until the service uses it.
 //!
 //! - A new bearer token, as a new version of its SSM parameter. The instance takes it within
@@ -16,9 +16,9 @@ use anyhow::{Context as _, Result, bail};
 use service::aws::AwsClients;
 
 use crate::context::{Context, block_on};
-use crate::doors::{self, Doors};
-use crate::local_service;
+use crate::local::instance;
 use crate::outputs::{Outputs, outputs_file};
+use crate::secrets::{self, Secrets};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -27,18 +27,18 @@ pub struct Args {
     timeout_secs: u64,
 }
 
-/// The environment's doors, and where its service answers.
+/// The environment's secrets, and where its service answers.
 struct Target {
-    doors: Doors,
+    secrets: Secrets,
     url: String,
 }
 
 fn target(cx: &Context) -> Result<Target> {
     let outputs = Outputs::load(&outputs_file(cx))?;
     let operator = block_on(AwsClients::connect(&cx.env.aws))?;
-    let doors = Doors::new(&outputs, &operator)?;
+    let secrets = Secrets::new(&outputs, &operator)?;
     let url = if cx.env.is_local() {
-        local_service::read_record(cx)
+        instance::read_record(cx)
             .context("no local service runs: `cargo xtask up` starts it")?
             .url()
     } else {
@@ -47,7 +47,7 @@ fn target(cx: &Context) -> Result<Target> {
             .context("no service_url output: no host of this stack serves the secrets")?
             .to_string()
     };
-    Ok(Target { doors, url })
+    Ok(Target { secrets, url })
 }
 
 /// Calls `done` every few seconds until it is true or `timeout` has passed.
@@ -63,22 +63,22 @@ fn wait(timeout: Duration, mut done: impl FnMut() -> bool) -> Result<Duration> {
 }
 
 pub fn token(cx: &Context, args: Args) -> Result<()> {
-    let Target { doors, url } = target(cx)?;
-    cx.step(format!("new version of {}", doors.token_parameter));
+    let Target { secrets, url } = target(cx)?;
+    cx.step(format!("new version of {}", secrets.token_parameter));
     if !cx.aws_call(format!(
         "ssm:PutParameter {} (SecureString)",
-        doors.token_parameter
+        secrets.token_parameter
     )) {
         return Ok(());
     }
-    block_on(doors.rotate_token())?;
-    let token = block_on(doors.token())?;
+    block_on(secrets.rotate_token())?;
+    let token = block_on(secrets.token())?;
     if cx.env.is_local() {
-        local_service::refresh(cx)?;
-        doors::write_header(cx, &token)?;
+        instance::refresh(cx)?;
+        secrets::write_header(cx, &token)?;
     }
-    let cert = block_on(doors.certificate())?.context("no published certificate")?;
-    let client = doors::pinned_client(&cert, Duration::from_secs(10))?;
+    let cert = block_on(secrets.certificate())?.context("no published certificate")?;
+    let client = secrets::pinned_client(&cert, Duration::from_secs(10))?;
     cx.step(format!("wait for {url} to accept the new token"));
     let took = wait(Duration::from_secs(args.timeout_secs), || {
         block_on(async {
@@ -97,31 +97,31 @@ pub fn token(cx: &Context, args: Args) -> Result<()> {
     })?;
     println!(
         "bearer token rotated: {url} accepts the new version of {} ({:.0} s)",
-        doors.token_parameter,
+        secrets.token_parameter,
         took.as_secs_f64()
     );
     Ok(())
 }
 
 pub fn cert(cx: &Context, args: Args) -> Result<()> {
-    let Target { doors, url } = target(cx)?;
-    let previous = block_on(doors.certificate())?;
+    let Target { secrets, url } = target(cx)?;
+    let previous = block_on(secrets.certificate())?;
     cx.step(format!(
         "ask for a new certificate ({})",
-        doors.rotation_parameter
+        secrets.rotation_parameter
     ));
-    if !cx.aws_call(format!("ssm:PutParameter {}", doors.rotation_parameter)) {
+    if !cx.aws_call(format!("ssm:PutParameter {}", secrets.rotation_parameter)) {
         return Ok(());
     }
-    block_on(doors.request_new_certificate())?;
+    block_on(secrets.request_new_certificate())?;
     if cx.env.is_local() {
-        local_service::refresh(cx)?;
+        instance::refresh(cx)?;
     }
     let timeout = Duration::from_secs(args.timeout_secs);
-    let cert = block_on(doors.wait_for_certificate(previous.as_deref(), timeout))?;
-    let pin = doors::write_pin(cx, &cert)?;
+    let cert = block_on(secrets.wait_for_certificate(previous.as_deref(), timeout))?;
+    let pin = secrets::write_pin(cx, &cert)?;
     // The instance reloads right after it publishes: new connections get the new one.
-    let client = doors::pinned_client(&cert, Duration::from_secs(10))?;
+    let client = secrets::pinned_client(&cert, Duration::from_secs(10))?;
     wait(timeout, || {
         block_on(async { client.get(format!("{url}/healthz")).send().await }).is_ok()
     })

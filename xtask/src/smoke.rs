@@ -11,9 +11,9 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::context::{Context, block_on};
-use crate::doors::Doors;
 use crate::outputs::Outputs;
 use crate::outputs::outputs_file;
+use crate::secrets::Secrets;
 use service::aws::{AwsClients, AwsResultExt};
 use service::decrypt::{Decryptor, Settings};
 
@@ -72,7 +72,7 @@ pub struct Report {
 pub fn run(cx: &Context, args: Args) -> Result<()> {
     let outputs = Outputs::load(&outputs_file(cx)).ok();
     let local_services = if cx.env.is_local() {
-        crate::local_service::read_records(cx)
+        crate::local::instance::read_records(cx)
     } else {
         Vec::new()
     };
@@ -104,16 +104,16 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
     if let Some(outputs) = &outputs
         && outputs.string("auth_token_parameter").is_ok()
     {
-        let doors = Doors::new(outputs, &aws)?;
+        let secrets = Secrets::new(outputs, &aws)?;
         if urls.iter().any(|url| url.starts_with("https://")) {
             // A new instance publishes its certificate only once it has booted.
-            pin = Some(block_on(doors.wait_for_certificate(
+            pin = Some(block_on(secrets.wait_for_certificate(
                 None,
                 Duration::from_secs(args.ready_timeout_secs),
             ))?);
         }
         if args.token.is_none() {
-            args.token = Some(block_on(doors.token())?);
+            args.token = Some(block_on(secrets.token())?);
         }
     }
     let mut reports = Vec::new();
@@ -592,7 +592,7 @@ async fn door_checks(client: &Client, pin: Option<&str>) -> Vec<Check> {
 /// A client trusting exactly `pin` when given (HTTPS), the machine's roots otherwise.
 fn http_client(pin: Option<&str>, timeout: Duration) -> Result<reqwest::Client> {
     match pin {
-        Some(cert) => crate::doors::pinned_client(cert, timeout),
+        Some(cert) => crate::secrets::pinned_client(cert, timeout),
         None => reqwest::Client::builder()
             .timeout(timeout)
             .build()

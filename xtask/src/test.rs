@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result, bail};
 use xshell::cmd;
 
 use crate::context::Context;
-use crate::emulator;
+use crate::local::emulator;
 use crate::test_env::{emulator_env, terraform_on_path, tools_env};
 use crate::tools::PythonTool;
 

@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result};
 use service::testing::{AWS_CONFIG_VAR, CA_BUNDLE_VAR, ENDPOINT_VAR, PLAIN_ENDPOINT_VAR};
 
 use crate::context::Context;
-use crate::emulator;
+use crate::local::emulator;
 use crate::tools::{PythonTool, find_on_path};
 
 /// shellcheck, as PyPI ships it (a wheel with the binary), so no machine needs it installed.

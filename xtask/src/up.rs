@@ -10,9 +10,10 @@ use service::aws::AwsClients;
 
 use crate::artifact::{self, Artifact, Source};
 use crate::context::{Context, block_on};
-use crate::doors::{self, Doors};
+use crate::local::{emulator, instance};
 use crate::outputs::{Outputs, outputs_file};
-use crate::{bootstrap, deploy, emulator, local_service, smoke};
+use crate::secrets::{self, Secrets};
+use crate::{bootstrap, deploy, smoke};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -85,18 +86,18 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
     // As `deploy` does after Terraform's apply: the token exists before the instance boots
     // far enough to fetch it.
     let operator = block_on(AwsClients::connect(&cx.env.aws))?;
-    let doors = Doors::new(&outputs, &operator)?;
-    block_on(doors.ensure_token(cx))?;
+    let secrets = Secrets::new(&outputs, &operator)?;
+    block_on(secrets.ensure_token(cx))?;
 
     steps.next(
         cx,
         "first boot: the user-data installs the service, which starts",
     );
-    let services = local_service::start(cx, &outputs, args.port, args.instances.into())?;
+    let services = instance::start(cx, &outputs, args.port, args.instances.into())?;
 
     steps.next(cx, "smoke test through every instance");
-    let pin = std::fs::read_to_string(doors::pin_file(cx))?;
-    let token = block_on(doors.token())?;
+    let pin = std::fs::read_to_string(secrets::pin_file(cx))?;
+    let token = block_on(secrets.token())?;
     for (n, service) in services.iter().enumerate() {
         let report = block_on(smoke::smoke(
             &service.url(),
@@ -115,7 +116,7 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
                 "{} smoke check(s) failed through {}; its log is {}",
                 report.failed,
                 service.url(),
-                local_service::instance_log_path(cx, n + 1).display()
+                instance::instance_log_path(cx, n + 1).display()
             );
         }
     }
@@ -131,13 +132,13 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
     // The certificate pinned, the token from a 0600 file: never on the command line.
     let curl = format!(
         "curl --cacert {} -H @{}",
-        doors::pin_file(cx).display(),
-        doors::header_file(cx).display()
+        secrets::pin_file(cx).display(),
+        secrets::header_file(cx).display()
     );
     println!(
         "\nfilepipe is up in {:.0}s: {url} (log: {})\n\n  {curl} -T ./report.csv {url}/v1/files/report.csv\n  {curl} {url}/v1/files/report.csv/status\n  {curl} -o report.out {url}/v1/files/report.csv\n\nStop it with `cargo xtask down`.",
         steps.started.elapsed().as_secs_f64(),
-        local_service::log_path(cx).display()
+        instance::log_path(cx).display()
     );
     Ok(())
 }

@@ -28,7 +28,7 @@ use xshell::cmd;
 
 use crate::buckets;
 use crate::context::{Context, block_on};
-use crate::emulator;
+use crate::local::emulator;
 use crate::tools::PythonTool;
 use data::remove_files;
 pub(crate) use data::{SourceFile, generate_files, generate_small};

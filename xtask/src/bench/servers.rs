@@ -11,8 +11,8 @@ use service::aws::AwsSettings;
 use xshell::cmd;
 
 use crate::context::Context;
-use crate::emulator;
-use crate::local_service::{Detach, spawn_service};
+use crate::local::emulator;
+use crate::local::instance::{Detach, spawn_service};
 
 /// Newer s3s-fs releases need a newer rustc than this workspace's.
 const S3S_FS_VERSION: &str = "0.14.1";

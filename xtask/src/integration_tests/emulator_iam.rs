@@ -699,7 +699,7 @@ fn sse_kms_objects_need_the_key_through_s3() {
             "Version": "2012-10-17",
             "Statement": [{
                 "Effect": "Allow",
-                "Principal": {"AWS": crate::emulator::operator_arn()},
+                "Principal": {"AWS": crate::local::emulator::operator_arn()},
                 "Action": "kms:*",
                 "Resource": "*",
             }],

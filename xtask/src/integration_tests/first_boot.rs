@@ -11,18 +11,19 @@ use service::aws::{AwsSettings, CredentialsSource};
 use super::stack::stack;
 use super::{service_binary, temp_dir};
 use crate::context::{block_on, workspace_root};
-use crate::doors::Doors;
-use crate::first_boot::{self, STAND_INS_DIR};
+use crate::local::first_boot::{self, STAND_INS_DIR};
+use crate::secrets::Secrets;
 
 /// The instance role, assumed through the operator as the instance profile gives it (a
 /// configuration file per test: the tests share the stack's state directory).
 fn instance_role(cx: &crate::context::Context, role_arn: &str, test: &str) -> AwsSettings {
     let config = cx.state_dir().join(format!("aws-config-{test}"));
-    crate::emulator::write_aws_config_at(&workspace_root(), &config, Some(role_arn)).unwrap();
+    crate::local::emulator::write_aws_config_at(&workspace_root(), &config, Some(role_arn))
+        .unwrap();
     AwsSettings {
         credentials: CredentialsSource::ProfileFile {
             config_file: config,
-            profile: crate::emulator::SERVICE_PROFILE.into(),
+            profile: crate::local::emulator::SERVICE_PROFILE.into(),
         },
         ..cx.env.aws.clone()
     }
@@ -43,9 +44,9 @@ fn the_user_data_installs_the_deployed_build_as_the_instance_role_and_refuses_an
     // `deploy` made the token the instance fetches, after the apply; another call keeps it.
     let operator =
         block_on(service::aws::AwsClients::connect(&cx.env.aws)).expect("building AWS clients");
-    let doors = Doors::new(outputs, &operator).unwrap();
-    assert!(!block_on(doors.ensure_token(&cx)).unwrap(), "kept");
-    let token = block_on(doors.token()).unwrap();
+    let secrets = Secrets::new(outputs, &operator).unwrap();
+    assert!(!block_on(secrets.ensure_token(&cx)).unwrap(), "kept");
+    let token = block_on(secrets.token()).unwrap();
 
     let instance_role = instance_role(&cx, outputs.string("service_role_arn").unwrap(), "single");
 
@@ -107,7 +108,7 @@ fn the_user_data_installs_the_deployed_build_as_the_instance_role_and_refuses_an
         "the AWS CLI's credential cache is the root's own, not this machine's"
     );
 
-    // The doors: the token from SSM in a file only root and the service's group read; a key
+    // The secrets: the token from SSM in a file only root and the service's group read; a key
     // made here and its certificate published, the key nowhere else.
     let mode =
         |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
@@ -119,7 +120,7 @@ fn the_user_data_installs_the_deployed_build_as_the_instance_role_and_refuses_an
     assert_eq!(mode(&key_file), 0o440);
     let cert = std::fs::read_to_string(root.join("etc/filepipe/tls/cert.pem")).unwrap();
     assert_eq!(
-        block_on(doors.certificate())
+        block_on(secrets.certificate())
             .unwrap()
             .as_deref()
             .map(str::trim),
@@ -138,8 +139,8 @@ fn the_user_data_installs_the_deployed_build_as_the_instance_role_and_refuses_an
     }
 
     // Rotation, as the instance's timer runs it: the new token taken, the service reloaded.
-    block_on(doors.rotate_token()).unwrap();
-    let rotated = block_on(doors.token()).unwrap();
+    block_on(secrets.rotate_token()).unwrap();
+    let rotated = block_on(secrets.token()).unwrap();
     assert_ne!(rotated, token);
     first_boot::refresh(&cx, &root, &instance_role).expect("refresh");
     assert_eq!(
@@ -159,7 +160,7 @@ fn the_user_data_installs_the_deployed_build_as_the_instance_role_and_refuses_an
         "no reload when nothing changed"
     );
     // A new key and certificate when asked.
-    block_on(doors.request_new_certificate()).unwrap();
+    block_on(secrets.request_new_certificate()).unwrap();
     first_boot::refresh(&cx, &root, &instance_role).expect("refresh after a rotation request");
     assert_ne!(
         std::fs::read_to_string(&key_file).unwrap(),
@@ -169,7 +170,7 @@ fn the_user_data_installs_the_deployed_build_as_the_instance_role_and_refuses_an
     let new_cert = std::fs::read_to_string(root.join("etc/filepipe/tls/cert.pem")).unwrap();
     assert_ne!(new_cert, cert);
     assert_eq!(
-        block_on(doors.certificate())
+        block_on(secrets.certificate())
             .unwrap()
             .as_deref()
             .map(str::trim),
@@ -286,27 +287,27 @@ fn a_fleet_instance_serves_the_shared_key_and_certificate_and_follows_a_rotation
 
     let operator =
         block_on(service::aws::AwsClients::connect(&cx.env.aws)).expect("building AWS clients");
-    let mut doors = Doors::new(outputs, &operator).unwrap();
-    doors.certificate_parameter = certificate_parameter.clone();
-    doors.fleet = Some(crate::doors::FleetTls {
+    let mut secrets = Secrets::new(outputs, &operator).unwrap();
+    secrets.certificate_parameter = certificate_parameter.clone();
+    secrets.fleet = Some(crate::secrets::FleetTls {
         key_parameter: key_parameter.clone(),
         dns_name: dns_name.to_string(),
     });
-    block_on(doors.ensure_token(&cx)).unwrap();
+    block_on(secrets.ensure_token(&cx)).unwrap();
     assert!(
-        block_on(doors.ensure_fleet_certificate(&cx)).unwrap(),
+        block_on(secrets.ensure_fleet_certificate(&cx)).unwrap(),
         "made"
     );
     assert!(
-        !block_on(doors.ensure_fleet_certificate(&cx)).unwrap(),
+        !block_on(secrets.ensure_fleet_certificate(&cx)).unwrap(),
         "kept"
     );
 
-    // The fleet's grant on the doors, as policy-documents renders it for a fleet.
+    // The fleet's grant on the secrets, as policy-documents renders it for a fleet.
     let role_arn = outputs.string("service_role_arn").unwrap();
     let account = role_arn.split(':').nth(4).unwrap();
     let parameter_arns: serde_json::Map<String, serde_json::Value> =
-        crate::doors::parameter_names(prefix)
+        crate::secrets::parameter_names(prefix)
             .into_iter()
             .map(|(purpose, name)| match purpose {
                 "tls_key" => (purpose, key_parameter.clone()),
@@ -383,7 +384,7 @@ fn a_fleet_instance_serves_the_shared_key_and_certificate_and_follows_a_rotation
     let cert_file = root.join("etc/filepipe/tls/cert.pem");
     let served = |file: &std::path::Path| std::fs::read_to_string(file).unwrap().trim().to_string();
     let key = parameter(key_parameter.clone(), true);
-    let cert = parameter(doors.certificate_parameter.clone(), false);
+    let cert = parameter(secrets.certificate_parameter.clone(), false);
     assert_eq!(served(&key_file), key, "the shared key");
     assert_eq!(served(&cert_file), cert, "the shared certificate");
     assert!(service::tls::names_host(&cert, dns_name));
@@ -397,14 +398,14 @@ fn a_fleet_instance_serves_the_shared_key_and_certificate_and_follows_a_rotation
     );
 
     // rotate-cert for a fleet: a new pair in SSM, taken at the next refresh, then a reload.
-    block_on(doors.request_new_certificate()).unwrap();
+    block_on(secrets.request_new_certificate()).unwrap();
     let new_key = parameter(key_parameter, true);
     assert_ne!(new_key, key);
     first_boot::refresh(&cx, &root, &instance_role).expect("refresh");
     assert_eq!(served(&key_file), new_key);
     assert_eq!(
         served(&cert_file),
-        parameter(doors.certificate_parameter.clone(), false)
+        parameter(secrets.certificate_parameter.clone(), false)
     );
     let calls = std::fs::read_to_string(root.join(STAND_INS_DIR).join("calls.log")).unwrap();
     assert!(

@@ -141,7 +141,7 @@ fn bootstrap_refuses_a_state_bucket_owned_by_another_account() {
         let outsider = service::aws::AwsSettings {
             credentials: service::aws::CredentialsSource::ProfileFile {
                 config_file: service::testing::emulator_aws_config(),
-                profile: crate::emulator::OUTSIDER_PROFILE.to_string(),
+                profile: crate::local::emulator::OUTSIDER_PROFILE.to_string(),
             },
             ..cx.env.aws.clone()
         };
@@ -292,11 +292,11 @@ fn the_real_modules_deploy_redeploy_and_destroy_everything_and_destroy_again_is_
 
     // The first deploy made the bearer token; a second deploy keeps it.
     let operator = clients(&cx);
-    let doors = crate::doors::Doors::new(&outputs, &operator).unwrap();
-    let token = block_on(doors.token()).expect("deploy made the token");
+    let secrets = crate::secrets::Secrets::new(&outputs, &operator).unwrap();
+    let token = block_on(secrets.token()).expect("deploy made the token");
 
     let second = deploy::deploy(&cx, &args, Source::Debug).expect("second deploy");
-    assert_eq!(block_on(doors.token()).unwrap(), token, "kept");
+    assert_eq!(block_on(secrets.token()).unwrap(), token, "kept");
 
     // A plan that changes only an output (a new one, as an upgrade adds) is applied too, or
     // outputs.json would miss it.
@@ -370,7 +370,7 @@ fn the_real_modules_deploy_redeploy_and_destroy_everything_and_destroy_again_is_
             .any(|k| k.ends_with(".tflock"))
     );
     assert!(
-        block_on(doors.token()).is_err(),
+        block_on(secrets.token()).is_err(),
         "destroy deleted the token Terraform does not manage"
     );
 
@@ -414,8 +414,8 @@ fn a_reviewed_plan_is_applied_as_saved_then_re_plans_empty_and_a_moved_backend_i
     // The token deploy made after the apply is in SSM, and in nothing Terraform keeps: not the
     // state, not the plan, not the outputs, not the user-data.
     let operator = clients(&cx);
-    let doors = crate::doors::Doors::new(&stack.outputs, &operator).unwrap();
-    let token = block_on(doors.token()).expect("deploy made the token");
+    let secrets = crate::secrets::Secrets::new(&stack.outputs, &operator).unwrap();
+    let token = block_on(secrets.token()).expect("deploy made the token");
     assert!(token.len() >= 32);
     let tf = Terraform::find(&cx, None, &stack.root).unwrap();
     let shown = tf
@@ -560,7 +560,9 @@ fn the_applied_buckets_are_private_versioned_and_encrypted_with_the_stack_key() 
 /// The main route table of the emulator's default VPC, asked with the AWS CLI as the operator
 /// (the xtask itself has no EC2 client).
 fn main_route_table(cx: &Context) -> String {
-    let aws = crate::first_boot::AWS_CLI.ensure(cx).expect("the AWS CLI");
+    let aws = crate::local::first_boot::AWS_CLI
+        .ensure(cx)
+        .expect("the AWS CLI");
     let out = std::process::Command::new(aws)
         .args([
             "ec2",

@@ -69,11 +69,12 @@ async fn service_role_at(s3_endpoint: &str) -> AwsClients {
     let config = cx
         .state_dir()
         .join(format!("aws-config-{}", unique_bucket_name("policy-role")));
-    crate::emulator::write_aws_config_at(&workspace_root(), &config, Some(role_arn)).unwrap();
+    crate::local::emulator::write_aws_config_at(&workspace_root(), &config, Some(role_arn))
+        .unwrap();
     AwsClients::connect(&AwsSettings {
         credentials: CredentialsSource::ProfileFile {
             config_file: config,
-            profile: crate::emulator::SERVICE_PROFILE.into(),
+            profile: crate::local::emulator::SERVICE_PROFILE.into(),
         },
         s3_endpoint_url: Some(s3_endpoint.to_string()),
         ..emulator_settings()
@@ -95,7 +96,7 @@ fn refused_by<T, E: std::fmt::Debug>(result: Result<T, E>, sid: &str, resource: 
         err.contains("AccessDenied") || err.contains("403"),
         "{resource}: not an access denial: {err}"
     );
-    let log = std::fs::read_to_string(crate::emulator::log_path(&workspace_root())).unwrap();
+    let log = std::fs::read_to_string(crate::local::emulator::log_path(&workspace_root())).unwrap();
     assert!(
         log.lines().any(|line| line.starts_with("denied ")
             && line.contains(&format!(" on {resource} "))
@@ -447,7 +448,7 @@ fn only_the_initial_bucket_may_send_events_to_the_work_queue() {
         let outsider = AwsClients::connect(&AwsSettings {
             credentials: CredentialsSource::ProfileFile {
                 config_file: emulator_aws_config(),
-                profile: crate::emulator::OUTSIDER_PROFILE.into(),
+                profile: crate::local::emulator::OUTSIDER_PROFILE.into(),
             },
             ..emulator_settings()
         })

@@ -288,7 +288,7 @@ pub fn xtask_variables(cx: &Context, artifact: Option<&Artifact>) -> BTreeMap<&'
             ("allowed_cidrs", json!(["127.0.0.1/32"])),
             (
                 "admin_principal_arns",
-                json!([crate::emulator::operator_arn()]),
+                json!([crate::local::emulator::operator_arn()]),
             ),
             ("force_destroy", json!(true)),
             ("kms_deletion_window_days", json!(7)),

@@ -67,7 +67,7 @@ fn instance_command(
     )?;
     let mut command = Command::new("bash");
     command.arg(script);
-    for inherited in crate::local_aws::CALLER_AWS_VARIABLES {
+    for inherited in crate::local::aws::CALLER_AWS_VARIABLES {
         command.env_remove(inherited);
     }
     command

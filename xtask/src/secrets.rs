@@ -1,4 +1,4 @@
-//! The deployed service's doors, as the operator holds them: the bearer token, an SSM
+//! The deployed service's secrets, as the operator holds them: the bearer token, an SSM
 //! SecureString under the stack's key that the xtask makes and rotates with the SDK (never
 //! Terraform: no state, plan or output ever holds it), and the certificate the instance made
 //! for itself and published, which clients pin. Both are read over the operator's
@@ -18,7 +18,7 @@ use crate::context::Context;
 use crate::outputs::Outputs;
 use crate::paths::write_private;
 
-/// The SSM parameters of the service's doors by purpose, named as terraform/main.tf names
+/// The SSM parameters of the service's secrets by purpose, named as terraform/main.tf names
 /// them (the sandbox and `destroy` need them without Terraform's outputs).
 pub fn parameter_names(prefix: &str) -> BTreeMap<&'static str, String> {
     BTreeMap::from([
@@ -47,7 +47,7 @@ pub async fn delete_parameters(cx: &Context, operator: &AwsClients) -> Result<()
 }
 
 /// The parameters of one environment, from its outputs.
-pub struct Doors {
+pub struct Secrets {
     pub token_parameter: String,
     pub certificate_parameter: String,
     pub rotation_parameter: String,
@@ -68,9 +68,9 @@ pub struct FleetTls {
 const FLEET_CERT_DAYS: u32 = 90;
 const FLEET_CERT_RENEW_DAYS: i64 = 60;
 
-impl Doors {
-    pub fn new(outputs: &Outputs, operator: &AwsClients) -> Result<Doors> {
-        Ok(Doors {
+impl Secrets {
+    pub fn new(outputs: &Outputs, operator: &AwsClients) -> Result<Secrets> {
+        Ok(Secrets {
             token_parameter: outputs.string("auth_token_parameter")?.to_string(),
             certificate_parameter: outputs.string("tls_certificate_parameter")?.to_string(),
             rotation_parameter: outputs.string("tls_rotation_parameter")?.to_string(),

@@ -13,9 +13,10 @@ use serde::{Deserialize, Serialize};
 use service::aws::{AwsClients, AwsSettings, subprocess_env};
 
 use crate::context::{Context, block_on};
-use crate::doors::{self, Doors};
+use crate::local::{emulator, first_boot};
 use crate::outputs::Outputs;
-use crate::{emulator, first_boot, process};
+use crate::process;
+use crate::secrets::{self, Secrets};
 
 /// The local service started by `up`.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy)]
@@ -117,10 +118,11 @@ pub fn start(
     // What a client holds: the certificate the instance published, and the token, both read
     // over the operator's channel.
     let operator = block_on(AwsClients::connect(&cx.env.aws))?;
-    let doors = Doors::new(outputs, &operator)?;
-    let cert = block_on(doors.certificate())?.context("the user-data published no certificate")?;
-    doors::write_pin(cx, &cert)?;
-    doors::write_header(cx, &block_on(doors.token())?)?;
+    let secrets = Secrets::new(outputs, &operator)?;
+    let cert =
+        block_on(secrets.certificate())?.context("the user-data published no certificate")?;
+    secrets::write_pin(cx, &cert)?;
+    secrets::write_header(cx, &block_on(secrets.token())?)?;
     let mut env = installed.environment;
     env.retain(|(key, _)| key != "LISTEN_ADDR");
     let instance_id = env
@@ -219,7 +221,7 @@ pub fn spawn_service(
         std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let mut command = Command::new(program);
     // The service talks where `aws` says, as the identity it is given (set again below).
-    for inherited in crate::local_aws::CALLER_AWS_VARIABLES {
+    for inherited in crate::local::aws::CALLER_AWS_VARIABLES {
         command.env_remove(inherited);
     }
     command
@@ -236,7 +238,7 @@ pub fn spawn_service(
         .with_context(|| format!("starting {}", program.display()))?;
     let deadline = Instant::now() + Duration::from_secs(60);
     let pinned = tls_pin
-        .map(|cert| doors::pinned_client(cert, Duration::from_secs(5)))
+        .map(|cert| secrets::pinned_client(cert, Duration::from_secs(5)))
         .transpose()?;
     let ready = || match &pinned {
         Some(client) => block_on(async {

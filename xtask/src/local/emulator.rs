@@ -29,8 +29,8 @@ use serde::{Deserialize, Serialize};
 use service::aws::{AwsClients, AwsSettings};
 
 use crate::context::{Context, block_on};
-use crate::local_aws::{LOCAL, LOCAL_REGION, read_record, record_path};
-pub use crate::local_aws::{
+use crate::local::aws::{LOCAL, LOCAL_REGION, read_record, record_path};
+pub use crate::local::aws::{
     OPERATOR_PROFILE, OUTSIDER_PROFILE, PORT_ENV, Record, SERVICE_PROFILE, aws_config_path,
     ca_bundle_path, configured_port, endpoint_url, http_port_for, local_settings,
 };

@@ -7,7 +7,7 @@ use clap::Subcommand;
 use service::aws::subprocess_env;
 
 use crate::context::Context;
-use crate::emulator::{self, Status};
+use crate::local::emulator::{self, Status};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
