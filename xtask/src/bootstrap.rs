@@ -11,21 +11,16 @@ use anyhow::{Context as _, Result, bail};
 use aws_sdk_s3::Client as S3;
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use service::aws::{AwsClients, AwsResultExt};
+use std::process::ExitCode;
 
 use crate::buckets::{self, BucketSetting, check_tls_only_policy, tls_only_policy};
 use crate::context::{Context, block_on};
+use crate::flags;
 pub use crate::private_buckets::backend_file;
 use crate::private_buckets::{PrivateBucket, resolve_buckets};
 
 /// Old state versions are kept this long, then expire.
 pub const NONCURRENT_STATE_DAYS: i32 = 90;
-
-#[derive(clap::Args, Debug, Default)]
-pub struct Args {
-    /// Repair settings that drifted on an existing state bucket (default: only report them).
-    #[arg(long)]
-    pub fix: bool,
-}
 
 /// What bootstrap found and did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,7 +34,7 @@ pub enum Outcome {
     },
 }
 
-pub fn run(cx: &Context, args: Args) -> Result<()> {
+pub fn run(cx: &Context, args: flags::Bootstrap) -> Result<ExitCode> {
     let results = block_on(bootstrap(cx, &args))?;
     let mut drifted = Vec::new();
     for (bucket, outcome) in &results {
@@ -67,10 +62,13 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
     if !cx.dry_run {
         println!("backend settings written to {}", backend_file(cx).display());
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
-pub async fn bootstrap(cx: &Context, args: &Args) -> Result<Vec<(PrivateBucket, Outcome)>> {
+pub async fn bootstrap(
+    cx: &Context,
+    args: &flags::Bootstrap,
+) -> Result<Vec<(PrivateBucket, Outcome)>> {
     let clients = AwsClients::connect(&cx.env.aws).await?;
     let buckets = resolve_buckets(cx, &clients).await?;
     let mut results = Vec::new();

@@ -4,6 +4,7 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
@@ -11,67 +12,14 @@ use service::aws::AwsClients;
 
 use crate::artifact::Source;
 use crate::context::{Context, block_on, confirm};
+use crate::flags;
 use crate::outputs::{Outputs, outputs_file};
 use crate::private_buckets;
 use crate::render_user_data;
 use crate::secrets::Secrets;
 use crate::terraform::{
-    self, BackendChange, Output, Prepared, ProviderUnavailable, Summary, Terraform, read_plan,
+    self, Output, Prepared, ProviderUnavailable, Summary, Terraform, read_plan,
 };
-
-#[derive(clap::Args, Debug, Default, Clone)]
-pub struct Args {
-    /// Apply without asking; required when standard input is not a terminal.
-    #[arg(long)]
-    pub yes: bool,
-    /// Apply this saved plan (from `cargo xtask plan --out FILE`) instead of planning again.
-    #[arg(long, value_name = "FILE")]
-    pub plan: Option<PathBuf>,
-    #[command(flatten)]
-    pub shared: SharedArgs,
-}
-
-/// What `deploy` and `plan` both take.
-#[derive(clap::Args, Debug, Default, Clone)]
-pub struct SharedArgs {
-    /// Ship this service binary instead of building it (`cargo build --release` for x86_64
-    /// Linux); it must start on Amazon Linux 2023 all the same.
-    #[arg(long, value_name = "PATH")]
-    pub binary: Option<PathBuf>,
-    /// Copy the state to the backend bootstrap now names (a renamed or moved state bucket).
-    #[arg(long)]
-    pub migrate_state: bool,
-    /// Terraform binary: `terraform`, `tofu` or a path [env: XTASK_TERRAFORM].
-    #[arg(long)]
-    pub terraform: Option<String>,
-    /// Root module to deploy instead of terraform/ (the tests deploy a provider-free replica).
-    #[arg(long, hide = true)]
-    pub root_module: Option<PathBuf>,
-}
-
-impl SharedArgs {
-    fn source(&self, default: Source) -> Source {
-        self.binary.clone().map(Source::Given).unwrap_or(default)
-    }
-
-    /// Terraform found, the backend bootstrapped, the binary delivered, the var files written.
-    pub fn prepare(&self, cx: &Context, build: Source) -> Result<Prepared> {
-        terraform::prepare(
-            cx,
-            self.terraform.as_deref(),
-            self.root_module.as_deref(),
-            &self.source(build),
-        )
-    }
-
-    pub fn backend_change(&self) -> BackendChange {
-        if self.migrate_state {
-            BackendChange::Migrate
-        } else {
-            BackendChange::Refuse
-        }
-    }
-}
 
 /// What a deploy did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -80,11 +28,11 @@ pub struct Deployed {
     pub applied: bool,
 }
 
-pub fn run(cx: &Context, args: Args) -> Result<()> {
+pub fn run(cx: &Context, args: flags::Deploy) -> Result<ExitCode> {
     let started = Instant::now();
     let deployed = deploy(cx, &args, Source::built_for(cx))?;
     if cx.dry_run {
-        return Ok(());
+        return Ok(ExitCode::SUCCESS);
     }
     println!(
         "deploy {}: {}; outputs in {}, user-data in {} ({:.0}s)",
@@ -101,11 +49,11 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
         render_user_data::default_path(cx).display(),
         started.elapsed().as_secs_f64()
     );
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `build`: which binary to ship when `--binary` does not name one.
-pub fn deploy(cx: &Context, args: &Args, build: Source) -> Result<Deployed> {
+pub fn deploy(cx: &Context, args: &flags::Deploy, build: Source) -> Result<Deployed> {
     // Refuse before touching anything, not after a long build and plan.
     if !args.yes && !cx.dry_run && !std::io::stdin().is_terminal() {
         bail!("refusing to apply without --yes: standard input is not a terminal");
@@ -147,7 +95,7 @@ pub fn deploy(cx: &Context, args: &Args, build: Source) -> Result<Deployed> {
 }
 
 /// `deploy --plan FILE`: exactly the reviewed plan; Terraform refuses it if the state moved on.
-fn apply_saved_plan(cx: &Context, args: &Args, plan_file: &Path) -> Result<Deployed> {
+fn apply_saved_plan(cx: &Context, args: &flags::Deploy, plan_file: &Path) -> Result<Deployed> {
     if !plan_file.is_file() {
         bail!(
             "{} does not exist (make one with `cargo xtask plan --env {} --out FILE`)",

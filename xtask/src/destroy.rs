@@ -3,7 +3,7 @@
 //! removed, so it is safe to run again.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 use aws_sdk_s3::error::ProvideErrorMetadata;
@@ -12,41 +12,21 @@ use service::aws::{AwsClients, AwsResultExt};
 use crate::bootstrap;
 use crate::buckets::empty_bucket;
 use crate::context::{Context, block_on, confirm};
+use crate::flags;
 use crate::outputs::{Outputs, outputs_file};
 use crate::private_buckets;
 use crate::render_user_data;
 use crate::terraform::{self, Output, Terraform};
 
-#[derive(clap::Args, Debug, Default, Clone)]
-pub struct Args {
-    /// Do not ask; required when standard input is not a terminal.
-    #[arg(long)]
-    pub yes: bool,
-    /// Delete every object version and delete marker in the initial, final and access-log
-    /// buckets first, so destroying them cannot fail on a non-empty bucket.
-    #[arg(long)]
-    pub empty_buckets: bool,
-    /// Also delete the artifact bucket and, last of all, the Terraform state bucket (all
-    /// versions of both).
-    #[arg(long)]
-    pub purge_state: bool,
-    /// Terraform binary: `terraform`, `tofu` or a path [env: XTASK_TERRAFORM].
-    #[arg(long)]
-    pub terraform: Option<String>,
-    /// Root module to destroy instead of terraform/ (tests use a provider-free fixture).
-    #[arg(long, hide = true)]
-    pub root_module: Option<PathBuf>,
-}
-
-pub fn run(cx: &Context, args: Args) -> Result<()> {
+pub fn run(cx: &Context, args: flags::Destroy) -> Result<ExitCode> {
     destroy(cx, &args)?;
     if !cx.dry_run {
         println!("environment {} destroyed", cx.env.name);
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
-pub fn destroy(cx: &Context, args: &Args) -> Result<()> {
+pub fn destroy(cx: &Context, args: &flags::Destroy) -> Result<()> {
     if !args.yes && !cx.dry_run {
         if !std::io::stdin().is_terminal() {
             bail!("refusing to destroy without --yes: standard input is not a terminal");

@@ -1,18 +1,13 @@
 //! `cargo xtask down`: stops what `up` started — the local service and the emulator.
 
 use anyhow::{Context as _, Result, bail};
+use std::process::ExitCode;
 
 use crate::context::Context;
+use crate::flags;
 use crate::local::{emulator, instance};
 
-#[derive(clap::Args, Debug)]
-pub struct Args {
-    /// Also delete the local state files (target/xtask/local/).
-    #[arg(long)]
-    purge: bool,
-}
-
-pub fn run(cx: &Context, args: Args) -> Result<()> {
+pub fn run(cx: &Context, args: flags::Down) -> Result<ExitCode> {
     if !cx.env.is_local() {
         bail!(
             "`down` stops the local stack only; for `{0}` use `destroy --env {0}`",
@@ -34,5 +29,5 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
         }
         println!("removed {}", dir.display());
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }

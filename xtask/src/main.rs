@@ -10,6 +10,7 @@ mod destroy;
 mod down;
 mod elf;
 mod environment;
+mod flags;
 mod load;
 mod local;
 mod outputs;
@@ -33,68 +34,10 @@ mod integration_tests;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Parser as _;
 
 use crate::context::Context;
-
-#[derive(Parser, Debug)]
-#[command(
-    name = "cargo xtask",
-    about = "Deploy, check and run the encrypted file pipeline",
-    version
-)]
-struct Cli {
-    /// Environment to act on: `local` (the AWS emulator) or a file terraform/environments/<name>.tfvars.
-    #[arg(
-        long = "env",
-        global = true,
-        default_value = "local",
-        env = "XTASK_ENV"
-    )]
-    env: String,
-    /// Print every command and AWS API call that would run, and change nothing.
-    #[arg(long, global = true)]
-    dry_run: bool,
-    /// Print more detail about what runs.
-    #[arg(short, long, global = true)]
-    verbose: bool,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Create or check the private, encrypted state and artifact buckets of an environment.
-    Bootstrap(bootstrap::Args),
-    /// Build and upload the service binary, run Terraform init, plan and apply, then save
-    /// outputs and user-data (`--plan FILE` applies a reviewed plan instead).
-    Deploy(deploy::Args),
-    /// What `deploy` would change, saved for `deploy --plan FILE` (exit 0 none, 2 changes, 1 error).
-    Plan(plan::Args),
-    /// Write the EC2 user-data script from the environment's Terraform outputs.
-    RenderUserData(render_user_data::Args),
-    /// Upload and download through the deployed service and check every property.
-    Smoke(smoke::Args),
-    /// A new bearer token (SSM SecureString); waits until the service accepts it.
-    RotateToken(rotate::Args),
-    /// A new TLS key and certificate, made on the instance; waits for it and pins it.
-    RotateCert(rotate::Args),
-    /// Destroy an environment's infrastructure (and optionally its state and artifact buckets).
-    Destroy(destroy::Args),
-    /// Start, stop, inspect or reset the local AWS emulator (moto server).
-    Local(local::Args),
-    /// Run every check: formatting, lints, static Terraform checks, tests against the emulator.
-    Test(test::Args),
-    /// Run the whole pipeline locally: emulator, stack, service, smoke test (no AWS account).
-    Up(up::Args),
-    /// Stop the local service and emulator started by `up`.
-    Down(down::Args),
-    /// Measure the service's throughput and memory against direct S3 transfers (release build).
-    Bench(bench::Args),
-    /// Many concurrent clients for a bounded time, then check every acknowledged file was
-    /// processed and no multipart upload is left (release build, on the emulator).
-    Load(load::Args),
-}
+use crate::flags::{Cli, Command};
 
 fn main() -> ExitCode {
     forget_cargo_run_variables();
@@ -134,11 +77,8 @@ fn forget_cargo_run_variables() {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let cx = Context::new(&cli.env, cli.dry_run, cli.verbose)?;
-    if let Command::Plan(args) = cli.command {
-        return plan::run(&cx, args).map(ExitCode::from);
-    }
     match cli.command {
-        Command::Plan(_) => unreachable!("handled above"),
+        Command::Plan(args) => plan::run(&cx, args),
         Command::Bootstrap(args) => bootstrap::run(&cx, args),
         Command::Deploy(args) => deploy::run(&cx, args),
         Command::RenderUserData(args) => render_user_data::run(&cx, args),
@@ -153,5 +93,4 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => bench::run(&cx, args),
         Command::Load(args) => load::run(&cx, args),
     }
-    .map(|()| ExitCode::SUCCESS)
 }

@@ -2,27 +2,15 @@
 //! applying it with `cargo xtask deploy --plan FILE`. Exit 0: no changes; 2: changes; 1: an
 //! error (Terraform's `-detailed-exitcode`).
 
-use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Result;
 use serde::Serialize;
 
 use crate::artifact::Source;
 use crate::context::Context;
-use crate::deploy::SharedArgs;
+use crate::flags;
 use crate::terraform::{self, Prepared, Summary};
-
-#[derive(clap::Args, Debug, Default, Clone)]
-pub struct Args {
-    /// Save the plan here, for `cargo xtask deploy --plan FILE` [default: target/xtask/<env>/plan.tfplan].
-    #[arg(long, value_name = "FILE")]
-    pub out: Option<PathBuf>,
-    /// Print a JSON summary on standard output (Terraform's own output goes to standard error).
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub shared: SharedArgs,
-}
 
 #[derive(Serialize)]
 struct Report<'a> {
@@ -33,8 +21,8 @@ struct Report<'a> {
     summary: &'a Summary,
 }
 
-/// Returns the exit code: 0 without changes, 2 with.
-pub fn run(cx: &Context, args: Args) -> Result<u8> {
+/// Exits 0 without changes, 2 with.
+pub fn run(cx: &Context, args: flags::Plan) -> Result<ExitCode> {
     let Prepared {
         tf,
         backend,
@@ -49,7 +37,7 @@ pub fn run(cx: &Context, args: Args) -> Result<u8> {
             "    (dry run) {}",
             tf.display(&[format!("plan -out={}", out.display())])
         );
-        return Ok(0);
+        return Ok(ExitCode::SUCCESS);
     }
     terraform::init(cx, &tf, &backend, args.shared.backend_change())?;
     let summary = terraform::plan(cx, &tf, &var_files, &out)?;
@@ -72,5 +60,9 @@ pub fn run(cx: &Context, args: Args) -> Result<u8> {
     } else {
         println!("plan {}: no changes", cx.env.name);
     }
-    Ok(if summary.has_changes() { 2 } else { 0 })
+    Ok(if summary.has_changes() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

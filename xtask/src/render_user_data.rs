@@ -2,25 +2,20 @@
 //! Terraform rendered with its own templatefile(); there is no second template engine here.
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 
 use crate::context::Context;
+use crate::flags;
 use crate::outputs::Outputs;
 use crate::outputs::outputs_file;
 
-#[derive(clap::Args, Debug)]
-pub struct Args {
-    /// Where to write the script [default: target/xtask/<env>/user-data.sh].
-    #[arg(long)]
-    out: Option<PathBuf>,
-}
-
-pub fn run(cx: &Context, args: Args) -> Result<()> {
+pub fn run(cx: &Context, args: flags::RenderUserData) -> Result<ExitCode> {
     let outputs = Outputs::load(&outputs_file(cx))?;
     let path = write(cx, &outputs, args.out.as_deref())?;
     println!("user-data written to {}", path.display());
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn default_path(cx: &Context) -> PathBuf {

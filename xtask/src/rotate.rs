@@ -10,22 +10,17 @@
 //!
 //! Locally no timer runs the instance's refresh: it runs at once, as the timer would.
 
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use service::aws::AwsClients;
 
 use crate::context::{Context, block_on};
+use crate::flags;
 use crate::local::instance;
 use crate::outputs::{Outputs, outputs_file};
 use crate::secrets::{self, Secrets};
-
-#[derive(clap::Args, Debug)]
-pub struct Args {
-    /// Seconds to wait for the service to use the new secret.
-    #[arg(long, default_value_t = 300)]
-    timeout_secs: u64,
-}
 
 /// The environment's secrets, and where its service answers.
 struct Target {
@@ -62,14 +57,14 @@ fn wait(timeout: Duration, mut done: impl FnMut() -> bool) -> Result<Duration> {
     Ok(started.elapsed())
 }
 
-pub fn token(cx: &Context, args: Args) -> Result<()> {
+pub fn token(cx: &Context, args: flags::Rotate) -> Result<ExitCode> {
     let Target { secrets, url } = target(cx)?;
     cx.step(format!("new version of {}", secrets.token_parameter));
     if !cx.aws_call(format!(
         "ssm:PutParameter {} (SecureString)",
         secrets.token_parameter
     )) {
-        return Ok(());
+        return Ok(ExitCode::SUCCESS);
     }
     block_on(secrets.rotate_token())?;
     let token = block_on(secrets.token())?;
@@ -100,10 +95,10 @@ pub fn token(cx: &Context, args: Args) -> Result<()> {
         secrets.token_parameter,
         took.as_secs_f64()
     );
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
-pub fn cert(cx: &Context, args: Args) -> Result<()> {
+pub fn cert(cx: &Context, args: flags::Rotate) -> Result<ExitCode> {
     let Target { secrets, url } = target(cx)?;
     let previous = block_on(secrets.certificate())?;
     cx.step(format!(
@@ -111,7 +106,7 @@ pub fn cert(cx: &Context, args: Args) -> Result<()> {
         secrets.rotation_parameter
     ));
     if !cx.aws_call(format!("ssm:PutParameter {}", secrets.rotation_parameter)) {
-        return Ok(());
+        return Ok(ExitCode::SUCCESS);
     }
     block_on(secrets.request_new_certificate())?;
     if cx.env.is_local() {
@@ -131,5 +126,5 @@ pub fn cert(cx: &Context, args: Args) -> Result<()> {
         pin.display(),
         service::tls::fingerprint(&cert)?
     );
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }

@@ -2,12 +2,14 @@
 //! and static Terraform checks first (seconds), then the test suite against the emulator.
 
 use std::path::Path;
+use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
 use xshell::cmd;
 
 use crate::context::Context;
+use crate::flags;
 use crate::local::emulator;
 use crate::test_env::{emulator_env, terraform_on_path, tools_env};
 use crate::tools::PythonTool;
@@ -19,15 +21,7 @@ const CHECKOV: PythonTool = PythonTool {
     requirement: "checkov==3.3.30",
 };
 
-#[derive(clap::Args, Debug)]
-pub struct Args {
-    /// Run only the tests whose name contains FILTER (`policy_enforcement`: one file of the
-    /// xtask's tests; or a test's full name), or, when service/tests/FILTER.rs exists, that
-    /// file's tests. Formatting, lints and static checks are skipped then.
-    filter: Option<String>,
-}
-
-pub fn run(cx: &Context, args: Args) -> Result<()> {
+pub fn run(cx: &Context, args: flags::Test) -> Result<ExitCode> {
     let started = Instant::now();
     match &args.filter {
         None => static_checks(cx)?,
@@ -79,7 +73,7 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
         },
         started.elapsed().as_secs_f64()
     );
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Seconds, and no emulator: a tree that fails these is not worth testing further.

@@ -3,6 +3,7 @@
 //! by Terraform with the real modules and the real AWS provider (as `deploy` applies it), the
 //! user-data installing the downloaded binary as it does on EC2, and a smoke test through it.
 
+use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Result, bail};
@@ -10,21 +11,11 @@ use service::aws::AwsClients;
 
 use crate::artifact::{self, Artifact, Source};
 use crate::context::{Context, block_on};
+use crate::flags;
 use crate::local::{emulator, instance};
 use crate::outputs::{Outputs, outputs_file};
 use crate::secrets::{self, Secrets};
 use crate::{bootstrap, deploy, smoke};
-
-#[derive(clap::Args, Debug)]
-pub struct Args {
-    /// Port of the local service on 127.0.0.1.
-    #[arg(long, env = "XTASK_SERVICE_PORT", default_value_t = 8080)]
-    port: u16,
-    /// Service processes to run, on ports from --port up: they share the stack's queue as a
-    /// fleet of instances does, and the smoke test runs through each.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
-    instances: u16,
-}
 
 struct Steps {
     total: usize,
@@ -45,7 +36,7 @@ impl Steps {
     }
 }
 
-pub fn run(cx: &Context, args: Args) -> Result<()> {
+pub fn run(cx: &Context, args: flags::Up) -> Result<ExitCode> {
     if !cx.env.is_local() {
         bail!(
             "`up` runs the local stack only; for `{0}` use `bootstrap --env {0}` and `deploy --env {0}`",
@@ -75,7 +66,10 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
     );
 
     steps.next(cx, "bootstrap the state and artifact buckets");
-    block_on(bootstrap::bootstrap(cx, &bootstrap::Args { fix: true }))?;
+    block_on(bootstrap::bootstrap(
+        cx,
+        &crate::flags::Bootstrap { fix: true },
+    ))?;
 
     steps.next(cx, "build the service and upload it to the artifact bucket");
     let artifact = artifact::deliver(cx, &Source::Debug)?;
@@ -101,10 +95,10 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
     for (n, service) in services.iter().enumerate() {
         let report = block_on(smoke::smoke(
             &service.url(),
-            &smoke::Args {
+            &crate::flags::Smoke {
                 timeout_secs: 120,
                 token: Some(token.clone()),
-                ..smoke::Args::default()
+                ..crate::flags::Smoke::default()
             },
             Some(outputs.string("kms_key_arn")?),
             Some(&operator),
@@ -140,15 +134,15 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
         steps.started.elapsed().as_secs_f64(),
         instance::log_path(cx).display()
     );
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `deploy --yes` of the delivered artifact: the real modules, applied by the real provider
 /// against the emulator. Where no provider can be had, the error says how to provide one.
 fn provision(cx: &Context, artifact: &Artifact) -> Result<Outputs> {
-    let args = deploy::Args {
+    let args = crate::flags::Deploy {
         yes: true,
-        ..deploy::Args::default()
+        ..crate::flags::Deploy::default()
     };
     deploy::deploy(cx, &args, Source::Delivered(artifact.clone()))?;
     let outputs = Outputs::load(&outputs_file(cx))?;

@@ -8,11 +8,15 @@ use anyhow::{Context as _, Result};
 use service::aws::{AwsClients, AwsSettings, subprocess_env};
 use service::config::{DEFAULT_MAX_BUFFERED_PARTS, DEFAULT_PART_SIZE, DEFAULT_PARTS_IN_FLIGHT};
 
-use super::data::{SourceFile, generate_files, generate_small, remove_files};
+use super::data::remove_files;
 use super::report::{self, Case, Report, Target};
-use super::{Args, MIB, Setup, create_key, fleet, large, servers, small};
+use super::{
+    MIB, Setup, SourceFile, create_key, fleet, generate_files, generate_small, large, servers,
+    small,
+};
 use crate::buckets;
 use crate::context::{Context, block_on};
+use crate::flags;
 use crate::local::emulator;
 
 /// What the issue asks of the service; the benchmark reports them, nothing asserts them.
@@ -22,7 +26,7 @@ const RSS_TARGET_BYTES: u64 = 100 * MIB;
 
 pub(super) fn measure(
     cx: &Context,
-    args: &Args,
+    args: &flags::Bench,
     work: &Path,
     s3s_fs: &Path,
     python: &Path,

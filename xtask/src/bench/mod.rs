@@ -20,6 +20,7 @@ pub(crate) mod small;
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail, ensure};
 use service::aws::{AwsClients, AwsResultExt, AwsSettings};
@@ -27,6 +28,7 @@ use xshell::cmd;
 
 use crate::buckets;
 use crate::context::Context;
+use crate::flags;
 use crate::local::emulator;
 use crate::tools::PythonTool;
 use cases::measure;
@@ -39,43 +41,6 @@ pub(crate) const BOTO3: PythonTool = PythonTool {
     executable: "python",
     requirement: "boto3>=1.36,<2",
 };
-
-#[derive(clap::Args, Debug, Clone)]
-pub struct Args {
-    /// Repetitions of every measurement (interleaved); medians are reported.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
-    repetitions: u32,
-    /// Large objects, uploaded and downloaded concurrently.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
-    large_count: u32,
-    /// Size of each large object in MiB.
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
-    large_mib: u64,
-    /// Also run the large case with 1 GiB objects (the memory target's case).
-    #[arg(long)]
-    large: bool,
-    /// Small objects, each uploaded, processed and downloaded.
-    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
-    small_count: u32,
-    /// Size of each small object in KiB.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
-    small_kib: u32,
-    /// Concurrent clients for small objects.
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=256))]
-    clients: u32,
-    /// Size in MiB of each large object in the case run on moto instead of s3s-fs (0: skip it).
-    #[arg(long, default_value_t = 16)]
-    moto_mib: u64,
-    /// Files in the fleet case (1, 2 and 4 instances sharing the queue, on moto; 0: skip it).
-    #[arg(long, default_value_t = 400)]
-    fleet_files: u32,
-    /// Size of each of them in KiB.
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
-    fleet_kib: u32,
-    /// Also write an SVG bar chart next to the JSON report.
-    #[arg(long)]
-    plot: bool,
-}
 
 /// One case's servers and settings, shared by the three variants.
 pub struct Setup {
@@ -168,7 +133,7 @@ impl Setup {
     }
 }
 
-pub fn run(cx: &Context, args: Args) -> Result<()> {
+pub fn run(cx: &Context, args: flags::Bench) -> Result<ExitCode> {
     if !cx.env.is_local() {
         bail!("`bench` runs on this machine only (s3s-fs and the emulator); drop --env");
     }
@@ -195,12 +160,13 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
         let _ = std::fs::remove_dir_all(work.join(dir));
     }
     let report = result.with_context(|| format!("the logs are in {}", work.display()))?;
-    write_report(cx, &report, args.plot)
+    write_report(cx, &report, args.plot)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Builds the service and this xtask with optimisations, then runs the same command with
 /// that build: a debug-built client would understate the direct transfers.
-pub(crate) fn rerun_in_release(cx: &Context) -> Result<()> {
+pub(crate) fn rerun_in_release(cx: &Context) -> Result<ExitCode> {
     // One build of both: the packages share one feature resolution, so nothing builds twice.
     cx.run(
         "cargo build --release -p service -p xtask (the benchmark measures optimised code)",
@@ -215,7 +181,7 @@ pub(crate) fn rerun_in_release(cx: &Context) -> Result<()> {
     if !status.success() {
         bail!("the benchmark failed ({status})");
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 pub(crate) async fn create_key(settings: &AwsSettings) -> Result<String> {

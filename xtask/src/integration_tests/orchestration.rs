@@ -3,6 +3,7 @@
 //! `deploy` does: artifact upload, S3 backend, lock, plan, apply, outputs.
 
 use std::os::unix::fs::PermissionsExt;
+use std::process::ExitCode;
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
@@ -32,7 +33,8 @@ fn clients(cx: &Context) -> AwsClients {
 
 /// The state bucket and the outcomes of both buckets (state first).
 fn bootstrap(cx: &Context, fix: bool) -> (PrivateBucket, Vec<Outcome>) {
-    let results = block_on(bootstrap::bootstrap(cx, &bootstrap::Args { fix })).expect("bootstrap");
+    let results =
+        block_on(bootstrap::bootstrap(cx, &crate::flags::Bootstrap { fix })).expect("bootstrap");
     assert_eq!(
         results.iter().map(|(b, _)| b.purpose).collect::<Vec<_>>(),
         [Purpose::State, Purpose::Artifacts]
@@ -164,7 +166,11 @@ fn bootstrap_refuses_a_state_bucket_owned_by_another_account() {
         name
     });
     cx.env.state_bucket = Some(foreign.clone());
-    let err = block_on(bootstrap::bootstrap(&cx, &bootstrap::Args { fix: true })).unwrap_err();
+    let err = block_on(bootstrap::bootstrap(
+        &cx,
+        &crate::flags::Bootstrap { fix: true },
+    ))
+    .unwrap_err();
     let message = format!("{err:#}");
     assert!(
         message.contains(&foreign) && message.contains("another account"),
@@ -347,7 +353,7 @@ fn the_real_modules_deploy_redeploy_and_destroy_everything_and_destroy_again_is_
     }
     let logs = block_on(s3.list_object_versions().bucket(&made_buckets[2]).send()).unwrap();
     assert!(!logs.versions().is_empty(), "access logs delivered");
-    let destroy_args = destroy::Args {
+    let destroy_args = crate::flags::Destroy {
         yes: true,
         empty_buckets: true,
         purge_state: false,
@@ -382,7 +388,7 @@ fn the_real_modules_deploy_redeploy_and_destroy_everything_and_destroy_again_is_
     // --purge-state removes the artifact bucket, then the state bucket.
     destroy::destroy(
         &cx,
-        &destroy::Args {
+        &crate::flags::Destroy {
             purge_state: true,
             ..destroy_args
         },
@@ -400,14 +406,19 @@ fn a_reviewed_plan_is_applied_as_saved_then_re_plans_empty_and_a_moved_backend_i
     let stack = stack();
     let cx = stack.cx();
     let args = stack.args();
-    assert_eq!(stack.first_plan, 2, "changes before the first apply");
+    assert_eq!(
+        stack.first_plan,
+        ExitCode::from(2),
+        "changes before the first apply"
+    );
     assert!(
         stack.applied.applied && stack.applied.summary.add >= 30,
         "{:?}",
         stack.applied
     );
     assert_eq!(
-        stack.replan, 0,
+        stack.replan,
+        ExitCode::SUCCESS,
         "a plan right after the apply has no changes: the emulator answers as AWS does"
     );
 
@@ -452,7 +463,7 @@ fn a_reviewed_plan_is_applied_as_saved_then_re_plans_empty_and_a_moved_backend_i
     // Applied once; Terraform refuses the same plan again, the state having moved on.
     let again = deploy::deploy(
         &cx,
-        &deploy::Args {
+        &crate::flags::Deploy {
             plan: Some(stack.plan_file.clone()),
             ..args.clone()
         },
@@ -607,7 +618,7 @@ fn the_fleet_shape_is_refused_without_an_endpoint_and_applies_re_plans_empty_and
         std::fs::write(&file, value.to_string()).unwrap();
         cx.env.var_file = Some(file);
     };
-    let plan_args = |cx: &Context, out: &str| crate::plan::Args {
+    let plan_args = |cx: &Context, out: &str| crate::flags::Plan {
         out: Some(cx.state_dir().join(out)),
         json: true,
         shared: args.shared.clone(),
@@ -690,13 +701,13 @@ fn the_fleet_shape_is_refused_without_an_endpoint_and_applies_re_plans_empty_and
 
     assert_eq!(
         crate::plan::run(&cx, plan_args(&cx, "replan.tfplan")).unwrap(),
-        0,
+        ExitCode::SUCCESS,
         "a plan right after the fleet's apply has no changes"
     );
 
     destroy::destroy(
         &cx,
-        &destroy::Args {
+        &crate::flags::Destroy {
             yes: true,
             empty_buckets: true,
             purge_state: true,

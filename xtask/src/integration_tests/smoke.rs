@@ -4,7 +4,8 @@
 
 use super::start_service;
 use crate::context::block_on;
-use crate::smoke::{Args, smoke};
+use crate::flags;
+use crate::smoke::smoke;
 
 #[test]
 fn smoke_passes_against_a_healthy_stack_for_each_processor() {
@@ -12,7 +13,7 @@ fn smoke_passes_against_a_healthy_stack_for_each_processor() {
         let running = start_service(processor);
         let report = block_on(smoke(
             &running.url,
-            &Args::default_for_tests(),
+            &flags::Smoke::default_for_tests(),
             Some(&running.key_arn),
             Some(&running.clients),
             None,
@@ -47,7 +48,7 @@ fn smoke_names_a_service_that_encrypts_with_the_wrong_key() {
     let deployed = "arn:aws:kms:eu-west-1:123456789012:key/00000000-1111-2222-3333-444444444444";
     let report = block_on(smoke(
         &running.url,
-        &Args::default_for_tests(),
+        &flags::Smoke::default_for_tests(),
         Some(deployed),
         Some(&running.clients),
         None,

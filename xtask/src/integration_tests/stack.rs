@@ -25,8 +25,8 @@ pub struct Stack {
     /// The plan applied, as `plan --out` saved it.
     pub plan_file: PathBuf,
     /// `plan`'s exit code before the apply, and after it (0: no changes).
-    pub first_plan: u8,
-    pub replan: u8,
+    pub first_plan: std::process::ExitCode,
+    pub replan: std::process::ExitCode,
     pub applied: Deployed,
 }
 
@@ -37,19 +37,19 @@ impl Stack {
     }
 
     /// The arguments it was deployed with: the real debug service as the binary.
-    pub fn args(&self) -> deploy::Args {
+    pub fn args(&self) -> crate::flags::Deploy {
         args(&self.root)
     }
 }
 
-pub fn args(root: &std::path::Path) -> deploy::Args {
-    deploy::Args {
+pub fn args(root: &std::path::Path) -> crate::flags::Deploy {
+    crate::flags::Deploy {
         yes: true,
         plan: None,
-        shared: deploy::SharedArgs {
+        shared: crate::flags::Stack {
             binary: Some(service_binary()),
             root_module: Some(root.to_path_buf()),
-            ..deploy::SharedArgs::default()
+            ..crate::flags::Stack::default()
         },
     }
 }
@@ -79,13 +79,13 @@ fn apply() -> Result<Stack> {
     let cx = isolated_local_context("stack");
     let bootstrapped = block_on(crate::bootstrap::bootstrap(
         &cx,
-        &crate::bootstrap::Args { fix: false },
+        &crate::flags::Bootstrap { fix: false },
     ))?;
     let state_bucket = bootstrapped[0].0.name.clone();
     let root = modules_copy("stack-root");
     let args = args(&root);
     let plan_file = cx.state_dir().join("reviewed.tfplan");
-    let plan_args = |out: &std::path::Path| crate::plan::Args {
+    let plan_args = |out: &std::path::Path| crate::flags::Plan {
         out: Some(out.to_path_buf()),
         json: true,
         shared: args.shared.clone(),
@@ -98,7 +98,7 @@ fn apply() -> Result<Stack> {
     );
     let applied = deploy::deploy(
         &cx,
-        &deploy::Args {
+        &crate::flags::Deploy {
             plan: Some(plan_file.clone()),
             ..args.clone()
         },

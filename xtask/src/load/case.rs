@@ -10,11 +10,11 @@ use bytes::Bytes;
 use serde::Serialize;
 use service::aws::{AwsClients, AwsResultExt, AwsSettings};
 
-use super::Args;
-use super::clients::{Side, baseline, through_service};
+use super::clients::{Front, Side, baseline, through_service};
 use crate::bench::servers;
 use crate::buckets;
 use crate::context::{Context, block_on};
+use crate::flags;
 
 /// What one instance held at its peak.
 #[derive(Serialize, Debug)]
@@ -61,16 +61,6 @@ pub(super) struct Workload {
     pub(super) kib: u64,
     pub(super) clients: usize,
     pub(super) encrypted: bool,
-}
-
-/// The instances of a case, as deployed: HTTPS with one certificate they share (pinned by
-/// the clients), a bearer token, and the case's queue.
-pub(super) struct Front {
-    pub(super) instances: Vec<servers::Owned>,
-    pub(super) urls: Vec<String>,
-    pub(super) http: reqwest::Client,
-    pub(super) token: String,
-    pub(super) idle_rss: Vec<u64>,
 }
 
 fn start_front(
@@ -135,7 +125,7 @@ pub(super) fn run_case(
     work: &std::path::Path,
     number: usize,
     workload: &Workload,
-    args: &Args,
+    args: &flags::Load,
 ) -> Result<Case> {
     let initial = format!("load-{number}-initial");
     let final_ = format!("load-{number}-final");

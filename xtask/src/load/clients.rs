@@ -10,8 +10,8 @@ use bytes::Bytes;
 use futures_util::future::join_all;
 use serde::Serialize;
 
-use super::case::Front;
 use crate::bench::report::percentile;
+use crate::bench::servers;
 
 /// What one side (baseline or service) of a case measured.
 #[derive(Serialize, Debug, Default)]
@@ -25,6 +25,16 @@ pub(super) struct Side {
     pub(super) mib_per_s: f64,
     pub(super) p50_ms: f64,
     pub(super) p99_ms: f64,
+}
+
+/// The instances of a case, as deployed: HTTPS with one certificate they share (pinned by
+/// the clients), a bearer token, and the case's queue.
+pub(super) struct Front {
+    pub(super) instances: Vec<servers::Owned>,
+    pub(super) urls: Vec<String>,
+    pub(super) http: reqwest::Client,
+    pub(super) token: String,
+    pub(super) idle_rss: Vec<u64>,
 }
 
 /// How one request went.

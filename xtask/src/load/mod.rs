@@ -16,35 +16,15 @@ mod clients;
 
 use anyhow::{Context as _, Result, bail, ensure};
 use service::aws::{AwsClients, AwsSettings};
+use std::process::ExitCode;
 
 use crate::bench;
 use crate::context::{Context, block_on};
+use crate::flags;
 use crate::local::emulator;
 use case::{Case, Workload, run_case};
 
-#[derive(clap::Args, Debug, Clone)]
-pub struct Args {
-    /// Concurrent clients, one case per value.
-    #[arg(long, value_delimiter = ',', default_values_t = [16, 64, 256])]
-    clients: Vec<usize>,
-    /// File sizes in KiB, one case per value and client count.
-    #[arg(long, value_delimiter = ',', default_values_t = [4, 10240])]
-    kib: Vec<u64>,
-    /// Seconds each client keeps uploading, per case and per side (baseline, service).
-    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=600))]
-    seconds: u64,
-    /// Service instances sharing the queue; clients are spread over them.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=8))]
-    instances: u64,
-    /// Plaintext MiB of the Encryption SDK messages of the encrypted case (0: no such case).
-    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(0..=15))]
-    encrypted_mib: u64,
-    /// Clients of the encrypted case.
-    #[arg(long, default_value_t = 8)]
-    encrypted_clients: usize,
-}
-
-pub fn run(cx: &Context, args: Args) -> Result<()> {
+pub fn run(cx: &Context, args: flags::Load) -> Result<ExitCode> {
     if !cx.env.is_local() {
         bail!("`load` runs on this machine only, against the emulator; drop --env");
     }
@@ -82,12 +62,12 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
         "acknowledged files not all processed, or multipart uploads left open, in: {}",
         broken.join(", ")
     );
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn measure(
     cx: &Context,
-    args: &Args,
+    args: &flags::Load,
     settings: &AwsSettings,
     work: &std::path::Path,
 ) -> Result<Vec<Case>> {

@@ -2,61 +2,27 @@
 //! the tests run against.
 
 use anyhow::{Result, bail};
-use clap::Subcommand;
+use std::process::ExitCode;
 
 use service::aws::subprocess_env;
 
 use crate::context::Context;
+use crate::flags::{self, LocalAction};
 use crate::local::emulator::{self, Status};
-
-#[derive(clap::Args, Debug)]
-pub struct Args {
-    #[command(subcommand)]
-    action: Action,
-}
-
-#[derive(Subcommand, Debug)]
-enum Action {
-    /// Start the emulator on 127.0.0.1 (installs moto[server] into target/venv if needed).
-    Start {
-        /// Port to listen on [default: $XTASK_EMULATOR_PORT or 4566].
-        #[arg(long)]
-        port: Option<u16>,
-        /// Do not enforce IAM: every request is allowed, signed or not (for debugging only;
-        /// also XTASK_EMULATOR_NO_IAM=1).
-        #[arg(long)]
-        no_iam: bool,
-    },
-    /// Print the shell exports that make the AWS CLI talk to the emulator as its operator:
-    /// `eval "$(cargo xtask local env)"`.
-    Env {
-        /// Print instead what a plain `cargo test` needs to run as `cargo xtask test` runs it
-        /// (the emulator's endpoints and profiles, the test tools): `eval "$(cargo xtask local
-        /// env --tests)" && cargo test -p xtask -- policy_enforcement`.
-        #[arg(long)]
-        tests: bool,
-    },
-    /// Stop the emulator this checkout started; its data is lost.
-    Stop,
-    /// Say whether the emulator runs, where, and what that means for its data.
-    Status,
-    /// Wipe all data in the running emulator.
-    Reset,
-}
 
 const IN_MEMORY: &str =
     "moto keeps all data in memory: stopping it loses every bucket, object, key and role";
 
-pub fn run(cx: &Context, args: Args) -> Result<()> {
+pub fn run(cx: &Context, args: flags::Local) -> Result<ExitCode> {
     match args.action {
-        Action::Start { port, no_iam } => {
+        LocalAction::Start { port, no_iam } => {
             let port = match port {
                 Some(port) => port,
                 None => emulator::configured_port()?,
             };
             let (record, started) = emulator::start(cx, port, !no_iam && emulator::iam_wanted())?;
             if cx.dry_run {
-                return Ok(());
+                return Ok(ExitCode::SUCCESS);
             }
             if started {
                 println!(
@@ -91,7 +57,7 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
                 println!("IAM is NOT enforced: every request is allowed (--no-iam)");
             }
         }
-        Action::Env { tests: false } => {
+        LocalAction::Env { tests: false } => {
             let settings = emulator::local_settings(&cx.root, emulator::OPERATOR_PROFILE);
             if !emulator::aws_config_path(&cx.root).is_file() {
                 bail!("the emulator has no operator yet: start it with `cargo xtask local start`");
@@ -103,7 +69,7 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
                 print_export("AWS_ENDPOINT_URL", endpoint)?;
             }
         }
-        Action::Env { tests: true } => {
+        LocalAction::Env { tests: true } => {
             let Status::Running(record) = emulator::status(&cx.root) else {
                 bail!("the emulator is not running: start it with `cargo xtask local start`");
             };
@@ -116,11 +82,11 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
                 print_export(name, value)?;
             }
         }
-        Action::Stop => match emulator::stop(cx)? {
+        LocalAction::Stop => match emulator::stop(cx)? {
             Some(record) => println!("emulator stopped (pid {})", record.pid),
             None => println!("emulator is not running"),
         },
-        Action::Status => match emulator::status(&cx.root) {
+        LocalAction::Status => match emulator::status(&cx.root) {
             Status::Running(record) => {
                 println!(
                     "emulator running: {} (pid {})\n{IN_MEMORY}",
@@ -136,7 +102,7 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
             }
             Status::Stopped => println!("emulator not running\n{IN_MEMORY}"),
         },
-        Action::Reset => match emulator::status(&cx.root) {
+        LocalAction::Reset => match emulator::status(&cx.root) {
             Status::Running(record) => {
                 if cx.aws_call(format!(
                     "POST {}/moto-api/reset",
@@ -149,7 +115,7 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
             _ => bail!("the emulator is not running; start it with `cargo xtask local start`"),
         },
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 /// One `export` line for `eval`, the value single-quoted (a path may hold spaces).

@@ -9,4 +9,4 @@ pub mod emulator;
 pub mod first_boot;
 pub mod instance;
 
-pub use command::{Args, run};
+pub use command::run;

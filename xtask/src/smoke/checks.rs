@@ -9,7 +9,8 @@ use service::aws::{AwsClients, AwsResultExt};
 use sha2::{Digest, Sha256};
 
 use super::cases::{Case, cases, sealed_case};
-use super::{Args, Check, Report};
+use super::{Check, Report};
+use crate::flags;
 
 struct Client {
     http: reqwest::Client,
@@ -42,7 +43,7 @@ impl Client {
 /// `pin`: the only certificate an HTTPS service may present.
 pub async fn smoke(
     url: &str,
-    args: &Args,
+    args: &flags::Smoke,
     deployed_key: Option<&str>,
     aws: Option<&AwsClients>,
     pin: Option<&str>,

@@ -6,12 +6,14 @@ mod cases;
 mod checks;
 
 use std::io::Write as _;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use serde::Serialize;
 
 use crate::context::{Context, block_on};
+use crate::flags;
 use crate::outputs::Outputs;
 use crate::outputs::outputs_file;
 use crate::secrets::Secrets;
@@ -20,35 +22,12 @@ use service::aws::AwsClients;
 use checks::http_client;
 pub use checks::smoke;
 
-#[derive(clap::Args, Debug, Clone, Default)]
-pub struct Args {
-    /// Service base URL [default: the `service_url` output of the environment].
-    #[arg(long)]
-    pub url: Option<String>,
-    /// Print the report as JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
-    /// Keep the uploaded files (default: delete them afterwards).
-    #[arg(long)]
-    pub keep: bool,
-    /// Bearer token, if the service requires one.
-    #[arg(long, env = "FILEPIPE_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// Seconds to wait for each file to be processed.
-    #[arg(long, default_value_t = 120)]
-    pub timeout_secs: u64,
-    /// Seconds to wait for /readyz first: a freshly booted instance downloads and starts the
-    /// service before it answers.
-    #[arg(long, default_value_t = 600)]
-    pub ready_timeout_secs: u64,
-}
-
-impl Args {
+impl flags::Smoke {
     #[cfg(test)]
-    pub fn default_for_tests() -> Args {
-        Args {
+    pub fn default_for_tests() -> flags::Smoke {
+        flags::Smoke {
             timeout_secs: 60,
-            ..Args::default()
+            ..flags::Smoke::default()
         }
     }
 }
@@ -72,7 +51,7 @@ pub struct Report {
     pub failed: usize,
 }
 
-pub fn run(cx: &Context, args: Args) -> Result<()> {
+pub fn run(cx: &Context, args: flags::Smoke) -> Result<ExitCode> {
     let outputs = Outputs::load(&outputs_file(cx)).ok();
     let local_services = if cx.env.is_local() {
         crate::local::instance::read_records(cx)
@@ -154,7 +133,7 @@ pub fn run(cx: &Context, args: Args) -> Result<()> {
     if !failed.is_empty() {
         bail!("smoke check(s) failed: {}", failed.join("; "));
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Polls `/readyz` until it answers 200, printing progress; a freshly booted instance first

@@ -12,8 +12,9 @@ use serde_json::{Value, json};
 
 use super::provider::{self, Installation};
 use super::{Finished, Output, Terraform};
-use crate::artifact::{self, Artifact};
+use crate::artifact::{self, Artifact, Source};
 use crate::context::{Context, confirm};
+use crate::flags;
 use crate::private_buckets;
 
 pub const LOCAL_OVERRIDE_FILE: &str = "xtask_local_override.tf";
@@ -88,6 +89,30 @@ pub enum BackendChange {
     Refuse,
     /// `--migrate-state`: copy the state to the new backend.
     Migrate,
+}
+
+impl flags::Stack {
+    fn source(&self, default: Source) -> Source {
+        self.binary.clone().map(Source::Given).unwrap_or(default)
+    }
+
+    /// Terraform found, the backend bootstrapped, the binary delivered, the var files written.
+    pub fn prepare(&self, cx: &Context, build: Source) -> Result<Prepared> {
+        prepare(
+            cx,
+            self.terraform.as_deref(),
+            self.root_module.as_deref(),
+            &self.source(build),
+        )
+    }
+
+    pub fn backend_change(&self) -> BackendChange {
+        if self.migrate_state {
+            BackendChange::Migrate
+        } else {
+            BackendChange::Refuse
+        }
+    }
 }
 
 /// Runs `terraform init` when the backend settings, override or module changed since the
