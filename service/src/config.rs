@@ -10,8 +10,8 @@ use anyhow::{Result, bail};
 use clap::{Parser, ValueEnum};
 
 use crate::auth::Tokens;
-use crate::aws::{AwsSettings, CredentialsSource};
 use crate::decrypt;
+use aws_clients::{AwsSettings, CredentialsSource};
 
 const MIB: u64 = 1024 * 1024;
 /// S3's smallest allowed part (all but the last).
@@ -145,7 +145,7 @@ pub struct Config {
     #[arg(long, env = "TRANSIENT_BACKOFF_MS", default_value_t = 1000)]
     pub transient_backoff_ms: u64,
     /// Seconds one S3 request may take (a part's upload included) before it is retried.
-    #[arg(long, env = "S3_ATTEMPT_TIMEOUT_SECS", default_value_t = crate::aws::S3_ATTEMPT_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "S3_ATTEMPT_TIMEOUT_SECS", default_value_t = aws_clients::S3_ATTEMPT_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     pub s3_attempt_timeout_secs: u64,
     /// The longest an API request waits for one S3 call, its retries included: a client
     /// gets 503 within this when S3 does not answer, while background processing keeps the

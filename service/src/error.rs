@@ -7,9 +7,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::aws::{Failure, aws_call, aws_failure};
 use crate::retrieval::RetrievalError;
 use crate::upload::UploadError;
+use aws_clients::{Failure, aws_call, aws_failure};
 
 #[derive(Debug)]
 pub struct ApiError {

@@ -1,7 +1,6 @@
 //! The file-pipeline service: library half (also used by the xtask and the tests).
 
 pub mod auth;
-pub mod aws;
 pub mod config;
 pub mod decrypt;
 pub mod error;

@@ -4,8 +4,8 @@
 use std::io::IsTerminal;
 
 use anyhow::Context as _;
+use aws_clients::AwsClients;
 use clap::Parser;
-use service::aws::AwsClients;
 use service::config::Config;
 use service::http::AppState;
 use service::serve::serve;

@@ -14,8 +14,8 @@ use aws_sdk_sqs::primitives::{DateTime, DateTimeFormat};
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use serde_json::{Value, json};
 
-use crate::aws::AwsResultExt;
 use crate::names::{RAW_PREFIX, percent_decode};
+use aws_clients::AwsResultExt;
 
 /// Longest long poll SQS allows.
 const LONG_POLL_SECS: i32 = 20;

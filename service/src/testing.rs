@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::aws::{AwsClients, AwsSettings, CredentialsSource};
+use aws_clients::{AwsClients, AwsSettings, CredentialsSource};
 
 /// The one variable that tells tests where the emulator listens.
 pub const ENDPOINT_VAR: &str = "FILEPIPE_TEST_ENDPOINT";
@@ -219,8 +219,8 @@ pub async fn create_queues(
     visibility_secs: u32,
     max_receives: u32,
 ) -> anyhow::Result<Queues> {
-    use crate::aws::AwsResultExt as _;
     use anyhow::Context as _;
+    use aws_clients::AwsResultExt as _;
     use aws_sdk_sqs::types::QueueAttributeName as Attr;
     let sqs = &clients.sqs;
     let create = |queue: String, attributes: Vec<(Attr, String)>| async move {
@@ -282,7 +282,7 @@ pub async fn notify_queue(
     bucket: &str,
     queues: &Queues,
 ) -> anyhow::Result<()> {
-    use crate::aws::AwsResultExt as _;
+    use aws_clients::AwsResultExt as _;
     let queue_arn = queues.work_arn.as_str();
     let account = queue_arn.split(':').nth(4).unwrap_or_default();
     // Only the allow: these tests' services reach the emulator through a plain-HTTP fault
@@ -348,8 +348,8 @@ pub async fn notify_queue(
 /// Adds to the key's policy a statement that lets S3 encrypt this account's bucket events
 /// into queues the key protects; idempotent, so queues sharing a key share the statement.
 async fn let_s3_use_key(clients: &AwsClients, key_arn: &str, account: &str) -> anyhow::Result<()> {
-    use crate::aws::AwsResultExt as _;
     use anyhow::Context as _;
+    use aws_clients::AwsResultExt as _;
     const SID: &str = "S3SendsBucketEventsToQueues";
     let current = clients
         .kms

@@ -326,7 +326,7 @@ async fn object_checksums_are_verified_and_multipart_ones_are_composite() {
     );
 }
 
-async fn read(clients: &service::aws::AwsClients, bucket: &str, key: &str) -> Vec<u8> {
+async fn read(clients: &aws_clients::AwsClients, bucket: &str, key: &str) -> Vec<u8> {
     clients
         .s3
         .get_object()

@@ -6,10 +6,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
+use aws_clients::{AwsClients, AwsResultExt};
 use aws_sdk_s3::primitives::ByteStream;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use service::aws::{AwsClients, AwsResultExt};
 use sha2::{Digest, Sha256};
 use xshell::cmd;
 

@@ -8,9 +8,9 @@
 //! `--fix` repairs it.
 
 use anyhow::{Context as _, Result, bail};
+use aws_clients::{AwsClients, AwsResultExt};
 use aws_sdk_s3::Client as S3;
 use aws_sdk_s3::error::ProvideErrorMetadata;
-use service::aws::{AwsClients, AwsResultExt};
 use std::process::ExitCode;
 
 use crate::buckets::{self, BucketSetting, check_tls_only_policy, tls_only_policy};

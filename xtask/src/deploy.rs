@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
-use service::aws::AwsClients;
+use aws_clients::AwsClients;
 
 use crate::artifact::Source;
 use crate::context::{Context, block_on, confirm};

@@ -6,8 +6,8 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::{Result, bail};
+use aws_clients::{AwsClients, AwsResultExt};
 use aws_sdk_s3::error::ProvideErrorMetadata;
-use service::aws::{AwsClients, AwsResultExt};
 
 use crate::bootstrap;
 use crate::buckets::empty_bucket;

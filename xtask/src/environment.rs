@@ -9,8 +9,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail, ensure};
+use aws_clients::{AwsSettings, CredentialsSource};
 use serde::Deserialize;
-use service::aws::{AwsSettings, CredentialsSource};
 
 use crate::local::aws;
 

@@ -3,7 +3,7 @@
 //! encrypts them, resolved in one place for bootstrap, deploy, artifact delivery and destroy.
 
 use anyhow::{Context as _, Result, bail};
-use service::aws::{AwsClients, AwsResultExt};
+use aws_clients::{AwsClients, AwsResultExt};
 
 use crate::context::Context;
 

@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
-use service::aws::AwsClients;
+use aws_clients::AwsClients;
 
 use crate::context::{Context, block_on};
 use crate::flags;

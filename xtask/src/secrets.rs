@@ -10,9 +10,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
+use aws_clients::{AwsClients, AwsResultExt};
 use aws_sdk_ssm::error::ProvideErrorMetadata as _;
 use aws_sdk_ssm::types::ParameterType;
-use service::aws::{AwsClients, AwsResultExt};
 
 use crate::context::Context;
 use crate::outputs::Outputs;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Result, bail};
-use service::aws::AwsClients;
+use aws_clients::AwsClients;
 
 use crate::artifact::{self, Artifact, Source};
 use crate::context::{Context, block_on};

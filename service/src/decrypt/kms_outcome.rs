@@ -12,7 +12,7 @@ use aws_sdk_kms::config::interceptors::FinalizerInterceptorContextRef;
 use aws_sdk_kms::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_kms::error::{BoxError, ProvideErrorMetadata};
 
-use crate::aws::{Failure, classify_service_error};
+use aws_clients::{Failure, classify_service_error};
 
 /// The failed KMS call that decides a decryption's failure: its kind and what KMS said.
 #[derive(Debug, Clone, PartialEq, Eq)]

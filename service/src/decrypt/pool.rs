@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::Limits;
 use super::kms_outcome::{KmsOutcome, KmsOutcomes};
-use crate::aws::Failure;
+use aws_clients::Failure;
 
 pub enum Work {
     Decrypt(Vec<u8>),

@@ -15,7 +15,6 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 
 use crate::auth::Tokens;
-use crate::aws::AwsClients;
 use crate::config::Config;
 use crate::decrypt::Decryptor;
 use crate::metrics::Metrics;
@@ -24,6 +23,7 @@ use crate::queue::WorkQueue;
 use crate::retrieval::Upstream;
 use crate::store::Store;
 use crate::upload::InFlight;
+use aws_clients::AwsClients;
 
 pub use middleware::json_errors;
 pub use retrievals::poll_once;

@@ -4,10 +4,10 @@
 use anyhow::Result;
 
 use super::{Delivered, Pipeline};
-use crate::aws::Failure;
 use crate::decrypt;
 use crate::names::{metadata_text, metadata_value};
 use crate::store::{RawInfo, Record, now_rfc3339};
+use aws_clients::Failure;
 
 /// A failure that was not the file's: the next scan (or a reprocess) tries again.
 pub(super) fn retryable(record: &Record) -> bool {
@@ -29,7 +29,7 @@ pub(super) fn failure_code(err: &anyhow::Error, source_failed: bool) -> &'static
     let failure = if source_failed {
         Some(Failure::Transient)
     } else {
-        crate::aws::aws_failure(err).or_else(|| {
+        aws_clients::aws_failure(err).or_else(|| {
             err.chain()
                 .find_map(|e| e.downcast_ref::<decrypt::KmsFailure>())
                 .map(|e| e.failure)

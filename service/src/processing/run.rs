@@ -37,7 +37,7 @@ where
 /// How long an output without its metadata counts as another run's, being finished: its
 /// metadata copy may take two attempts of the longest copy.
 const UNFINISHED_OUTPUT_GRACE: std::time::Duration =
-    std::time::Duration::from_secs(2 * crate::aws::S3_COPY_TIMEOUT.as_secs());
+    std::time::Duration::from_secs(2 * aws_clients::S3_COPY_TIMEOUT.as_secs());
 
 /// What was read of a raw object against what its upload recorded; `Err` names the
 /// difference. An object without a recorded digest (not written by this service) has only
@@ -190,7 +190,7 @@ impl Pipeline {
             let failed = Failed {
                 error: format!("{err:#}"),
                 code,
-                request_id: crate::aws::aws_call(&err).and_then(|call| call.request_id.clone()),
+                request_id: aws_clients::aws_call(&err).and_then(|call| call.request_id.clone()),
                 attempts: attempts.before + u32::from(attempts.recorded),
                 tries,
             };

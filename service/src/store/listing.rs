@@ -6,8 +6,8 @@ use aws_sdk_s3::primitives::DateTimeFormat;
 use serde::Serialize;
 
 use super::Store;
-use crate::aws::AwsResultExt;
 use crate::names::{self, raw_key};
+use aws_clients::AwsResultExt;
 
 /// A raw file as a bucket listing names it.
 pub struct RawName {

@@ -13,10 +13,10 @@ use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::operation::head_object::HeadObjectOutput;
 use aws_sdk_s3::primitives::{DateTime, DateTimeFormat};
 
-use crate::aws::{AwsClients, AwsResultExt};
 use crate::config::Config;
 use crate::names::{self, failed_key, processed_key, raw_key};
 use crate::upload::{InFlight, Uploader};
+use aws_clients::{AwsClients, AwsResultExt};
 
 mod listing;
 mod output;

@@ -11,9 +11,9 @@ use futures_util::Stream;
 use serde::Serialize;
 
 use super::{RawInfo, Reader, Store, http_date, trim_etag};
-use crate::aws::AwsResultExt;
 use crate::names::{meta, metadata_value, processed_key, raw_key};
 use crate::upload::{Destination, Expected, LateMetadata, Precondition, UploadError, Uploaded};
+use aws_clients::AwsResultExt;
 
 /// The output of a file, as its HEAD describes it.
 #[derive(Debug, Clone, Serialize)]

@@ -10,10 +10,10 @@ use futures_util::Stream;
 use serde::Serialize;
 
 use super::{Reader, Store, trim_etag};
-use crate::aws::AwsResultExt;
 use crate::names::{meta, metadata_text, metadata_value, raw_key};
 use crate::retrieval::Validators;
 use crate::upload::{Destination, Expected, UploadError, Uploaded};
+use aws_clients::AwsResultExt;
 
 /// The raw object of a file, as its HEAD describes it.
 #[derive(Debug, Clone, Serialize)]

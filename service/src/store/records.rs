@@ -7,10 +7,10 @@ use aws_sdk_s3::primitives::ByteStream;
 use serde::{Deserialize, Serialize};
 
 use super::{RawInfo, Store};
-use crate::aws::AwsResultExt;
 use crate::names::failed_key;
 use crate::upload::SseKms as _;
 use crate::upload::checksum;
+use aws_clients::AwsResultExt;
 
 /// What the final bucket records of a file whose current version has no output: the
 /// decryptions started for it (`error` unset) or the failure that ended its processing.

@@ -2,7 +2,7 @@
 //! a failed precondition, a body S3 refused as changed on its way, or another error.
 
 use super::{Destination, UploadError, checksum};
-use crate::aws::AwsResultExt;
+use aws_clients::AwsResultExt;
 
 /// What a key must hold for a write to take effect (S3 conditional writes: `If-None-Match:
 /// *`, `If-Match: <etag>`, on PutObject, CompleteMultipartUpload and CopyObject). Writers

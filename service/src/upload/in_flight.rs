@@ -10,7 +10,7 @@ use aws_sdk_s3::Client as S3;
 use aws_sdk_s3::error::ProvideErrorMetadata as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::aws::{AwsResultExt, Failure, aws_failure};
+use aws_clients::{AwsResultExt, Failure, aws_failure};
 
 /// What all transfers share: the multipart uploads not yet completed or aborted (so shutdown
 /// can abort what is left), and the budget of part buffers. Every part buffer, filling or

@@ -17,8 +17,8 @@ use super::in_flight::AbortOnDrop;
 use super::{
     Destination, Expected, STAGING_BYTES, SseKms, Stored, UploadError, Uploaded, Uploader, checksum,
 };
-use crate::aws::AwsResultExt;
 use crate::names::percent_encode_path;
+use aws_clients::AwsResultExt;
 
 impl Uploader {
     /// Streams `body` into `to`.
@@ -212,8 +212,8 @@ impl Uploader {
             .config_override(
                 aws_sdk_s3::config::Builder::default().timeout_config(
                     aws_config::timeout::TimeoutConfig::builder()
-                        .operation_attempt_timeout(crate::aws::S3_COPY_TIMEOUT)
-                        .operation_timeout(crate::aws::S3_COPY_TIMEOUT * 2)
+                        .operation_attempt_timeout(aws_clients::S3_COPY_TIMEOUT)
+                        .operation_timeout(aws_clients::S3_COPY_TIMEOUT * 2)
                         .build(),
                 ),
             )

@@ -4,8 +4,8 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use aws_clients::subprocess_env;
 use serde_json::Value;
-use service::aws::subprocess_env;
 use service::testing::{TEST_REGION, emulator_endpoint, emulator_settings};
 
 use super::Resources;

@@ -5,9 +5,9 @@
 
 use std::time::{Duration, Instant};
 
+use aws_clients::AwsClients;
 use clap::Parser;
 use serde_json::Value;
-use service::aws::AwsClients;
 use service::config::Config;
 use service::http::{AppState, router};
 use service::testing::{

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result};
-use service::aws::{AwsClients, AwsSettings, subprocess_env};
+use aws_clients::{AwsClients, AwsSettings, subprocess_env};
 use service::config::{DEFAULT_MAX_BUFFERED_PARTS, DEFAULT_PART_SIZE, DEFAULT_PARTS_IN_FLIGHT};
 
 use super::data::remove_files;

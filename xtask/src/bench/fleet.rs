@@ -8,9 +8,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, Result, bail};
+use aws_clients::{AwsClients, AwsResultExt, AwsSettings};
 use aws_sdk_s3::primitives::{DateTime, DateTimeFormat};
 use futures_util::StreamExt as _;
-use service::aws::{AwsClients, AwsResultExt, AwsSettings};
 
 use super::report::{Fleet, FleetRun, median, percentiles};
 use super::servers;

@@ -23,7 +23,7 @@ use std::process::Command;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail, ensure};
-use service::aws::{AwsClients, AwsResultExt, AwsSettings};
+use aws_clients::{AwsClients, AwsResultExt, AwsSettings};
 use xshell::cmd;
 
 use crate::buckets;

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
-use service::aws::AwsSettings;
+use aws_clients::AwsSettings;
 use xshell::cmd;
 
 use crate::context::Context;

@@ -6,11 +6,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context as _, Result, ensure};
+use aws_clients::AwsResultExt;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::ServerSideEncryption;
 use bytes::Bytes;
 use futures_util::future::try_join_all;
-use service::aws::AwsResultExt;
 
 use super::Setup;
 use super::report::{Metric, Percentiles, Variant, percentiles};

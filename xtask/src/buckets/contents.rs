@@ -4,10 +4,10 @@
 use std::collections::BTreeSet;
 
 use anyhow::{Result, bail};
+use aws_clients::AwsResultExt;
 use aws_sdk_s3::Client as S3;
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::types::{Delete, ObjectIdentifier};
-use service::aws::AwsResultExt;
 
 /// Deletes every version and delete marker; returns how many were deleted. A bucket that no
 /// longer exists counts as empty, so a re-run after a partial failure goes on.

@@ -1,11 +1,11 @@
 //! Reading each setting back from a bucket, as found (what bootstrap checks and reports).
 
 use anyhow::{Context as _, Result};
+use aws_clients::AwsResultExt;
 use aws_sdk_s3::Client as S3;
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::types::{BucketVersioningStatus, ExpirationStatus, LifecycleRule, ObjectOwnership};
 use serde_json::Value;
-use service::aws::AwsResultExt;
 
 use super::settings::{BucketSetting, Found, check_tls_only_policy};
 

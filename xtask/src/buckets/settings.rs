@@ -2,8 +2,8 @@
 //! TLS-only policy the state and artifact buckets carry.
 
 use anyhow::{Context as _, Result, bail};
+use aws_clients::partition;
 use serde_json::{Value, json};
-use service::aws::partition;
 
 /// One protective setting of a bucket, with how to read it back (`inspect`) and how to put
 /// it (`put`) side by side: the state bucket and the data buckets share every rule here.

@@ -21,7 +21,7 @@ fn every_variant_moves_the_same_bytes_and_is_measured() {
         s3: running.s3.clone(),
         s3_endpoint: service::testing::emulator_endpoint(),
         region: service::testing::TEST_REGION.to_string(),
-        aws_env: service::aws::subprocess_env(&service::testing::emulator_settings()),
+        aws_env: aws_clients::subprocess_env(&service::testing::emulator_settings()),
         service_url: running.url.clone(),
         initial: running.initial.clone(),
         final_: running.final_.clone(),

@@ -1,8 +1,8 @@
 //! The emulator enforces IAM, and its corrections (xtask/src/moto_server_fidelity.py) make it
 //! authorize as AWS does. Each correction has a test here that fails without it.
 
+use aws_clients::{AwsClients, AwsSettings, CredentialsSource};
 use aws_sdk_s3::primitives::ByteStream;
-use service::aws::{AwsClients, AwsSettings, CredentialsSource};
 use service::testing::{
     configure_like_terraform, create_bucket, create_key, emulator_aws_config, emulator_clients,
     emulator_endpoint, emulator_settings, unique_bucket_name,

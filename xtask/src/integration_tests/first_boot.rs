@@ -6,7 +6,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use service::aws::{AwsSettings, CredentialsSource};
+use aws_clients::{AwsSettings, CredentialsSource};
 
 use super::stack::stack;
 use super::{service_binary, temp_dir};
@@ -43,7 +43,7 @@ fn the_user_data_installs_the_deployed_build_as_the_instance_role_and_refuses_an
     assert!(user_data.contains(&format!("BINARY_SHA256='{sha256}'")));
     // `deploy` made the token the instance fetches, after the apply; another call keeps it.
     let operator =
-        block_on(service::aws::AwsClients::connect(&cx.env.aws)).expect("building AWS clients");
+        block_on(aws_clients::AwsClients::connect(&cx.env.aws)).expect("building AWS clients");
     let secrets = Secrets::new(outputs, &operator).unwrap();
     assert!(!block_on(secrets.ensure_token(&cx)).unwrap(), "kept");
     let token = block_on(secrets.token()).unwrap();
@@ -286,7 +286,7 @@ fn a_fleet_instance_serves_the_shared_key_and_certificate_and_follows_a_rotation
     assert!(user_data.contains(&format!("CERT_PARAMETER={certificate_parameter}\n")));
 
     let operator =
-        block_on(service::aws::AwsClients::connect(&cx.env.aws)).expect("building AWS clients");
+        block_on(aws_clients::AwsClients::connect(&cx.env.aws)).expect("building AWS clients");
     let mut secrets = Secrets::new(outputs, &operator).unwrap();
     secrets.certificate_parameter = certificate_parameter.clone();
     secrets.fleet = Some(crate::secrets::FleetTls {

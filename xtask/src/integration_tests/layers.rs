@@ -1,5 +1,5 @@
 //! The layering the README's tables promise, read from the sources: no import circle in
-//! either crate, and the AWS SDK only where the service's layers allow it.
+//! any crate, and the AWS SDK only where the service's layers allow it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -147,11 +147,15 @@ fn the_circle_finder_finds_circles() {
 }
 
 #[test]
-fn neither_crate_has_an_import_circle() {
-    for krate in ["service/src", "xtask/src"] {
+fn no_crate_has_an_import_circle() {
+    for (krate, at_least) in [
+        ("service/src", 10),
+        ("xtask/src", 10),
+        ("aws-clients/src", 2),
+    ] {
         let graph = edges(&modules(&workspace_root().join(krate)));
         assert!(
-            graph.len() > 10,
+            graph.len() > at_least,
             "{krate}: only {} modules found",
             graph.len()
         );
@@ -164,7 +168,7 @@ fn neither_crate_has_an_import_circle() {
 fn only_the_store_and_the_uploader_call_s3_and_only_the_queue_calls_sqs_in_the_service() {
     let modules = modules(&workspace_root().join("service/src"));
     for (name, code) in &modules {
-        let allowed = matches!(name.as_str(), "store" | "upload" | "aws" | "testing")
+        let allowed = matches!(name.as_str(), "store" | "upload" | "testing")
             || name.starts_with("store::")
             || name.starts_with("upload::");
         if !allowed {
@@ -173,7 +177,7 @@ fn only_the_store_and_the_uploader_call_s3_and_only_the_queue_calls_sqs_in_the_s
                 "service module `{name}` uses the S3 SDK; S3 calls belong in the store"
             );
         }
-        if !matches!(name.as_str(), "queue" | "aws" | "testing") {
+        if !matches!(name.as_str(), "queue" | "testing") {
             assert!(
                 !code.contains("aws_sdk_sqs"),
                 "service module `{name}` uses the SQS SDK; SQS calls belong in the queue"

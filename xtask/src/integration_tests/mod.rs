@@ -134,7 +134,7 @@ pub struct Running {
     pub initial: String,
     pub final_: String,
     pub s3: aws_sdk_s3::Client,
-    pub clients: service::aws::AwsClients,
+    pub clients: aws_clients::AwsClients,
     // Keeps the server's runtime alive for the test.
     pub runtime: tokio::runtime::Runtime,
 }

@@ -5,13 +5,13 @@
 use std::os::unix::fs::PermissionsExt;
 use std::process::ExitCode;
 
+use aws_clients::AwsClients;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     BucketLocationConstraint, BucketVersioningStatus, CreateBucketConfiguration,
     VersioningConfiguration,
 };
 use serde_json::Value;
-use service::aws::AwsClients;
 
 use super::stack::{self, modules_copy, stack};
 use super::{copy_dir, hardening, isolated_local_context, require_tool, service_binary, temp_dir};
@@ -140,8 +140,8 @@ fn bootstrap_refuses_a_state_bucket_owned_by_another_account() {
     let mut cx = isolated_local_context("foreign");
     let foreign = block_on(async {
         // The emulator's outsider administers another account (see emulator.rs).
-        let outsider = service::aws::AwsSettings {
-            credentials: service::aws::CredentialsSource::ProfileFile {
+        let outsider = aws_clients::AwsSettings {
+            credentials: aws_clients::CredentialsSource::ProfileFile {
                 config_file: service::testing::emulator_aws_config(),
                 profile: crate::local::emulator::OUTSIDER_PROFILE.to_string(),
             },
@@ -585,7 +585,7 @@ fn main_route_table(cx: &Context) -> String {
             "--output",
             "text",
         ])
-        .envs(service::aws::subprocess_env(&cx.env.aws))
+        .envs(aws_clients::subprocess_env(&cx.env.aws))
         .output()
         .unwrap();
     assert!(

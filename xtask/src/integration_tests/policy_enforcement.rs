@@ -8,12 +8,12 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
+use aws_clients::{AwsClients, AwsSettings, CredentialsSource};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     CompletedMultipartUpload, CompletedPart, Event, NotificationConfiguration, QueueConfiguration,
     ServerSideEncryption,
 };
-use service::aws::{AwsClients, AwsSettings, CredentialsSource};
 use service::testing::{
     create_bucket, create_key, emulator_aws_config, emulator_clients, emulator_endpoint,
     emulator_plain_endpoint, emulator_settings, unique_bucket_name,

@@ -116,7 +116,7 @@ fn every_variable_the_xtask_passes_is_declared() {
     };
     let local = Context::for_test(
         Environment::local(
-            service::aws::AwsSettings::emulator("https://127.0.0.1:1", "eu-west-1", None),
+            aws_clients::AwsSettings::emulator("https://127.0.0.1:1", "eu-west-1", None),
             "abc",
         ),
         &temp_dir("vars"),
@@ -832,7 +832,7 @@ fn the_local_override_names_every_service_the_stack_uses_and_exists_for_local_on
     let override_file = copy.join(crate::terraform::LOCAL_OVERRIDE_FILE);
     let local = Context::for_test(
         Environment::local(
-            service::aws::AwsSettings::emulator("https://127.0.0.1:1", "eu-west-1", None),
+            aws_clients::AwsSettings::emulator("https://127.0.0.1:1", "eu-west-1", None),
             "override",
         ),
         &temp_dir("override-state"),

@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
+use aws_clients::{AwsClients, AwsResultExt, AwsSettings};
 use bytes::Bytes;
 use serde::Serialize;
-use service::aws::{AwsClients, AwsResultExt, AwsSettings};
 
 use super::clients::{Front, Side, baseline, through_service};
 use crate::bench::servers;

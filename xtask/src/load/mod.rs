@@ -15,7 +15,7 @@ mod case;
 mod clients;
 
 use anyhow::{Context as _, Result, bail, ensure};
-use service::aws::{AwsClients, AwsSettings};
+use aws_clients::{AwsClients, AwsSettings};
 use std::process::ExitCode;
 
 use crate::bench;

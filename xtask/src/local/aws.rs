@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
+use aws_clients::{AwsSettings, CredentialsSource};
 use serde::{Deserialize, Serialize};
-use service::aws::{AwsSettings, CredentialsSource};
 
 use crate::paths::state_dir;
 

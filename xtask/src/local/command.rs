@@ -4,7 +4,7 @@
 use anyhow::{Result, bail};
 use std::process::ExitCode;
 
-use service::aws::subprocess_env;
+use aws_clients::subprocess_env;
 
 use crate::context::Context;
 use crate::flags::{self, LocalAction};

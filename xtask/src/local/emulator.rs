@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use service::aws::{AwsClients, AwsSettings};
+use aws_clients::{AwsClients, AwsSettings};
 
 use crate::context::{Context, block_on};
 use crate::local::aws::{LOCAL, LOCAL_REGION, read_record, record_path};

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, Result, bail};
-use service::aws::{AwsSettings, subprocess_env};
+use aws_clients::{AwsSettings, subprocess_env};
 
 use crate::artifact::FILE_NAME;
 use crate::context::Context;

@@ -9,8 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
+use aws_clients::{AwsClients, AwsSettings, subprocess_env};
 use serde::{Deserialize, Serialize};
-use service::aws::{AwsClients, AwsSettings, subprocess_env};
 
 use crate::context::{Context, block_on};
 use crate::local::{emulator, first_boot};

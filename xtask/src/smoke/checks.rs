@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
+use aws_clients::{AwsClients, AwsResultExt};
 use serde_json::Value;
-use service::aws::{AwsClients, AwsResultExt};
 use sha2::{Digest, Sha256};
 
 use super::cases::{Case, cases, sealed_case};

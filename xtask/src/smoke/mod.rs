@@ -17,7 +17,7 @@ use crate::flags;
 use crate::outputs::Outputs;
 use crate::outputs::outputs_file;
 use crate::secrets::Secrets;
-use service::aws::AwsClients;
+use aws_clients::AwsClients;
 
 use checks::http_client;
 pub use checks::smoke;

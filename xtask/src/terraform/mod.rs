@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, Result, bail};
-use service::aws::subprocess_env;
+use aws_clients::subprocess_env;
 
 use crate::context::Context;
 use crate::tools::find_on_path;
