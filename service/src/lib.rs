@@ -13,6 +13,5 @@ pub mod request_id;
 pub mod retrieval;
 pub mod serve;
 pub mod store;
-pub mod testing;
 pub mod tls;
 pub mod upload;

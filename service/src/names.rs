@@ -111,6 +111,12 @@ pub fn percent_decode(text: &str) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    /// The emulator fixtures' queue hears of the objects the service writes raw.
+    #[test]
+    fn the_fixtures_notify_on_the_raw_prefix() {
+        assert_eq!(emulator_fixtures::RAW_PREFIX, RAW_PREFIX);
+    }
+
     #[test]
     fn good_names_pass() {
         for name in [

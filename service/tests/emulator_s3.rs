@@ -6,7 +6,7 @@ use aws_sdk_s3::types::{
     BucketLocationConstraint, ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart,
     CreateBucketConfiguration,
 };
-use service::testing::{TEST_REGION, emulator_clients, unique_bucket_name};
+use emulator_fixtures::{TEST_REGION, emulator_clients, unique_bucket_name};
 
 #[tokio::test]
 async fn create_put_get_delete_through_the_shared_builder() {
@@ -110,7 +110,7 @@ async fn sts_reports_an_account_through_the_shared_builder() {
 async fn object_bodies_are_stored_whatever_their_content_type() {
     let clients = emulator_clients().await;
     let bucket = unique_bucket_name("typed");
-    service::testing::create_bucket(&clients.s3, &bucket).await;
+    emulator_fixtures::create_bucket(&clients.s3, &bucket).await;
     let body = |seed: u8| -> Vec<u8> {
         let mut body = b"key=a&file=b&\r\n--x\r\n".to_vec();
         body.extend((0..6 * 1024 * 1024).map(|i: u32| (i as u8).wrapping_mul(seed)));
@@ -208,7 +208,7 @@ async fn object_checksums_are_verified_and_multipart_ones_are_composite() {
     let sha256 = |data: &[u8]| sha2::Sha256::digest(data).to_vec();
     let clients = emulator_clients().await;
     let bucket = unique_bucket_name("checksums");
-    service::testing::create_bucket(&clients.s3, &bucket).await;
+    emulator_fixtures::create_bucket(&clients.s3, &bucket).await;
     let put = |key: &'static str, body: &'static [u8], checksum: String| {
         clients
             .s3
@@ -348,7 +348,7 @@ async fn read(clients: &aws_clients::AwsClients, bucket: &str, key: &str) -> Vec
 async fn multipart_uploads_report_when_they_were_initiated() {
     let clients = emulator_clients().await;
     let bucket = unique_bucket_name("initiated");
-    service::testing::create_bucket(&clients.s3, &bucket).await;
+    emulator_fixtures::create_bucket(&clients.s3, &bucket).await;
     let before = std::time::SystemTime::now();
     let upload = clients
         .s3

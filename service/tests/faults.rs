@@ -10,7 +10,7 @@ use common::binary::{Running, TOKEN, http, spawn};
 use common::faults::{FAULT_REQUEST_ID, Fault, FaultProxy, kms_decrypt, s3};
 use common::proxy::KmsProxy;
 use common::{MIB, Resources, random_bytes, resources, sha256_hex};
-use service::testing::emulator_plain_endpoint;
+use emulator_fixtures::emulator_plain_endpoint;
 use tokio::io::AsyncWriteExt;
 
 /// The service, talking to S3 and KMS only through `proxy`, with short S3 timeouts and

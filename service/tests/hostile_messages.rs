@@ -12,8 +12,8 @@ use common::binary::{http, spawn};
 use common::faults::{Fault, FaultProxy, kms_decrypt};
 use common::proxy::KmsProxy;
 use common::{encryptor, random_bytes, resources, sha256_hex};
+use emulator_fixtures::emulator_plain_endpoint;
 use service::decrypt::{DEFAULT_MAX_FRAMES, Limits, Settings, inspect};
-use service::testing::emulator_plain_endpoint;
 
 fn limits() -> Limits {
     Settings::defaults(0).limits
@@ -144,7 +144,7 @@ async fn forged_and_extreme_messages_fail_alone_with_a_reason_and_survive_a_rest
     let proxy = KmsProxy::start(&emulator_plain_endpoint()).await;
     let through_proxy = [("AWS_ENDPOINT_URL", proxy.url.as_str())];
     let producer = encryptor(&resources, key).await;
-    let other_key = service::testing::create_key(&resources.clients.kms).await;
+    let other_key = emulator_fixtures::create_key(&resources.clients.kms).await;
     let foreign = encryptor(&resources, &other_key).await;
 
     let valid = producer

@@ -11,7 +11,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use common::binary::{Running, TOKEN, http, spawn};
 use common::faults::{Fault, FaultProxy, s3};
 use common::{MIB, Resources, random_bytes, resources, sha256_hex};
-use service::testing::emulator_plain_endpoint;
+use emulator_fixtures::emulator_plain_endpoint;
 
 /// The raw object's bytes, read straight from S3.
 async fn stored(resources: &Resources, name: &str) -> Vec<u8> {

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use common::binary::{self, Running};
 use common::faults::{Fault, FaultProxy};
 use common::{MIB, Resources, random_bytes, resources, sha256_hex};
+use emulator_fixtures::{create_work_queue, emulator_plain_endpoint, unique_bucket_name};
 use futures_util::StreamExt as _;
-use service::testing::{create_work_queue, emulator_plain_endpoint, unique_bucket_name};
 
 const PART_SIZE: &str = "5242880";
 

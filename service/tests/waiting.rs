@@ -9,7 +9,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use common::binary::{TOKEN, http, spawn};
 use common::faults::{Fault, FaultProxy, s3};
 use common::resources;
-use service::testing::{create_queues, emulator_plain_endpoint, unique_bucket_name};
+use emulator_fixtures::{create_queues, emulator_plain_endpoint, unique_bucket_name};
 
 const WAITERS: usize = 600;
 const MAX_WAITERS: usize = 64;

@@ -5,8 +5,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aws_clients::subprocess_env;
+use emulator_fixtures::{TEST_REGION, emulator_endpoint, emulator_settings};
 use serde_json::Value;
-use service::testing::{TEST_REGION, emulator_endpoint, emulator_settings};
 
 use super::Resources;
 

@@ -7,13 +7,13 @@ use std::time::{Duration, Instant};
 
 use aws_clients::AwsClients;
 use clap::Parser;
-use serde_json::Value;
-use service::config::Config;
-use service::http::{AppState, router};
-use service::testing::{
+use emulator_fixtures::{
     TEST_REGION, configure_like_terraform, create_bucket, create_key, emulator_clients,
     unique_bucket_name,
 };
+use serde_json::Value;
+use service::config::Config;
+use service::http::{AppState, router};
 
 pub mod binary;
 pub mod faults;

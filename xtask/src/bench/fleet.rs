@@ -90,8 +90,8 @@ async fn measure(
         buckets::create(&clients.s3, bucket, &setup.settings.region).await?;
     }
     let kms_key_arn = setup.kms_key_arn;
-    let queues = service::testing::create_queues(clients, tag, kms_key_arn, 60, 5).await?;
-    service::testing::notify_queue(clients, &initial, &queues).await?;
+    let queues = emulator_fixtures::create_queues(clients, tag, kms_key_arn, 60, 5).await?;
+    emulator_fixtures::notify_queue(clients, &initial, &queues).await?;
     let mut services = Vec::new();
     for n in 0..instances {
         let env = vec![

@@ -19,9 +19,9 @@ fn every_variant_moves_the_same_bytes_and_is_measured() {
             .build()
             .unwrap(),
         s3: running.s3.clone(),
-        s3_endpoint: service::testing::emulator_endpoint(),
-        region: service::testing::TEST_REGION.to_string(),
-        aws_env: aws_clients::subprocess_env(&service::testing::emulator_settings()),
+        s3_endpoint: emulator_fixtures::emulator_endpoint(),
+        region: emulator_fixtures::TEST_REGION.to_string(),
+        aws_env: aws_clients::subprocess_env(&emulator_fixtures::emulator_settings()),
         service_url: running.url.clone(),
         initial: running.initial.clone(),
         final_: running.final_.clone(),
@@ -91,7 +91,7 @@ fn every_variant_moves_the_same_bytes_and_is_measured() {
 fn the_fleet_case_measures_one_two_and_four_instances_on_the_queue() {
     let cx = isolated_local_context("fleet");
     let work = temp_dir("fleet");
-    let settings = service::testing::emulator_settings();
+    let settings = emulator_fixtures::emulator_settings();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let key_arn = runtime
         .block_on(crate::bench::create_key(&settings))
@@ -124,7 +124,7 @@ fn the_fleet_case_measures_one_two_and_four_instances_on_the_queue() {
     }
     assert_eq!(fleet.runs[0].over_one_instance, 1.0);
     // The buckets are gone.
-    let clients = runtime.block_on(service::testing::emulator_clients());
+    let clients = runtime.block_on(emulator_fixtures::emulator_clients());
     let listed = runtime.block_on(clients.s3.list_buckets().send()).unwrap();
     assert!(
         !listed

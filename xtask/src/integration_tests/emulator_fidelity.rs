@@ -9,7 +9,7 @@ use aws_sdk_s3::types::{
     TargetObjectKeyFormat,
 };
 use aws_sdk_sqs::types::QueueAttributeName;
-use service::testing::{create_bucket, emulator_clients, unique_bucket_name};
+use emulator_fixtures::{create_bucket, emulator_clients, unique_bucket_name};
 
 use super::{isolated_local_context, require_tool, temp_dir};
 use crate::context::block_on;

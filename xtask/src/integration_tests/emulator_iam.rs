@@ -3,7 +3,7 @@
 
 use aws_clients::{AwsClients, AwsSettings, CredentialsSource};
 use aws_sdk_s3::primitives::ByteStream;
-use service::testing::{
+use emulator_fixtures::{
     configure_like_terraform, create_bucket, create_key, emulator_aws_config, emulator_clients,
     emulator_endpoint, emulator_settings, unique_bucket_name,
 };
@@ -84,14 +84,14 @@ fn denied<T, E: std::fmt::Debug>(result: Result<T, E>, what: &str) {
 #[test]
 fn unsigned_and_unknown_requests_are_refused() {
     block_on(async {
-        let unsigned = reqwest::get(format!("{}/", service::testing::emulator_plain_endpoint()))
+        let unsigned = reqwest::get(format!("{}/", emulator_fixtures::emulator_plain_endpoint()))
             .await
             .unwrap();
         assert_eq!(unsigned.status().as_u16(), 403, "unsigned ListBuckets");
         let unknown = AwsClients::connect(&AwsSettings::emulator(
             emulator_endpoint(),
-            service::testing::TEST_REGION,
-            Some(service::testing::emulator_ca_bundle()),
+            emulator_fixtures::TEST_REGION,
+            Some(emulator_fixtures::emulator_ca_bundle()),
         ))
         .await
         .expect("building AWS clients");

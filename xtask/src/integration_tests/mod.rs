@@ -19,12 +19,12 @@ mod terraform_static;
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
-use service::config::Config;
-use service::http::{AppState, router};
-use service::testing::{
+use emulator_fixtures::{
     TEST_REGION, configure_like_terraform, create_bucket, create_key, emulator_clients,
     unique_bucket_name,
 };
+use service::config::Config;
+use service::http::{AppState, router};
 
 use crate::context::{Context, workspace_root};
 use crate::environment::Environment;
@@ -77,7 +77,7 @@ pub fn temp_dir(label: &str) -> PathBuf {
         .join("xtask-tests")
         .join(format!(
             "{label}-{}",
-            service::testing::unique_bucket_name("d")
+            emulator_fixtures::unique_bucket_name("d")
         ));
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -94,7 +94,7 @@ pub fn isolated_local_context(label: &str) -> Context {
         "t{:x}",
         (nanos ^ u128::from(std::process::id())) % 0xff_ffff_ffff
     );
-    let env = Environment::local(service::testing::emulator_settings(), &prefix);
+    let env = Environment::local(emulator_fixtures::emulator_settings(), &prefix);
     Context::for_test(env, &temp_dir(label))
 }
 

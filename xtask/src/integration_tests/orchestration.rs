@@ -142,7 +142,7 @@ fn bootstrap_refuses_a_state_bucket_owned_by_another_account() {
         // The emulator's outsider administers another account (see emulator.rs).
         let outsider = aws_clients::AwsSettings {
             credentials: aws_clients::CredentialsSource::ProfileFile {
-                config_file: service::testing::emulator_aws_config(),
+                config_file: emulator_fixtures::emulator_aws_config(),
                 profile: crate::local::emulator::OUTSIDER_PROFILE.to_string(),
             },
             ..cx.env.aws.clone()
@@ -151,7 +151,7 @@ fn bootstrap_refuses_a_state_bucket_owned_by_another_account() {
             .await
             .expect("building AWS clients")
             .s3;
-        let name = service::testing::unique_bucket_name("foreign");
+        let name = emulator_fixtures::unique_bucket_name("foreign");
         other
             .create_bucket()
             .bucket(&name)
@@ -478,7 +478,7 @@ fn a_reviewed_plan_is_applied_as_saved_then_re_plans_empty_and_a_moved_backend_i
     // variables `local` gets in a var-file: `local` itself reconfigures, its state living in
     // the emulator.
     let mut moved = Context::for_test(cx.env.clone(), &cx.state_root);
-    moved.env.state_bucket = Some(service::testing::unique_bucket_name("moved-state"));
+    moved.env.state_bucket = Some(emulator_fixtures::unique_bucket_name("moved-state"));
     bootstrap(&moved, false);
     let vars: serde_json::Map<String, Value> = crate::terraform::xtask_variables(&cx, None)
         .into_iter()
@@ -837,9 +837,9 @@ fn a_named_provider_mirror_without_the_provider_stops_init_in_one_sentence() {
 fn emptying_a_bucket_removes_more_than_a_thousand_versions_and_delete_markers() {
     let cx = isolated_local_context("empty");
     let s3 = clients(&cx).s3;
-    let bucket = service::testing::unique_bucket_name("versions");
+    let bucket = emulator_fixtures::unique_bucket_name("versions");
     block_on(async {
-        service::testing::create_bucket(&s3, &bucket).await;
+        emulator_fixtures::create_bucket(&s3, &bucket).await;
         s3.put_bucket_versioning()
             .bucket(&bucket)
             .versioning_configuration(

@@ -14,7 +14,7 @@ use aws_sdk_s3::types::{
     CompletedMultipartUpload, CompletedPart, Event, NotificationConfiguration, QueueConfiguration,
     ServerSideEncryption,
 };
-use service::testing::{
+use emulator_fixtures::{
     create_bucket, create_key, emulator_aws_config, emulator_clients, emulator_endpoint,
     emulator_plain_endpoint, emulator_settings, unique_bucket_name,
 };

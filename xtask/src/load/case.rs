@@ -133,7 +133,7 @@ pub(super) fn run_case(
         for bucket in [&initial, &final_] {
             buckets::create(&clients.s3, bucket, &settings.region).await?;
         }
-        let (queue_url, _) = service::testing::create_work_queue(
+        let (queue_url, _) = emulator_fixtures::create_work_queue(
             clients,
             &format!("load-{number}"),
             &initial,

@@ -1,185 +1,12 @@
-//! Helpers for tests that talk to the local AWS emulator. `cargo xtask test` starts the
-//! emulator and exports its endpoint in [`ENDPOINT_VAR`]; a test run without it fails loudly
-//! instead of skipping.
+//! The processing queue as Terraform's `queue` module makes it, and the initial bucket's
+//! notification to it with the grants S3 needs.
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use aws_clients::AwsClients;
 
-use aws_clients::{AwsClients, AwsSettings, CredentialsSource};
-
-/// The one variable that tells tests where the emulator listens.
-pub const ENDPOINT_VAR: &str = "FILEPIPE_TEST_ENDPOINT";
-/// The CA the emulator's TLS certificate is signed by.
-pub const CA_BUNDLE_VAR: &str = "FILEPIPE_TEST_CA_BUNDLE";
-/// The emulator's plain-HTTP endpoint, for proxies that read requests (fault injection) and
-/// for requests that must be refused for not using TLS.
-pub const PLAIN_ENDPOINT_VAR: &str = "FILEPIPE_TEST_PLAIN_ENDPOINT";
-/// The AWS config file whose `operator` profile signs the tests' requests: the emulator
-/// enforces IAM, so unsigned or unknown requests are refused.
-pub const AWS_CONFIG_VAR: &str = "FILEPIPE_TEST_AWS_CONFIG";
-/// The operator's profile in that file.
-pub const OPERATOR_PROFILE: &str = "operator";
-/// Region the tests use against the emulator: outside us-east-1, so every CreateBucket
-/// must carry a LocationConstraint as it must on real AWS.
-pub const TEST_REGION: &str = "eu-west-1";
-
-/// The emulator endpoint, or a panic that says how to run the tests.
-pub fn emulator_endpoint() -> String {
-    match std::env::var(ENDPOINT_VAR) {
-        Ok(endpoint) if !endpoint.trim().is_empty() => endpoint,
-        _ => panic!(
-            "{ENDPOINT_VAR} is not set: this test needs the local AWS emulator. \
-             Run the tests with `cargo xtask test`, which starts it and sets {ENDPOINT_VAR}."
-        ),
-    }
-}
-
-/// The emulator's plain-HTTP endpoint, or a panic that says how to run the tests.
-pub fn emulator_plain_endpoint() -> String {
-    required_var(
-        PLAIN_ENDPOINT_VAR,
-        "this test needs the emulator's plain-HTTP endpoint",
-    )
-}
-
-/// The emulator's CA certificate, or a panic that says how to run the tests.
-pub fn emulator_ca_bundle() -> std::path::PathBuf {
-    required_var(
-        CA_BUNDLE_VAR,
-        "this test trusts the emulator's TLS certificate by its CA",
-    )
-    .into()
-}
-
-fn required_var(name: &str, why: &str) -> String {
-    match std::env::var(name) {
-        Ok(value) if !value.trim().is_empty() => value,
-        _ => panic!(
-            "{name} is not set: {why}. Run the tests with `cargo xtask test`, which sets it."
-        ),
-    }
-}
-
-/// The AWS config file with the emulator's identities, or a panic that says how to run the
-/// tests.
-pub fn emulator_aws_config() -> std::path::PathBuf {
-    match std::env::var(AWS_CONFIG_VAR) {
-        Ok(path) if !path.trim().is_empty() => std::path::PathBuf::from(path),
-        _ => panic!(
-            "{AWS_CONFIG_VAR} is not set: this test signs its requests as the emulator's operator. \
-             Run the tests with `cargo xtask test`, which sets it."
-        ),
-    }
-}
-
-/// The emulator as the operator: endpoint and credentials from `cargo xtask test`.
-pub fn emulator_settings() -> AwsSettings {
-    let config_file = emulator_aws_config();
-    AwsSettings {
-        region: TEST_REGION.to_string(),
-        endpoint_url: Some(emulator_endpoint()),
-        s3_endpoint_url: None,
-        credentials: CredentialsSource::ProfileFile {
-            config_file,
-            profile: OPERATOR_PROFILE.to_string(),
-        },
-        ca_bundle: Some(emulator_ca_bundle()),
-    }
-}
-
-/// Clients for the emulator, built by the shared client builder.
-pub async fn emulator_clients() -> AwsClients {
-    AwsClients::connect(&emulator_settings())
-        .await
-        .expect("building AWS clients for the emulator")
-}
-
-/// A bucket name no other test (or earlier run against the same emulator) uses.
-pub fn unique_bucket_name(purpose: &str) -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_nanos();
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let name = format!(
-        "t-{}-{}-{:x}-{n}",
-        purpose.to_ascii_lowercase(),
-        std::process::id(),
-        nanos % 0xffff_ffff
-    );
-    name.chars().take(63).collect()
-}
-
-/// Creates a bucket in [`TEST_REGION`] (with its LocationConstraint, as AWS requires).
-pub async fn create_bucket(s3: &aws_sdk_s3::Client, name: &str) {
-    use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
-    s3.create_bucket()
-        .bucket(name)
-        .create_bucket_configuration(
-            CreateBucketConfiguration::builder()
-                .location_constraint(BucketLocationConstraint::from(TEST_REGION))
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("create bucket {name}: {e:?}"));
-}
-
-/// A new KMS key in the emulator; returns its ARN.
-pub async fn create_key(kms: &aws_sdk_kms::Client) -> String {
-    let key = kms
-        .create_key()
-        .description("filepipe test")
-        .send()
-        .await
-        .expect("create key");
-    key.key_metadata()
-        .and_then(|m| m.arn())
-        .expect("key ARN")
-        .to_string()
-}
-
-/// Versioning and default SSE-KMS with a bucket key, as the Terraform modules configure a
-/// data bucket.
-pub async fn configure_like_terraform(s3: &aws_sdk_s3::Client, bucket: &str, key_arn: &str) {
-    use aws_sdk_s3::types::{
-        BucketVersioningStatus, ServerSideEncryption, ServerSideEncryptionByDefault,
-        ServerSideEncryptionConfiguration, ServerSideEncryptionRule, VersioningConfiguration,
-    };
-    s3.put_bucket_versioning()
-        .bucket(bucket)
-        .versioning_configuration(
-            VersioningConfiguration::builder()
-                .status(BucketVersioningStatus::Enabled)
-                .build(),
-        )
-        .send()
-        .await
-        .expect("versioning");
-    s3.put_bucket_encryption()
-        .bucket(bucket)
-        .server_side_encryption_configuration(
-            ServerSideEncryptionConfiguration::builder()
-                .rules(
-                    ServerSideEncryptionRule::builder()
-                        .apply_server_side_encryption_by_default(
-                            ServerSideEncryptionByDefault::builder()
-                                .sse_algorithm(ServerSideEncryption::AwsKms)
-                                .kms_master_key_id(key_arn)
-                                .build()
-                                .expect("algorithm set"),
-                        )
-                        .bucket_key_enabled(true)
-                        .build(),
-                )
-                .build()
-                .expect("rules set"),
-        )
-        .send()
-        .await
-        .expect("default encryption");
-}
+/// The prefix of raw objects in the initial bucket, whose creations the queue hears of: the
+/// service's key layout (`names::RAW_PREFIX`, checked equal by the service's tests) and the
+/// queue module's `filter_prefix` default.
+pub const RAW_PREFIX: &str = "raw/";
 
 /// The processing queue as Terraform's `queue` module makes it: a dead-letter queue, the
 /// queue (SSE with `key_arn`, `visibility_secs`, redriven after `max_receives`
@@ -210,8 +37,8 @@ pub struct Queues {
     pub key_arn: String,
 }
 
-/// The two queues of [`create_work_queue`], without the notification (the sandbox
-/// provisioner makes its buckets later).
+/// The two queues of [`create_work_queue`], without the notification (the benchmark's fleet
+/// case notifies them of its own bucket).
 pub async fn create_queues(
     clients: &AwsClients,
     name: &str,
@@ -319,7 +146,7 @@ pub async fn notify_queue(
     };
     let prefix = FilterRule::builder()
         .name(FilterRuleName::Prefix)
-        .value(crate::names::RAW_PREFIX)
+        .value(RAW_PREFIX)
         .build();
     let queue = QueueConfiguration::builder()
         .queue_arn(queue_arn)
