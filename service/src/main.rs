@@ -51,7 +51,7 @@ struct GenCert {
 fn gen_cert(args: GenCert) -> anyhow::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
-    let (cert, key) = service::tls::generate(&args.ips, &args.names, args.days)?;
+    let (cert, key) = certificates::generate(&args.ips, &args.names, args.days)?;
     let mut key_file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -62,7 +62,7 @@ fn gen_cert(args: GenCert) -> anyhow::Result<()> {
     key_file.write_all(key.as_bytes())?;
     std::fs::write(&args.cert_out, &cert)
         .with_context(|| format!("writing {}", args.cert_out.display()))?;
-    println!("{}", service::tls::fingerprint(&cert)?);
+    println!("{}", certificates::fingerprint(&cert)?);
     Ok(())
 }
 

@@ -1,10 +1,8 @@
 //! HTTPS: the certificate and key from `TLS_CERT_FILE` / `TLS_KEY_FILE`, read again on SIGHUP
 //! and every `RELOAD_INTERVAL_SECS` (a renewed certificate is served to new connections
-//! without a restart), TLS 1.2 and 1.3 only. And `service gen-cert`: the key pair and
-//! self-signed certificate the instance makes for itself at first boot, so the private key
-//! never leaves it.
+//! without a restart), TLS 1.2 and 1.3 only. The certificates themselves (`service gen-cert`)
+//! come from the `certificates` crate, which the operator's xtask shares.
 
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -70,61 +68,10 @@ fn acceptor(cert_file: &Path, key_file: &Path) -> Result<(Vec<u8>, TlsAcceptor)>
     Ok((fingerprint, TlsAcceptor::from(Arc::new(config))))
 }
 
-/// A fresh ECDSA P-256 key and a self-signed certificate for `ips` and `names`, valid from
-/// an hour ago (clock skew) for `days`; PEM texts (certificate, key).
-pub fn generate(ips: &[IpAddr], names: &[String], days: u32) -> Result<(String, String)> {
-    use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType};
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).context("generating a key")?;
-    let mut params = CertificateParams::default();
-    let mut subject = DistinguishedName::new();
-    subject.push(DnType::CommonName, "filepipe service");
-    params.distinguished_name = subject;
-    params.subject_alt_names = ips.iter().map(|ip| SanType::IpAddress(*ip)).collect();
-    for name in names {
-        params.subject_alt_names.push(SanType::DnsName(
-            name.as_str()
-                .try_into()
-                .with_context(|| format!("{name} is not a DNS name"))?,
-        ));
-    }
-    if params.subject_alt_names.is_empty() {
-        bail!("a certificate needs at least one --ip or --dns name");
-    }
-    let now = time::OffsetDateTime::now_utc();
-    params.not_before = now - time::Duration::hours(1);
-    params.not_after = now + time::Duration::days(i64::from(days));
-    let cert = params
-        .self_signed(&key)
-        .context("signing the certificate")?;
-    Ok((cert.pem(), key.serialize_pem()))
-}
-
-/// Whether the first certificate of a PEM text is valid for the DNS name `name` (its
-/// subject alternative names say so; validity dates and issuer are not looked at).
-pub fn names_host(cert_pem: &str, name: &str) -> bool {
-    let Ok(cert) = CertificateDer::from_pem_slice(cert_pem.as_bytes()) else {
-        return false;
-    };
-    let Ok(server_name) = rustls::pki_types::ServerName::try_from(name.to_string()) else {
-        return false;
-    };
-    webpki::EndEntityCert::try_from(&cert)
-        .is_ok_and(|cert| cert.verify_is_valid_for_subject_name(&server_name).is_ok())
-}
-
-/// The SHA-256 fingerprint of the first certificate of a PEM text, as `ab:cd:...`.
-pub fn fingerprint(cert_pem: &str) -> Result<String> {
-    let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes()).context("no PEM certificate")?;
-    Ok(Sha256::digest(&cert)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use certificates::{fingerprint, generate};
 
     #[test]
     fn a_generated_pair_loads_and_a_reload_notices_a_new_certificate() {
@@ -150,10 +97,6 @@ mod tests {
         assert!(tls.reload().is_err());
         std::fs::write(&key_file, &other_key).unwrap();
         assert!(tls.reload().unwrap(), "the new pair");
-        assert!(generate(&[], &[], 30).is_err());
-        assert!(names_host(&cert, "localhost"));
-        assert!(!names_host(&cert, "elsewhere.example"));
-        assert!(!names_host("not a certificate", "localhost"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -124,7 +124,7 @@ pub fn cert(cx: &Context, args: flags::Rotate) -> Result<ExitCode> {
     println!(
         "certificate rotated: {url} presents the new one, pinned in {} ({})",
         pin.display(),
-        service::tls::fingerprint(&cert)?
+        certificates::fingerprint(&cert)?
     );
     Ok(ExitCode::SUCCESS)
 }

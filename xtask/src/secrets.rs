@@ -119,7 +119,7 @@ impl Secrets {
         let fresh = current.as_ref().is_some_and(|parameter| {
             let names = parameter
                 .value()
-                .is_some_and(|pem| service::tls::names_host(pem, &fleet.dns_name));
+                .is_some_and(|pem| certificates::names_host(pem, &fleet.dns_name));
             let young = parameter
                 .last_modified_date()
                 .is_some_and(|at| at.secs() > now_secs() - FLEET_CERT_RENEW_DAYS * 86_400);
@@ -135,7 +135,7 @@ impl Secrets {
     /// A new key and certificate for the fleet: the key first, so that an instance that
     /// sees the new certificate finds its key.
     async fn put_fleet_certificate(&self, fleet: &FleetTls) -> Result<()> {
-        let (cert, key) = service::tls::generate(
+        let (cert, key) = certificates::generate(
             &[],
             &[fleet.dns_name.clone(), "localhost".to_string()],
             FLEET_CERT_DAYS,

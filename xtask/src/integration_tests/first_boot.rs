@@ -387,7 +387,7 @@ fn a_fleet_instance_serves_the_shared_key_and_certificate_and_follows_a_rotation
     let cert = parameter(secrets.certificate_parameter.clone(), false);
     assert_eq!(served(&key_file), key, "the shared key");
     assert_eq!(served(&cert_file), cert, "the shared certificate");
-    assert!(service::tls::names_host(&cert, dns_name));
+    assert!(certificates::names_host(&cert, dns_name));
     assert_eq!(
         std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
         0o440
