@@ -309,6 +309,12 @@ impl Config {
         }
     }
 
+    /// The bytes decryptions may hold at once, whatever the number of files (`decrypt::WEIGHT`
+    /// times the largest message allowed).
+    pub fn decryption_memory_budget(&self) -> u64 {
+        decrypt::WEIGHT * self.max_encrypted_size
+    }
+
     pub fn decrypt_settings(&self) -> decrypt::Settings {
         decrypt::Settings {
             max_message_size: self.max_encrypted_size,

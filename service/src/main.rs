@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use aws_clients::AwsClients;
 use clap::Parser;
 use service::config::Config;
+use service::decrypt::{self, Decryptor};
 use service::http::AppState;
 use service::serve::serve;
 use service::tls::Tls;
@@ -66,16 +67,82 @@ fn gen_cert(args: GenCert) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `service seal`: an AWS Encryption SDK message of a file under the KMS key, with the suite
+/// and frame size any Encryption SDK producer uses by default: what the smoke test and `load`
+/// send as encrypted input, made by the same SDK the service decrypts with.
+#[derive(Parser, Debug)]
+#[command(
+    name = "service seal",
+    about = "Encrypt a file into an AWS Encryption SDK message under a KMS key"
+)]
+struct Seal {
+    /// Full ARN of the KMS key.
+    #[arg(long, env = "KMS_KEY_ARN")]
+    kms_key_arn: String,
+    #[arg(long, env = "AWS_REGION")]
+    region: String,
+    /// Endpoint of a KMS-compatible emulator; unset for real AWS.
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    aws_endpoint_url: Option<String>,
+    /// The CA (PEM) the endpoint must be signed by instead of the system's roots.
+    #[arg(long, env = "AWS_CA_BUNDLE")]
+    aws_ca_bundle: Option<std::path::PathBuf>,
+    /// The plaintext.
+    #[arg(long = "in")]
+    input: std::path::PathBuf,
+    /// Where to write the message.
+    #[arg(long = "out")]
+    output: std::path::PathBuf,
+}
+
+fn seal(args: Seal) -> anyhow::Result<()> {
+    let plaintext =
+        std::fs::read(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
+    let settings = aws_clients::AwsSettings {
+        region: args.region,
+        endpoint_url: args.aws_endpoint_url,
+        s3_endpoint_url: None,
+        credentials: aws_clients::CredentialsSource::DefaultChain { profile: None },
+        ca_bundle: args.aws_ca_bundle,
+    };
+    let message = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the tokio runtime")?
+        .block_on(async {
+            let clients = AwsClients::connect(&settings).await?;
+            // The budget bounds decryptions only; one encryption of this file needs no more.
+            let size = plaintext.len() as u64;
+            let producer = Decryptor::new(
+                clients.kms,
+                &args.kms_key_arn,
+                decrypt::Settings::defaults(size.max(1)),
+            )
+            .await?;
+            producer.encrypt(plaintext, None).await
+        })?;
+    std::fs::write(&args.output, message)
+        .with_context(|| format!("writing {}", args.output.display()))
+}
+
+/// A one-shot subcommand's result as the process's exit status.
+fn exit_status(result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> std::process::ExitCode {
-    if std::env::args().nth(1).as_deref() == Some("gen-cert") {
-        let args = GenCert::parse_from(std::env::args().skip(1));
-        return match gen_cert(args) {
-            Ok(()) => std::process::ExitCode::SUCCESS,
-            Err(err) => {
-                eprintln!("error: {err:#}");
-                std::process::ExitCode::FAILURE
-            }
-        };
+    match std::env::args().nth(1).as_deref() {
+        Some("gen-cert") => {
+            return exit_status(gen_cert(GenCert::parse_from(std::env::args().skip(1))));
+        }
+        Some("seal") => return exit_status(seal(Seal::parse_from(std::env::args().skip(1)))),
+        _ => {}
     }
     return_large_buffers_to_the_os();
     tokio::runtime::Builder::new_multi_thread()

@@ -21,6 +21,7 @@ mod process;
 mod provider_schema;
 mod render_user_data;
 mod rotate;
+mod seal;
 mod secrets;
 mod smoke;
 mod terraform;

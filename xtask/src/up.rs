@@ -14,6 +14,7 @@ use crate::context::{Context, block_on};
 use crate::flags;
 use crate::local::{emulator, instance};
 use crate::outputs::{Outputs, outputs_file};
+use crate::seal::Sealer;
 use crate::secrets::{self, Secrets};
 use crate::{bootstrap, deploy, smoke};
 
@@ -92,6 +93,7 @@ pub fn run(cx: &Context, args: flags::Up) -> Result<ExitCode> {
     steps.next(cx, "smoke test through every instance");
     let pin = std::fs::read_to_string(secrets::pin_file(cx))?;
     let token = block_on(secrets.token())?;
+    let sealer = Sealer::for_this_machine(cx, &cx.env.aws)?;
     for (n, service) in services.iter().enumerate() {
         let report = block_on(smoke::smoke(
             &service.url(),
@@ -102,6 +104,7 @@ pub fn run(cx: &Context, args: flags::Up) -> Result<ExitCode> {
             },
             Some(outputs.string("kms_key_arn")?),
             Some(&operator),
+            Some(&sealer),
             Some(&pin),
         ))?;
         smoke::print_table(&report);

@@ -19,6 +19,7 @@ pub(super) async fn info(State(state): State<AppState>) -> Json<Value> {
         "parts_in_flight": config.parts_in_flight,
         "max_buffered_parts": config.max_buffered_parts,
         "max_object_size": config.max_object_size,
+        "decryption_memory_budget": config.decryption_memory_budget(),
         "initial_bucket": config.initial_bucket,
         "final_bucket": config.final_bucket,
         "kms_key_arn": config.kms_key_arn,

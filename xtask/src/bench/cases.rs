@@ -6,7 +6,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result};
 use aws_clients::{AwsClients, AwsSettings, subprocess_env};
-use service::config::{DEFAULT_MAX_BUFFERED_PARTS, DEFAULT_PART_SIZE, DEFAULT_PARTS_IN_FLIGHT};
 
 use super::data::remove_files;
 use super::report::{self, Case, Report, Target};
@@ -48,6 +47,7 @@ pub(super) fn measure(
     std::fs::create_dir_all(&data)?;
 
     let mut cases = Vec::new();
+    let mut transfer = None;
     let mut case_number = 0;
     let mut measure_case = |title: String,
                             server: &str,
@@ -61,7 +61,7 @@ pub(super) fn measure(
             ..emulator_settings.clone()
         };
         let started = std::time::Instant::now();
-        let case = run_case(
+        let (case, used) = run_case(
             cx,
             &settings,
             CaseSettings {
@@ -76,6 +76,7 @@ pub(super) fn measure(
             },
             files,
         )?;
+        transfer = Some(used);
         report::print_case(&case);
         eprintln!(
             "    (case {case_number} took {:.0}s)",
@@ -161,6 +162,7 @@ pub(super) fn measure(
         None
     };
 
+    let transfer = transfer.context("no case ran, so no service reported its part size")?;
     Ok(Report {
         fleet,
         unix_time: SystemTime::now()
@@ -168,9 +170,9 @@ pub(super) fn measure(
             .map(|d| d.as_secs())
             .unwrap_or_default(),
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        part_size: DEFAULT_PART_SIZE,
-        parts_in_flight: DEFAULT_PARTS_IN_FLIGHT,
-        max_buffered_parts: DEFAULT_MAX_BUFFERED_PARTS,
+        part_size: transfer.part_size,
+        parts_in_flight: transfer.parts_in_flight,
+        max_buffered_parts: transfer.max_buffered_parts,
         cases,
         notes: vec![
             "s3s-fs ignores SSE headers: on s3s-fs no variant pays for encryption; the moto case sends the same headers".into(),
@@ -198,13 +200,45 @@ struct CaseSettings<'a> {
     clients: usize,
 }
 
-/// A fresh pair of buckets and a fresh service for one case, so its peak RSS is the case's.
+/// How the service moves a large object, as its `/v1/info` says: the direct transfers (b)
+/// and (c) use the same part size and concurrency.
+#[derive(Clone, Copy)]
+struct Transfer {
+    part_size: u64,
+    parts_in_flight: usize,
+    max_buffered_parts: usize,
+}
+
+async fn transfer_of(http: &reqwest::Client, service_url: &str) -> Result<Transfer> {
+    let info: serde_json::Value = http
+        .get(format!("{service_url}/v1/info"))
+        .send()
+        .await
+        .and_then(|response| response.error_for_status())
+        .with_context(|| format!("GET {service_url}/v1/info"))?
+        .json()
+        .await
+        .context("/v1/info is not JSON")?;
+    let number = |field: &str| {
+        info[field]
+            .as_u64()
+            .with_context(|| format!("/v1/info has no {field}: {info}"))
+    };
+    Ok(Transfer {
+        part_size: number("part_size")?,
+        parts_in_flight: number("parts_in_flight")? as usize,
+        max_buffered_parts: number("max_buffered_parts")? as usize,
+    })
+}
+
+/// A fresh pair of buckets and a fresh service for one case, so its peak RSS is the case's;
+/// the case's result and the transfer settings the service reported.
 fn run_case(
     cx: &Context,
     settings: &AwsSettings,
     case: CaseSettings<'_>,
     data: CaseData<'_>,
-) -> Result<Case> {
+) -> Result<(Case, Transfer)> {
     let clients = block_on(AwsClients::connect(settings))?;
     let initial = format!("bench-{}-initial", case.number);
     let final_ = format!("bench-{}-final", case.number);
@@ -222,12 +256,14 @@ fn run_case(
     ];
     let log = case.work.join(format!("service-{}.log", case.number));
     let (service, service_url) = servers::start_service(cx, env, settings, &log)?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .timeout(Duration::from_secs(600))
+        .build()
+        .context("building an HTTP client")?;
+    let transfer = block_on(transfer_of(&http, &service_url))?;
     let setup = Setup {
-        http: reqwest::Client::builder()
-            .pool_max_idle_per_host(256)
-            .timeout(Duration::from_secs(600))
-            .build()
-            .context("building an HTTP client")?,
+        http,
         s3: clients.s3.clone(),
         s3_endpoint: settings
             .s3_endpoint_url
@@ -240,9 +276,9 @@ fn run_case(
         initial: initial.clone(),
         final_: final_.clone(),
         kms_key_arn: case.kms_key_arn.to_string(),
-        part_size: DEFAULT_PART_SIZE as usize,
-        parts_in_flight: DEFAULT_PARTS_IN_FLIGHT,
-        max_buffered_parts: DEFAULT_MAX_BUFFERED_PARTS,
+        part_size: transfer.part_size as usize,
+        parts_in_flight: transfer.parts_in_flight,
+        max_buffered_parts: transfer.max_buffered_parts,
         python: case.python.to_path_buf(),
         script: cx.root.join("xtask/src/bench/boto3_transfer.py"),
         out_dir: case.work.join("out"),
@@ -277,14 +313,17 @@ fn run_case(
         description: format!("< {} MiB", RSS_TARGET_BYTES / MIB),
         met: peak < RSS_TARGET_BYTES,
     });
-    Ok(Case {
-        title: case.title,
-        s3_server: case.server,
-        objects,
-        object_bytes,
-        repetitions: case.repetitions,
-        metrics,
-        service_peak_rss_bytes: peak,
-        rss_target,
-    })
+    Ok((
+        Case {
+            title: case.title,
+            s3_server: case.server,
+            objects,
+            object_bytes,
+            repetitions: case.repetitions,
+            metrics,
+            service_peak_rss_bytes: peak,
+            rss_target,
+        },
+        transfer,
+    ))
 }

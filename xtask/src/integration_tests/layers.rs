@@ -186,3 +186,40 @@ fn only_the_store_and_the_uploader_call_s3_and_only_the_queue_calls_sqs_in_the_s
         }
     }
 }
+
+/// The names of a manifest's `[dependencies]` table (not its dev-dependencies).
+fn normal_dependencies(manifest: &str) -> BTreeSet<String> {
+    let mut in_table = false;
+    let mut names = BTreeSet::new();
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_table = line == "[dependencies]";
+        } else if in_table && !line.is_empty() && !line.starts_with('#') {
+            let name = line.split(['.', '=', ' ']).next().unwrap_or_default();
+            names.insert(name.to_string());
+        }
+    }
+    names
+}
+
+#[test]
+fn the_xtask_builds_without_the_service() {
+    let manifest = std::fs::read_to_string(workspace_root().join("xtask/Cargo.toml")).unwrap();
+    let dependencies = normal_dependencies(&manifest);
+    assert!(
+        dependencies.contains("aws-clients"),
+        "the manifest reader found no dependencies: {dependencies:?}"
+    );
+    for heavy in ["service", "aws-esdk"] {
+        assert!(
+            !dependencies.contains(heavy),
+            "xtask depends on `{heavy}`: a cold `cargo xtask --help` would build the service and the Encryption SDK; use aws-clients, certificates or emulator-fixtures, or `service seal`"
+        );
+    }
+    assert_eq!(
+        normal_dependencies(
+            "[dependencies]\nservice.workspace = true\n[dev-dependencies]\naxum = \"1\"\n"
+        ),
+        BTreeSet::from(["service".to_string()])
+    );
+}

@@ -2,10 +2,20 @@
 //! stack passes every check, and a service using another key than the deployed one fails
 //! with a message naming the problem.
 
-use super::start_service;
+use super::{service_binary, start_service, temp_dir};
 use crate::context::block_on;
 use crate::flags;
+use crate::seal::Sealer;
 use crate::smoke::smoke;
+
+/// `service seal` as the operator: the test binary's own build of the service.
+fn sealer() -> Sealer {
+    Sealer::new(
+        service_binary(),
+        emulator_fixtures::emulator_settings(),
+        temp_dir("seal"),
+    )
+}
 
 #[test]
 fn smoke_passes_against_a_healthy_stack_for_each_processor() {
@@ -16,6 +26,7 @@ fn smoke_passes_against_a_healthy_stack_for_each_processor() {
             &flags::Smoke::default_for_tests(),
             Some(&running.key_arn),
             Some(&running.clients),
+            Some(&sealer()),
             None,
         ))
         .unwrap();
@@ -51,6 +62,7 @@ fn smoke_names_a_service_that_encrypts_with_the_wrong_key() {
         &flags::Smoke::default_for_tests(),
         Some(deployed),
         Some(&running.clients),
+        Some(&sealer()),
         None,
     ))
     .unwrap();

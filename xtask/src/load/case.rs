@@ -15,6 +15,7 @@ use crate::bench::servers;
 use crate::buckets;
 use crate::context::{Context, block_on};
 use crate::flags;
+use crate::seal::Sealer;
 
 /// What one instance held at its peak.
 #[derive(Serialize, Debug)]
@@ -24,13 +25,29 @@ pub(super) struct Instance {
     pub(super) peak_open_fds: usize,
 }
 
-/// The file data a service process holds at most with the default settings: the part
-/// buffers and the decryption budget (README, "The service").
-fn file_data_bound_mib() -> f64 {
-    let parts =
-        service::config::DEFAULT_MAX_BUFFERED_PARTS as u64 * service::config::DEFAULT_PART_SIZE;
-    let decryption = service::decrypt::WEIGHT * 16 * 1024 * 1024;
-    (parts + decryption) as f64 / 1048576.0
+/// The file data a service process holds at most, as the first instance's `/v1/info` gives
+/// its settings: the part buffers and the decryption budget (README, "The service").
+async fn file_data_bound_mib(front: &Front) -> Result<f64> {
+    let url = format!("{}/v1/info", front.urls[0]);
+    let info: serde_json::Value = front
+        .http
+        .get(&url)
+        .bearer_auth(&front.token)
+        .send()
+        .await
+        .and_then(|response| response.error_for_status())
+        .with_context(|| format!("GET {url}"))?
+        .json()
+        .await
+        .with_context(|| format!("{url} is not JSON"))?;
+    let number = |field: &str| {
+        info[field]
+            .as_u64()
+            .with_context(|| format!("{url} has no {field}: {info}"))
+    };
+    let parts = number("max_buffered_parts")? * number("part_size")?;
+    let decryption = number("decryption_memory_budget")?;
+    Ok((parts + decryption) as f64 / 1048576.0)
 }
 
 #[derive(Serialize, Debug)]
@@ -152,12 +169,18 @@ pub(super) fn run_case(
         ("QUEUE_URL".to_string(), queue_url),
     ];
     let body = if workload.encrypted {
-        block_on(encrypted_message(clients, kms_key_arn, workload.kib))?
+        let sealer = Sealer::new(
+            cx.root.join(servers::SERVICE_RELEASE),
+            settings.clone(),
+            work.to_path_buf(),
+        );
+        block_on(encrypted_message(&sealer, kms_key_arn, workload.kib))?
     } else {
         Bytes::from(vec![b'x'; (workload.kib * 1024) as usize])
     };
     let duration = Duration::from_secs(args.seconds);
     let front = start_front(cx, settings, env, work, number, args.instances)?;
+    let file_data_bound_mib = block_on(file_data_bound_mib(&front))?;
     let count = workload.clients;
 
     let measured = block_on(async {
@@ -252,22 +275,16 @@ pub(super) fn run_case(
                 peak_open_fds: fds,
             })
             .collect(),
-        file_data_bound_mib: file_data_bound_mib(),
+        file_data_bound_mib,
         error_kinds,
     })
 }
 
 /// One Encryption SDK message of `kib` KiB of plaintext, made with the stack's key as any
 /// producer holding it would.
-async fn encrypted_message(clients: &AwsClients, key_arn: &str, kib: u64) -> Result<Bytes> {
-    let producer = service::decrypt::Decryptor::new(
-        clients.kms.clone(),
-        key_arn,
-        service::decrypt::Settings::defaults(64 << 20),
-    )
-    .await?;
+async fn encrypted_message(sealer: &Sealer, key_arn: &str, kib: u64) -> Result<Bytes> {
     let plaintext: Vec<u8> = (0..kib * 1024).map(|i| (i % 251) as u8).collect();
-    Ok(Bytes::from(producer.encrypt(plaintext, None).await?))
+    Ok(Bytes::from(sealer.seal(key_arn, plaintext).await?))
 }
 
 /// Waits until an output exists for every acknowledged name, as long as their number keeps

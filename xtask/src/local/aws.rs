@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
-use aws_clients::{AwsSettings, CredentialsSource};
+use std::process::Command;
+
+use aws_clients::{AwsSettings, CredentialsSource, subprocess_env};
 use serde::{Deserialize, Serialize};
 
 use crate::paths::state_dir;
@@ -41,6 +43,27 @@ pub const CALLER_AWS_VARIABLES: [&str; 13] = [
     "AWS_ENDPOINT_URL_IAM",
     "AWS_CA_BUNDLE",
 ];
+
+/// A command for a program that calls AWS as the service binary does (the local service,
+/// `service seal`): where `aws` says (endpoints, CA, region) and as whom. Credentials the
+/// settings name (the emulator's identities) replace everything AWS-related in the caller's
+/// shell; the default chain (a real environment) takes the caller's credentials as they are.
+pub fn aws_command(program: &Path, aws: &AwsSettings) -> Command {
+    let mut command = Command::new(program);
+    if !matches!(aws.credentials, CredentialsSource::DefaultChain { .. }) {
+        for inherited in CALLER_AWS_VARIABLES {
+            command.env_remove(inherited);
+        }
+    }
+    if let Some(url) = &aws.endpoint_url {
+        command.env("AWS_ENDPOINT_URL", url);
+    }
+    if let Some(url) = &aws.s3_endpoint_url {
+        command.env("AWS_ENDPOINT_URL_S3", url);
+    }
+    command.envs(subprocess_env(aws));
+    command
+}
 
 /// The running emulator, as `local start` recorded it.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]

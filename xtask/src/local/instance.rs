@@ -5,11 +5,11 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
-use aws_clients::{AwsClients, AwsSettings, subprocess_env};
+use aws_clients::{AwsClients, AwsSettings};
 use serde::{Deserialize, Serialize};
 
 use crate::context::{Context, block_on};
@@ -206,24 +206,9 @@ pub fn spawn_service(
         bail!("port {port} on 127.0.0.1 is in use ({err}); pick another with --port");
     }
     env.push(("LISTEN_ADDR".into(), format!("127.0.0.1:{port}")));
-    if let Some(url) = &aws.endpoint_url {
-        env.push(("AWS_ENDPOINT_URL".into(), url.clone()));
-    }
-    if let Some(url) = &aws.s3_endpoint_url {
-        env.push(("AWS_ENDPOINT_URL_S3".into(), url.clone()));
-    }
-    env.extend(
-        subprocess_env(aws)
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v)),
-    );
     let log_file =
         std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    let mut command = Command::new(program);
-    // The service talks where `aws` says, as the identity it is given (set again below).
-    for inherited in crate::local::aws::CALLER_AWS_VARIABLES {
-        command.env_remove(inherited);
-    }
+    let mut command = crate::local::aws::aws_command(program, aws);
     command
         .envs(env)
         .stdin(Stdio::null())

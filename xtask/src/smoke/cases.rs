@@ -5,7 +5,8 @@ use std::io::Write as _;
 
 use anyhow::{Context as _, Result};
 use serde_json::Value;
-use service::decrypt::{Decryptor, Settings};
+
+use crate::seal::Sealer;
 
 /// A file to push through the pipeline and what must come back.
 #[derive(Clone)]
@@ -122,19 +123,12 @@ pub(super) fn cases(info: &Value, run_seed: u64) -> Vec<Case> {
 
 /// An Encryption SDK message of the second case's input, as a producer holding the key would
 /// send it: the service must decrypt it before processing.
-pub(super) async fn sealed_case(
-    cases: &[Case],
-    key_arn: &str,
-    kms: &aws_sdk_kms::Client,
-) -> Result<Case> {
+pub(super) async fn sealed_case(cases: &[Case], key_arn: &str, sealer: &Sealer) -> Result<Case> {
     let template = &cases[1];
-    let producer = Decryptor::new(kms.clone(), key_arn, Settings::defaults(16 << 20))
-        .await
-        .context("creating an Encryption SDK producer")?;
     Ok(Case {
         label: format!("sealed-{}.esdk", template.label),
-        body: producer
-            .encrypt(template.body.clone(), None)
+        body: sealer
+            .seal(key_arn, template.body.clone())
             .await
             .context("encrypting with the deployed key")?,
         expected: template.expected.clone(),

@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use super::cases::{Case, cases, sealed_case};
 use super::{Check, Report};
 use crate::flags;
+use crate::seal::Sealer;
 
 struct Client {
     http: reqwest::Client,
@@ -38,14 +39,15 @@ impl Client {
     }
 }
 
-/// `aws`: the operator's clients, for the checks of the S3 objects themselves and for the
-/// Encryption SDK case (which needs the key); every environment passes them.
-/// `pin`: the only certificate an HTTPS service may present.
+/// `aws`: the operator's clients, for the checks of the S3 objects themselves; `sealer`:
+/// `service seal` as the operator, for the Encryption SDK case (which needs the key). Every
+/// environment passes both. `pin`: the only certificate an HTTPS service may present.
 pub async fn smoke(
     url: &str,
     args: &flags::Smoke,
     deployed_key: Option<&str>,
     aws: Option<&AwsClients>,
+    sealer: Option<&Sealer>,
     pin: Option<&str>,
 ) -> Result<Report> {
     let s3 = aws.map(|aws| &aws.s3);
@@ -72,8 +74,8 @@ pub async fn smoke(
     let mut created = Vec::new();
     let mut cases = cases(&info, nanos);
     let mut sealing_failed = None;
-    if let Some(aws) = aws {
-        match sealed_case(&cases, &key_arn, &aws.kms).await {
+    if let Some(sealer) = sealer {
+        match sealed_case(&cases, &key_arn, sealer).await {
             Ok(sealed) => cases.push(sealed),
             Err(err) => sealing_failed = Some(format!("{err:#}")),
         }

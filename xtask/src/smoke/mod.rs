@@ -16,6 +16,7 @@ use crate::context::{Context, block_on};
 use crate::flags;
 use crate::outputs::Outputs;
 use crate::outputs::outputs_file;
+use crate::seal::Sealer;
 use crate::secrets::Secrets;
 use aws_clients::AwsClients;
 
@@ -98,6 +99,7 @@ pub fn run(cx: &Context, args: flags::Smoke) -> Result<ExitCode> {
             args.token = Some(block_on(secrets.token())?);
         }
     }
+    let sealer = Sealer::for_this_machine(cx, &cx.env.aws)?;
     let mut reports = Vec::new();
     for url in &urls {
         block_on(wait_until_ready(
@@ -110,6 +112,7 @@ pub fn run(cx: &Context, args: flags::Smoke) -> Result<ExitCode> {
             &args,
             deployed_key.as_deref(),
             Some(&aws),
+            Some(&sealer),
             pin.as_deref(),
         ))?;
         if !args.json {
