@@ -2,6 +2,8 @@
 //! events for `raw/`, shared by every instance. This module owns every SQS call and the
 //! event format; the pipeline's consumer (processing/consumer.rs) decides what a message
 //! leads to.
+//!
+//! Longer than 400 lines: only with its unit tests of the event format, kept beside the parser.
 
 use std::collections::HashSet;
 use std::sync::Mutex;

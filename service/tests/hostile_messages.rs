@@ -1,6 +1,8 @@
 //! Encryption SDK messages as an attacker (or a careless producer) would send them, against
 //! the real binary: none may stop the service, crash it, or make it call KMS without bound.
 //! KMS calls are counted by a proxy between the service and the emulator.
+//!
+//! Longer than 400 lines: every case shares the message builders and the KMS-counting proxy.
 
 mod common;
 

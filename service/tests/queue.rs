@@ -2,6 +2,9 @@
 //! SQS, any instance processes any file, and what they write is exactly one output per raw
 //! version however the deliveries fall (duplicates, redeliveries, an instance killed mid-file,
 //! poison files).
+//!
+//! Longer than 400 lines: the cases share the instances, the queue and the fault proxy, started
+//! per case.
 
 mod common;
 

@@ -5,6 +5,9 @@
 //! does all of that.
 //!
 //! Layout: <https://docs.aws.amazon.com/encryption-sdk/latest/developer-guide/message-format.html>
+//!
+//! Longer than 400 lines: with its unit tests (about 200 lines of hand-built messages), kept
+//! beside the parser they pin; the format is read in one pass and reads best in one file.
 
 /// Algorithm suite ids of message format version 2 (key-committing suites); the second one
 /// signs, so its message ends with a footer.

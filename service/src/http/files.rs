@@ -1,4 +1,6 @@
 //! `/v1/files`: upload, download, status, reprocess, delete and list.
+//!
+//! Longer than 400 lines: only with its test; the handlers of one route family stay together.
 
 use std::time::Duration;
 

@@ -1,5 +1,7 @@
 //! The processors: what happens to a file's bytes between the initial and the final bucket.
 //! Pure streams, no AWS: each takes the decrypted input and gives the output.
+//!
+//! Longer than 400 lines: only with its unit tests, kept beside the streams they pin.
 
 use std::io;
 use std::pin::Pin;

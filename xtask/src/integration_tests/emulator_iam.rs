@@ -1,5 +1,8 @@
 //! The emulator enforces IAM, and its corrections (xtask/src/moto_server_fidelity.py) make it
 //! authorize as AWS does. Each correction has a test here that fails without it.
+//!
+//! Longer than 400 lines: each correction in the fidelity file has its test here, side by side
+//! with the others on the same identities.
 
 use aws_clients::{AwsClients, AwsSettings, CredentialsSource};
 use aws_sdk_s3::primitives::ByteStream;

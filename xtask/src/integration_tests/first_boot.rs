@@ -3,6 +3,9 @@
 //! (first_boot.rs). It downloads the deployed build from the artifact bucket, checks its
 //! digest, installs it and its configuration, and enables the unit; a tampered build or one
 //! outside the role's prefix is refused and nothing is installed.
+//!
+//! Longer than 400 lines: each test boots the rendered user-data once and checks everything that
+//! boot did; split, each file would boot it again.
 
 use std::os::unix::fs::PermissionsExt;
 
@@ -18,7 +21,7 @@ use crate::secrets::Secrets;
 /// configuration file per test: the tests share the stack's state directory).
 fn instance_role(cx: &crate::context::Context, role_arn: &str, test: &str) -> AwsSettings {
     let config = cx.state_dir().join(format!("aws-config-{test}"));
-    crate::local::emulator::write_aws_config_at(&workspace_root(), &config, Some(role_arn))
+    crate::local::identities::write_aws_config_at(&workspace_root(), &config, Some(role_arn))
         .unwrap();
     AwsSettings {
         credentials: CredentialsSource::ProfileFile {

@@ -223,3 +223,63 @@ fn the_xtask_builds_without_the_service() {
         BTreeSet::from(["service".to_string()])
     );
 }
+
+/// Every Rust file of the workspace under `dirs`, recursively.
+fn rust_files(dirs: &[&str]) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut pending: Vec<_> = dirs.iter().map(|d| workspace_root().join(d)).collect();
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// A file's reason for its length, in its leading `//!` lines.
+fn says_why_it_is_long(text: &str) -> bool {
+    text.lines()
+        .take_while(|line| line.starts_with("//!"))
+        .any(|line| line.contains("Longer than 400 lines:"))
+}
+
+#[test]
+fn no_file_is_over_400_lines_without_saying_why() {
+    let files = rust_files(&[
+        "aws-clients/src",
+        "certificates/src",
+        "emulator-fixtures/src",
+        "service/src",
+        "service/tests",
+        "xtask/src",
+    ]);
+    assert!(files.len() > 100, "only {} files found", files.len());
+    let unexplained: Vec<String> = files
+        .iter()
+        .filter_map(|path| {
+            let text = std::fs::read_to_string(path).unwrap();
+            let lines = text.lines().count();
+            (lines > 400 && !says_why_it_is_long(&text)).then(|| {
+                format!(
+                    "{} ({lines} lines)",
+                    path.strip_prefix(workspace_root()).unwrap().display()
+                )
+            })
+        })
+        .collect();
+    assert!(
+        unexplained.is_empty(),
+        "split these by concern, or say at the top why they are long (`//! Longer than 400 lines: ...`): {unexplained:?}"
+    );
+    assert!(says_why_it_is_long(
+        "//! A module.\n//!\n//! Longer than 400 lines: its tests.\n"
+    ));
+    assert!(!says_why_it_is_long(
+        "//! A module.\n\n// Longer than 400 lines: not in its doc.\n"
+    ));
+}

@@ -1,6 +1,9 @@
 //! bootstrap, deploy, plan, render-user-data and destroy against the emulator with the
 //! machine's terraform and the real AWS provider, deploying (a copy of) terraform/ as
 //! `deploy` does: artifact upload, S3 backend, lock, plan, apply, outputs.
+//!
+//! Longer than 400 lines: its tests drive the real Terraform path end to end and share the applied
+//! stack (`stack.rs`), the costliest fixture of the suite.
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::ExitCode;
@@ -143,7 +146,7 @@ fn bootstrap_refuses_a_state_bucket_owned_by_another_account() {
         let outsider = aws_clients::AwsSettings {
             credentials: aws_clients::CredentialsSource::ProfileFile {
                 config_file: emulator_fixtures::emulator_aws_config(),
-                profile: crate::local::emulator::OUTSIDER_PROFILE.to_string(),
+                profile: crate::local::aws::OUTSIDER_PROFILE.to_string(),
             },
             ..cx.env.aws.clone()
         };

@@ -2,6 +2,9 @@
 //! provider needed): what each statement admits and denies, for every shape of the inputs
 //! (VPC endpoints, a fleet, no queue), most of which the emulator never sees applied. What
 //! the applied stack's policies refuse is in `policy_enforcement.rs`.
+//!
+//! Longer than 400 lines: every statement's tests share the documents rendered once per input
+//! shape.
 
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};

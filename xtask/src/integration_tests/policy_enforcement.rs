@@ -5,6 +5,9 @@
 //!
 //! The whole loopback range is ours: a relay whose upstream socket is bound to 127.0.0.2
 //! stands in for a client outside the allowed network (127.0.0.1/32 locally).
+//!
+//! Longer than 400 lines: its tests share one applied stack (the slowest fixture) and the helpers
+//! that ask for each request allowed and refused.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
@@ -69,7 +72,7 @@ async fn service_role_at(s3_endpoint: &str) -> AwsClients {
     let config = cx
         .state_dir()
         .join(format!("aws-config-{}", unique_bucket_name("policy-role")));
-    crate::local::emulator::write_aws_config_at(&workspace_root(), &config, Some(role_arn))
+    crate::local::identities::write_aws_config_at(&workspace_root(), &config, Some(role_arn))
         .unwrap();
     AwsClients::connect(&AwsSettings {
         credentials: CredentialsSource::ProfileFile {
@@ -448,7 +451,7 @@ fn only_the_initial_bucket_may_send_events_to_the_work_queue() {
         let outsider = AwsClients::connect(&AwsSettings {
             credentials: CredentialsSource::ProfileFile {
                 config_file: emulator_aws_config(),
-                profile: crate::local::emulator::OUTSIDER_PROFILE.into(),
+                profile: crate::local::aws::OUTSIDER_PROFILE.into(),
             },
             ..emulator_settings()
         })

@@ -1,6 +1,8 @@
 //! Static checks of terraform/: the output contract, the variables the xtask passes, the IAM
 //! policy, every bucket's protections, the checkov skip list, and the user-data template
 //! rendered by Terraform itself and linted by bash and shellcheck.
+//!
+//! Longer than 400 lines: the checks read one tree and share its parsed HCL and rendered template.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -17,24 +17,24 @@
 //! tests, Terraform, the local service and the AWS CLI all read. moto's own mistakes in
 //! authorization are corrected in `moto_server_fidelity.py`, never in a policy.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
-use serde::{Deserialize, Serialize};
 
-use aws_clients::{AwsClients, AwsSettings};
-
-use crate::context::{Context, block_on};
-use crate::local::aws::{LOCAL, LOCAL_REGION, read_record, record_path};
+use super::control::answers;
+pub use super::control::{http_status, tail};
+use super::identities::{expect_ok, make_operator};
+pub use super::identities::{operator_arn, operator_key, write_aws_config};
+use crate::context::Context;
+use crate::local::aws::{LOCAL, read_record, record_path};
 pub use crate::local::aws::{
-    OPERATOR_PROFILE, OUTSIDER_PROFILE, PORT_ENV, Record, SERVICE_PROFILE, aws_config_path,
-    ca_bundle_path, configured_port, endpoint_url, http_port_for, local_settings,
+    OPERATOR_PROFILE, PORT_ENV, Record, SERVICE_PROFILE, aws_config_path, ca_bundle_path,
+    configured_port, http_port_for, local_settings,
 };
-use crate::paths::{state_dir, write_private};
+use crate::paths::state_dir;
 use crate::process;
 use crate::tools::PythonTool;
 
@@ -51,26 +51,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const FIDELITY_LAUNCHER: &str = "xtask/src/moto_server_fidelity.py";
 /// Set to 1 to start the emulator without IAM enforcement (for debugging only).
 pub const NO_IAM_ENV: &str = "XTASK_EMULATOR_NO_IAM";
-const OUTSIDER_ACCOUNT: &str = "111111111111";
-const OPERATOR_USER: &str = "filepipe-operator";
-/// The account moto puts everything in.
-const EMULATOR_ACCOUNT: &str = "123456789012";
-
-/// The operator's IAM user: Terraform's identity locally, as an admin role is on AWS.
-pub fn operator_arn() -> String {
-    format!("arn:aws:iam::{EMULATOR_ACCOUNT}:user/{OPERATOR_USER}")
-}
-
 /// IAM enforcement, unless NO_IAM_ENV says otherwise.
 pub fn iam_wanted() -> bool {
     std::env::var(NO_IAM_ENV).map_or(true, |v| v != "1")
-}
-
-/// The operator's access key.
-#[derive(Serialize, Deserialize)]
-struct OperatorKey {
-    access_key_id: String,
-    secret_access_key: String,
 }
 
 #[derive(Debug)]
@@ -79,154 +62,6 @@ pub enum Status {
     /// A record whose process is gone, is no longer moto, or does not answer.
     Stale(Record),
     Stopped,
-}
-
-fn operator_key_path(root: &Path) -> PathBuf {
-    state_dir(root, LOCAL).join("operator.json")
-}
-
-fn read_keys(root: &Path) -> Result<[OperatorKey; 2]> {
-    let path = operator_key_path(root);
-    serde_json::from_str(
-        &std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {} (start the emulator first)", path.display()))?,
-    )
-    .with_context(|| format!("parsing {}", path.display()))
-}
-
-/// The operator's access key id and secret.
-pub fn operator_key(root: &Path) -> Result<(String, String)> {
-    let [operator, _] = read_keys(root)?;
-    Ok((operator.access_key_id, operator.secret_access_key))
-}
-
-/// (Re)writes the local AWS config file: the operator, and the service role assumed through
-/// the operator once the stack exists.
-pub fn write_aws_config(root: &Path, service_role_arn: Option<&str>) -> Result<()> {
-    write_aws_config_at(root, &aws_config_path(root), service_role_arn)
-}
-
-/// The same identities in a config file at `path` (tests keep their own service role there).
-pub fn write_aws_config_at(root: &Path, path: &Path, service_role_arn: Option<&str>) -> Result<()> {
-    let [operator, outsider] = read_keys(root)?;
-    let mut text =
-        "# Written by `cargo xtask local start` and `up`: identities of the local emulator.\n"
-            .to_string();
-    // endpoint_url: every AWS call a profile leads to goes to the emulator, the role
-    // assumption included (the SDK's STS client for it reads only the profile and the
-    // environment).
-    // ca_bundle: the AWS CLI and the Go SDK under Terraform trust the emulator's CA.
-    let endpoint = endpoint_url(root);
-    let ca_bundle = ca_bundle_path(root);
-    let ca_bundle = ca_bundle.display();
-    for (profile, key) in [(OPERATOR_PROFILE, operator), (OUTSIDER_PROFILE, outsider)] {
-        text.push_str(&format!(
-            "\n[profile {profile}]\n\
-             aws_access_key_id = {}\n\
-             aws_secret_access_key = {}\n\
-             region = {LOCAL_REGION}\n\
-             endpoint_url = {endpoint}\n\
-             ca_bundle = {ca_bundle}\n",
-            key.access_key_id, key.secret_access_key
-        ));
-    }
-    if let Some(role) = service_role_arn {
-        // As the instance profile gives it on EC2: temporary credentials of the role, which
-        // the SDK renews by itself.
-        text.push_str(&format!(
-            "\n[profile {SERVICE_PROFILE}]\n\
-             role_arn = {role}\n\
-             source_profile = {OPERATOR_PROFILE}\n\
-             role_session_name = filepipe-local-service\n\
-             region = {LOCAL_REGION}\n\
-             endpoint_url = {endpoint}\n\
-             ca_bundle = {ca_bundle}\n"
-        ));
-    }
-    write_private(path, &text)
-}
-
-/// Makes the operator with the emulator's free requests, then (with `record.iam`) turns
-/// enforcement on: from then on every request must be signed by a known identity. Also makes
-/// an `outsider`, an administrator of another account, for tests of what crosses accounts.
-fn make_operator(root: &Path, record: Record) -> Result<()> {
-    expect_ok(
-        post(record.http_port, "/moto-api/reset-auth", "inf")?,
-        "reset-auth",
-    )?;
-    let endpoint = record.endpoint_url();
-    let ca_bundle = ca_bundle_path(root);
-    let (operator, outsider) = block_on(async move {
-        let clients = AwsClients::connect(&AwsSettings::emulator(
-            endpoint,
-            LOCAL_REGION,
-            Some(ca_bundle),
-        ))
-        .await?;
-        let iam = aws_sdk_iam::Client::new(&clients.sdk_config);
-        anyhow::Ok((
-            make_admin(&iam, EMULATOR_ACCOUNT).await?,
-            make_admin(&iam, OUTSIDER_ACCOUNT).await?,
-        ))
-    })?;
-    write_private(
-        &operator_key_path(root),
-        &serde_json::to_string(&[operator, outsider])?,
-    )?;
-    write_aws_config(root, None)?;
-    if record.iam {
-        expect_ok(
-            post(record.http_port, "/moto-api/reset-auth", "0")?,
-            "reset-auth",
-        )?;
-    }
-    Ok(())
-}
-
-/// An IAM user with an admin policy and an access key, in `account` (moto's
-/// `x-moto-account-id` header picks the account of an unsigned request).
-async fn make_admin(iam: &aws_sdk_iam::Client, account: &'static str) -> Result<OperatorKey> {
-    let in_account = move |request: &mut aws_sdk_iam::config::http::HttpRequest| {
-        request.headers_mut().insert("x-moto-account-id", account);
-    };
-    iam.create_user()
-        .user_name(OPERATOR_USER)
-        .customize()
-        .mutate_request(in_account)
-        .send()
-        .await
-        .context("iam:CreateUser for the operator")?;
-    iam.put_user_policy()
-        .user_name(OPERATOR_USER)
-        .policy_name("administrator")
-        .policy_document(
-            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}"#,
-        )
-        .customize()
-        .mutate_request(in_account)
-        .send()
-        .await
-        .context("iam:PutUserPolicy for the operator")?;
-    let created = iam
-        .create_access_key()
-        .user_name(OPERATOR_USER)
-        .customize()
-        .mutate_request(in_account)
-        .send()
-        .await
-        .context("iam:CreateAccessKey for the operator")?;
-    let key = created.access_key().context("no access key returned")?;
-    Ok(OperatorKey {
-        access_key_id: key.access_key_id().to_string(),
-        secret_access_key: key.secret_access_key().to_string(),
-    })
-}
-
-fn expect_ok(status: u16, what: &str) -> Result<()> {
-    if status != 200 {
-        bail!("the emulator's {what} API answered HTTP {status}");
-    }
-    Ok(())
 }
 
 pub fn log_path(root: &Path) -> PathBuf {
@@ -415,50 +250,10 @@ pub fn reset(root: &Path, record: Record) -> Result<()> {
     make_operator(root, record)
 }
 
-/// The dashboard page is static: unlike `/moto-api/data.json`, which serialises every
-/// stored object, it stays cheap however much the emulator holds.
-fn answers(port: u16) -> bool {
-    matches!(http_status(port, "GET", "/moto-api/"), Ok(200))
-}
-
-/// A minimal HTTP/1.1 exchange on 127.0.0.1: all the emulator's control API and readiness
-/// checks need, and usable inside or outside an async runtime.
-pub fn http_status(port: u16, method: &str, path: &str) -> Result<u16> {
-    request(port, method, path, "")
-}
-
-fn post(port: u16, path: &str, body: &str) -> Result<u16> {
-    request(port, "POST", path, body).with_context(|| format!("POST {path} to the emulator"))
-}
-
-fn request(port: u16, method: &str, path: &str, body: &str) -> Result<u16> {
-    let mut stream =
-        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut head = [0u8; 64];
-    let n = stream.read(&mut head)?;
-    let line = String::from_utf8_lossy(&head[..n]);
-    line.split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .with_context(|| format!("not an HTTP response: {line:?}"))
-}
-
 fn is_moto_process(pid: u32) -> bool {
     process::runs(pid, "moto_server")
 }
 
 fn terminate(pid: u32) -> Result<()> {
     process::terminate(pid, "moto_server")
-}
-
-pub fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }

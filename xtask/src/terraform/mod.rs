@@ -1,11 +1,15 @@
 //! The one Terraform wrapper: finds `terraform` or `tofu`, checks its version, and builds
 //! non-interactive commands against a root module.
 
+mod local_override;
+mod plan;
 pub mod provider;
 pub mod references;
 pub mod schema_check;
 mod workflow;
 
+pub use local_override::*;
+pub use plan::*;
 pub use workflow::*;
 
 use std::io::{BufRead, BufReader};
