@@ -40,7 +40,6 @@ impl Context {
     }
 
     /// A context for tests: its own environment and state directory, no dry run.
-    #[cfg(test)]
     pub fn for_test(env: Environment, state_root: &std::path::Path) -> Context {
         let root = workspace_root();
         let sh = Shell::new().expect("shell");

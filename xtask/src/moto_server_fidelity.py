@@ -2,7 +2,7 @@
 
 `cargo xtask local start` runs this instead of moto's own `moto_server` script. Every
 correction of the emulator lives here, each with the AWS documentation it follows, and each is
-tested (most in xtask/src/integration_tests/emulator_iam.rs; those of S3's bodies in
+tested (most in xtask/tests/integration/emulator_iam.rs; those of S3's bodies in
 service/tests/emulator_s3.rs). Policies are never bent to fit moto.
 """
 
@@ -369,7 +369,7 @@ s3.S3Response._key_response_post = _key_response_post_with_checksum
 # --- What the AWS provider for Terraform reads back -------------------------------------------
 # `up` applies terraform/ with the real hashicorp/aws provider against this emulator, and a plan
 # right after must be empty. Each correction below was found as a hang or as a perpetual diff of
-# that apply; each is tested in xtask/src/integration_tests/emulator_fidelity.rs.
+# that apply; each is tested in xtask/tests/integration/emulator_fidelity.rs.
 
 from moto.core.responses import ActionResult  # noqa: E402
 from moto.ec2.models import launch_templates as ec2_launch_templates  # noqa: E402
@@ -517,7 +517,7 @@ ec2_launch_templates.LaunchTemplateBackend.create_launch_template = (
 # operator false and a negated one (StringNotEquals, NotIpAddress, ...) true, ...IfExists true,
 # and Null tests exactly that. An operator, a key or a policy element this file cannot
 # evaluate fails the request loudly (501), never allows it.
-# Tested by xtask/src/integration_tests/policy_enforcement.rs, with the stack's own policies.
+# Tested by xtask/tests/integration/policy_enforcement.rs, with the stack's own policies.
 
 import datetime  # noqa: E402
 import fnmatch  # noqa: E402
@@ -1022,7 +1022,7 @@ s3_notifications._send_sqs_message = _send_sqs_message_if_allowed
 # invalid", https://docs.aws.amazon.com/kms/latest/APIReference/API_Decrypt.html). moto
 # authorizes it against "*" and answers AccessDenied, which a caller takes for a deployment
 # error and retries. Tested by a_corrupted_ciphertext_is_invalid_not_denied
-# (xtask/src/integration_tests/emulator_iam.rs).
+# (xtask/tests/integration/emulator_iam.rs).
 def _kms_key_arn_or_invalid_ciphertext(self):
     resource = _kms_key_arn(self)
     if resource == "*" and not self._get_param("KeyId") and self._get_param("CiphertextBlob"):

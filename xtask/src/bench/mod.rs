@@ -11,12 +11,12 @@
 
 mod cases;
 mod data;
-pub(crate) mod fleet;
-pub(crate) mod large;
+pub mod fleet;
+pub mod large;
 mod plot;
-pub(crate) mod report;
-pub(crate) mod servers;
-pub(crate) mod small;
+pub mod report;
+pub mod servers;
+pub mod small;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -32,11 +32,11 @@ use crate::flags;
 use crate::local::emulator;
 use crate::tools::PythonTool;
 use cases::measure;
-pub(crate) use data::{SourceFile, generate_files, generate_small};
+pub use data::{SourceFile, generate_files, generate_small};
 use report::Report;
 
-pub(crate) const MIB: u64 = 1024 * 1024;
-pub(crate) const BOTO3: PythonTool = PythonTool {
+pub const MIB: u64 = 1024 * 1024;
+pub const BOTO3: PythonTool = PythonTool {
     venv: "boto3",
     executable: "python",
     requirement: "boto3>=1.36,<2",
@@ -166,7 +166,7 @@ pub fn run(cx: &Context, args: flags::Bench) -> Result<ExitCode> {
 
 /// Builds the service and this xtask with optimisations, then runs the same command with
 /// that build: a debug-built client would understate the direct transfers.
-pub(crate) fn rerun_in_release(cx: &Context) -> Result<ExitCode> {
+pub fn rerun_in_release(cx: &Context) -> Result<ExitCode> {
     // One build of both: the packages share one feature resolution, so nothing builds twice.
     cx.run(
         "cargo build --release -p service -p xtask (the benchmark measures optimised code)",
@@ -184,7 +184,7 @@ pub(crate) fn rerun_in_release(cx: &Context) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub(crate) async fn create_key(settings: &AwsSettings) -> Result<String> {
+pub async fn create_key(settings: &AwsSettings) -> Result<String> {
     let clients = AwsClients::connect(settings).await?;
     let key = clients
         .kms

@@ -24,7 +24,6 @@ use checks::http_client;
 pub use checks::smoke;
 
 impl flags::Smoke {
-    #[cfg(test)]
     pub fn default_for_tests() -> flags::Smoke {
         flags::Smoke {
             timeout_secs: 60,

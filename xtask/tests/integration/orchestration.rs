@@ -18,17 +18,17 @@ use serde_json::Value;
 
 use super::stack::{self, modules_copy, stack};
 use super::{copy_dir, hardening, isolated_local_context, require_tool, service_binary, temp_dir};
-use crate::artifact::{FILE_NAME, Source};
-use crate::bootstrap::{self, NONCURRENT_STATE_DAYS, Outcome};
-use crate::buckets::empty_bucket;
-use crate::context::{Context, block_on};
-use crate::deploy;
-use crate::destroy;
-use crate::outputs::Outputs;
-use crate::outputs::outputs_file;
-use crate::private_buckets::{PrivateBucket, Purpose};
-use crate::render_user_data;
-use crate::terraform::Terraform;
+use xtask::artifact::{FILE_NAME, Source};
+use xtask::bootstrap::{self, NONCURRENT_STATE_DAYS, Outcome};
+use xtask::buckets::empty_bucket;
+use xtask::context::{Context, block_on};
+use xtask::deploy;
+use xtask::destroy;
+use xtask::outputs::Outputs;
+use xtask::outputs::outputs_file;
+use xtask::private_buckets::{PrivateBucket, Purpose};
+use xtask::render_user_data;
+use xtask::terraform::Terraform;
 
 fn clients(cx: &Context) -> AwsClients {
     block_on(AwsClients::connect(&cx.env.aws)).expect("building AWS clients")
@@ -37,7 +37,7 @@ fn clients(cx: &Context) -> AwsClients {
 /// The state bucket and the outcomes of both buckets (state first).
 fn bootstrap(cx: &Context, fix: bool) -> (PrivateBucket, Vec<Outcome>) {
     let results =
-        block_on(bootstrap::bootstrap(cx, &crate::flags::Bootstrap { fix })).expect("bootstrap");
+        block_on(bootstrap::bootstrap(cx, &xtask::flags::Bootstrap { fix })).expect("bootstrap");
     assert_eq!(
         results.iter().map(|(b, _)| b.purpose).collect::<Vec<_>>(),
         [Purpose::State, Purpose::Artifacts]
@@ -89,7 +89,7 @@ fn bootstrap_creates_private_versioned_encrypted_buckets_then_reports_and_fixes_
                 .unwrap(),
         )
         .unwrap();
-        crate::buckets::check_tls_only_policy(&policy, name, "eu-west-1").unwrap();
+        xtask::buckets::check_tls_only_policy(&policy, name, "eu-west-1").unwrap();
     }
     let backend = std::fs::read_to_string(bootstrap::backend_file(&cx)).unwrap();
     assert!(backend.contains("use_lockfile = true"), "{backend}");
@@ -146,7 +146,7 @@ fn bootstrap_refuses_a_state_bucket_owned_by_another_account() {
         let outsider = aws_clients::AwsSettings {
             credentials: aws_clients::CredentialsSource::ProfileFile {
                 config_file: emulator_fixtures::emulator_aws_config(),
-                profile: crate::local::aws::OUTSIDER_PROFILE.to_string(),
+                profile: xtask::local::aws::OUTSIDER_PROFILE.to_string(),
             },
             ..cx.env.aws.clone()
         };
@@ -171,7 +171,7 @@ fn bootstrap_refuses_a_state_bucket_owned_by_another_account() {
     cx.env.state_bucket = Some(foreign.clone());
     let err = block_on(bootstrap::bootstrap(
         &cx,
-        &crate::flags::Bootstrap { fix: true },
+        &xtask::flags::Bootstrap { fix: true },
     ))
     .unwrap_err();
     let message = format!("{err:#}");
@@ -290,9 +290,9 @@ fn the_real_modules_deploy_redeploy_and_destroy_everything_and_destroy_again_is_
     );
     // Every service the stack uses goes to the emulator, none to AWS.
     let override_text =
-        std::fs::read_to_string(root.join(crate::terraform::LOCAL_OVERRIDE_FILE)).unwrap();
+        std::fs::read_to_string(root.join(xtask::terraform::LOCAL_OVERRIDE_FILE)).unwrap();
     let endpoint = cx.env.aws.endpoint_url.clone().unwrap();
-    for service in crate::terraform::LOCAL_OVERRIDE_SERVICES {
+    for service in xtask::terraform::LOCAL_OVERRIDE_SERVICES {
         assert!(
             override_text.contains(&format!("{service:<11} = \"{endpoint}\"")),
             "{service} not pointed at {endpoint}:\n{override_text}"
@@ -301,7 +301,7 @@ fn the_real_modules_deploy_redeploy_and_destroy_everything_and_destroy_again_is_
 
     // The first deploy made the bearer token; a second deploy keeps it.
     let operator = clients(&cx);
-    let secrets = crate::secrets::Secrets::new(&outputs, &operator).unwrap();
+    let secrets = xtask::secrets::Secrets::new(&outputs, &operator).unwrap();
     let token = block_on(secrets.token()).expect("deploy made the token");
 
     let second = deploy::deploy(&cx, &args, Source::Debug).expect("second deploy");
@@ -356,7 +356,7 @@ fn the_real_modules_deploy_redeploy_and_destroy_everything_and_destroy_again_is_
     }
     let logs = block_on(s3.list_object_versions().bucket(&made_buckets[2]).send()).unwrap();
     assert!(!logs.versions().is_empty(), "access logs delivered");
-    let destroy_args = crate::flags::Destroy {
+    let destroy_args = xtask::flags::Destroy {
         yes: true,
         empty_buckets: true,
         purge_state: false,
@@ -391,7 +391,7 @@ fn the_real_modules_deploy_redeploy_and_destroy_everything_and_destroy_again_is_
     // --purge-state removes the artifact bucket, then the state bucket.
     destroy::destroy(
         &cx,
-        &crate::flags::Destroy {
+        &xtask::flags::Destroy {
             purge_state: true,
             ..destroy_args
         },
@@ -428,7 +428,7 @@ fn a_reviewed_plan_is_applied_as_saved_then_re_plans_empty_and_a_moved_backend_i
     // The token deploy made after the apply is in SSM, and in nothing Terraform keeps: not the
     // state, not the plan, not the outputs, not the user-data.
     let operator = clients(&cx);
-    let secrets = crate::secrets::Secrets::new(&stack.outputs, &operator).unwrap();
+    let secrets = xtask::secrets::Secrets::new(&stack.outputs, &operator).unwrap();
     let token = block_on(secrets.token()).expect("deploy made the token");
     assert!(token.len() >= 32);
     let tf = Terraform::find(&cx, None, &stack.root).unwrap();
@@ -440,7 +440,7 @@ fn a_reviewed_plan_is_applied_as_saved_then_re_plans_empty_and_a_moved_backend_i
                 "-json".into(),
                 stack.plan_file.display().to_string(),
             ],
-            crate::terraform::Output::CaptureStdout,
+            xtask::terraform::Output::CaptureStdout,
         )
         .unwrap();
     assert_eq!(shown.code, 0, "{}", shown.stderr);
@@ -466,7 +466,7 @@ fn a_reviewed_plan_is_applied_as_saved_then_re_plans_empty_and_a_moved_backend_i
     // Applied once; Terraform refuses the same plan again, the state having moved on.
     let again = deploy::deploy(
         &cx,
-        &crate::flags::Deploy {
+        &xtask::flags::Deploy {
             plan: Some(stack.plan_file.clone()),
             ..args.clone()
         },
@@ -483,7 +483,7 @@ fn a_reviewed_plan_is_applied_as_saved_then_re_plans_empty_and_a_moved_backend_i
     let mut moved = Context::for_test(cx.env.clone(), &cx.state_root);
     moved.env.state_bucket = Some(emulator_fixtures::unique_bucket_name("moved-state"));
     bootstrap(&moved, false);
-    let vars: serde_json::Map<String, Value> = crate::terraform::xtask_variables(&cx, None)
+    let vars: serde_json::Map<String, Value> = xtask::terraform::xtask_variables(&cx, None)
         .into_iter()
         .filter(|(name, _)| *name != "environment")
         .map(|(name, value)| (name.to_string(), value))
@@ -507,14 +507,14 @@ fn a_reviewed_plan_is_applied_as_saved_then_re_plans_empty_and_a_moved_backend_i
         .shared
         .prepare(&moved, Source::Debug)
         .expect("prepare staging");
-    crate::terraform::init(
+    xtask::terraform::init(
         &moved,
         &prepared.tf,
         &prepared.backend,
-        crate::terraform::BackendChange::Migrate,
+        xtask::terraform::BackendChange::Migrate,
     )
     .expect("init with --migrate-state");
-    let migrated = crate::terraform::plan(
+    let migrated = xtask::terraform::plan(
         &moved,
         &prepared.tf,
         &prepared.var_files,
@@ -574,7 +574,7 @@ fn the_applied_buckets_are_private_versioned_and_encrypted_with_the_stack_key() 
 /// The main route table of the emulator's default VPC, asked with the AWS CLI as the operator
 /// (the xtask itself has no EC2 client).
 fn main_route_table(cx: &Context) -> String {
-    let aws = crate::local::first_boot::AWS_CLI
+    let aws = xtask::local::first_boot::AWS_CLI
         .ensure(cx)
         .expect("the AWS CLI");
     let out = std::process::Command::new(aws)
@@ -621,7 +621,7 @@ fn the_fleet_shape_is_refused_without_an_endpoint_and_applies_re_plans_empty_and
         std::fs::write(&file, value.to_string()).unwrap();
         cx.env.var_file = Some(file);
     };
-    let plan_args = |cx: &Context, out: &str| crate::flags::Plan {
+    let plan_args = |cx: &Context, out: &str| xtask::flags::Plan {
         out: Some(cx.state_dir().join(out)),
         json: true,
         shared: args.shared.clone(),
@@ -634,7 +634,7 @@ fn the_fleet_shape_is_refused_without_an_endpoint_and_applies_re_plans_empty_and
     );
     let refused = format!(
         "{:#}",
-        crate::plan::run(&cx, plan_args(&cx, "refused.tfplan")).unwrap_err()
+        xtask::plan::run(&cx, plan_args(&cx, "refused.tfplan")).unwrap_err()
     );
     assert!(
         refused.contains("instance_count > 1 needs s3_gateway_endpoint_route_table_ids"),
@@ -703,14 +703,14 @@ fn the_fleet_shape_is_refused_without_an_endpoint_and_applies_re_plans_empty_and
     );
 
     assert_eq!(
-        crate::plan::run(&cx, plan_args(&cx, "replan.tfplan")).unwrap(),
+        xtask::plan::run(&cx, plan_args(&cx, "replan.tfplan")).unwrap(),
         ExitCode::SUCCESS,
         "a plan right after the fleet's apply has no changes"
     );
 
     destroy::destroy(
         &cx,
-        &crate::flags::Destroy {
+        &xtask::flags::Destroy {
             yes: true,
             empty_buckets: true,
             purge_state: true,
@@ -816,18 +816,18 @@ fn a_named_provider_mirror_without_the_provider_stops_init_in_one_sentence() {
     let mut tf = Terraform::find(&cx, Some(terraform.to_str().unwrap()), &root).unwrap();
     let empty = temp_dir("empty-mirror");
     tf.named_mirror = Some(empty.clone().into_os_string());
-    let err = crate::terraform::init(
+    let err = xtask::terraform::init(
         &cx,
         &tf,
         &bootstrap::backend_file(&cx),
-        crate::terraform::BackendChange::Refuse,
+        xtask::terraform::BackendChange::Refuse,
     )
     .expect_err("no provider in the named mirror");
     let message = format!("{err:#}");
     assert!(
         message.starts_with(&format!(
             "{}={}",
-            crate::terraform::provider::MIRROR_ENV,
+            xtask::terraform::provider::MIRROR_ENV,
             empty.display()
         )) && message.contains("holds no hashicorp/aws provider"),
         "{message}"

@@ -10,8 +10,8 @@ use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
 use super::isolated_local_context;
-use crate::context::Context;
-use crate::terraform::{Output, Terraform};
+use xtask::context::Context;
+use xtask::terraform::{Output, Terraform};
 
 /// Renders `modules/policy-documents` with the terraform binary: no provider, no remote
 /// state, nothing but templating.

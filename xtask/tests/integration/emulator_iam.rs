@@ -12,7 +12,7 @@ use emulator_fixtures::{
 };
 
 use super::temp_dir;
-use crate::context::block_on;
+use xtask::context::block_on;
 
 const EC2_TRUST: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"ec2.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
 
@@ -337,8 +337,8 @@ fn only_roles_that_trust_ec2_are_assumed_for_the_local_instance() {
 fn the_stack_role_allows_the_service_calls_and_refuses_the_rest() {
     let stack = super::stack::stack();
     let outputs = &stack.outputs;
-    let artifact: crate::artifact::Artifact = serde_json::from_str(
-        &std::fs::read_to_string(crate::artifact::saved_path(&stack.cx())).unwrap(),
+    let artifact: xtask::artifact::Artifact = serde_json::from_str(
+        &std::fs::read_to_string(xtask::artifact::saved_path(&stack.cx())).unwrap(),
     )
     .unwrap();
     let role_arn = outputs.string("service_role_arn").unwrap().to_string();
@@ -702,7 +702,7 @@ fn sse_kms_objects_need_the_key_through_s3() {
             "Version": "2012-10-17",
             "Statement": [{
                 "Effect": "Allow",
-                "Principal": {"AWS": crate::local::emulator::operator_arn()},
+                "Principal": {"AWS": xtask::local::emulator::operator_arn()},
                 "Action": "kms:*",
                 "Resource": "*",
             }],

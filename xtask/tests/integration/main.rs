@@ -26,9 +26,9 @@ use emulator_fixtures::{
 use service::config::Config;
 use service::http::{AppState, router};
 
-use crate::context::{Context, workspace_root};
-use crate::environment::Environment;
-use crate::tools::find_on_path;
+use xtask::context::{Context, workspace_root};
+use xtask::environment::Environment;
+use xtask::tools::find_on_path;
 
 /// The path of a tool the test cannot do without.
 pub fn require_tool(name: &str, why: &str) -> PathBuf {

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::{isolated_local_context, start_service, temp_dir};
-use crate::bench::{BOTO3, Setup, generate_files, generate_small, large, small};
+use xtask::bench::{BOTO3, Setup, generate_files, generate_small, large, small};
 
 #[test]
 fn every_variant_moves_the_same_bytes_and_is_measured() {
@@ -94,13 +94,13 @@ fn the_fleet_case_measures_one_two_and_four_instances_on_the_queue() {
     let settings = emulator_fixtures::emulator_settings();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let key_arn = runtime
-        .block_on(crate::bench::create_key(&settings))
+        .block_on(xtask::bench::create_key(&settings))
         .unwrap();
     let program = super::service_binary();
     let prefix = cx.env.name_prefix.clone();
-    let fleet = crate::bench::fleet::run(
+    let fleet = xtask::bench::fleet::run(
         &cx,
-        &crate::bench::fleet::FleetSetup {
+        &xtask::bench::fleet::FleetSetup {
             settings: &settings,
             kms_key_arn: &key_arn,
             program: &program,

@@ -12,8 +12,8 @@ use aws_sdk_sqs::types::QueueAttributeName;
 use emulator_fixtures::{create_bucket, emulator_clients, unique_bucket_name};
 
 use super::{isolated_local_context, require_tool, temp_dir};
-use crate::context::block_on;
-use crate::terraform::{Output, Terraform};
+use xtask::context::block_on;
+use xtask::terraform::{Output, Terraform};
 
 async fn queue(sqs: &aws_sdk_sqs::Client, label: &str) -> (String, String) {
     let url = sqs
@@ -251,13 +251,13 @@ fn the_provider_applies_detailed_monitoring_and_a_tagged_launch_template_then_pl
     let cx = isolated_local_context("fidelity-ec2");
     let dir = temp_dir("fidelity-ec2-root");
     std::fs::write(dir.join("providers.tf"), EC2_CONFIG).unwrap();
-    crate::terraform::write_local_override(&cx, &dir).unwrap();
+    xtask::terraform::write_local_override(&cx, &dir).unwrap();
     let mut tf = Terraform::find(&cx, None, &dir).unwrap();
     tf.data_dir = dir.join(".terraform");
     let run = |args: &[&str]| {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let finished = if args[0] == "init" {
-            crate::terraform::run_init(&cx, &tf, &args).unwrap()
+            xtask::terraform::run_init(&cx, &tf, &args).unwrap()
         } else {
             tf.run(&cx, &args, Output::Quiet).unwrap()
         };

@@ -23,7 +23,7 @@ use emulator_fixtures::{
 };
 
 use super::stack::stack;
-use crate::context::{block_on, workspace_root};
+use xtask::context::{block_on, workspace_root};
 
 /// Where these tests write in the stack's buckets: outside raw/, so no event reaches the
 /// work queue, and away from what other tests read.
@@ -72,12 +72,12 @@ async fn service_role_at(s3_endpoint: &str) -> AwsClients {
     let config = cx
         .state_dir()
         .join(format!("aws-config-{}", unique_bucket_name("policy-role")));
-    crate::local::identities::write_aws_config_at(&workspace_root(), &config, Some(role_arn))
+    xtask::local::identities::write_aws_config_at(&workspace_root(), &config, Some(role_arn))
         .unwrap();
     AwsClients::connect(&AwsSettings {
         credentials: CredentialsSource::ProfileFile {
             config_file: config,
-            profile: crate::local::emulator::SERVICE_PROFILE.into(),
+            profile: xtask::local::emulator::SERVICE_PROFILE.into(),
         },
         s3_endpoint_url: Some(s3_endpoint.to_string()),
         ..emulator_settings()
@@ -99,7 +99,7 @@ fn refused_by<T, E: std::fmt::Debug>(result: Result<T, E>, sid: &str, resource: 
         err.contains("AccessDenied") || err.contains("403"),
         "{resource}: not an access denial: {err}"
     );
-    let log = std::fs::read_to_string(crate::local::emulator::log_path(&workspace_root())).unwrap();
+    let log = std::fs::read_to_string(xtask::local::emulator::log_path(&workspace_root())).unwrap();
     assert!(
         log.lines().any(|line| line.starts_with("denied ")
             && line.contains(&format!(" on {resource} "))
@@ -451,7 +451,7 @@ fn only_the_initial_bucket_may_send_events_to_the_work_queue() {
         let outsider = AwsClients::connect(&AwsSettings {
             credentials: CredentialsSource::ProfileFile {
                 config_file: emulator_aws_config(),
-                profile: crate::local::aws::OUTSIDER_PROFILE.into(),
+                profile: xtask::local::aws::OUTSIDER_PROFILE.into(),
             },
             ..emulator_settings()
         })

@@ -3,10 +3,10 @@
 //! with a message naming the problem.
 
 use super::{service_binary, start_service, temp_dir};
-use crate::context::block_on;
-use crate::flags;
-use crate::seal::Sealer;
-use crate::smoke::smoke;
+use xtask::context::block_on;
+use xtask::flags;
+use xtask::seal::Sealer;
+use xtask::smoke::smoke;
 
 /// `service seal` as the operator: the test binary's own build of the service.
 fn sealer() -> Sealer {
@@ -117,7 +117,7 @@ fn smoke_waits_for_a_booting_service_and_gives_up_on_one_that_never_gets_ready()
         url
     });
     runtime
-        .block_on(crate::smoke::wait_until_ready(
+        .block_on(xtask::smoke::wait_until_ready(
             &url,
             None,
             Duration::from_secs(20),
@@ -131,7 +131,7 @@ fn smoke_waits_for_a_booting_service_and_gives_up_on_one_that_never_gets_ready()
     drop(closed);
     let started = std::time::Instant::now();
     let err = runtime
-        .block_on(crate::smoke::wait_until_ready(
+        .block_on(xtask::smoke::wait_until_ready(
             &nowhere,
             None,
             Duration::from_secs(2),

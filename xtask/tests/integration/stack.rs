@@ -9,11 +9,11 @@ use std::sync::OnceLock;
 use anyhow::{Result, ensure};
 
 use super::{copy_dir, isolated_local_context, service_binary, temp_dir};
-use crate::artifact::Source;
-use crate::context::{Context, block_on, workspace_root};
-use crate::deploy::{self, Deployed};
-use crate::environment::Environment;
-use crate::outputs::{Outputs, outputs_file};
+use xtask::artifact::Source;
+use xtask::context::{Context, block_on, workspace_root};
+use xtask::deploy::{self, Deployed};
+use xtask::environment::Environment;
+use xtask::outputs::{Outputs, outputs_file};
 
 pub struct Stack {
     env: Environment,
@@ -37,19 +37,19 @@ impl Stack {
     }
 
     /// The arguments it was deployed with: the real debug service as the binary.
-    pub fn args(&self) -> crate::flags::Deploy {
+    pub fn args(&self) -> xtask::flags::Deploy {
         args(&self.root)
     }
 }
 
-pub fn args(root: &std::path::Path) -> crate::flags::Deploy {
-    crate::flags::Deploy {
+pub fn args(root: &std::path::Path) -> xtask::flags::Deploy {
+    xtask::flags::Deploy {
         yes: true,
         plan: None,
-        shared: crate::flags::Stack {
+        shared: xtask::flags::Stack {
             binary: Some(service_binary()),
             root_module: Some(root.to_path_buf()),
-            ..crate::flags::Stack::default()
+            ..xtask::flags::Stack::default()
         },
     }
 }
@@ -58,7 +58,7 @@ pub fn args(root: &std::path::Path) -> crate::flags::Deploy {
 pub fn modules_copy(label: &str) -> PathBuf {
     let root = temp_dir(label);
     copy_dir(&workspace_root().join("terraform"), &root);
-    for generated in [crate::terraform::LOCAL_OVERRIDE_FILE, ".terraform.lock.hcl"] {
+    for generated in [xtask::terraform::LOCAL_OVERRIDE_FILE, ".terraform.lock.hcl"] {
         let _ = std::fs::remove_file(root.join(generated));
     }
     let _ = std::fs::remove_dir_all(root.join(".terraform"));
@@ -77,20 +77,20 @@ pub fn stack() -> &'static Stack {
 fn apply() -> Result<Stack> {
     super::require_tool("terraform", "the stack is applied with it");
     let cx = isolated_local_context("stack");
-    let bootstrapped = block_on(crate::bootstrap::bootstrap(
+    let bootstrapped = block_on(xtask::bootstrap::bootstrap(
         &cx,
-        &crate::flags::Bootstrap { fix: false },
+        &xtask::flags::Bootstrap { fix: false },
     ))?;
     let state_bucket = bootstrapped[0].0.name.clone();
     let root = modules_copy("stack-root");
     let args = args(&root);
     let plan_file = cx.state_dir().join("reviewed.tfplan");
-    let plan_args = |out: &std::path::Path| crate::flags::Plan {
+    let plan_args = |out: &std::path::Path| xtask::flags::Plan {
         out: Some(out.to_path_buf()),
         json: true,
         shared: args.shared.clone(),
     };
-    let first_plan = crate::plan::run(&cx, plan_args(&plan_file))?;
+    let first_plan = xtask::plan::run(&cx, plan_args(&plan_file))?;
     ensure!(
         !outputs_file(&cx).exists(),
         "a plan applied something: {} exists",
@@ -98,13 +98,13 @@ fn apply() -> Result<Stack> {
     );
     let applied = deploy::deploy(
         &cx,
-        &crate::flags::Deploy {
+        &xtask::flags::Deploy {
             plan: Some(plan_file.clone()),
             ..args.clone()
         },
         Source::Debug,
     )?;
-    let replan = crate::plan::run(&cx, plan_args(&cx.state_dir().join("replan.tfplan")))?;
+    let replan = xtask::plan::run(&cx, plan_args(&cx.state_dir().join("replan.tfplan")))?;
     let outputs = Outputs::load(&outputs_file(&cx))?;
     Ok(Stack {
         env: cx.env.clone(),

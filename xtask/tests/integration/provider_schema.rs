@@ -5,9 +5,9 @@
 use std::path::PathBuf;
 
 use super::{copy_dir, temp_dir};
-use crate::context::workspace_root;
-use crate::provider_schema::{self, SCHEMA_VAR, Schema};
-use crate::terraform::schema_check::check_tree;
+use xtask::context::workspace_root;
+use xtask::provider_schema::{self, SCHEMA_VAR, Schema};
+use xtask::terraform::schema_check::check_tree;
 
 fn schema() -> Schema {
     let path = match std::env::var(SCHEMA_VAR) {

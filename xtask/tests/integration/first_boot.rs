@@ -13,20 +13,20 @@ use aws_clients::{AwsSettings, CredentialsSource};
 
 use super::stack::stack;
 use super::{service_binary, temp_dir};
-use crate::context::{block_on, workspace_root};
-use crate::local::first_boot::{self, STAND_INS_DIR};
-use crate::secrets::Secrets;
+use xtask::context::{block_on, workspace_root};
+use xtask::local::first_boot::{self, STAND_INS_DIR};
+use xtask::secrets::Secrets;
 
 /// The instance role, assumed through the operator as the instance profile gives it (a
 /// configuration file per test: the tests share the stack's state directory).
-fn instance_role(cx: &crate::context::Context, role_arn: &str, test: &str) -> AwsSettings {
+fn instance_role(cx: &xtask::context::Context, role_arn: &str, test: &str) -> AwsSettings {
     let config = cx.state_dir().join(format!("aws-config-{test}"));
-    crate::local::identities::write_aws_config_at(&workspace_root(), &config, Some(role_arn))
+    xtask::local::identities::write_aws_config_at(&workspace_root(), &config, Some(role_arn))
         .unwrap();
     AwsSettings {
         credentials: CredentialsSource::ProfileFile {
             config_file: config,
-            profile: crate::local::emulator::SERVICE_PROFILE.into(),
+            profile: xtask::local::emulator::SERVICE_PROFILE.into(),
         },
         ..cx.env.aws.clone()
     }
@@ -228,7 +228,7 @@ fn the_user_data_installs_the_deployed_build_as_the_instance_role_and_refuses_an
 /// rendered user-data, and everything under the stand-ins (the script's output, the journal,
 /// every command line it ran).
 fn leak_candidates(
-    cx: &crate::context::Context,
+    cx: &xtask::context::Context,
     root: &std::path::Path,
     user_data: &str,
 ) -> Vec<(String, String)> {
@@ -236,7 +236,7 @@ fn leak_candidates(
         ("the user-data".to_string(), user_data.to_string()),
         (
             "outputs.json".to_string(),
-            std::fs::read_to_string(crate::outputs::outputs_file(cx)).unwrap(),
+            std::fs::read_to_string(xtask::outputs::outputs_file(cx)).unwrap(),
         ),
     ];
     for entry in std::fs::read_dir(root.join(STAND_INS_DIR)).unwrap() {
@@ -292,7 +292,7 @@ fn a_fleet_instance_serves_the_shared_key_and_certificate_and_follows_a_rotation
         block_on(aws_clients::AwsClients::connect(&cx.env.aws)).expect("building AWS clients");
     let mut secrets = Secrets::new(outputs, &operator).unwrap();
     secrets.certificate_parameter = certificate_parameter.clone();
-    secrets.fleet = Some(crate::secrets::FleetTls {
+    secrets.fleet = Some(xtask::secrets::FleetTls {
         key_parameter: key_parameter.clone(),
         dns_name: dns_name.to_string(),
     });
@@ -310,7 +310,7 @@ fn a_fleet_instance_serves_the_shared_key_and_certificate_and_follows_a_rotation
     let role_arn = outputs.string("service_role_arn").unwrap();
     let account = role_arn.split(':').nth(4).unwrap();
     let parameter_arns: serde_json::Map<String, serde_json::Value> =
-        crate::secrets::parameter_names(prefix)
+        xtask::secrets::parameter_names(prefix)
             .into_iter()
             .map(|(purpose, name)| match purpose {
                 "tls_key" => (purpose, key_parameter.clone()),
