@@ -15,11 +15,11 @@ use crate::context::{Context, block_on, confirm};
 use crate::flags;
 use crate::outputs::{Outputs, outputs_file};
 use crate::private_buckets;
-use crate::render_user_data;
 use crate::secrets::Secrets;
 use crate::terraform::{
     self, Output, Prepared, ProviderUnavailable, Summary, Terraform, read_plan,
 };
+use crate::user_data;
 
 /// What a deploy did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -46,7 +46,7 @@ pub fn run(cx: &Context, args: flags::Deploy) -> Result<ExitCode> {
             "no changes".to_string()
         },
         outputs_file(cx).display(),
-        render_user_data::default_path(cx).display(),
+        user_data::default_path(cx).display(),
         started.elapsed().as_secs_f64()
     );
     Ok(ExitCode::SUCCESS)
@@ -154,7 +154,7 @@ fn apply(cx: &Context, tf: &Terraform, plan_file: &Path) -> Result<()> {
 /// ever holds it.
 fn finish(cx: &Context, tf: &Terraform) -> Result<()> {
     let outputs = save_outputs(cx, tf)?;
-    render_user_data::write(cx, &outputs, None)?;
+    user_data::write(cx, &outputs, None)?;
     let operator = block_on(AwsClients::connect(&cx.env.aws))?;
     let secrets = Secrets::new(&outputs, &operator)?;
     if block_on(secrets.ensure_token(cx))? {

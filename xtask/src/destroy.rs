@@ -9,14 +9,13 @@ use anyhow::{Result, bail};
 use aws_clients::{AwsClients, AwsResultExt};
 use aws_sdk_s3::error::ProvideErrorMetadata;
 
-use crate::bootstrap;
 use crate::buckets::empty_bucket;
 use crate::context::{Context, block_on, confirm};
 use crate::flags;
 use crate::outputs::{Outputs, outputs_file};
 use crate::private_buckets;
-use crate::render_user_data;
 use crate::terraform::{self, Output, Terraform};
+use crate::user_data;
 
 pub fn run(cx: &Context, args: flags::Destroy) -> Result<ExitCode> {
     destroy(cx, &args)?;
@@ -46,7 +45,7 @@ pub fn destroy(cx: &Context, args: &flags::Destroy) -> Result<()> {
     }
     let root_module = terraform::root_module(cx, args.root_module.as_deref());
     let tf = Terraform::find(cx, args.terraform.as_deref(), &root_module)?;
-    let backend = bootstrap::backend_file(cx);
+    let backend = private_buckets::backend_file(cx);
     if !backend.is_file() {
         bail!(
             "{} does not exist: nothing was bootstrapped for `{}` (or run `cargo xtask bootstrap --env {}` to recreate the backend settings)",
@@ -113,7 +112,7 @@ pub fn destroy(cx: &Context, args: &flags::Destroy) -> Result<()> {
         block_on(crate::secrets::delete_parameters(cx, &clients))?;
         for generated in [
             outputs_file(cx),
-            render_user_data::default_path(cx),
+            user_data::default_path(cx),
             crate::secrets::pin_file(cx),
             crate::secrets::header_file(cx),
         ] {

@@ -15,6 +15,7 @@ pub mod environment;
 pub mod flags;
 pub mod load;
 pub mod local;
+pub mod measuring;
 pub mod outputs;
 pub mod paths;
 pub mod plan;
@@ -31,6 +32,7 @@ pub mod test;
 pub mod test_env;
 pub mod tools;
 pub mod up;
+pub mod user_data;
 
 use std::process::ExitCode;
 

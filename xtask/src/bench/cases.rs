@@ -9,14 +9,12 @@ use aws_clients::{AwsClients, AwsSettings, subprocess_env};
 
 use super::data::remove_files;
 use super::report::{self, Case, Report, Target};
-use super::{
-    MIB, Setup, SourceFile, create_key, fleet, generate_files, generate_small, large, servers,
-    small,
-};
+use super::{MIB, Setup, SourceFile, fleet, generate_files, generate_small, large, small};
 use crate::buckets;
 use crate::context::{Context, block_on};
 use crate::flags;
 use crate::local::emulator;
+use crate::measuring::{create_key, servers};
 
 /// What the issue asks of the service; the benchmark reports them, nothing asserts them.
 const LARGE_TARGET: f64 = 0.9;

@@ -13,9 +13,9 @@ use aws_sdk_s3::primitives::{DateTime, DateTimeFormat};
 use futures_util::StreamExt as _;
 
 use super::report::{Fleet, FleetRun, median, percentiles};
-use super::servers;
 use crate::buckets;
 use crate::context::{Context, block_on};
+use crate::measuring::servers;
 
 pub const INSTANCES: [usize; 3] = [1, 2, 4];
 /// Writers of the batch at once.

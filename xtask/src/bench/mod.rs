@@ -15,21 +15,18 @@ pub mod fleet;
 pub mod large;
 mod plot;
 pub mod report;
-pub mod servers;
 pub mod small;
 
 use std::path::PathBuf;
-use std::process::Command;
-use std::process::ExitCode;
+use std::process::{Command, ExitCode};
 
 use anyhow::{Context as _, Result, bail, ensure};
-use aws_clients::{AwsClients, AwsResultExt, AwsSettings};
-use xshell::cmd;
 
 use crate::buckets;
 use crate::context::Context;
 use crate::flags;
 use crate::local::emulator;
+use crate::measuring::{rerun_in_release, servers};
 use crate::tools::PythonTool;
 use cases::measure;
 pub use data::{SourceFile, generate_files, generate_small};
@@ -162,41 +159,6 @@ pub fn run(cx: &Context, args: flags::Bench) -> Result<ExitCode> {
     let report = result.with_context(|| format!("the logs are in {}", work.display()))?;
     write_report(cx, &report, args.plot)?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Builds the service and this xtask with optimisations, then runs the same command with
-/// that build: a debug-built client would understate the direct transfers.
-pub fn rerun_in_release(cx: &Context) -> Result<ExitCode> {
-    // One build of both: the packages share one feature resolution, so nothing builds twice.
-    cx.run(
-        "cargo build --release -p service -p xtask (the benchmark measures optimised code)",
-        cmd!(cx.sh, "cargo build --release --locked -p service -p xtask"),
-    )?;
-    let xtask = cx.root.join("target").join("release").join("xtask");
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let status = Command::new(&xtask)
-        .args(&args)
-        .status()
-        .with_context(|| format!("running {}", xtask.display()))?;
-    if !status.success() {
-        bail!("the benchmark failed ({status})");
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-pub async fn create_key(settings: &AwsSettings) -> Result<String> {
-    let clients = AwsClients::connect(settings).await?;
-    let key = clients
-        .kms
-        .create_key()
-        .description("filepipe benchmark")
-        .send()
-        .await
-        .aws_context("kms:CreateKey")?;
-    key.key_metadata()
-        .and_then(|m| m.arn())
-        .map(str::to_string)
-        .context("kms:CreateKey returned no ARN")
 }
 
 fn write_report(cx: &Context, report: &Report, plot: bool) -> Result<()> {

@@ -3,6 +3,8 @@
 
 use serde::Serialize;
 
+use crate::measuring::percentile;
+
 /// The three ways of moving the same bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variant {
@@ -91,17 +93,6 @@ impl Metric {
 
 pub fn median(values: &[f64]) -> f64 {
     percentile(values, 50.0)
-}
-
-/// Nearest-rank percentile; NaN for no values.
-pub fn percentile(values: &[f64], p: f64) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 pub fn percentiles(values: &[f64]) -> Percentiles {

@@ -11,10 +11,10 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use super::clients::{Front, Side, baseline, through_service};
-use crate::bench::servers;
 use crate::buckets;
 use crate::context::{Context, block_on};
 use crate::flags;
+use crate::measuring::servers;
 use crate::seal::Sealer;
 
 /// What one instance held at its peak.

@@ -10,8 +10,8 @@ use bytes::Bytes;
 use futures_util::future::join_all;
 use serde::Serialize;
 
-use crate::bench::report::percentile;
-use crate::bench::servers;
+use crate::measuring::percentile;
+use crate::measuring::servers;
 
 /// What one side (baseline or service) of a case measured.
 #[derive(Serialize, Debug, Default)]

@@ -18,10 +18,10 @@ use anyhow::{Context as _, Result, bail, ensure};
 use aws_clients::{AwsClients, AwsSettings};
 use std::process::ExitCode;
 
-use crate::bench;
 use crate::context::{Context, block_on};
 use crate::flags;
 use crate::local::emulator;
+use crate::measuring;
 use case::{Case, Workload, run_case};
 
 pub fn run(cx: &Context, args: flags::Load) -> Result<ExitCode> {
@@ -32,7 +32,7 @@ pub fn run(cx: &Context, args: flags::Load) -> Result<ExitCode> {
         bail!("`load` has no dry run");
     }
     if cfg!(debug_assertions) {
-        return bench::rerun_in_release(cx);
+        return measuring::rerun_in_release(cx);
     }
     let work = cx.state_root.join("load");
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
@@ -72,7 +72,7 @@ fn measure(
     work: &std::path::Path,
 ) -> Result<Vec<Case>> {
     let clients = block_on(AwsClients::connect(settings))?;
-    let kms_key_arn = block_on(bench::create_key(settings))?;
+    let kms_key_arn = block_on(measuring::create_key(settings))?;
     let mut workloads: Vec<Workload> = args
         .kib
         .iter()

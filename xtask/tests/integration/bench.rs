@@ -94,7 +94,7 @@ fn the_fleet_case_measures_one_two_and_four_instances_on_the_queue() {
     let settings = emulator_fixtures::emulator_settings();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let key_arn = runtime
-        .block_on(xtask::bench::create_key(&settings))
+        .block_on(xtask::measuring::create_key(&settings))
         .unwrap();
     let program = super::service_binary();
     let prefix = cx.env.name_prefix.clone();

@@ -44,7 +44,7 @@ fn modules(src: &Path) -> BTreeMap<String, String> {
     found
 }
 
-/// The modules each module names with `xtask::…` or `super::…` (its own children and
+/// The modules each module names with `crate::…` or `super::…` (its own children and
 /// parents aside).
 fn edges(modules: &BTreeMap<String, String>) -> BTreeMap<String, BTreeSet<String>> {
     let resolve = |from: &str, path: &str| -> Option<String> {
@@ -63,7 +63,7 @@ fn edges(modules: &BTreeMap<String, String>) -> BTreeMap<String, BTreeSet<String
     for (name, code) in modules {
         let parent = name.rsplit_once("::").map_or("", |(p, _)| p);
         let mut targets = BTreeSet::new();
-        for (prefix, base) in [("xtask::", String::new()), ("super::", parent.to_string())] {
+        for (prefix, base) in [("crate::", String::new()), ("super::", parent.to_string())] {
             for (at, _) in code.match_indices(prefix) {
                 let rest = &code[at + prefix.len()..];
                 let items: Vec<String> = if let Some(group) = rest.strip_prefix('{') {
@@ -125,9 +125,9 @@ fn circles(graph: &BTreeMap<String, BTreeSet<String>>) -> BTreeSet<Vec<String>> 
 #[test]
 fn the_circle_finder_finds_circles() {
     let modules: BTreeMap<String, String> = [
-        ("a", "use xtask::b::thing;"),
-        ("b", "use xtask::{c, d::e};"),
-        ("c", "fn f() { xtask::a::g() }"),
+        ("a", "use crate::b::thing;"),
+        ("b", "use crate::{c, d::e};"),
+        ("c", "fn f() { crate::a::g() }"),
         ("d", ""),
         ("d::e", "use super::super::d;"),
     ]
@@ -283,4 +283,62 @@ fn no_file_is_over_400_lines_without_saying_why() {
     assert!(!says_why_it_is_long(
         "//! A module.\n\n// Longer than 400 lines: not in its doc.\n"
     ));
+}
+
+/// The xtask's commands, as modules (`local`'s command is `local::command`, the rest of
+/// `local/` are leaves).
+const COMMANDS: [&str; 13] = [
+    "bench",
+    "bootstrap",
+    "deploy",
+    "destroy",
+    "down",
+    "load",
+    "local::command",
+    "plan",
+    "render_user_data",
+    "rotate",
+    "smoke",
+    "test",
+    "up",
+];
+
+/// The command a module belongs to, if it is one or inside one.
+fn command_of(module: &str) -> Option<&'static str> {
+    COMMANDS
+        .into_iter()
+        .find(|command| module == *command || module.starts_with(&format!("{command}::")))
+}
+
+#[test]
+fn commands_use_leaves_and_only_up_runs_other_commands() {
+    let graph = edges(&modules(&workspace_root().join("xtask/src")));
+    let mut crossings = BTreeSet::new();
+    for (from, targets) in &graph {
+        let Some(command) = command_of(from) else {
+            continue;
+        };
+        for to in targets {
+            if let Some(other) = command_of(to).filter(|other| *other != command) {
+                crossings.insert(format!("{command} -> {other}"));
+            }
+        }
+    }
+    // `up` is the local pipeline: bootstrap, deploy and smoke are its steps.
+    let steps = BTreeSet::from([
+        "up -> bootstrap".to_string(),
+        "up -> deploy".to_string(),
+        "up -> smoke".to_string(),
+    ]);
+    let unexpected: Vec<&String> = crossings.difference(&steps).collect();
+    assert!(
+        unexpected.is_empty(),
+        "a command reaches into another; move what they share into a leaf: {unexpected:?}"
+    );
+    assert!(
+        crossings.contains("up -> deploy"),
+        "the edge finder sees up's steps: {crossings:?}"
+    );
+    assert_eq!(command_of("smoke::checks"), Some("smoke"));
+    assert_eq!(command_of("local::emulator"), None);
 }

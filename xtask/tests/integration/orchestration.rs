@@ -27,7 +27,6 @@ use xtask::destroy;
 use xtask::outputs::Outputs;
 use xtask::outputs::outputs_file;
 use xtask::private_buckets::{PrivateBucket, Purpose};
-use xtask::render_user_data;
 use xtask::terraform::Terraform;
 
 fn clients(cx: &Context) -> AwsClients {
@@ -278,7 +277,7 @@ fn the_real_modules_deploy_redeploy_and_destroy_everything_and_destroy_again_is_
         "the Elastic IP the emulator allocated"
     );
 
-    let user_data = render_user_data::default_path(&cx);
+    let user_data = xtask::user_data::default_path(&cx);
     let script = std::fs::read_to_string(&user_data).unwrap();
     assert!(script.starts_with("#!/bin/bash"));
     assert!(script.contains(&format!("INITIAL_BUCKET={prefix}-initial-123456789012")));
@@ -458,7 +457,7 @@ fn a_reviewed_plan_is_applied_as_saved_then_re_plans_empty_and_a_moved_backend_i
         ),
         (
             "the user-data",
-            std::fs::read_to_string(render_user_data::default_path(&cx)).unwrap(),
+            std::fs::read_to_string(xtask::user_data::default_path(&cx)).unwrap(),
         ),
     ] {
         assert!(!text.contains(&token), "the token is in {what}");
