@@ -1,4 +1,4 @@
-//! The file-pipeline service: library half (also used by the xtask and the tests).
+//! The file-pipeline service: library half (its own tests and the xtask's drive it in-process).
 
 pub mod auth;
 pub mod config;
