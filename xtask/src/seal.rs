@@ -70,6 +70,7 @@ impl Sealer {
             let _ = std::fs::remove_file(&input);
             let ran = result?;
             if !ran.status.success() {
+                let _ = std::fs::remove_file(&output);
                 bail!(
                     "`{} seal` failed ({}): {}",
                     program.display(),

@@ -1,12 +1,12 @@
 //! Where the `local` environment's AWS is: the emulator's recorded port and the config file
-//! with its identities. Read by everything that talks to the emulator; knows nothing of how
-//! the emulator is started (`emulator.rs`).
+//! with its identities, and how a program is started to call AWS as given (`aws_command`).
+//! Read by everything that talks to the emulator; knows nothing of how the emulator is
+//! started (`emulator.rs`).
 
 use std::path::{Path, PathBuf};
-
-use anyhow::{Context as _, Result};
 use std::process::Command;
 
+use anyhow::{Context as _, Result};
 use aws_clients::{AwsSettings, CredentialsSource, subprocess_env};
 use serde::{Deserialize, Serialize};
 

@@ -342,3 +342,45 @@ fn commands_use_leaves_and_only_up_runs_other_commands() {
     assert_eq!(command_of("smoke::checks"), Some("smoke"));
     assert_eq!(command_of("local::emulator"), None);
 }
+
+/// Whether `readme` names the file `path` (workspace-relative) in backticks: by its name, or
+/// by a path ending in it.
+fn readme_names(readme: &str, path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    readme
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .any(|quoted| quoted == name || quoted == path || quoted.ends_with(&format!("/{name}")))
+}
+
+#[test]
+fn the_readme_names_every_source_file() {
+    let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
+    let root = workspace_root();
+    let mut files = rust_files(&[
+        "aws-clients/src",
+        "certificates/src",
+        "emulator-fixtures/src",
+        "service/src",
+        "service/tests",
+        "xtask/src",
+        "xtask/tests",
+    ]);
+    files.push(root.join("xtask/src/moto_server_fidelity.py"));
+    files.push(root.join("xtask/src/bench/boto3_transfer.py"));
+    let unnamed: Vec<String> = files
+        .iter()
+        .map(|path| path.strip_prefix(&root).unwrap().display().to_string())
+        .filter(|path| !readme_names(&readme, path))
+        .collect();
+    assert!(
+        unnamed.is_empty(),
+        "README.md's layout does not name: {unnamed:?}"
+    );
+    assert!(readme_names(
+        "see `store/raw.rs`",
+        "service/src/store/raw.rs"
+    ));
+    assert!(!readme_names("see raw.rs", "service/src/store/raw.rs"));
+}
